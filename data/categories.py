@@ -1,0 +1,43 @@
+"""Category names and where their files live.
+
+A category's name is its file stem, exactly as Google spells it (spaces allowed,
+e.g. `The Eiffel Tower`). The class list is always sorted, so class indices do not
+depend on directory listing order; checkpoints and models store the list itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import QDError
+
+SUFFIX = ".npy"
+
+
+def category_path(data_dir: str | os.PathLike, category: str) -> Path:
+    return Path(data_dir) / f"{category}{SUFFIX}"
+
+
+def list_categories(data_dir: str | os.PathLike) -> list[str]:
+    """Sorted category names of the `<category>.npy` files in `data_dir`."""
+    data_dir = Path(data_dir)
+    if not data_dir.exists():
+        raise QDError(f"{data_dir}: data directory does not exist")
+    if not data_dir.is_dir():
+        raise QDError(f"{data_dir}: not a directory")
+    return sorted(p.name[: -len(SUFFIX)] for p in data_dir.iterdir() if p.name.endswith(SUFFIX) and p.is_file())
+
+
+def resolve_categories(data_dir: str | os.PathLike, requested: list[str] | None) -> list[str]:
+    """The sorted class list: every category in `data_dir`, or the requested ones (checked)."""
+    available = list_categories(data_dir)
+    if not available:
+        raise QDError(f"{data_dir}: no <category>.npy files found")
+    if not requested:
+        return available
+    wanted = [name.strip() for name in requested if name.strip()]
+    unknown = sorted(set(wanted) - set(available))
+    if unknown:
+        raise QDError(f"{data_dir}: unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}")
+    return sorted(set(wanted))

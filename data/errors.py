@@ -1,0 +1,17 @@
+"""One exception type for every expected failure, so each CLI can print it as one line."""
+
+
+class QDError(Exception):
+    """A failure the user can act on: bad input, missing file, refused artefact.
+
+    The message is a single line that names the file (or thing) and the problem.
+    """
+
+
+class BitmapFileError(QDError):
+    """A file that is not a valid Quick, Draw! bitmap array (uint8, (N, 784))."""
+
+    def __init__(self, path, problem: str):
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")

@@ -1,0 +1,1 @@
+"""qd.export: turn a checkpoint into validated edge models (ONNX, int8 ONNX, Core ML)."""

@@ -1,0 +1,1 @@
+"""qd.train: models, checkpoints and the training loop (needs the `train` extra: torch)."""

@@ -1,0 +1,71 @@
+"""The architectures, in one table. Every model maps float32 (B, 1, 28, 28) to logits."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SeedCNN(nn.Module):
+    """The original Lightning script's network, with its output bug fixed:
+    it returns logits (no ReLU + softmax before cross-entropy)."""
+
+    def __init__(self, num_classes: int, dropout: float = 0.2):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 30, 5), nn.ReLU(), nn.MaxPool2d(2),   # 28 -> 24 -> 12
+            nn.Conv2d(30, 15, 3), nn.ReLU(), nn.MaxPool2d(2),  # 12 -> 10 -> 5
+            nn.Dropout(dropout),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(15 * 5 * 5, 128), nn.ReLU(),
+            nn.Linear(128, 50), nn.ReLU(),
+            nn.Linear(50, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _conv_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class CompactCNN(nn.Module):
+    """The default: a small VGG-style CNN with batch norm and global average pooling."""
+
+    def __init__(self, num_classes: int, width: int = 32, dropout: float = 0.2):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            _conv_bn(1, w), _conv_bn(w, w), nn.MaxPool2d(2),            # 28 -> 14
+            _conv_bn(w, 2 * w), _conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),  # 14 -> 7
+            _conv_bn(2 * w, 4 * w),
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+ARCHITECTURES = {
+    "seed": SeedCNN,
+    "compact": CompactCNN,
+}
+DEFAULT_ARCH = "compact"
+
+
+def build_model(arch: str, num_classes: int, **kwargs) -> nn.Module:
+    try:
+        cls = ARCHITECTURES[arch]
+    except KeyError:
+        from qd.data.errors import QDError
+
+        raise QDError(f"unknown architecture {arch!r} (choose from {', '.join(ARCHITECTURES)})") from None
+    return cls(num_classes, **kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
