@@ -1,1 +1,27 @@
 """Fixtures for the train stage's tests (and the stages that build on it)."""
+
+from pathlib import Path
+
+import pytest
+
+# Four visually distinct shared categories: a few seconds of CPU training reaches ~90% test top-1.
+FIXTURE_CATEGORIES = ["apple", "circle", "square", "star"]
+FIXTURE_MAX_PER_CATEGORY = 600
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(shared_bitmaps, tmp_path_factory) -> Path:
+    """Path to best.pt of a real (tiny) qd-train run on 4 shared categories.
+
+    A complete checkpoint following /work/notes/contracts.md (test metrics included);
+    last.pt sits next to it. Trained once per test session, on CPU, in a few seconds.
+    """
+    from qd.train.config import TrainConfig
+    from qd.train.loop import train
+
+    run_dir = tmp_path_factory.mktemp("trained-run") / "run"
+    config = TrainConfig(
+        data_dir=shared_bitmaps, categories=FIXTURE_CATEGORIES, max_per_category=FIXTURE_MAX_PER_CATEGORY,
+        epochs=3, batch_size=64, seed=0, device="cpu", out=run_dir, quiet=True,
+    )
+    return train(config)

@@ -1,0 +1,192 @@
+"""Batches straight from the memory-mapped bitmaps.
+
+An epoch is a seeded permutation of one split's global indices, cut into batches;
+each batch is gathered from the memmaps (`BitmapDataset.take`) and converted
+uint8 -> float32 once, as a whole batch. Nothing else is held in RAM: the split's
+index array (8 bytes a drawing) and a few batches in flight.
+
+Under DDP every rank walks its own strided shard of the same permutation (padded
+like `DistributedSampler` so all ranks take the same number of steps).
+
+Two ways to overlap gathering with compute:
+- `workers == 0`: one background thread prefetches batches (numpy's gather and the
+  float conversion release the GIL), no extra processes;
+- `workers > 0`: a torch DataLoader whose *batch sampler* hands out index batches, so
+  each worker process gathers whole batches and no batch is produced twice.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from qd.data.dataset import BitmapDataset
+
+PREFETCH_BATCHES = 3
+
+
+def epoch_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
+    """A distinct, reproducible 63-bit seed per (run seed, epoch, purpose, rank)."""
+    mixed = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, stream, rank]).generate_state(2, dtype=np.uint32)
+    return int(mixed[0]) << 31 | int(mixed[1]) >> 1
+
+
+def to_float_batch(bitmaps: np.ndarray, preprocessing: dict) -> torch.Tensor:
+    """(B, 784) uint8 -> float32 (B, 1, S, S), the torch twin of qd.data.preprocess.bitmaps_to_input."""
+    side = int(preprocessing["input_size"])
+    x = torch.from_numpy(bitmaps).reshape(-1, 1, side, side).to(torch.float32)
+    x.mul_(float(preprocessing["scale"]))
+    if preprocessing.get("mean", 0.0) != 0.0 or preprocessing.get("std", 1.0) != 1.0:
+        x.sub_(float(preprocessing["mean"])).div_(float(preprocessing["std"]))
+    return x
+
+
+@dataclass
+class ShardedBatches:
+    """Index batches of one split for one rank; iterable, reshuffled per `set_epoch`."""
+
+    indices: np.ndarray
+    batch_size: int
+    shuffle: bool
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> np.ndarray:
+        if not self.shuffle:
+            order = self.indices
+        else:
+            rng = np.random.Generator(np.random.PCG64(epoch_seed(self.seed, self.epoch, 0)))
+            order = self.indices[rng.permutation(len(self.indices))]
+        if self.world_size > 1:
+            per_rank = -(-len(order) // self.world_size)
+            if self.shuffle:  # pad by wrapping so every rank takes the same number of steps
+                padded = np.resize(order, per_rank * self.world_size)
+                order = padded[self.rank :: self.world_size]
+            else:  # evaluation: each drawing exactly once over all ranks
+                order = order[self.rank :: self.world_size]
+        return order
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        if self.world_size > 1:
+            n = -(-n // self.world_size) if self.shuffle else len(range(self.rank, n, self.world_size))
+        return -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        order = self._order()
+        for start in range(0, len(order), self.batch_size):
+            yield order[start : start + self.batch_size]
+
+
+class _BatchGather(torch.utils.data.Dataset):
+    """Map-style dataset whose 'index' is a whole batch of indices (used with batch_sampler)."""
+
+    def __init__(self, dataset: BitmapDataset, preprocessing: dict):
+        self.dataset = dataset
+        self.preprocessing = preprocessing
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, batch_indices) -> tuple[torch.Tensor, torch.Tensor]:
+        bitmaps, labels = self.dataset.take(np.asarray(batch_indices))
+        return to_float_batch(bitmaps, self.preprocessing), torch.from_numpy(labels)
+
+
+def _unwrap(batch):
+    return batch
+
+
+class BatchLoader:
+    """Iterate (float32 images, int64 labels) batches for one split and rank."""
+
+    def __init__(self, dataset: BitmapDataset, batches: ShardedBatches, preprocessing: dict, workers: int = 0):
+        self.gather = _BatchGather(dataset, preprocessing)
+        self.batches = batches
+        self.workers = workers
+        self._loader = None
+        if workers > 0:
+            self._loader = torch.utils.data.DataLoader(
+                self.gather, batch_sampler=_ListSampler(batches), num_workers=workers,
+                collate_fn=_unwrap, persistent_workers=True, prefetch_factor=2,
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    @property
+    def num_samples(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._loader is not None:
+            yield from self._loader
+        else:
+            yield from _prefetched((self.gather[b] for b in self.batches), PREFETCH_BATCHES)
+
+
+class _ListSampler(torch.utils.data.Sampler):
+    """Adapts ShardedBatches (which reshuffles on set_epoch) to DataLoader's batch_sampler."""
+
+    def __init__(self, batches: ShardedBatches):
+        self.batches = batches
+
+    def __iter__(self):
+        return (b.tolist() for b in self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+_DONE = object()
+
+
+def _prefetched(items: Iterator, depth: int) -> Iterator:
+    """Run a generator in a background thread, `depth` items ahead; errors re-raised here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # hand the failure to the consumer
+            put(exc)
+
+    thread = threading.Thread(target=produce, name="qd-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)

@@ -1,0 +1,62 @@
+"""`qd-train`: a thin typer layer over qd.train.loop.train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from qd.data.console import run_app
+from qd.data.errors import QDError
+
+from .config import TrainConfig
+from .loop import train
+from .models import ARCHITECTURES, DEFAULT_ARCH
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                  help="Train a small CNN on Quick, Draw! bitmaps into artifacts/runs/<run>/best.pt and last.pt.")
+
+
+def _categories(text: Optional[str]) -> Optional[list[str]]:
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise QDError("--categories: no category names given")
+    return names
+
+
+@app.command()
+def train_command(
+    data_dir: Path = typer.Option(Path("artifacts/data"), "--data-dir", help="Folder of <category>.npy bitmap files."),
+    categories: Optional[str] = typer.Option(None, "--categories", help="Comma-separated categories (default: all in --data-dir)."),
+    arch: str = typer.Option(DEFAULT_ARCH, "--arch", help=f"Architecture: {', '.join(ARCHITECTURES)}."),
+    epochs: int = typer.Option(10, "--epochs", help="Maximum number of epochs."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Global batch size (split across DDP ranks)."),
+    lr: float = typer.Option(3e-3, "--lr", help="Peak learning rate (AdamW, one-cycle schedule)."),
+    max_per_category: Optional[int] = typer.Option(None, "--max-per-category", help="Use at most N drawings per category (the first N rows)."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of drawings in the validation split."),
+    test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of drawings in the test split."),
+    patience: int = typer.Option(5, "--patience", help="Stop after N epochs without validation-loss improvement (0: never)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for initialisation, shuffling, augmentation and dropout."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    workers: int = typer.Option(0, "--workers", help="0: gather batches in a prefetch thread; N: N loader processes."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: artifacts/runs/<arch>-<timestamp>)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run from its last.pt (its own settings are used)."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Random affine augmentation per batch."),
+    schedule: str = typer.Option("onecycle", "--schedule", help="Learning-rate schedule: onecycle, cosine or constant."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+) -> None:
+    config = TrainConfig(
+        data_dir=data_dir, categories=_categories(categories), arch=arch, epochs=epochs, batch_size=batch_size,
+        lr=lr, max_per_category=max_per_category, val_fraction=val_fraction, test_fraction=test_fraction,
+        patience=patience, seed=seed, device=device, workers=workers, out=out, resume=resume,
+        augment=augment, schedule=schedule, quiet=quiet,
+    )
+    train(config)
+
+
+def main() -> None:
+    """Console-script entry point: errors become one line and a non-zero exit."""
+    run_app(app)

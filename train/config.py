@@ -1,0 +1,93 @@
+"""One plain config for a training run (nanoGPT-style: a dataclass, no magic).
+
+The CLI, the Python API and `--resume` all go through `TrainConfig`; a checkpoint
+stores it as `hparams` (plain data), and a resumed run is rebuilt from there.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from qd.data.errors import QDError
+
+from .models import ARCHITECTURES, DEFAULT_ARCH
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+def artifacts_root() -> Path:
+    return Path(os.environ.get("QD_ARTIFACTS", "artifacts"))
+
+
+@dataclass
+class TrainConfig:
+    data_dir: Path
+    categories: list[str] | None = None      # None: every <category>.npy in data_dir
+    arch: str = DEFAULT_ARCH
+    arch_kwargs: dict = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 256                    # global batch (split across DDP ranks)
+    lr: float = 3e-3                         # peak learning rate (AdamW)
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    augment: bool = True                     # random affine per batch (train only)
+    label_smoothing: float = 0.0
+    max_per_category: int | None = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0                      # the project's one split; change only on purpose
+    patience: int = 5                        # epochs without val-loss improvement; 0 = never stop early
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0                         # 0: one prefetch thread; N: N DataLoader worker processes
+    out: Path | None = None                  # run folder; default artifacts/runs/<arch>-<timestamp>
+    resume: Path | None = None
+    quiet: bool = False
+
+    def __post_init__(self):
+        self.data_dir = Path(self.data_dir)
+        if self.out is not None:
+            self.out = Path(self.out)
+        if self.resume is not None:
+            self.resume = Path(self.resume)
+        self.validate()
+
+    def validate(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise QDError(f"unknown architecture {self.arch!r} (choose from {', '.join(ARCHITECTURES)})")
+        if self.device not in DEVICES:
+            raise QDError(f"unknown device {self.device!r} (choose from {', '.join(DEVICES)})")
+        if self.schedule not in SCHEDULES:
+            raise QDError(f"unknown schedule {self.schedule!r} (choose from {', '.join(SCHEDULES)})")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise QDError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("patience", "workers"):
+            if getattr(self, name) < 0:
+                raise QDError(f"--{name} must be 0 or more, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise QDError(f"--lr must be positive, got {self.lr}")
+        if self.max_per_category is not None and self.max_per_category < 1:
+            raise QDError(f"--max-per-category must be at least 1, got {self.max_per_category}")
+
+    def hparams(self) -> dict:
+        """Plain data for the checkpoint (paths as strings, so weights_only loading works)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        out["data_dir"] = str(Path(self.data_dir).resolve())
+        return out
+
+    @classmethod
+    def from_hparams(cls, hparams: dict, **overrides) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in hparams.items() if k in known}
+        values.update(overrides)
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

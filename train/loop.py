@@ -1,0 +1,314 @@
+"""The training loop: `train(TrainConfig(...)) -> Path` of the run's best.pt.
+
+Per epoch: reseed (shuffle, augmentation, dropout) from (seed, epoch), train over the
+rank's shard of the train split, evaluate the validation split, write last.pt (and
+best.pt when validation loss improved), stop early after `patience` epochs without
+improvement. At the end the best weights are evaluated on the test split and best.pt
+is rewritten with the test metrics.
+
+Because every epoch's randomness is derived from (seed, epoch) and last.pt is written
+at each epoch end with the optimizer and scheduler state, a run killed mid-epoch and
+resumed from last.pt replays that epoch from its start and ends bit-identical (CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from qd.data import __version__
+from qd.data.dataset import BitmapDataset
+from qd.data.errors import QDError
+from qd.data.preprocess import DEFAULT_PREPROCESSING
+from qd.data.split import SplitSpec
+
+from .augment import AffineAugment
+from .batches import BatchLoader, ShardedBatches, epoch_seed
+from .checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from .config import TrainConfig, artifacts_root
+from .distributed import Distributed
+from .models import build_model, count_parameters
+from .report import Reporter
+
+BEST, LAST = "best.pt", "last.pt"
+# Options that may differ on --resume (how to run, not what to train).
+RUNTIME_OPTIONS = ("device", "workers", "quiet")
+
+
+def train(config: TrainConfig) -> Path:
+    """Train as configured; return the path of best.pt (test metrics included)."""
+    dist = Distributed.from_env(config.device)
+    try:
+        return Trainer(config, dist).run()
+    finally:
+        dist.close()
+
+
+def default_run_dir(arch: str) -> Path:
+    return artifacts_root() / "runs" / f"{arch}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+# ---------------------------------------------------------------- set-up checks
+
+def check_writable(folder: Path) -> None:
+    """Create `folder` if needed and prove a file can be written there (then remove it)."""
+    if folder.exists() and not folder.is_dir():
+        raise QDError(f"{folder}: output folder is a file, not a directory")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".qd-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise QDError(f"{folder}: output folder is not writable ({exc.strerror or exc})") from None
+
+
+def resume_payload(path: Path) -> dict:
+    payload = load_checkpoint(path)
+    if "train_state" not in payload or "hparams" not in payload:
+        raise QDError(f"{path}: cannot resume from this checkpoint (no training state; resume from a last.pt)")
+    return payload
+
+
+def merged_resume_config(config: TrainConfig, payload: dict) -> TrainConfig:
+    """The resumed run's config: its own hparams, with only runtime options taken from `config`."""
+    runtime = {name: getattr(config, name) for name in RUNTIME_OPTIONS}
+    return TrainConfig.from_hparams(payload["hparams"], resume=config.resume, out=config.resume.parent, **runtime)
+
+
+# ---------------------------------------------------------------- metrics
+
+def evaluate(model: torch.nn.Module, loader: BatchLoader, dist: Distributed) -> dict:
+    """Loss, top-1 and top-3 over the whole split (summed over all ranks)."""
+    model.eval()
+    loss_sum, top1, top3, count = 0.0, 0.0, 0.0, 0.0
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
+            logits = model(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            k = min(3, logits.shape[1])
+            top = logits.topk(k, dim=1).indices
+            top1 += (top[:, 0] == y).sum().item()
+            top3 += (top == y[:, None]).any(dim=1).sum().item()
+            count += len(y)
+    loss_sum, top1, top3, count = dist.all_sum([loss_sum, top1, top3, count])
+    if count == 0:
+        return {"loss": float("nan"), "top1": 0.0, "top3": 0.0, "count": 0}
+    return {"loss": loss_sum / count, "top1": top1 / count, "top3": top3 / count, "count": int(count)}
+
+
+# ---------------------------------------------------------------- the trainer
+
+class Trainer:
+    def __init__(self, config: TrainConfig, dist: Distributed):
+        self.dist = dist
+        self.resume = resume_payload(config.resume) if config.resume else None
+        if self.resume is not None:
+            config = merged_resume_config(config, self.resume)
+        self.config = config
+        self.report = Reporter(enabled=dist.is_main and not config.quiet)
+        self.preprocessing = dict(DEFAULT_PREPROCESSING)
+
+        self.dataset = BitmapDataset(config.data_dir, config.categories, config.max_per_category)
+        if self.resume is not None:
+            self._check_same_data()
+        self.split = SplitSpec(config.val_fraction, config.test_fraction, config.split_seed)
+        self.indices = self.dataset.split_indices(self.split)
+        for name in ("train", "val"):
+            if len(self.indices[name]) == 0:
+                raise QDError(f"{config.data_dir}: the {name} split is empty "
+                              f"({len(self.dataset)} drawings; use more data or other fractions)")
+
+        self.run_dir = config.out or default_run_dir(config.arch)
+        if dist.is_main:
+            check_writable(self.run_dir)
+            if self.resume is None and any((self.run_dir / n).exists() for n in (BEST, LAST)):
+                raise QDError(f"{self.run_dir}: already holds a run (use --resume {self.run_dir / LAST} "
+                              f"or another --out)")
+
+        torch.manual_seed(config.seed)
+        self.model = build_model(config.arch, self.dataset.num_classes, **config.arch_kwargs).to(dist.device)
+        self.params = count_parameters(self.model)
+        self.net = self.model
+        if dist.enabled:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+
+        self.train_loader = self._loader("train", shuffle=True)
+        self.val_loader = self._loader("val", shuffle=False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = self._scheduler(steps_per_epoch=len(self.train_loader))
+        self.augment = AffineAugment() if config.augment else None
+
+        self.metrics: list[dict] = []
+        self.best: dict | None = None
+        self.start_epoch = 1
+        if self.resume is not None:
+            self._restore(self.resume)
+
+    # -- construction helpers
+
+    def _check_same_data(self) -> None:
+        saved = self.resume["data"]
+        now = self.dataset.fingerprint()
+        if saved.get("categories") != now["categories"] or saved.get("counts") != now["counts"]:
+            raise QDError(f"{self.config.resume}: the data in {self.config.data_dir} differs from the data "
+                          "this run was trained on (categories or counts changed)")
+
+    def _loader(self, split: str, shuffle: bool) -> BatchLoader:
+        per_rank_batch = max(1, -(-self.config.batch_size // self.dist.world_size))
+        batches = ShardedBatches(self.indices[split], per_rank_batch, shuffle, seed=self.config.seed,
+                                 rank=self.dist.rank, world_size=self.dist.world_size)
+        workers = self.config.workers if shuffle else 0
+        return BatchLoader(self.dataset, batches, self.preprocessing, workers=workers)
+
+    def _scheduler(self, steps_per_epoch: int):
+        total = self.config.epochs * steps_per_epoch
+        if self.config.schedule == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=self.config.lr, total_steps=total,
+                                                       pct_start=0.25)
+        if self.config.schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total)
+        return torch.optim.lr_scheduler.ConstantLR(self.optimizer, factor=1.0, total_iters=0)
+
+    def _restore(self, payload: dict) -> None:
+        state = payload["train_state"]
+        self.model.load_state_dict(payload["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.metrics = list(payload.get("metrics", []))
+        self.best = dict(payload["best"]) if payload.get("best") else None
+        self.start_epoch = int(state["epoch"]) + 1
+
+    # -- checkpoints
+
+    def _payload(self, best: dict | None, test: dict | None) -> dict:
+        return {
+            "format": FORMAT,
+            "classes": list(self.dataset.classes),
+            "arch": {"name": self.config.arch, "kwargs": dict(self.config.arch_kwargs)},
+            "preprocessing": dict(self.preprocessing),
+            "split": self.split.to_dict(),
+            "data": {"dir": str(self.dataset.data_dir.resolve()), **self.dataset.fingerprint()},
+            "hparams": self.config.hparams(),
+            "metrics": [dict(m) for m in self.metrics],
+            "best": dict(best) if best else {},
+            "test": dict(test) if test else {},
+            "versions": {"torch": str(torch.__version__), "quickdraw-edge": str(__version__)},
+            "params": self.params,
+            "state_dict": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+        }
+
+    def _save_last(self, epoch: int) -> None:
+        payload = self._payload(self.best, None)
+        payload["train_state"] = {
+            "epoch": epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state()},
+        }
+        save_checkpoint(payload, self.run_dir / LAST)
+
+    # -- the loop
+
+    def _train_epoch(self, epoch: int) -> dict:
+        cfg, dev = self.config, self.dist.device
+        self.train_loader.set_epoch(epoch)
+        torch.manual_seed(epoch_seed(cfg.seed, epoch, 1, self.dist.rank))  # dropout
+        aug_rng = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 2, self.dist.rank))
+        background = (0.0 - self.preprocessing.get("mean", 0.0)) / self.preprocessing.get("std", 1.0)
+        self.net.train()
+        loss_sum, seen = 0.0, 0
+        start = time.perf_counter()
+        with self.report.epoch_progress(epoch, cfg.epochs, len(self.train_loader)) as advance:
+            for x, y in self.train_loader:
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                if self.augment is not None:
+                    x = self.augment(x, aug_rng, background)
+                loss = F.cross_entropy(self.net(x), y, label_smoothing=cfg.label_smoothing)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.scheduler.step()
+                loss_sum += loss.item() * len(y)
+                seen += len(y)
+                advance(len(y))
+        train_seconds = time.perf_counter() - start
+        loss_sum, seen_all = self.dist.all_sum([loss_sum, float(seen)])
+        val = evaluate(self.net, self.val_loader, self.dist)
+        return {
+            "epoch": epoch,
+            "train_loss": loss_sum / max(seen_all, 1),
+            "val_loss": val["loss"], "val_top1": val["top1"], "val_top3": val["top3"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "samples": int(seen_all),
+            "samples_per_s": seen_all / train_seconds if train_seconds > 0 else 0.0,
+            "seconds": time.perf_counter() - start,
+        }
+
+    def _epochs_since_best(self) -> int:
+        return 0 if self.best is None else len(self.metrics) - self.best["epoch"]
+
+    def run(self) -> Path:
+        cfg = self.config
+        resumed_from = self.start_epoch - 1 if self.resume is not None else None
+        self.report.start(run_dir=self.run_dir, arch=cfg.arch, params=self.params, classes=self.dataset.num_classes,
+                          train=len(self.indices["train"]), val=len(self.indices["val"]),
+                          test=len(self.indices["test"]), device=str(self.dist.device),
+                          world_size=self.dist.world_size, resumed_from=resumed_from)
+        started = time.perf_counter()
+        stopped_early = False
+        for epoch in range(self.start_epoch, cfg.epochs + 1):
+            if cfg.patience and self._epochs_since_best() >= cfg.patience:
+                stopped_early = True
+                break
+            m = self._train_epoch(epoch)
+            self.metrics.append(m)
+            improved = self.best is None or m["val_loss"] < self.best["val_loss"]
+            if improved:
+                self.best = {"epoch": epoch, "val_loss": m["val_loss"], "val_top1": m["val_top1"],
+                             "val_top3": m["val_top3"], "train_loss": m["train_loss"]}
+            if self.dist.is_main:
+                if improved:
+                    save_checkpoint(self._payload(self.best, None), self.run_dir / BEST)
+                self._save_last(epoch)
+            self.dist.barrier()
+            seconds_left = m["seconds"] * (cfg.epochs - epoch)
+            self.report.epoch_line(m, cfg.epochs, improved, seconds_left)
+        return self._finish(started, stopped_early)
+
+    def _finish(self, started: float, stopped_early: bool) -> Path:
+        best_path = self.run_dir / BEST
+        if self.dist.is_main:
+            best_payload = load_checkpoint(best_path)
+            state = best_payload["state_dict"]
+        else:
+            state = None
+        state = self._broadcast_state(state)
+        self.model.load_state_dict(state)
+        test = evaluate(self.net, self._loader("test", shuffle=False), self.dist)
+        test = {"top1": test["top1"], "top3": test["top3"], "loss": test["loss"], "count": test["count"]}
+        if self.dist.is_main:
+            payload = self._payload(self.best, test)
+            save_checkpoint(payload, best_path)
+            size = sum(v.numel() * v.element_size() for v in payload["state_dict"].values())
+            self.report.summary(run_dir=self.run_dir, best=self.best, test=test, params=self.params,
+                                size_bytes=size, seconds=time.perf_counter() - started,
+                                stopped_early=stopped_early, epochs_run=len(self.metrics))
+        self.dist.barrier()
+        return best_path
+
+    def _broadcast_state(self, state: dict | None) -> dict:
+        if not self.dist.enabled:
+            return state
+        box = [state]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return {k: v.to(self.dist.device) for k, v in box[0].items()}
