@@ -1,0 +1,216 @@
+"""The runtimes a model can be evaluated with, in one table.
+
+Each backend opens its own file (found beside the reference model.onnx, or the
+source checkpoint for torch) and maps float32 model input to probabilities. One
+that cannot run here is skipped with a reason rather than failing the report.
+torch and coremltools are imported only inside their backends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from qd.data.errors import QDError
+from qd.data.preprocess import bitmaps_to_input
+
+from .exports import COREML_SUFFIX, INT8_SUFFIX, ModelInfo
+from .onnx_session import OnnxClassifier
+
+BENCH_BATCH = 256
+EVAL_BATCH = 256
+
+
+class Unavailable(Exception):
+    """This backend cannot run here; the message says why (shown in the table)."""
+
+
+@dataclass
+class Runner:
+    """A loaded backend: its file, the preprocessing it expects and a predict function."""
+
+    file: Path
+    preprocessing: dict
+    predict: Callable[[np.ndarray], np.ndarray]  # float32 (B, 1, 28, 28) -> (B, C) probabilities
+    note: str | None = None
+
+
+def open_onnx(model: ModelInfo, checkpoint: Path | None) -> Runner:
+    classifier = OnnxClassifier(model.path)
+    return Runner(model.path, model.preprocessing, classifier.probabilities)
+
+
+def open_onnx_int8(model: ModelInfo, checkpoint: Path | None) -> Runner:
+    path = model.sibling(INT8_SUFFIX)
+    if not path.is_file():
+        raise Unavailable(f"no {path.name} beside {model.path.name}")
+    classifier = OnnxClassifier(path)
+    return Runner(path, model.preprocessing, classifier.probabilities)
+
+
+def open_torch(model: ModelInfo, checkpoint: Path | None) -> Runner:
+    if checkpoint is None:
+        checkpoint = model.source_checkpoint()
+        if checkpoint is None:
+            raise Unavailable("no checkpoint: pass --checkpoint PATH")
+        if not checkpoint.is_file():
+            raise Unavailable(f"source checkpoint {checkpoint} is gone: pass --checkpoint PATH")
+    try:
+        import torch
+        from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
+    except ImportError:
+        raise Unavailable("torch is not installed (pip install 'quickdraw-edge[train]')") from None
+    payload = load_checkpoint(checkpoint)
+    if list(payload["classes"]) != list(model.labels):
+        raise QDError(f"{checkpoint}: its classes differ from {model.path}'s labels (not this model's checkpoint)")
+    network = model_from_checkpoint(payload)
+    note = None
+    if model.source_sha256 and _sha256(checkpoint) != model.source_sha256:
+        note = "not the checkpoint this ONNX model was exported from"
+
+    def predict(inputs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.softmax(network(torch.from_numpy(inputs)), dim=1).numpy()
+
+    return Runner(checkpoint, payload["preprocessing"], predict, note)
+
+
+def open_coreml(model: ModelInfo, checkpoint: Path | None) -> Runner:
+    if sys.platform != "darwin":
+        raise Unavailable("Core ML runs only on macOS")
+    path = model.sibling(COREML_SUFFIX)
+    if not path.exists():
+        raise Unavailable(f"no {path.name} beside {model.path.name}")
+    try:
+        import coremltools as ct
+    except ImportError:
+        raise Unavailable("coremltools is not installed (pip install 'quickdraw-edge[export]')") from None
+    mlmodel = ct.models.MLModel(str(path))
+    description = mlmodel.get_spec().description
+    input_name = description.input[0].name
+    outputs = [o.name for o in description.output]
+    output = "probabilities" if "probabilities" in outputs else outputs[0]
+    labels = list(model.labels)
+
+    def predict(inputs: np.ndarray) -> np.ndarray:
+        rows = []
+        for x in inputs:  # one prediction per image: flexible batch shapes are not guaranteed
+            value = mlmodel.predict({input_name: x[None]})[output]
+            if isinstance(value, dict):  # a Core ML classifier's {label: probability}
+                value = [value[name] for name in labels]
+            rows.append(np.asarray(value, dtype=np.float32).reshape(-1))
+        return np.stack(rows)
+
+    return Runner(path, model.preprocessing, predict)
+
+
+# name -> opener; the order is the default order, and the first that runs is the reference.
+BACKENDS: dict[str, Callable[[ModelInfo, Path | None], Runner]] = {
+    "onnx": open_onnx,
+    "onnx-int8": open_onnx_int8,
+    "torch": open_torch,
+    "coreml": open_coreml,
+}
+
+
+def parse_backends(values: list[str] | None) -> list[str]:
+    """`--backend onnx,torch --backend coreml` -> ['onnx', 'torch', 'coreml'] (checked, de-duplicated)."""
+    if not values:
+        return list(BACKENDS)
+    names: list[str] = []
+    for value in values:
+        for name in (v.strip().lower() for v in value.split(",")):
+            if not name:
+                continue
+            if name not in BACKENDS:
+                raise QDError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise QDError("--backend names no backend")
+    return names
+
+
+@dataclass
+class BackendRun:
+    name: str
+    file: Path | None = None
+    size_bytes: int | None = None
+    skipped: str | None = None              # the reason, when it did not run
+    note: str | None = None
+    probabilities: np.ndarray | None = None
+    images_per_s: float | None = None       # at batch BENCH_BATCH
+    p50_ms: float | None = None             # single-image latency
+
+    @property
+    def ran(self) -> bool:
+        return self.probabilities is not None
+
+
+def run_backend(name: str, model: ModelInfo, checkpoint: Path | None, bitmaps: np.ndarray,
+                measure_speed: bool = True) -> BackendRun:
+    try:
+        runner = BACKENDS[name](model, checkpoint)
+    except Unavailable as why:
+        return BackendRun(name, skipped=str(why))
+    run = BackendRun(name, runner.file, file_size(runner.file), note=runner.note)
+    run.probabilities = predict_all(runner, bitmaps)
+    if len(run.probabilities) and run.probabilities.shape[1] != len(model.labels):
+        raise QDError(f"{runner.file}: gives {run.probabilities.shape[1]} classes, the model has {len(model.labels)} labels")
+    if measure_speed:
+        run.images_per_s, run.p50_ms = measure(runner, bitmaps)
+    return run
+
+
+def predict_all(runner: Runner, bitmaps: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
+    chunks = [runner.predict(bitmaps_to_input(bitmaps[i : i + batch_size], runner.preprocessing))
+              for i in range(0, len(bitmaps), batch_size)]
+    return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def measure(runner: Runner, bitmaps: np.ndarray, min_seconds: float = 0.5) -> tuple[float, float]:
+    """(images/s on full batches of BENCH_BATCH, median single-image latency in ms).
+
+    Drawings are repeated to fill a batch when there are fewer; each figure is the
+    median of repeated timed calls after one warm-up call, so one noisy call on a
+    shared machine does not decide it.
+    """
+    reps = int(np.ceil(BENCH_BATCH / len(bitmaps)))
+    batch = bitmaps_to_input(np.tile(bitmaps, (reps, 1))[:BENCH_BATCH], runner.preprocessing)
+    batch_times = _timed_calls(runner.predict, [batch], min_calls=3, min_seconds=min_seconds)
+    singles = [batch[i : i + 1] for i in range(min(len(bitmaps), 64))]
+    single_times = _timed_calls(runner.predict, singles, min_calls=20, min_seconds=min_seconds / 2)
+    return BENCH_BATCH / statistics.median(batch_times), 1000.0 * statistics.median(single_times)
+
+
+def _timed_calls(predict, inputs: list[np.ndarray], min_calls: int, min_seconds: float, max_calls: int = 1000) -> list[float]:
+    predict(inputs[0])  # warm-up: first-call allocations are not the steady state
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < max_calls and (len(times) < min_calls or time.perf_counter() - started < min_seconds):
+        x = inputs[len(times) % len(inputs)]
+        t0 = time.perf_counter()
+        predict(x)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def file_size(path: Path) -> int:
+    if path.is_dir():  # .mlpackage
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,164 @@
+"""Held-out drawings to evaluate on, labelled with the model's class indices.
+
+Three sources:
+- the model's own training data (metadata qd.data: dir, categories,
+  max_per_category) cut with its split (metadata qd.split) -- by default the test split;
+- `--data DIR` of `<category>.npy` files: every row (or one split of them, with --split);
+- `--data DIR` of class-named subfolders of images, turned into 28x28 bitmaps by
+  qd.data.images, the same function qd-infer uses.
+
+Data categories are matched to the model's labels by name, ignoring case and
+treating spaces, hyphens and underscores alike ("House Plant" = "house_plant").
+A category the model does not know is an error unless ignore_unknown is set.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qd.data.categories import SUFFIX, list_categories
+from qd.data.dataset import BitmapDataset
+from qd.data.errors import QDError
+from qd.data.split import SPLITS, SplitSpec
+
+ALL = "all"
+SPLIT_CHOICES = (*SPLITS, ALL)
+
+
+@dataclass
+class HeldOut:
+    bitmaps: np.ndarray        # (N, 784) uint8, ink high on 0
+    labels: np.ndarray         # (N,) int64 indices into the model's labels
+    source: dict               # what was evaluated, for report.json
+    notes: list[str] = field(default_factory=list)
+    names: list[str] | None = None  # per-drawing file names (image folders only)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def describe(self) -> str:
+        s = self.source
+        where = s.get("dir", "?")
+        if s["kind"] == "images":
+            return f"{len(self):,} images in {len(s['categories'])} class folders of {where}"
+        part = "all rows" if s["split"] == ALL else f"{s['split']} split"
+        return f"{part} of {where} ({len(s['categories'])} categories, {len(self):,} drawings)"
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[\s_\-]+", "_", name.strip().lower())
+
+
+def map_to_model(categories: list[str], labels: list[str], where: str, ignore_unknown: bool) -> tuple[dict[str, int], list[str]]:
+    """Data category -> model class index, and the categories the model does not know."""
+    index = {canonical(name): i for i, name in enumerate(labels)}
+    known = {c: index[canonical(c)] for c in categories if canonical(c) in index}
+    unknown = [c for c in categories if canonical(c) not in index]
+    if unknown and not ignore_unknown:
+        listed = ", ".join(unknown[:8]) + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else "")
+        raise QDError(f"{where}: the model does not know categor{'y' if len(unknown) == 1 else 'ies'} "
+                      f"{listed} (pass --ignore-unknown to skip {'it' if len(unknown) == 1 else 'them'})")
+    if not known:
+        raise QDError(f"{where}: none of its categories is one of the model's {len(labels)} classes")
+    return known, unknown
+
+
+def from_training_data(model, split: str, ignore_unknown: bool) -> HeldOut:
+    """The given split of the data the model was trained on, as its metadata describes it."""
+    data, spec = model.data, model.split
+    if not data or not data.get("dir"):
+        raise QDError(f"{model.path}: metadata does not say which data the model was trained on (qd.data); pass --data DIR")
+    data_dir = Path(data["dir"])
+    if not data_dir.is_dir():
+        raise QDError(f"{data_dir}: the model's training data is not there any more; pass --data DIR")
+    held = from_npy_dir(data_dir, model, split, ignore_unknown, data.get("categories"), data.get("max_per_category"))
+    held.source["kind"] = "training-data"
+    expected = data.get("counts")
+    if expected is not None and list(expected) != held.source["counts"]:
+        held.notes.append(f"{data_dir}: category sizes differ from training time; split by drawing hash, so trained drawings stay out")
+    return held
+
+
+def from_npy_dir(data_dir: Path, model, split: str, ignore_unknown: bool,
+                 categories: list[str] | None = None, max_per_category: int | None = None) -> HeldOut:
+    if split != ALL and not model.split:
+        raise QDError(f"{model.path}: metadata has no split (qd.split), so --split {split} cannot be cut")
+    present = categories or list_categories(data_dir)
+    known, unknown = map_to_model(present, model.labels, str(data_dir), ignore_unknown)
+    dataset = BitmapDataset(data_dir, sorted(known), max_per_category)
+    if split == ALL:
+        indices = np.arange(len(dataset), dtype=np.int64)
+    else:
+        indices = dataset.split_indices(SplitSpec.from_dict(model.split))[split]
+    bitmaps, data_labels = dataset.take(indices)
+    to_model = np.array([known[c] for c in dataset.classes], dtype=np.int64)
+    notes = [f"skipped categories the model does not know: {', '.join(unknown)}"] if unknown else []
+    if not len(indices):
+        raise QDError(f"{data_dir}: the {split} split is empty")
+    source = {"kind": "npy", "dir": str(data_dir.resolve()), "split": split, "categories": dataset.classes,
+              "counts": [int(c) for c in dataset.counts], "max_per_category": max_per_category,
+              "ignored_categories": unknown}
+    return HeldOut(bitmaps.reshape(-1, 784), to_model[data_labels], source, notes)
+
+
+def from_image_folders(data_dir: Path, model, ignore_unknown: bool) -> HeldOut:
+    from qd.data.images import is_image_path, load_image_bitmap  # the shared real-image preprocessing
+
+    folders = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    known, unknown = map_to_model([p.name for p in folders], model.labels, str(data_dir), ignore_unknown)
+    bitmaps, labels, names, failed = [], [], [], []
+    for folder in folders:
+        if folder.name not in known:
+            continue
+        for path in sorted(p for p in folder.rglob("*") if is_image_path(p) and p.is_file() and not p.name.startswith(".")):
+            try:
+                bitmaps.append(load_image_bitmap(path).reshape(784))
+            except QDError as exc:
+                failed.append(str(exc))
+                continue
+            labels.append(known[folder.name])
+            names.append(str(path.relative_to(data_dir)))
+    if not bitmaps:
+        raise QDError(f"{data_dir}: no readable images in its class folders")
+    notes = [f"skipped folders the model does not know: {', '.join(unknown)}"] if unknown else []
+    notes += [f"unreadable, skipped: {line}" for line in failed]
+    source = {"kind": "images", "dir": str(data_dir.resolve()), "split": ALL, "categories": sorted(known),
+              "counts": [labels.count(known[c]) for c in sorted(known)], "ignored_categories": unknown,
+              "unreadable_files": len(failed)}
+    return HeldOut(np.stack(bitmaps).astype(np.uint8), np.array(labels, dtype=np.int64), source, notes, names)
+
+
+def load_heldout(model, data_dir: str | None, split: str | None, ignore_unknown: bool) -> HeldOut:
+    """Pick the source: the model's own data (default: test split) or --data DIR."""
+    if split is not None and split not in SPLIT_CHOICES:
+        raise QDError(f"--split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
+    if data_dir is None:
+        return from_training_data(model, split or "test", ignore_unknown)
+    data_dir = Path(data_dir)
+    if not data_dir.exists():
+        raise QDError(f"{data_dir}: data directory does not exist")
+    if not data_dir.is_dir():
+        raise QDError(f"{data_dir}: not a directory")
+    if any(p.name.endswith(SUFFIX) and p.is_file() for p in data_dir.iterdir()):
+        held = from_npy_dir(data_dir, model, split or ALL, ignore_unknown)
+        trained_on = (model.data or {}).get("dir")
+        if (split or ALL) in (ALL, "train", "val") and trained_on and _same_dir(trained_on, data_dir):
+            held.notes.append(f"{data_dir} is the model's training data: these rows include drawings it learned "
+                              "from (leave out --data for its test split)")
+        return held
+    if any(p.is_dir() and not p.name.startswith(".") for p in data_dir.iterdir()):
+        if split not in (None, ALL):
+            raise QDError(f"{data_dir}: --split applies to .npy data; a folder of images is evaluated whole")
+        return from_image_folders(data_dir, model, ignore_unknown)
+    raise QDError(f"{data_dir}: no <category>.npy files and no class-named subfolders of images")
+
+
+def _same_dir(a: str, b: Path) -> bool:
+    try:
+        return Path(a).resolve() == b.resolve()
+    except OSError:
+        return False

@@ -1,0 +1,163 @@
+"""Classification figures from predictions, in plain numpy.
+
+Everything here takes class indices and probability rows, so it is easy to check
+by hand; tests/test_eval_metrics.py does exactly that on tiny cases.
+
+Conventions (the ones scikit-learn uses with zero_division=0, made explicit):
+- precision of a class nobody predicted is 0.0 when the class has examples, and
+  None (undefined) when it has none either;
+- recall of a class without examples is None;
+- F1 is 0.0 when precision + recall is 0, None when either is None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def ranked_classes(probabilities: np.ndarray, k: int) -> np.ndarray:
+    """(N, k) class indices, most probable first; ties go to the lower index."""
+    probabilities = np.asarray(probabilities)
+    k = min(k, probabilities.shape[1])
+    return np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+
+
+def top_k_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Share of rows whose true class is among the k most probable."""
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return float("nan")
+    hits = (ranked_classes(probabilities, k) == labels[:, None]).any(axis=1)
+    return float(hits.mean())
+
+
+def map_at_k(probabilities: np.ndarray, labels: np.ndarray, k: int = 3) -> float:
+    """Mean average precision at k for one true label per row (Kaggle's Quick, Draw! metric):
+    1/rank of the true class when it is in the top k, else 0, averaged over rows."""
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return float("nan")
+    hit = ranked_classes(probabilities, k) == labels[:, None]  # at most one True per row
+    rank = np.argmax(hit, axis=1) + 1
+    return float(np.where(hit.any(axis=1), 1.0 / rank, 0.0).mean())
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, C) int64 counts: row = true class, column = predicted class."""
+    labels = np.asarray(labels, dtype=np.int64)
+    predicted = np.asarray(predicted, dtype=np.int64)
+    flat = np.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes)
+
+
+def normalize_rows(matrix: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum (rows without examples stay 0)."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    sums = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, sums, out=np.zeros_like(matrix), where=sums > 0)
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    index: int
+    name: str
+    precision: float | None
+    recall: float | None
+    f1: float | None
+    support: int      # true examples of the class
+    predicted: int    # rows predicted as the class
+
+    def to_dict(self) -> dict:
+        return {"class": self.name, "index": self.index, "precision": self.precision, "recall": self.recall,
+                "f1": self.f1, "support": self.support, "predicted": self.predicted}
+
+
+def per_class_scores(confusion: np.ndarray, classes: list[str]) -> list[ClassScore]:
+    """Precision, recall and F1 of every class, in class order."""
+    confusion = np.asarray(confusion)
+    true_pos = np.diag(confusion)
+    support = confusion.sum(axis=1)
+    predicted = confusion.sum(axis=0)
+    scores = []
+    for i, name in enumerate(classes):
+        recall = float(true_pos[i] / support[i]) if support[i] else None
+        if predicted[i]:
+            precision = float(true_pos[i] / predicted[i])
+        else:
+            precision = 0.0 if support[i] else None
+        scores.append(ClassScore(i, name, precision, recall, _f1(precision, recall), int(support[i]), int(predicted[i])))
+    return scores
+
+
+def _f1(precision: float | None, recall: float | None) -> float | None:
+    if precision is None or recall is None:
+        return None
+    if precision + recall == 0:
+        return 0.0
+    return 2 * precision * recall / (precision + recall)
+
+
+def worst_first(scores: list[ClassScore]) -> list[ClassScore]:
+    """Classes that have examples, lowest F1 first (then lowest recall, then name)."""
+    present = [s for s in scores if s.support > 0]
+    return sorted(present, key=lambda s: (s.f1, s.recall, s.name))
+
+
+def macro_f1(scores: list[ClassScore]) -> float:
+    """Unweighted mean F1 over the classes that have examples."""
+    values = [s.f1 for s in scores if s.support > 0]
+    return float(np.mean(values)) if values else float("nan")
+
+
+@dataclass(frozen=True)
+class ConfusedPair:
+    true: str
+    predicted: str
+    count: int
+    share: float  # of the true class's examples
+
+    def to_dict(self) -> dict:
+        return {"true": self.true, "predicted": self.predicted, "count": self.count, "share": self.share}
+
+
+def most_confused(confusion: np.ndarray, classes: list[str], limit: int = 10) -> list[ConfusedPair]:
+    """The largest off-diagonal cells, biggest count first (ties: larger share, then names)."""
+    confusion = np.asarray(confusion)
+    support = confusion.sum(axis=1)
+    pairs = [
+        ConfusedPair(classes[t], classes[p], int(confusion[t, p]), float(confusion[t, p] / support[t]))
+        for t, p in zip(*np.nonzero(confusion))
+        if t != p
+    ]
+    pairs.sort(key=lambda c: (-c.count, -c.share, c.true, c.predicted))
+    return pairs[:limit]
+
+
+@dataclass(frozen=True)
+class Summary:
+    count: int
+    top1: float
+    top3: float
+    map3: float
+
+    def to_dict(self) -> dict:
+        return {"count": self.count, "top1": self.top1, "top3": self.top3, "map3": self.map3}
+
+
+def summarize(probabilities: np.ndarray, labels: np.ndarray) -> Summary:
+    return Summary(
+        count=int(len(labels)),
+        top1=top_k_accuracy(probabilities, labels, 1),
+        top3=top_k_accuracy(probabilities, labels, 3),
+        map3=map_at_k(probabilities, labels, 3),
+    )
+
+
+def agreement(predicted_a: np.ndarray, predicted_b: np.ndarray) -> float:
+    """Share of rows where two models pick the same top-1 class."""
+    predicted_a, predicted_b = np.asarray(predicted_a), np.asarray(predicted_b)
+    if len(predicted_a) == 0:
+        return float("nan")
+    return float((predicted_a == predicted_b).mean())

@@ -1,0 +1,202 @@
+"""report.json (every figure) and the rich terminal report, from one Evaluation."""
+
+from __future__ import annotations
+
+import math
+import platform
+from datetime import datetime, timezone
+
+from rich import box
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from qd.data import __version__
+
+from . import metrics
+
+FORMAT = "qd-eval-report-v1"
+TERMINAL_CLASSES = 30  # rows of the per-class table on screen; report.json has them all
+
+
+def build_report(result) -> dict:
+    ref = result.reference
+    predicted = result.predicted
+    report = {
+        "format": FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"quickdraw-edge": __version__, "python": platform.python_version()},
+        "model": {
+            "name": result.model.name,
+            "path": str(result.model.path.resolve()),
+            "labels": result.model.labels,
+            "preprocessing": result.model.preprocessing,
+            "split": result.model.split,
+            "source_sha256": result.model.source_sha256,
+        },
+        "data": {**result.heldout.source, "count": len(result.heldout), "description": result.heldout.describe()},
+        "notes": result.heldout.notes,
+        "reference_backend": ref.name,
+        "overall": {**result.summary.to_dict(), "macro_f1": metrics.macro_f1(result.scores),
+                    "errors": int((predicted != result.heldout.labels).sum())},
+        "per_class": [s.to_dict() for s in metrics.worst_first(result.scores)],
+        "classes_without_data": [s.name for s in result.scores if s.support == 0],
+        "most_confused": [p.to_dict() for p in result.confused],
+        "confusion": {"labels": result.model.labels, "rows": "true class", "columns": "predicted class",
+                      "counts": result.confusion.tolist()},
+        "backends": [backend_entry(run, result) for run in result.runs],
+        "files": {key: str(path.name) for key, path in result.files.items()},
+    }
+    return _finite(report)
+
+
+def backend_entry(run, result) -> dict:
+    entry = {"name": run.name, "status": "ok" if run.ran else "skipped", "reason": run.skipped, "note": run.note,
+             "file": str(run.file) if run.file else None, "size_bytes": run.size_bytes}
+    if run.ran:
+        summary = metrics.summarize(run.probabilities, result.heldout.labels)
+        entry.update(summary.to_dict())
+        entry["agreement_with_reference"] = metrics.agreement(run.probabilities.argmax(axis=1), result.predicted)
+        entry["max_abs_probability_diff"] = float(abs(run.probabilities - result.reference.probabilities).max())
+        entry["images_per_s_batch256"] = run.images_per_s
+        entry["p50_latency_ms_single"] = run.p50_ms
+    return entry
+
+
+def _finite(value):
+    """NaN/inf -> None, so report.json stays strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- terminal
+
+
+def _score_style(value: float | None) -> str:
+    if value is None:
+        return "dim"
+    return "green" if value >= 0.9 else "yellow" if value >= 0.75 else "red"
+
+
+def _pct(value: float | None, style: bool = True) -> Text:
+    if value is None:
+        return Text("–", style="dim")
+    return Text(f"{value:.1%}", style=_score_style(value) if style else "")
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def overall_panel(report: dict) -> Panel:
+    o = report["overall"]
+    grid = Table.grid(padding=(0, 3))
+    for _ in range(5):
+        grid.add_column(justify="center")
+    grid.add_row(*(Text(t, style="bold") for t in ("top-1", "top-3", "MAP@3", "macro F1", "drawings")))
+    grid.add_row(_pct(o["top1"]), _pct(o["top3"]), _pct(o["map3"]), _pct(o["macro_f1"]),
+                 Text(f"{o['count']:,}  ({o['errors']:,} wrong)"))
+    lines = [grid, Text(""), Text(f"data: {report['data']['description']}", style="dim"),
+             Text(f"figures from the {report['reference_backend']} backend", style="dim")]
+    lines += [Text(f"note: {n}", style="yellow") for n in report["notes"][:6]]
+    if len(report["notes"]) > 6:
+        lines.append(Text(f"... and {len(report['notes']) - 6} more notes in report.json", style="yellow"))
+    return Panel(Group(*lines), title=f"[bold]{report['model']['name']}[/]", box=box.ROUNDED, expand=False)
+
+
+def class_table(report: dict) -> Table:
+    rows = report["per_class"]
+    shown = rows[:TERMINAL_CLASSES]
+    title = "per class, worst first" + (f" ({len(shown)} of {len(rows)}; all in report.json)" if len(rows) > len(shown) else "")
+    table = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left")
+    table.add_column("class")
+    for name in ("precision", "recall", "F1"):
+        table.add_column(name, justify="right")
+    table.add_column("support", justify="right")
+    table.add_column("most often mistaken for", style="dim")
+    worst_target = _worst_target(report)
+    for row in shown:
+        table.add_row(row["class"], _pct(row["precision"]), _pct(row["recall"]), _pct(row["f1"]),
+                      f"{row['support']:,}", worst_target.get(row["class"], ""))
+    return table
+
+
+def _worst_target(report: dict) -> dict[str, str]:
+    labels = report["confusion"]["labels"]
+    out = {}
+    for t, counts in enumerate(report["confusion"]["counts"]):
+        off = [(c, p) for p, c in enumerate(counts) if p != t and c > 0]
+        if off:
+            count, p = max(off)
+            out[labels[t]] = f"{labels[p]} ({count})"
+    return out
+
+
+def confused_table(report: dict) -> Table | Text:
+    pairs = report["most_confused"]
+    if not pairs:
+        return Text("no confusions: every drawing was classified correctly", style="green")
+    table = Table(title="most confused pairs", box=box.SIMPLE_HEAVY, title_justify="left")
+    table.add_column("true class")
+    table.add_column("predicted as")
+    table.add_column("count", justify="right")
+    table.add_column("of true class", justify="right")
+    for p in pairs:
+        table.add_row(p["true"], p["predicted"], f"{p['count']:,}", f"{p['share']:.1%}")
+    return table
+
+
+def backend_table(report: dict) -> Group:
+    """Backends that ran, side by side; those skipped and any notes listed under the table."""
+    table = Table(title="backends, side by side", box=box.SIMPLE_HEAVY, title_justify="left")
+    for name in ("backend", "top-1", "MAP@3", "agrees", "size", "images/s @256", "p50 1 image"):
+        table.add_column(name, justify="left" if name == "backend" else "right", no_wrap=True)
+    lines = []
+    for b in report["backends"]:
+        if b["status"] != "ok":
+            lines.append(Text(f"{b['name']} skipped: {b['reason']}", style="yellow"))
+            continue
+        speed = f"{b['images_per_s_batch256']:,.0f}" if b.get("images_per_s_batch256") else "–"
+        latency = f"{b['p50_latency_ms_single']:.2f} ms" if b.get("p50_latency_ms_single") else "–"
+        name = b["name"] + (" *" if b["name"] == report["reference_backend"] else "")
+        table.add_row(name, _pct(b["top1"], style=False), _pct(b["map3"], style=False),
+                      _pct(b["agreement_with_reference"], style=False), _size(b["size_bytes"]), speed, latency)
+        if b["note"]:
+            lines.append(Text(f"{b['name']}: {b['note']}", style="yellow"))
+    lines.append(Text("* reference; agrees = same top-1 class as the reference; speed = model call only, "
+                      "median of repeated runs", style="dim"))
+    return Group(table, *lines)
+
+
+def render(report: dict, console: Console, out_dir=None) -> None:
+    console.print(overall_panel(report))
+    console.print(class_table(report))
+    console.print(confused_table(report))
+    console.print(backend_table(report))
+    if out_dir is not None and report["files"]:
+        files = ", ".join(report["files"][k] for k in ("report", "confusion", "mistakes") if k in report["files"])
+        console.print(f"wrote {files} to [bold]{out_dir}[/]", highlight=False)
+
+
+def models_table(results) -> Table:
+    """One line per model, when several were evaluated in one run."""
+    table = Table(title="models, side by side", box=box.SIMPLE_HEAVY, title_justify="left")
+    for name, justify in (("model", "left"), ("top-1", "right"), ("top-3", "right"), ("MAP@3", "right"),
+                          ("macro F1", "right"), ("drawings", "right"), ("data", "left")):
+        table.add_column(name, justify=justify)
+    for r in results:
+        table.add_row(r.model.name, _pct(r.summary.top1), _pct(r.summary.top3), _pct(r.summary.map3),
+                      _pct(metrics.macro_f1(r.scores)), f"{len(r.heldout):,}", Text(r.heldout.describe(), style="dim"))
+    return table

@@ -1,0 +1,107 @@
+"""qd.evaluate.metrics against small cases worked out by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from qd.evaluate import metrics
+
+# 4 rows, 3 classes. Ranking per row (most probable first):
+# row0 true 0: [0, 1, 2] -> rank 1
+# row1 true 1: [2, 1, 0] -> rank 2
+# row2 true 2: [0, 1, 2] -> rank 3
+# row3 true 0: [1, 0, 2] -> rank 2
+PROBS = np.array([
+    [0.7, 0.2, 0.1],
+    [0.1, 0.3, 0.6],
+    [0.5, 0.3, 0.2],
+    [0.3, 0.6, 0.1],
+])
+LABELS = np.array([0, 1, 2, 0])
+
+
+def test_top_k_accuracy_by_hand():
+    assert metrics.top_k_accuracy(PROBS, LABELS, 1) == pytest.approx(1 / 4)
+    assert metrics.top_k_accuracy(PROBS, LABELS, 2) == pytest.approx(3 / 4)
+    assert metrics.top_k_accuracy(PROBS, LABELS, 3) == pytest.approx(1.0)
+
+
+def test_map_at_3_by_hand():
+    # (1 + 1/2 + 1/3 + 1/2) / 4
+    assert metrics.map_at_k(PROBS, LABELS, 3) == pytest.approx((1 + 0.5 + 1 / 3 + 0.5) / 4)
+    # at k=2 the rank-3 row scores 0
+    assert metrics.map_at_k(PROBS, LABELS, 2) == pytest.approx((1 + 0.5 + 0 + 0.5) / 4)
+
+
+def test_ties_rank_lower_index_first():
+    probs = np.array([[0.5, 0.5, 0.0]])
+    assert metrics.ranked_classes(probs, 2).tolist() == [[0, 1]]
+    assert metrics.map_at_k(probs, np.array([1]), 3) == pytest.approx(0.5)
+
+
+def test_empty_input_gives_nan_not_a_crash():
+    empty = np.zeros((0, 3))
+    assert math.isnan(metrics.top_k_accuracy(empty, np.zeros(0, int), 1))
+    assert math.isnan(metrics.map_at_k(empty, np.zeros(0, int)))
+
+
+def test_confusion_matrix_rows_are_true_classes():
+    predicted = PROBS.argmax(axis=1)  # [0, 2, 0, 1]
+    cm = metrics.confusion_matrix(LABELS, predicted, 3)
+    assert cm.tolist() == [
+        [1, 1, 0],  # true 0: predicted 0 once, 1 once
+        [0, 0, 1],  # true 1: predicted 2
+        [1, 0, 0],  # true 2: predicted 0
+    ]
+    assert metrics.normalize_rows(cm)[0].tolist() == [0.5, 0.5, 0.0]
+
+
+def test_per_class_scores_by_hand():
+    cm = np.array([
+        [8, 2, 0],
+        [1, 3, 0],
+        [0, 0, 0],  # class 2: no examples, never predicted
+    ])
+    a, b, c = metrics.per_class_scores(cm, ["a", "b", "c"])
+    assert a.precision == pytest.approx(8 / 9) and a.recall == pytest.approx(8 / 10)
+    assert a.f1 == pytest.approx(2 * (8 / 9) * 0.8 / (8 / 9 + 0.8))
+    assert (a.support, a.predicted) == (10, 9)
+    assert b.precision == pytest.approx(3 / 5) and b.recall == pytest.approx(3 / 4)
+    assert c.precision is None and c.recall is None and c.f1 is None and c.support == 0
+
+
+def test_never_predicted_class_with_examples_scores_zero():
+    cm = np.array([[2, 0], [3, 0]])
+    _, b = metrics.per_class_scores(cm, ["a", "b"])
+    assert (b.precision, b.recall, b.f1) == (0.0, 0.0, 0.0)
+
+
+def test_worst_first_skips_absent_classes_and_sorts_by_f1():
+    cm = np.array([
+        [8, 2, 0],
+        [1, 3, 0],
+        [0, 0, 0],
+    ])
+    scores = metrics.per_class_scores(cm, ["a", "b", "c"])
+    assert [s.name for s in metrics.worst_first(scores)] == ["b", "a"]
+    f1_a, f1_b = scores[0].f1, scores[1].f1
+    assert metrics.macro_f1(scores) == pytest.approx((f1_a + f1_b) / 2)
+
+
+def test_most_confused_pairs_by_count_then_share():
+    cm = np.array([
+        [5, 3, 1],
+        [3, 1, 0],
+        [0, 2, 9],
+    ])
+    pairs = metrics.most_confused(cm, ["a", "b", "c"], limit=3)
+    # a->b and b->a both 3; b->a has the larger share (3/4 vs 3/9)
+    assert [(p.true, p.predicted, p.count) for p in pairs] == [("b", "a", 3), ("a", "b", 3), ("c", "b", 2)]
+    assert pairs[0].share == pytest.approx(3 / 4)
+
+
+def test_summary_and_agreement():
+    s = metrics.summarize(PROBS, LABELS)
+    assert (s.count, s.top1, s.top3) == (4, 0.25, 1.0)
+    assert metrics.agreement(np.array([0, 1, 2, 2]), np.array([0, 1, 1, 2])) == pytest.approx(0.75)
