@@ -7,9 +7,11 @@ Pickle is never allowed.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -25,6 +27,11 @@ class BitmapHeader:
     rows: int
     data_offset: int
 
+    @property
+    def file_size(self) -> int:
+        """Bytes a complete file with this header must have."""
+        return self.data_offset + self.rows * PIXELS
+
 
 def read_bitmap_header(path: str | os.PathLike) -> BitmapHeader:
     """Check that `path` is a uint8 (N, 784) `.npy` whose size matches its header."""
@@ -32,36 +39,54 @@ def read_bitmap_header(path: str | os.PathLike) -> BitmapHeader:
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            try:
-                major, minor = np.lib.format.read_magic(f)
-            except ValueError:
-                raise BitmapFileError(path, "not a .npy file (bad magic bytes)") from None
-            try:
-                if major == 1:
-                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=MAX_HEADER_BYTES)
-                elif major in (2, 3):
-                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=MAX_HEADER_BYTES)
-                else:
-                    raise BitmapFileError(path, f"unsupported .npy version {major}.{minor}")
-            except (ValueError, SyntaxError, TypeError) as exc:
-                raise BitmapFileError(path, f"corrupt .npy header ({_first_line(exc)})") from None
-            offset = f.tell()
+            return parse_bitmap_header(f, path, size=size)
     except BitmapFileError:
         raise
     except OSError as exc:
         raise BitmapFileError(path, exc.strerror or str(exc)) from None
+
+
+def parse_bitmap_header(f: BinaryIO, name: object, size: int | None = None) -> BitmapHeader:
+    """Parse and check a bitmap `.npy` header from a binary stream positioned at byte 0.
+
+    `name` only labels errors (a path, a URL). With `size` (the whole file's length),
+    the size must match the header exactly; without it only the header is checked,
+    which is how a download is vetted from its first bytes before the rest arrives.
+    """
+    try:
+        major, minor = np.lib.format.read_magic(f)
+    except ValueError:
+        raise BitmapFileError(name, "not a .npy file (bad magic bytes)") from None
+    try:
+        if major == 1:
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=MAX_HEADER_BYTES)
+        elif major in (2, 3):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=MAX_HEADER_BYTES)
+        else:
+            raise BitmapFileError(name, f"unsupported .npy version {major}.{minor}")
+    except (ValueError, SyntaxError, TypeError) as exc:
+        raise BitmapFileError(name, f"corrupt .npy header ({_first_line(exc)})") from None
+    offset = f.tell()
     if dtype.hasobject:
-        raise BitmapFileError(path, "array holds Python objects (pickle); refused")
+        raise BitmapFileError(name, "array holds Python objects (pickle); refused")
     if dtype != np.uint8:
-        raise BitmapFileError(path, f"dtype is {dtype}, expected uint8")
+        raise BitmapFileError(name, f"dtype is {dtype}, expected uint8")
     if len(shape) != 2 or shape[1] != PIXELS:
-        raise BitmapFileError(path, f"shape is {shape}, expected (N, {PIXELS})")
+        raise BitmapFileError(name, f"shape is {shape}, expected (N, {PIXELS})")
     if fortran and shape[0] > 1:
-        raise BitmapFileError(path, "array is Fortran-ordered, expected C order")
-    expected = offset + shape[0] * PIXELS
-    if size != expected:
-        raise BitmapFileError(path, f"size is {size} bytes, header promises {expected} (truncated or padded)")
-    return BitmapHeader(rows=int(shape[0]), data_offset=offset)
+        raise BitmapFileError(name, "array is Fortran-ordered, expected C order")
+    header = BitmapHeader(rows=int(shape[0]), data_offset=offset)
+    if size is not None and size != header.file_size:
+        raise BitmapFileError(
+            name, f"size is {size} bytes, header promises {header.file_size} (truncated or padded)")
+    return header
+
+
+def bitmap_header_bytes(rows: int) -> bytes:
+    """The `.npy` (version 1.0) header of a C-ordered uint8 (rows, 784) array."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": (rows, PIXELS)})
+    return buf.getvalue()
 
 
 def open_bitmaps(path: str | os.PathLike) -> np.ndarray:

@@ -26,7 +26,10 @@ def list_categories(data_dir: str | os.PathLike) -> list[str]:
         raise QDError(f"{data_dir}: data directory does not exist")
     if not data_dir.is_dir():
         raise QDError(f"{data_dir}: not a directory")
-    return sorted(p.name[: -len(SUFFIX)] for p in data_dir.iterdir() if p.name.endswith(SUFFIX) and p.is_file())
+    # Hidden names are never categories: partial downloads (`.cat.npy.part`) and
+    # macOS resource forks (`._cat.npy`) live beside the real files.
+    return sorted(p.name[: -len(SUFFIX)] for p in data_dir.iterdir()
+                  if p.name.endswith(SUFFIX) and not p.name.startswith(".") and p.is_file())
 
 
 def resolve_categories(data_dir: str | os.PathLike, requested: list[str] | None) -> list[str]:

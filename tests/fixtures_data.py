@@ -1,1 +1,344 @@
-"""Fixtures for the data stage's tests (and the stages that build on it)."""
+"""Fixtures for the data stage's tests (and the stages that build on it).
+
+`qd_server` is a loopback HTTP server (127.0.0.1, ephemeral port, one thread per
+request) that serves the shared bitmaps in Google's layout,
+`<base_url>/<URL-encoded category>.npy`, with Range support and fault injection:
+
+    def test_resume(qd_server, tmp_path):
+        qd_server.drop_after("cat", 100_000)        # next response for cat breaks at byte 100000
+        qd_server.serve_html("dog")                 # dog.npy answers with an HTML error page
+        qd_server.fail_with("apple", 503, times=2)  # two 503s, then the file
+        qd_server.ignore_range()                    # answer every Range request with a full 200
+        qd_server.stall("bird", seconds=2.0, after=4096)  # pause mid-body (timeouts, SIGKILL tests)
+        qd_server.add("The Eiffel Tower", some_path)  # serve another file under any name
+        ... fetch from qd_server.base_url ...
+        qd_server.hits_for("cat")  # [Hit(method, category, range, status, sent), ...]
+
+One server runs for the whole session; the function-scoped `qd_server` clears faults,
+extra names and the request log before and after each test.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+BASE_PATH = "/quickdraw_dataset/full/numpy_bitmap"
+HTML_PAGE = (b"<!DOCTYPE html>\n<html lang=en><head><title>Error 429 (Too Many Requests)</title></head>"
+             b"<body><p>We're sorry, but you have sent too many requests to us recently.</p></body></html>\n")
+MAX_STALL_SECONDS = 10.0  # a stalled handler never outlives the test run by much
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One request as the server saw it."""
+
+    method: str
+    category: str | None
+    range: str | None
+    status: int
+    sent: int  # body bytes actually written
+
+
+class BitmapServer:
+    """Serves `<category>.npy` files from a folder (plus added names) in Google's layout."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._lock = threading.Lock()
+        self._cache: dict[Path, bytes] = {}
+        self.reset()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._httpd.daemon_threads = True
+        self._httpd.owner = self  # type: ignore[attr-defined]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="qd-bitmap-server", daemon=True)
+
+    # -- life cycle -------------------------------------------------------------------
+    def start(self) -> "BitmapServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{BASE_PATH}"
+
+    def url(self, category: str) -> str:
+        return f"{self.base_url}/{urllib.parse.quote(category + '.npy', safe='')}"
+
+    # -- content and faults -------------------------------------------------------------
+    def reset(self) -> None:
+        with self._lock:
+            self.files: dict[str, Path] = {p.stem: p for p in sorted(self.folder.glob("*.npy"))}
+            self.hits: list[Hit] = []
+            self._drops: dict[str, list[int]] = {}  # category -> [file offset, times left]
+            self._html: set[str] = set()
+            self._status: dict[str, list[int]] = {}  # category -> [status, times left]
+            self._stalls: dict[str, tuple[float, int]] = {}
+            self._ignore_range = False
+
+    def add(self, category: str, path: Path) -> None:
+        """Serve `path` as `<category>.npy` (any name, e.g. with spaces)."""
+        with self._lock:
+            self.files[category] = Path(path)
+            self._cache.pop(Path(path), None)
+
+    def remove(self, category: str) -> None:
+        with self._lock:
+            self.files.pop(category, None)
+
+    def drop_after(self, category: str, offset: int, times: int = 1) -> None:
+        """Close the connection once a response for `category` reaches file byte `offset`."""
+        with self._lock:
+            self._drops[category] = [offset, times]
+
+    def serve_html(self, category: str) -> None:
+        """Answer every request for `category` with a 200 HTML error page."""
+        with self._lock:
+            self._html.add(category)
+
+    def fail_with(self, category: str, status: int, times: int = 1) -> None:
+        with self._lock:
+            self._status[category] = [status, times]
+
+    def stall(self, category: str, seconds: float, after: int = 0) -> None:
+        """Pause `seconds` after sending `after` body bytes of each response for `category`."""
+        with self._lock:
+            self._stalls[category] = (min(seconds, MAX_STALL_SECONDS), after)
+
+    def ignore_range(self, ignore: bool = True) -> None:
+        with self._lock:
+            self._ignore_range = ignore
+
+    def hits_for(self, category: str) -> list[Hit]:
+        with self._lock:
+            return [hit for hit in self.hits if hit.category == category]
+
+    def bytes_of(self, category: str) -> bytes:
+        with self._lock:
+            path = self.files[category]
+        return self._read(path)
+
+    # -- used by the handler --------------------------------------------------------------
+    def _read(self, path: Path) -> bytes:
+        with self._lock:
+            if path not in self._cache:
+                self._cache[path] = path.read_bytes()
+            return self._cache[path]
+
+    def _plan(self, category: str) -> dict:
+        """Decide, under the lock, which faults this request gets (consuming one-shot ones)."""
+        with self._lock:
+            plan = {"path": self.files.get(category), "html": category in self._html,
+                    "status": None, "drop": None, "stall": self._stalls.get(category),
+                    "ignore_range": self._ignore_range}
+            if category in self._status:
+                status, left = self._status[category]
+                plan["status"] = status
+                self._status[category][1] -= 1
+                if left <= 1:
+                    del self._status[category]
+            if category in self._drops:
+                plan["drop"] = self._drops[category]
+            return plan
+
+    def _consume_drop(self, category: str) -> None:
+        with self._lock:
+            entry = self._drops.get(category)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del self._drops[category]
+
+    def _record(self, hit: Hit) -> None:
+        with self._lock:
+            self.hits.append(hit)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "qd-test-bitmaps/1.0"
+
+    def log_message(self, format, *args):  # keep pytest output clean
+        pass
+
+    def do_HEAD(self):
+        self._serve(send_body=False)
+
+    def do_GET(self):
+        self._serve(send_body=True)
+
+    def _serve(self, send_body: bool) -> None:
+        owner: BitmapServer = self.server.owner  # type: ignore[attr-defined]
+        path = urllib.parse.urlsplit(self.path).path
+        range_header = self.headers.get("Range")
+        prefix = BASE_PATH + "/"
+        if not path.startswith(prefix) or not path.endswith(".npy"):
+            return self._error(owner, None, range_header, 404)
+        category = urllib.parse.unquote(path[len(prefix):-len(".npy")])
+        plan = owner._plan(category)
+        if plan["status"] is not None:
+            return self._error(owner, category, range_header, plan["status"])
+        if plan["html"]:
+            return self._send(owner, category, range_header, 200, HTML_PAGE, 0, len(HTML_PAGE),
+                              {"Content-Type": "text/html; charset=UTF-8"}, send_body, plan)
+        if plan["path"] is None:
+            return self._error(owner, category, range_header, 404)
+        data = owner._read(plan["path"])
+        total = len(data)
+        headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+        span = None if plan["ignore_range"] else _parse_range(range_header, total)
+        if span == "unsatisfiable":
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{total}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            owner._record(Hit(self.command, category, range_header, 416, 0))
+            return
+        if span is None:
+            return self._send(owner, category, range_header, 200, data, 0, total, headers, send_body, plan)
+        first, last = span
+        headers["Content-Range"] = f"bytes {first}-{last}/{total}"
+        return self._send(owner, category, range_header, 206, data, first, last + 1, headers, send_body, plan)
+
+    def _send(self, owner, category, range_header, status, data, start, end, headers, send_body, plan) -> None:
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(end - start))
+        self.end_headers()
+        sent = 0
+        if send_body:
+            stop = end
+            drop = plan["drop"]
+            if drop is not None and start < drop[0] < end:
+                stop = drop[0]
+                owner._consume_drop(category)
+            sent = self._write_body(data, start, stop, plan["stall"])
+            if stop < end:
+                self._abort()
+        owner._record(Hit(self.command, category, range_header, status, sent))
+
+    def _write_body(self, data: bytes, start: int, stop: int, stall) -> int:
+        sent = 0
+        try:
+            if stall is not None:
+                seconds, after = stall
+                cut = min(start + after, stop)
+                self.wfile.write(data[start:cut])
+                self.wfile.flush()
+                sent = cut - start
+                time.sleep(seconds)
+                start = cut
+            self.wfile.write(data[start:stop])
+            self.wfile.flush()
+            sent += stop - start
+        except OSError:  # the client went away (timeout, SIGKILL): fine
+            self.close_connection = True
+        return sent
+
+    def _abort(self) -> None:
+        """Drop the connection mid-body, as a flaky network would."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _error(self, owner, category, range_header, status: int) -> None:
+        body = f"<html><body><h1>{status}</h1></body></html>".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        owner._record(Hit(self.command, category, range_header, status, len(body)))
+
+
+def _parse_range(header: str | None, total: int):
+    """(first, last) for a single `bytes=` range, None to send everything, or 'unsatisfiable'."""
+    if not header:
+        return None
+    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    if not match or (not match.group(1) and not match.group(2)):
+        return None  # multiple or malformed ranges: a plain 200, as RFC 9110 allows
+    first_text, last_text = match.groups()
+    if not first_text:  # suffix range: the last N bytes
+        n = int(last_text)
+        return (max(total - n, 0), total - 1) if n and total else "unsatisfiable"
+    first = int(first_text)
+    last = min(int(last_text), total - 1) if last_text else total - 1
+    if first >= total or first > last:
+        return "unsatisfiable"
+    return first, last
+
+
+@pytest.fixture(scope="session")
+def qd_server_session(shared_bitmaps):
+    """The one loopback server of the session; prefer `qd_server`, which resets it."""
+    server = BitmapServer(shared_bitmaps).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def qd_server(qd_server_session) -> BitmapServer:
+    """The session's bitmap server with no faults, no extra names and an empty request log."""
+    qd_server_session.reset()
+    yield qd_server_session
+    qd_server_session.reset()
+
+
+@dataclass(frozen=True)
+class CliRun:
+    exit_code: int
+    stdout: str
+    stderr: str
+    output: str  # stdout and stderr interleaved, as a terminal shows them
+
+
+def invoke_cli(main, *args, env: dict | None = None) -> CliRun:
+    """Run a `qd-*` entry point function (`main()`, which goes through run_app) in-process,
+    with sys.argv set and the output captured: exactly what a user would see and get."""
+    import sys
+
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    saved_argv = sys.argv
+    with runner.isolation(env=env) as (out, err, mixed):
+        sys.argv = ["qd-cli", *(str(a) for a in args)]
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            sys.argv = saved_argv
+        sys.stdout.flush()
+        sys.stderr.flush()
+        texts = [stream.getvalue().decode("utf-8", "replace") for stream in (out, err, mixed)]
+    return CliRun(code, *texts)
+
+
+@pytest.fixture
+def run_cli():
+    """`run_cli(main, *args, env=None) -> CliRun`: see invoke_cli."""
+    return invoke_cli

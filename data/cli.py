@@ -1,0 +1,189 @@
+"""`qd-data`: get Quick, Draw! bitmap files (`fetch`) and see what is on disk (`list`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich import box
+from rich.filesize import decimal as human_size
+from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                           TransferSpeedColumn)
+from rich.table import Table
+
+from .bitmaps import read_bitmap_header
+from .categories import category_path, list_categories
+from .console import console, err_console, fail, run_app
+from .errors import BitmapFileError, QDError
+from .fetch import FetchOptions, FetchResult, fetch_categories
+from .paths import default_data_dir
+from .sources import (DEFAULT_SOURCE, DEFAULT_TIMEOUT, SOURCE_ENV, UrlSource, did_you_mean, google_categories,
+                      resolve_source)
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Get Quick, Draw! numpy bitmap files (<category>.npy, uint8 (N, 784)) and list them.")
+
+
+class RichProgress:
+    """fetch.ProgressHook drawn as one rich progress bar per file being transferred."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.task = None
+
+    def begin(self, category: str, total: int, completed: int) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task(category, total=total, completed=completed)
+        else:
+            self.progress.update(self.task, total=total, completed=completed)
+
+    def advance(self, nbytes: int) -> None:
+        self.progress.advance(self.task, nbytes)
+
+    def end(self) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
+
+
+@app.command()
+def fetch(
+    categories: Optional[List[str]] = typer.Argument(
+        None, metavar="CATEGORY...", show_default=False,
+        help="Category names as the source spells them (quote names with spaces: 'The Eiffel Tower')."),
+    all_categories: bool = typer.Option(
+        False, "--all", help="Every category the source lists: a folder's *.npy, or Google's 345 for a URL."),
+    source: Optional[str] = typer.Option(
+        None, "--source", "-s", show_default=False,
+        help=f"Base URL or folder in Google's layout. Default: ${SOURCE_ENV}, else {DEFAULT_SOURCE}"),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", show_default=False, help="Destination folder. Default: $QD_ARTIFACTS/data or artifacts/data."),
+    max_per_category: Optional[int] = typer.Option(
+        None, "--max-per-category", "-n", min=1, show_default=False,
+        help="Keep only the first N drawings of each category (downloads only those bytes)."),
+    timeout: float = typer.Option(DEFAULT_TIMEOUT, "--timeout", min=0.1, help="Seconds to wait on the network."),
+    retries: int = typer.Option(3, "--retries", min=0, help="Retries after a network failure (each resumes)."),
+) -> None:
+    """Fetch <category>.npy files: verified, resumable, never half-written."""
+    src = resolve_source(source, timeout=timeout)
+    names = _wanted(categories or [], all_categories, src)
+    out = out if out is not None else default_data_dir()
+    options = FetchOptions(max_rows=max_per_category, retries=retries)
+
+    console.print(f"fetching {len(names)} categor{'y' if len(names) == 1 else 'ies'} from {src} into {out}",
+                  highlight=False, soft_wrap=True)
+    counts: dict[str, int] = {}
+    failures: list[str] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    # Bars only on a terminal; logs (make demo, CI) get one line per category.
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        def on_result(result: FetchResult) -> None:
+            counts[result.action] = counts.get(result.action, 0) + 1
+            progress.console.print(_result_line(result), highlight=False, soft_wrap=True)
+
+        def on_failure(category: str, message: str) -> None:
+            failures.append(message)
+            progress.console.print(f"  [red]✗[/] {category}: failed", highlight=False, soft_wrap=True)
+
+        report = fetch_categories(src, names, out, options, RichProgress(progress), on_result, on_failure)
+
+    done = ", ".join(f"{n} {action}" for action, n in counts.items()) or "nothing fetched"
+    console.print(f"{len(report.results)} of {len(names)} categor{'y' if len(names) == 1 else 'ies'} in {out} ({done})", highlight=False,
+                  soft_wrap=True)
+    for message in failures:
+        fail(message)
+    if report.stopped_early:
+        fail(f"stopped after a fatal error; {len(names) - len(report.results) - len(failures)} categories not tried")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("list")
+def list_(
+    data_dir: Optional[Path] = typer.Argument(
+        None, metavar="[DIR]", show_default=False, help="Folder of <category>.npy files. Default: artifacts/data."),
+) -> None:
+    """Show the local categories, their drawing counts and file sizes."""
+    data_dir = data_dir if data_dir is not None else default_data_dir()
+    names = list_categories(data_dir)
+    partial = sorted(p.name for p in data_dir.glob(".*.npy.part"))
+    if not names:
+        console.print(f"no <category>.npy files in {data_dir} (get some with: qd-data fetch CATEGORY...)",
+                      highlight=False, soft_wrap=True)
+        _note_partial(partial)
+        return
+
+    table = Table(box=box.SIMPLE_HEAD, show_footer=True, title=str(data_dir), title_justify="left")
+    table.add_column("category", footer=f"{len(names)} categor{'y' if len(names) == 1 else 'ies'}")
+    table.add_column("drawings", justify="right")
+    table.add_column("size", justify="right")
+    total_rows = total_bytes = 0
+    broken: list[str] = []
+    for name in names:
+        path = category_path(data_dir, name)
+        size = path.stat().st_size
+        total_bytes += size
+        try:
+            rows = read_bitmap_header(path).rows
+        except BitmapFileError as exc:
+            broken.append(str(exc))
+            table.add_row(f"[red]{name}[/]", f"[red]invalid: {exc.problem}[/]", human_size(size))
+            continue
+        total_rows += rows
+        table.add_row(name, f"{rows:,}", human_size(size))
+    table.columns[1].footer = f"{total_rows:,}"
+    table.columns[2].footer = human_size(total_bytes)
+    console.print(table)
+    _note_partial(partial)
+    for message in broken:
+        fail(message)
+    if broken:
+        raise typer.Exit(1)
+
+
+def _wanted(categories: list[str], all_categories: bool, src) -> list[str]:
+    if all_categories and categories:
+        raise QDError("give category names or --all, not both")
+    if all_categories:
+        names = src.list_categories()
+        if not names:
+            raise QDError(f"{src}: the source lists no <category>.npy files")
+        return names
+    if not categories:
+        raise QDError("name at least one category (e.g. qd-data fetch cat dog) or use --all")
+    names = list(dict.fromkeys(name.strip() for name in categories))
+    if isinstance(src, UrlSource) and src.base == DEFAULT_SOURCE.rstrip("/"):
+        known = set(google_categories())
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise QDError("; ".join(f"{name}: not a Quick, Draw! category{did_you_mean(name, sorted(known))}"
+                                    for name in unknown))
+    return names
+
+
+def _result_line(result: FetchResult) -> str:
+    if result.action == "skipped":
+        why = f", {result.note}" if result.note else ""
+        return f"  [dim]=[/] {result.category}: already present ({result.rows:,} drawings{why})"
+    how = result.action
+    if result.action == "resumed":
+        how = f"resumed at {human_size(result.resumed_from)}"
+    note = f", {result.note}" if result.note else ""
+    return (f"  [green]✓[/] {result.category}: {result.rows:,} drawings, {human_size(result.size)} "
+            f"({how}{note})")
+
+
+def _note_partial(partial: list[str]) -> None:
+    if partial:
+        err_console.print(f"note: {len(partial)} unfinished download(s) ({', '.join(partial)}); "
+                          "rerun qd-data fetch to resume", highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()

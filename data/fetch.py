@@ -1,0 +1,354 @@
+"""Fetch `<category>.npy` bitmap files from a source into a data folder, safely.
+
+For each category:
+1. probe the source: the first bytes must be a uint8 (N, 784) `.npy` header, else the
+   category fails at once with nothing written (an HTML error page never lands on disk);
+2. skip it if the destination already holds a valid file with the wanted drawings;
+3. stream the needed bytes into `.<category>.npy.part` beside the destination. An
+   interrupted download stays there, and the next run resumes it with an HTTP Range
+   request (a server that ignores Range is detected and the file restarted);
+4. verify the finished part (header, dtype, 784 columns, exact size), and only then
+   rename it into place atomically. `--max-per-category N` downloads just the header and
+   the first N rows, and writes a valid (N, 784) file with a rewritten header.
+
+So `<category>.npy` is always either absent or complete and valid; a crash or SIGKILL
+at any moment leaves at most a hidden `.part` (resumed later) or `.tmp` (removed later).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Protocol
+
+from .bitmaps import PIXELS, bitmap_header_bytes, parse_bitmap_header, read_bitmap_header
+from .categories import category_path
+from .errors import BitmapFileError, QDError
+from .sources import Body, FolderSource, Remote, TransientError, UrlSource
+
+CHUNK_BYTES = 1 << 20
+# Out of disk or quota: every later category would fail the same way.
+FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    max_rows: int | None = None  # --max-per-category
+    retries: int = 3  # further attempts per file after a network failure (each one resumes)
+    retry_wait: float = 1.0  # seconds before the first retry; doubles each time
+
+
+@dataclass
+class FetchResult:
+    category: str
+    path: Path
+    rows: int
+    size: int
+    action: str  # "downloaded", "resumed", "copied", "skipped"
+    received: int = 0  # bytes transferred by this run
+    resumed_from: int = 0  # bytes already in the .part file when this run started
+    note: str = ""
+
+
+@dataclass
+class FetchReport:
+    results: list[FetchResult] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (category, one-line message)
+    stopped_early: bool = False  # a fatal error (disk full) ended the run
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+class ProgressHook(Protocol):
+    def begin(self, category: str, total: int, completed: int) -> None: ...
+    def advance(self, nbytes: int) -> None: ...
+    def end(self) -> None: ...
+
+
+class DiskError(QDError):
+    """Writing the data folder failed (disk full, read-only, permissions)."""
+
+    def __init__(self, message: str, fatal: bool):
+        super().__init__(message)
+        self.fatal = fatal
+
+
+def part_path(out_dir: str | os.PathLike, category: str) -> Path:
+    """Where an unfinished download waits to be resumed."""
+    return Path(out_dir) / f".{category}.npy.part"
+
+
+def tmp_path(out_dir: str | os.PathLike, category: str) -> Path:
+    """Scratch file for a capped (`--max-per-category`) file before its rename."""
+    return Path(out_dir) / f".{category}.npy.tmp"
+
+
+def fetch_categories(source: FolderSource | UrlSource, categories: Iterable[str], out_dir: str | os.PathLike,
+                     options: FetchOptions = FetchOptions(), progress: ProgressHook | None = None,
+                     on_result: Callable[[FetchResult], None] | None = None,
+                     on_failure: Callable[[str, str], None] | None = None) -> FetchReport:
+    """Fetch each category; one failing category does not stop the others (a full disk does)."""
+    report = FetchReport()
+    for category in categories:
+        try:
+            result = fetch_category(source, category, out_dir, options, progress)
+        except DiskError as exc:
+            report.failures.append((category, str(exc)))
+            if on_failure:
+                on_failure(category, str(exc))
+            if exc.fatal:
+                report.stopped_early = True
+                break
+            continue
+        except QDError as exc:
+            report.failures.append((category, str(exc)))
+            if on_failure:
+                on_failure(category, str(exc))
+            continue
+        report.results.append(result)
+        if on_result:
+            on_result(result)
+    return report
+
+
+def fetch_category(source: FolderSource | UrlSource, category: str, out_dir: str | os.PathLike,
+                   options: FetchOptions = FetchOptions(), progress: ProgressHook | None = None) -> FetchResult:
+    """Make `<out_dir>/<category>.npy` a verified copy of the source's file (or its first rows)."""
+    if options.max_rows is not None and options.max_rows < 1:
+        raise QDError(f"--max-per-category must be at least 1, got {options.max_rows}")
+    _check_name(category)
+    out_dir = Path(out_dir)
+    dest, part, tmp = category_path(out_dir, category), part_path(out_dir, category), tmp_path(out_dir, category)
+    with _disk_errors(category, out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)  # left by a run killed while finishing a capped file
+
+    try:
+        remote = _with_retries(lambda: source.probe(category), options)
+    except TransientError:
+        present = _valid_rows(dest)
+        if present is None or (options.max_rows is not None and present < options.max_rows):
+            raise
+        # Offline rerun: a verified file is already there; say it was not re-checked.
+        return FetchResult(category, dest, present, dest.stat().st_size, "skipped",
+                           note="source unreachable, not re-checked")
+    want_rows = remote.header.rows if options.max_rows is None else min(options.max_rows, remote.header.rows)
+    capped = want_rows < remote.header.rows
+    want_bytes = remote.header.data_offset + want_rows * PIXELS
+
+    present = _valid_rows(dest)
+    if present is not None and (present == want_rows or (capped and present > want_rows)):
+        note = f"has more than --max-per-category {options.max_rows}" if present > want_rows else ""
+        return FetchResult(category, dest, present, dest.stat().st_size, "skipped", note=note)
+
+    with _disk_errors(category, out_dir):
+        resumed_from = _usable_part(part, remote, capped, want_bytes)
+        received = _download(source, category, part, remote, want_bytes, options, progress)
+        if capped:
+            _finish_capped(category, part, tmp, dest, remote, want_rows)
+            if resumed_from <= want_bytes:  # a longer part belongs to an unfinished full download
+                part.unlink(missing_ok=True)
+        else:
+            _finish_whole(category, part, dest, remote)
+    action = "copied" if isinstance(source, FolderSource) else ("resumed" if resumed_from else "downloaded")
+    note = f"first {want_rows} of {remote.header.rows} drawings" if capped else ""
+    return FetchResult(category, dest, want_rows, dest.stat().st_size, action, received=received,
+                       resumed_from=min(resumed_from, want_bytes), note=note)
+
+
+def _check_name(category: str) -> None:
+    if not category or category != category.strip():
+        raise QDError(f"{category!r}: category names cannot be empty or start/end with spaces")
+    if "/" in category or "\\" in category or category.startswith(".") or "\0" in category:
+        raise QDError(f"{category!r}: not a category name (no slashes, no leading dot)")
+
+
+def _valid_rows(path: Path) -> int | None:
+    if not path.is_file():
+        return None
+    try:
+        return read_bitmap_header(path).rows
+    except BitmapFileError:
+        return None  # a broken file is replaced, never trusted
+
+
+def _usable_part(part: Path, remote: Remote, capped: bool, want_bytes: int) -> int:
+    """Bytes of `part` that can be kept (0 after discarding a part that belongs to another file)."""
+    if not part.is_file():
+        return 0
+    size = part.stat().st_size
+    keep = size
+    if size > remote.size or (size > want_bytes and not capped):
+        keep = 0  # longer than the file it claims to be a prefix of
+    elif size >= remote.header.data_offset:
+        with open(part, "rb") as f:
+            if f.read(remote.header.data_offset) != remote.header_bytes:
+                keep = 0  # a different file (or version) was being downloaded
+    elif remote.header_bytes[:size] != part.read_bytes():
+        keep = 0
+    if keep == 0:
+        part.unlink()
+    return keep
+
+
+def _download(source, category: str, part: Path, remote: Remote, want_bytes: int,
+              options: FetchOptions, progress: ProgressHook | None) -> int:
+    """Grow `part` to at least `want_bytes`, resuming and retrying; returns bytes received."""
+    have = part.stat().st_size if part.exists() else 0
+    received = 0
+    failures = 0
+    if have >= want_bytes:
+        return 0
+    if progress:
+        progress.begin(category, want_bytes, have)
+    try:
+        while have < want_bytes:
+            before = have
+            try:
+                with source.open(category, have, want_bytes) as body:
+                    if body.start != have:  # Range ignored: the server restarted the file
+                        have = body.start
+                        if progress:
+                            progress.begin(category, want_bytes, have)
+                    have, got = _append(body, part, have, want_bytes, progress)
+                    received += got
+                if have < want_bytes:
+                    raise TransientError(f"{category}: {source.location(category)}: connection closed "
+                                         f"after {have} of {want_bytes} bytes")
+            except TransientError as exc:
+                failures += 1
+                if failures > options.retries:
+                    raise TransientError(f"{exc} (gave up after {options.retries} retries; "
+                                         f"{have} bytes kept, rerun to resume)") from None
+                # Back off only when the last attempt got nowhere; a drop mid-file resumes at once.
+                time.sleep(0 if have > before else options.retry_wait * 2 ** (failures - 1))
+    finally:
+        if progress:
+            progress.end()
+    return received
+
+
+def _append(body: Body, part: Path, have: int, want_bytes: int, progress: ProgressHook | None) -> tuple[int, int]:
+    """Write the body into `part` from offset `body.start`; returns (bytes in part, bytes received)."""
+    received = 0
+    mode = "r+b" if part.exists() else "wb"
+    with open(part, mode) as f:
+        f.seek(have)
+        f.truncate()
+        while have < want_bytes:
+            chunk = body.read(min(CHUNK_BYTES, want_bytes - have))
+            if not chunk:
+                break
+            try:
+                f.write(chunk)
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, str(part)) from None
+            have += len(chunk)
+            received += len(chunk)
+            if progress:
+                progress.advance(len(chunk))
+        f.flush()
+        os.fsync(f.fileno())
+    return have, received
+
+
+def _finish_whole(category: str, part: Path, dest: Path, remote: Remote) -> None:
+    try:
+        header = read_bitmap_header(part)
+        with open(part, "rb") as f:
+            same_header = f.read(header.data_offset) == remote.header_bytes
+    except BitmapFileError as exc:
+        part.unlink(missing_ok=True)  # never resume from a poisoned part
+        raise QDError(f"{category}: downloaded file failed verification ({exc.problem}); discarded it") from None
+    if not same_header or header.rows != remote.header.rows:
+        part.unlink(missing_ok=True)
+        raise QDError(f"{category}: downloaded file's header differs from the one first served; discarded it")
+    os.replace(part, dest)
+    _fsync_dir(dest.parent)
+
+
+def _finish_capped(category: str, part: Path, tmp: Path, dest: Path, remote: Remote, rows: int) -> None:
+    """Write `dest` as a valid (rows, 784) array: a new header, then the first rows of `part`."""
+    offset = remote.header.data_offset
+    with open(part, "rb") as src:
+        try:
+            header = parse_bitmap_header(src, part)
+        except BitmapFileError as exc:
+            part.unlink(missing_ok=True)
+            raise QDError(f"{category}: downloaded data failed verification ({exc.problem}); discarded it") from None
+        if header != remote.header:
+            part.unlink(missing_ok=True)
+            raise QDError(f"{category}: downloaded file's header differs from the one first served; discarded it")
+        src.seek(offset)
+        with open(tmp, "wb") as out:
+            out.write(bitmap_header_bytes(rows))
+            left = rows * PIXELS
+            while left:
+                chunk = src.read(min(CHUNK_BYTES, left))
+                if not chunk:
+                    break
+                out.write(chunk)
+                left -= len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+    try:
+        written = read_bitmap_header(tmp)
+    except BitmapFileError as exc:
+        tmp.unlink(missing_ok=True)
+        raise QDError(f"{category}: capped file failed verification ({exc.problem})") from None
+    if written.rows != rows:
+        tmp.unlink(missing_ok=True)
+        raise QDError(f"{category}: capped file has {written.rows} drawings, expected {rows}")
+    os.replace(tmp, dest)
+    _fsync_dir(dest.parent)
+
+
+def _with_retries(call: Callable[[], Remote], options: FetchOptions) -> Remote:
+    for attempt in range(options.retries + 1):
+        try:
+            return call()
+        except TransientError as exc:
+            if attempt == options.retries:
+                raise TransientError(f"{exc} (gave up after {options.retries} retries)") from None
+            time.sleep(options.retry_wait * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+class _disk_errors:
+    """Turn OS errors while writing `out_dir` into one-line DiskErrors naming the category."""
+
+    def __init__(self, category: str, out_dir: Path):
+        self.category, self.out_dir = category, out_dir
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None or not issubclass(exc_type, OSError) or isinstance(exc, QDError):
+            return False
+        where = exc.filename or self.out_dir
+        reason = exc.strerror or str(exc)
+        fatal = exc.errno in FATAL_ERRNOS
+        hint = "; files already fetched are intact" if fatal else ""
+        raise DiskError(f"{self.category}: cannot write {where}: {reason}{hint}", fatal=fatal) from None
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable (POSIX); harmless where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+

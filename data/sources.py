@@ -1,0 +1,342 @@
+"""Where `qd-data fetch` gets bitmap files from: Google's bucket, a mirror URL or a folder.
+
+A source holds files named `<category>.npy` in Google's numpy_bitmap layout
+(`<base>/<category>.npy`, names URL-encoded: `The%20Eiffel%20Tower.npy`). Each source
+answers three questions, so that fetch.py can treat them all alike:
+
+- `probe(category)`: the file's bitmap header and total size, from its first bytes only,
+  so a bad file (an HTML error page, a wrong dtype) is refused before anything is written;
+- `open(category, start, end)`: a stream of bytes [start, end) of the file. An HTTP server
+  that ignores Range answers from byte 0; the stream's `start` says where it really begins;
+- `list_categories()`: every category the source offers (`--all`).
+
+Network errors worth retrying (timeouts, dropped connections, 5xx, 429) raise
+`TransientError`; everything else raises `QDError`. Only the standard library's urllib is used.
+"""
+
+from __future__ import annotations
+
+import difflib
+import http.client
+import io
+import ipaddress
+import os
+import re
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import BinaryIO
+
+from . import __version__
+from .bitmaps import BitmapHeader, parse_bitmap_header, read_bitmap_header
+from .categories import SUFFIX, category_path, list_categories
+from .errors import BitmapFileError, QDError
+
+DEFAULT_SOURCE = "https://storage.googleapis.com/quickdraw_dataset/full/numpy_bitmap"
+SOURCE_ENV = "QD_DATA_SOURCE"
+DEFAULT_TIMEOUT = 30.0
+# A bitmap header is 128 bytes; the probe asks for a little more so that a
+# (rare) version 2 header or the start of an error page is seen whole.
+PROBE_BYTES = 4096
+USER_AGENT = f"quickdraw-edge/{__version__} (qd-data)"
+_RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+class TransientError(QDError):
+    """A failure that may go away if the same request is made again."""
+
+
+class CategoryNotFound(QDError):
+    """The source has no file for this category."""
+
+
+@dataclass(frozen=True)
+class Remote:
+    """What a probe learnt about one category's file."""
+
+    header: BitmapHeader
+    header_bytes: bytes  # the file's first `header.data_offset` bytes, exactly
+    size: int  # total file size in bytes (from the header when the server does not say)
+
+
+class Body:
+    """Bytes of one file from offset `start`, at most `length` of them."""
+
+    def __init__(self, stream: BinaryIO, start: int, length: int, label: str):
+        self._stream = stream
+        self.start = start
+        self.length = length
+        self._left = length
+        self._label = label
+
+    def read(self, n: int) -> bytes:
+        if self._left <= 0:
+            return b""
+        try:
+            chunk = self._stream.read(min(n, self._left))
+        except http.client.IncompleteRead as exc:
+            chunk = exc.partial  # keep what did arrive; the caller sees the short count
+        except (OSError, http.client.HTTPException) as exc:
+            raise TransientError(f"{self._label}: connection failed mid-file ({_reason(exc)})") from None
+        self._left -= len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def __enter__(self) -> "Body":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def google_categories() -> list[str]:
+    """Google's 345 category names (googlecreativelab/quickdraw-dataset categories.txt)."""
+    text = resources.files(__package__).joinpath("google_categories.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def is_url(value: str) -> bool:
+    return urllib.parse.urlsplit(value).scheme in ("http", "https")
+
+
+def resolve_source(value: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> "FolderSource | UrlSource":
+    """`--source` value, else $QD_DATA_SOURCE, else Google's bucket."""
+    value = (value or os.environ.get(SOURCE_ENV) or DEFAULT_SOURCE).strip()
+    if is_url(value):
+        return UrlSource(value, timeout=timeout)
+    if value.startswith("file://"):
+        value = urllib.request.url2pathname(urllib.parse.urlsplit(value).path)
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return FolderSource(path)
+    if path.exists():
+        raise QDError(f"{value}: source is a file, expected a folder of <category>.npy files or an http(s) URL")
+    raise QDError(f"{value}: source is neither an http(s) URL nor an existing folder")
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    """' (did you mean 'x'?)' for a close match among `known`, else ''."""
+    lowered = {k.lower().replace("_", " "): k for k in known}
+    key = name.lower().replace("_", " ")
+    if key in lowered and lowered[key] != name:
+        return f" (did you mean {lowered[key]!r}?)"
+    close = difflib.get_close_matches(key, list(lowered), n=1, cutoff=0.75)
+    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
+
+
+class FolderSource:
+    """A local folder in Google's layout; bytes are copied, never linked."""
+
+    kind = "folder"
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def location(self, category: str) -> str:
+        return str(category_path(self.root, category))
+
+    def list_categories(self) -> list[str]:
+        return list_categories(self.root)
+
+    def probe(self, category: str) -> Remote:
+        path = category_path(self.root, category)
+        if not path.is_file():
+            hint = did_you_mean(category, self.list_categories())
+            raise CategoryNotFound(f"{category}: no {path.name} in {self.root}{hint}")
+        try:
+            header = read_bitmap_header(path)
+            with open(path, "rb") as f:
+                header_bytes = f.read(header.data_offset)
+        except BitmapFileError as exc:
+            raise QDError(f"{category}: source file {exc}") from None
+        return Remote(header=header, header_bytes=header_bytes, size=header.file_size)
+
+    def open(self, category: str, start: int, end: int) -> Body:
+        path = category_path(self.root, category)
+        try:
+            f = open(path, "rb")
+        except OSError as exc:
+            raise QDError(f"{category}: cannot read {path}: {_reason(exc)}") from None
+        f.seek(start)
+        return Body(f, start=start, length=end - start, label=f"{category}: {path}")
+
+
+class UrlSource:
+    """An HTTP(S) base URL in Google's layout, read with urllib and Range requests."""
+
+    kind = "url"
+
+    def __init__(self, base: str, timeout: float = DEFAULT_TIMEOUT):
+        self.base = base.rstrip("/")
+        self.timeout = timeout
+        host = urllib.parse.urlsplit(self.base).hostname or ""
+        # A loopback mirror (tests, a local cache server) is never sent through a proxy.
+        handlers = [urllib.request.ProxyHandler({})] if _is_loopback(host) else []
+        self._opener = urllib.request.build_opener(*handlers)
+
+    def __str__(self) -> str:
+        return self.base
+
+    def location(self, category: str) -> str:
+        return f"{self.base}/{urllib.parse.quote(category + SUFFIX, safe='')}"
+
+    def list_categories(self) -> list[str]:
+        return google_categories()
+
+    def probe(self, category: str) -> Remote:
+        url = self.location(category)
+        with self._request(category, {"Range": f"bytes=0-{PROBE_BYTES - 1}"}, allow_416=True) as resp:
+            if resp is None:  # 416: the file is shorter than the probe; ask for all of it
+                return self._probe_whole(category)
+            total = _total_size(resp)
+            first = _read_upto(resp, PROBE_BYTES, category, url)
+            content_type = resp.headers.get("Content-Type", "")
+        return self._remote_from_prefix(category, url, first, total, content_type)
+
+    def _probe_whole(self, category: str) -> Remote:
+        url = self.location(category)
+        with self._request(category, {}) as resp:
+            total = _total_size(resp)
+            first = _read_upto(resp, PROBE_BYTES, category, url)
+            content_type = resp.headers.get("Content-Type", "")
+        return self._remote_from_prefix(category, url, first, total, content_type)
+
+    def _remote_from_prefix(self, category: str, url: str, first: bytes, total: int | None,
+                            content_type: str) -> Remote:
+        try:
+            header = parse_bitmap_header(io.BytesIO(first), url)
+        except BitmapFileError as exc:
+            problem = "" if "bad magic" in exc.problem else f": {exc.problem}"
+            raise QDError(f"{category}: {url} is not a bitmap .npy file{problem}"
+                          f"{_what_arrived(first, content_type)}") from None
+        if total is not None and total != header.file_size:
+            raise QDError(f"{category}: {url} is {total} bytes but its header promises "
+                          f"{header.file_size} ({header.rows} drawings)")
+        return Remote(header=header, header_bytes=first[: header.data_offset], size=header.file_size)
+
+    def open(self, category: str, start: int, end: int) -> Body:
+        url = self.location(category)
+        resp = self._request(category, {"Range": f"bytes={start}-{end - 1}"})
+        if resp.status == 206:
+            got = _content_range(resp)
+            if got is None or got[0] != start:
+                resp.close()
+                raise QDError(f"{category}: {url} answered Range bytes={start}- with "
+                              f"Content-Range {resp.headers.get('Content-Range')!r}")
+            begin = start
+        else:  # 200: the server ignored Range and sends the file from its first byte
+            begin = 0
+        length = end - begin
+        declared = resp.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) < length:
+            resp.close()
+            raise QDError(f"{category}: {url} sent Content-Length {declared}, expected at least {length} bytes")
+        return Body(resp, start=begin, length=length, label=f"{category}: {url}")
+
+    def _request(self, category: str, headers: dict[str, str], allow_416: bool = False):
+        url = self.location(category)
+        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **headers})
+        try:
+            return self._opener.open(request, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code == 416 and allow_416:
+                return _NoResponse()
+            problem = f"{url}: HTTP {exc.code} {exc.reason}"
+            if exc.code in _RETRY_STATUS:
+                raise TransientError(f"{category}: {problem}") from None
+            if exc.code in (403, 404, 410):
+                hint = did_you_mean(category, google_categories()) if category not in google_categories() else ""
+                raise CategoryNotFound(f"{category}: {problem}{hint}") from None
+            raise QDError(f"{category}: {problem}") from None
+        except urllib.error.URLError as exc:
+            raise TransientError(f"{category}: {url}: {_reason(exc.reason)}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise TransientError(f"{category}: {url}: {_reason(exc)}") from None
+
+
+class _NoResponse:
+    """Context manager standing for 'no usable response' (a 416 to the probe)."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _content_range(resp) -> tuple[int, int, int | None] | None:
+    """(first, last, total) from `Content-Range: bytes first-last/total` (total None for '*')."""
+    match = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", resp.headers.get("Content-Range", ""))
+    if not match:
+        return None
+    first, last, total = match.groups()
+    return int(first), int(last), None if total == "*" else int(total)
+
+
+def _total_size(resp) -> int | None:
+    if resp.status == 206:
+        got = _content_range(resp)
+        return got[2] if got else None
+    declared = resp.headers.get("Content-Length")
+    if declared is None or not declared.strip().isdigit():
+        return None
+    if resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):
+        return None  # a compressed body's length says nothing about the file
+    return int(declared)
+
+
+def _read_upto(resp, n: int, category: str, url: str) -> bytes:
+    chunks, left = [], n
+    try:
+        while left > 0:
+            chunk = resp.read(left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    except http.client.IncompleteRead as exc:
+        chunks.append(exc.partial)
+    except (OSError, http.client.HTTPException) as exc:
+        raise TransientError(f"{category}: {url}: {_reason(exc)}") from None
+    return b"".join(chunks)
+
+
+def _what_arrived(first: bytes, content_type: str) -> str:
+    head = first[:64].decode("utf-8", "replace")
+    head = re.sub(r"\s+", " ", head).strip()
+    parts = []
+    if content_type:
+        parts.append(f"server sent {content_type.split(';')[0].strip()}")
+    if head:
+        parts.append(f"starting {head[:40]!r}")
+    elif not first:
+        parts.append("empty response")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _reason(exc: object) -> str:
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
