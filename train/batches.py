@@ -11,7 +11,7 @@ like `DistributedSampler` so all ranks take the same number of steps).
 Two ways to overlap gathering with compute:
 - `workers == 0`: one background thread prefetches batches (numpy's gather and the
   float conversion release the GIL), no extra processes;
-- `workers > 0`: a torch DataLoader whose *batch sampler* hands out index batches, so
+- `workers > 0`: a torch DataLoader whose sampler hands out whole index batches, so
   each worker process gathers whole batches and no batch is produced twice.
 """
 
@@ -89,7 +89,7 @@ class ShardedBatches:
 
 
 class _BatchGather(torch.utils.data.Dataset):
-    """Map-style dataset whose 'index' is a whole batch of indices (used with batch_sampler)."""
+    """Map-style dataset whose 'index' is a whole batch of indices."""
 
     def __init__(self, dataset: BitmapDataset, preprocessing: dict):
         self.dataset = dataset
@@ -117,7 +117,8 @@ class BatchLoader:
         self._loader = None
         if workers > 0:
             self._loader = torch.utils.data.DataLoader(
-                self.gather, batch_sampler=_ListSampler(batches), num_workers=workers,
+                # batch_size=None: each "index" the sampler yields is a whole batch of indices
+                self.gather, sampler=_ListSampler(batches), batch_size=None, num_workers=workers,
                 collate_fn=_unwrap, persistent_workers=True, prefetch_factor=2,
             )
 
@@ -139,7 +140,7 @@ class BatchLoader:
 
 
 class _ListSampler(torch.utils.data.Sampler):
-    """Adapts ShardedBatches (which reshuffles on set_epoch) to DataLoader's batch_sampler."""
+    """Adapts ShardedBatches (which reshuffles on set_epoch) to a DataLoader sampler of batches."""
 
     def __init__(self, batches: ShardedBatches):
         self.batches = batches

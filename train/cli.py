@@ -60,3 +60,7 @@ def train_command(
 def main() -> None:
     """Console-script entry point: errors become one line and a non-zero exit."""
     run_app(app)
+
+
+if __name__ == "__main__":  # `python -m qd.train.cli`, e.g. under torchrun -m
+    main()

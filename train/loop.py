@@ -247,7 +247,7 @@ class Trainer:
         return {
             "epoch": epoch,
             "train_loss": loss_sum / max(seen_all, 1),
-            "val_loss": val["loss"], "val_top1": val["top1"], "val_top3": val["top3"],
+            "val_loss": val["loss"], "val_top1": val["top1"], "val_top3": val["top3"], "val_count": val["count"],
             "lr": self.optimizer.param_groups[0]["lr"],
             "samples": int(seen_all),
             "samples_per_s": seen_all / train_seconds if train_seconds > 0 else 0.0,
@@ -281,7 +281,8 @@ class Trainer:
                     save_checkpoint(self._payload(self.best, None), self.run_dir / BEST)
                 self._save_last(epoch)
             self.dist.barrier()
-            seconds_left = m["seconds"] * (cfg.epochs - epoch)
+            recent = [r["seconds"] for r in self.metrics[-3:]]
+            seconds_left = sum(recent) / len(recent) * (cfg.epochs - epoch)
             self.report.epoch_line(m, cfg.epochs, improved, seconds_left)
         return self._finish(started, stopped_early)
 

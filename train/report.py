@@ -31,24 +31,24 @@ class Reporter:
 
     def print(self, *args, **kwargs) -> None:
         if self.enabled:
-            self.console.print(*args, **kwargs)
+            self.console.print(*args, soft_wrap=True, **kwargs)
 
     def start(self, *, run_dir: Path, arch: str, params: int, classes: int, train: int, val: int, test: int,
               device: str, world_size: int, resumed_from: int | None) -> None:
         if not self.enabled:
             return
         where = f"{device}" + (f" x {world_size} ranks" if world_size > 1 else "")
-        self.print(f"[bold]qd-train[/] {arch} ({params:,} parameters), {classes} classes, "
-                   f"{train:,} train / {val:,} val / {test:,} test drawings on {where}")
-        self.print(f"run folder: {run_dir}")
+        self.print(f"[bold]qd-train[/] {arch}, {params:,} parameters, {classes} classes, on {where}", highlight=False)
+        self.print(f"drawings: {train:,} train / {val:,} val / {test:,} test", highlight=False)
+        self.print(f"run folder: {run_dir}", highlight=False)
         if resumed_from is not None:
             self.print(f"resumed after epoch {resumed_from}")
 
     @contextlib.contextmanager
     def epoch_progress(self, epoch: int, epochs: int, steps: int):
         """Yields advance(n) to call once per step."""
-        if not self.enabled:
-            yield lambda n=1: None
+        if not (self.enabled and self.console.is_terminal):  # a bar only makes sense on a terminal
+            yield lambda samples=0: None
             return
         progress = Progress(
             TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
@@ -69,11 +69,11 @@ class Reporter:
             yield advance
 
     def epoch_line(self, m: dict, epochs: int, improved: bool, seconds_left: float) -> None:
-        mark = "[green]*[/]" if improved else " "
+        mark = " [green]best[/]" if improved else ""
         self.print(
-            f"epoch {m['epoch']:>3}/{epochs}  loss {m['train_loss']:.4f}  val loss {m['val_loss']:.4f}  "
-            f"val top-1 {100 * m['val_top1']:5.2f}%  {m['samples_per_s']:,.0f} samples/s  "
-            f"{fmt_duration(m['seconds'])}/epoch  left ~{fmt_duration(seconds_left)} {mark}",
+            f"epoch {m['epoch']:>2}/{epochs}  loss {m['train_loss']:.3f}  val loss {m['val_loss']:.3f}  "
+            f"val top-1 {100 * m['val_top1']:5.2f}%  {m['samples_per_s']:>6,.0f} samples/s  "
+            f"left {fmt_duration(seconds_left)}{mark}",
             highlight=False,
         )
 

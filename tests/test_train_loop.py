@@ -1,0 +1,110 @@
+"""Training runs: reproducible with a seed, early stopping, and SIGKILL + --resume = uninterrupted."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import qd.train.loop as loop
+from qd.train.checkpoint import load_checkpoint
+from qd.train.config import TrainConfig
+
+CATEGORIES = ["circle", "square", "star"]
+TIMING_KEYS = {"seconds", "samples_per_s"}
+
+
+def tiny(shared_bitmaps, out, **overrides) -> TrainConfig:
+    settings = dict(data_dir=shared_bitmaps, categories=CATEGORIES, max_per_category=120, epochs=2, batch_size=32,
+                    device="cpu", out=out, quiet=True)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def untimed(metrics: list[dict]) -> list[dict]:
+    return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in metrics]
+
+
+def test_same_seed_gives_the_same_checkpoint(shared_bitmaps, tmp_path):
+    first = load_checkpoint(loop.train(tiny(shared_bitmaps, tmp_path / "a", seed=5)))
+    again = load_checkpoint(loop.train(tiny(shared_bitmaps, tmp_path / "b", seed=5)))
+    other = load_checkpoint(loop.train(tiny(shared_bitmaps, tmp_path / "c", seed=6)))
+    assert same_weights(first["state_dict"], again["state_dict"])
+    assert untimed(first["metrics"]) == untimed(again["metrics"]) and first["test"] == again["test"]
+    assert not same_weights(first["state_dict"], other["state_dict"])
+
+
+def test_early_stopping_keeps_the_best_epoch(shared_bitmaps, tmp_path, monkeypatch):
+    real_evaluate = loop.evaluate
+    val_losses = iter([1.0, 0.5, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2])
+
+    trainer_val_loader = [None]
+
+    def fake_evaluate(model, loader, dist):  # validation loss: 1.0, 0.5, then only worse
+        result = real_evaluate(model, loader, dist)
+        return dict(result, loss=next(val_losses)) if loader is trainer_val_loader[0] else result
+
+    real_init = loop.Trainer.__init__
+
+    def init_and_remember(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        trainer_val_loader[0] = self.val_loader
+
+    monkeypatch.setattr(loop.Trainer, "__init__", init_and_remember)
+    monkeypatch.setattr(loop, "evaluate", fake_evaluate)
+    best = loop.train(tiny(shared_bitmaps, tmp_path / "run", arch="seed", epochs=8, patience=2))
+    ckpt = load_checkpoint(best)
+    assert [m["epoch"] for m in ckpt["metrics"]] == [1, 2, 3, 4]  # epochs 3 and 4 did not improve
+    assert ckpt["best"]["epoch"] == 2 and ckpt["best"]["val_loss"] == 0.5
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["train_state"]["epoch"] == 4
+    assert not same_weights(ckpt["state_dict"], last["state_dict"])  # best.pt holds epoch 2's weights
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "qd.train.cli", *args]
+
+
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(shared_bitmaps, tmp_path):
+    settings = dict(max_per_category=300, epochs=3, batch_size=16)
+    reference = load_checkpoint(loop.train(tiny(shared_bitmaps, tmp_path / "whole", **settings)))
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(cli("--data-dir", str(shared_bitmaps), "--categories", ",".join(CATEGORIES),
+                                "--max-per-category", "300", "--epochs", "3", "--batch-size", "16",
+                                "--device", "cpu", "--out", str(run), "--quiet"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "last.pt").exists():  # epoch 1 is done; epoch 2 is under way
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no last.pt after 120 s"
+            time.sleep(0.02)
+        time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    killed_at = load_checkpoint(run / "last.pt")["train_state"]["epoch"]
+    assert killed_at < 3, "the run finished before it could be killed"
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+
+    resumed = load_checkpoint(loop.train(TrainConfig(data_dir=shared_bitmaps, resume=run / "last.pt", quiet=True)))
+    assert same_weights(resumed["state_dict"], reference["state_dict"])
+    assert untimed(resumed["metrics"]) == untimed(reference["metrics"])
+    assert resumed["best"] == reference["best"] and resumed["test"] == reference["test"]
+    assert resumed["hparams"]["resume"] is not None
+
+
+def test_resume_refuses_a_checkpoint_without_training_state(trained_checkpoint, shared_bitmaps):
+    with pytest.raises(loop.QDError, match="no training state"):
+        loop.train(TrainConfig(data_dir=shared_bitmaps, resume=trained_checkpoint, quiet=True))
