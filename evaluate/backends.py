@@ -8,7 +8,9 @@ torch and coremltools are imported only inside their backends.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import statistics
 import sys
 import time
@@ -34,17 +36,24 @@ class Unavailable(Exception):
 
 @dataclass
 class Runner:
-    """A loaded backend: its file, the preprocessing it expects and a predict function."""
+    """A loaded backend: its file, how it turns bitmaps into its input, and its predict function.
+
+    Only `predict` is timed: preparing input (scaling, or images for Core ML) is not the model's cost.
+    """
 
     file: Path
-    preprocessing: dict
-    predict: Callable[[np.ndarray], np.ndarray]  # float32 (B, 1, 28, 28) -> (B, C) probabilities
+    prepare: Callable[[np.ndarray], object]     # (B, 784) uint8 ink-high bitmaps -> the backend's input
+    predict: Callable[[object], np.ndarray]     # that input -> (B, C) probabilities
     note: str | None = None
+
+
+def tensor_input(preprocessing: dict) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda bitmaps: bitmaps_to_input(bitmaps, preprocessing)
 
 
 def open_onnx(model: ModelInfo, checkpoint: Path | None) -> Runner:
     classifier = OnnxClassifier(model.path)
-    return Runner(model.path, model.preprocessing, classifier.probabilities)
+    return Runner(model.path, tensor_input(model.preprocessing), classifier.probabilities)
 
 
 def open_onnx_int8(model: ModelInfo, checkpoint: Path | None) -> Runner:
@@ -52,7 +61,7 @@ def open_onnx_int8(model: ModelInfo, checkpoint: Path | None) -> Runner:
     if not path.is_file():
         raise Unavailable(f"no {path.name} beside {model.path.name}")
     classifier = OnnxClassifier(path)
-    return Runner(path, model.preprocessing, classifier.probabilities)
+    return Runner(path, tensor_input(model.preprocessing), classifier.probabilities)
 
 
 def open_torch(model: ModelInfo, checkpoint: Path | None) -> Runner:
@@ -79,36 +88,40 @@ def open_torch(model: ModelInfo, checkpoint: Path | None) -> Runner:
         with torch.inference_mode():
             return torch.softmax(network(torch.from_numpy(inputs)), dim=1).numpy()
 
-    return Runner(checkpoint, payload["preprocessing"], predict, note)
+    return Runner(checkpoint, tensor_input(payload["preprocessing"]), predict, note)
 
 
 def open_coreml(model: ModelInfo, checkpoint: Path | None) -> Runner:
+    """qd-export's Core ML classifier: a 28x28 grayscale image in, `classLabel_probs` {label: p} out."""
     if sys.platform != "darwin":
         raise Unavailable("Core ML runs only on macOS")
     path = model.sibling(COREML_SUFFIX)
     if not path.exists():
         raise Unavailable(f"no {path.name} beside {model.path.name}")
     try:
-        import coremltools as ct
+        with contextlib.redirect_stderr(io.StringIO()):  # coremltools' version chatter
+            import coremltools as ct
     except ImportError:
         raise Unavailable("coremltools is not installed (pip install 'quickdraw-edge[export]')") from None
+    from PIL import Image
+
     mlmodel = ct.models.MLModel(str(path))
     description = mlmodel.get_spec().description
     input_name = description.input[0].name
-    outputs = [o.name for o in description.output]
-    output = "probabilities" if "probabilities" in outputs else outputs[0]
+    probs_name = description.predictedProbabilitiesName or "classLabel_probs"
     labels = list(model.labels)
 
-    def predict(inputs: np.ndarray) -> np.ndarray:
-        rows = []
-        for x in inputs:  # one prediction per image: flexible batch shapes are not guaranteed
-            value = mlmodel.predict({input_name: x[None]})[output]
-            if isinstance(value, dict):  # a Core ML classifier's {label: probability}
-                value = [value[name] for name in labels]
-            rows.append(np.asarray(value, dtype=np.float32).reshape(-1))
-        return np.stack(rows)
+    def prepare(bitmaps: np.ndarray) -> list:
+        return [Image.fromarray(np.ascontiguousarray(b).reshape(28, 28), mode="L") for b in bitmaps]
 
-    return Runner(path, model.preprocessing, predict)
+    def predict(images: list) -> np.ndarray:
+        rows = []
+        for image in images:  # the package's input shape is fixed at one image
+            probs = mlmodel.predict({input_name: image})[probs_name]
+            rows.append([probs[name] for name in labels])
+        return np.asarray(rows, dtype=np.float32)
+
+    return Runner(path, prepare, predict)
 
 
 # name -> opener; the order is the default order, and the first that runs is the reference.
@@ -170,8 +183,7 @@ def run_backend(name: str, model: ModelInfo, checkpoint: Path | None, bitmaps: n
 
 
 def predict_all(runner: Runner, bitmaps: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
-    chunks = [runner.predict(bitmaps_to_input(bitmaps[i : i + batch_size], runner.preprocessing))
-              for i in range(0, len(bitmaps), batch_size)]
+    chunks = [runner.predict(runner.prepare(bitmaps[i : i + batch_size])) for i in range(0, len(bitmaps), batch_size)]
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
@@ -183,9 +195,9 @@ def measure(runner: Runner, bitmaps: np.ndarray, min_seconds: float = 0.5) -> tu
     shared machine does not decide it.
     """
     reps = int(np.ceil(BENCH_BATCH / len(bitmaps)))
-    batch = bitmaps_to_input(np.tile(bitmaps, (reps, 1))[:BENCH_BATCH], runner.preprocessing)
-    batch_times = _timed_calls(runner.predict, [batch], min_calls=3, min_seconds=min_seconds)
-    singles = [batch[i : i + 1] for i in range(min(len(bitmaps), 64))]
+    batch = np.tile(bitmaps, (reps, 1))[:BENCH_BATCH]
+    batch_times = _timed_calls(runner.predict, [runner.prepare(batch)], min_calls=3, min_seconds=min_seconds)
+    singles = [runner.prepare(batch[i : i + 1]) for i in range(min(len(bitmaps), 64))]
     single_times = _timed_calls(runner.predict, singles, min_calls=20, min_seconds=min_seconds / 2)
     return BENCH_BATCH / statistics.median(batch_times), 1000.0 * statistics.median(single_times)
 

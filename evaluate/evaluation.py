@@ -97,7 +97,8 @@ def write_outputs(result: Evaluation) -> dict[str, Path]:
     result.files["confusion"] = plot_confusion(result.confusion, result.model.labels, out / "confusion.png", title)
     result.files["mistakes"] = plot_mistakes(result.heldout.bitmaps, result.heldout.labels, result.reference.probabilities,
                                              result.model.labels, out / "mistakes.png",
-                                             f"{result.model.name}: misclassified drawings (true → predicted)")
+                                             f"{result.model.name}: misclassified drawings (true → predicted)",
+                                             result.heldout.origins)
     result.files["report"] = out / "report.json"
     write_json(result.files["report"], build_report(result))
     return result.files

@@ -58,22 +58,20 @@ class ModelInfo:
         return self.path.with_name(self.path.name[: -len(".onnx")] + suffix)
 
     def source_checkpoint(self) -> Path | None:
-        """The checkpoint named by the export folder's model.json, if any."""
-        manifest = self.folder / MODEL_JSON
-        if not manifest.is_file():
+        """The checkpoint named by the export folder's model.json card (source.checkpoint), if any."""
+        card = self.folder / MODEL_JSON
+        if not card.is_file():
             return None
         try:
-            info = json.loads(manifest.read_text(encoding="utf-8"))
+            info = json.loads(card.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise QDError(f"{manifest}: unreadable ({str(exc).splitlines()[0][:120]})") from None
-        for key in ("source_checkpoint", "checkpoint", "source"):
-            value = info.get(key) if isinstance(info, dict) else None
-            if isinstance(value, dict):
-                value = value.get("path")
-            if isinstance(value, str) and value:
-                path = Path(value)
-                return path if path.is_absolute() else (self.folder / path)
-        return None
+            raise QDError(f"{card}: unreadable ({str(exc).splitlines()[0][:120]})") from None
+        source = info.get("source") if isinstance(info, dict) else None
+        value = source.get("checkpoint") if isinstance(source, dict) else None
+        if not isinstance(value, str) or not value:
+            return None
+        path = Path(value)
+        return path if path.is_absolute() else self.folder / path
 
 
 def resolve_model_path(path: str | os.PathLike | None) -> Path:

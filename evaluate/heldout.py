@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qd.data.categories import SUFFIX, list_categories
+from qd.data.categories import SUFFIX, category_path, list_categories
 from qd.data.dataset import BitmapDataset
 from qd.data.errors import QDError
 from qd.data.split import SPLITS, SplitSpec
@@ -34,8 +34,8 @@ class HeldOut:
     bitmaps: np.ndarray        # (N, 784) uint8, ink high on 0
     labels: np.ndarray         # (N,) int64 indices into the model's labels
     source: dict               # what was evaluated, for report.json
+    origins: list[str] = field(default_factory=list)  # per drawing: "star.npy#12" or "Apple/0.png"
     notes: list[str] = field(default_factory=list)
-    names: list[str] | None = None  # per-drawing file names (image folders only)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -75,6 +75,10 @@ def from_training_data(model, split: str, ignore_unknown: bool) -> HeldOut:
     data_dir = Path(data["dir"])
     if not data_dir.is_dir():
         raise QDError(f"{data_dir}: the model's training data is not there any more; pass --data DIR")
+    gone = [c for c in data.get("categories") or [] if not category_path(data_dir, c).is_file()]
+    if gone:
+        raise QDError(f"{data_dir}: training categor{'y' if len(gone) == 1 else 'ies'} {', '.join(gone[:8])} "
+                      "no longer there; pass --data DIR")
     held = from_npy_dir(data_dir, model, split, ignore_unknown, data.get("categories"), data.get("max_per_category"))
     held.source["kind"] = "training-data"
     expected = data.get("counts")
@@ -94,15 +98,17 @@ def from_npy_dir(data_dir: Path, model, split: str, ignore_unknown: bool,
         indices = np.arange(len(dataset), dtype=np.int64)
     else:
         indices = dataset.split_indices(SplitSpec.from_dict(model.split))[split]
-    bitmaps, data_labels = dataset.take(indices)
-    to_model = np.array([known[c] for c in dataset.classes], dtype=np.int64)
-    notes = [f"skipped categories the model does not know: {', '.join(unknown)}"] if unknown else []
     if not len(indices):
         raise QDError(f"{data_dir}: the {split} split is empty")
+    bitmaps, data_labels = dataset.take(indices)
+    to_model = np.array([known[c] for c in dataset.classes], dtype=np.int64)
+    rows = indices - dataset.offsets[data_labels]
+    origins = [f"{dataset.classes[c]}{SUFFIX}#{r}" for c, r in zip(data_labels.tolist(), rows.tolist())]
+    notes = [f"skipped categories the model does not know: {', '.join(unknown)}"] if unknown else []
     source = {"kind": "npy", "dir": str(data_dir.resolve()), "split": split, "categories": dataset.classes,
               "counts": [int(c) for c in dataset.counts], "max_per_category": max_per_category,
               "ignored_categories": unknown}
-    return HeldOut(bitmaps.reshape(-1, 784), to_model[data_labels], source, notes)
+    return HeldOut(bitmaps.reshape(-1, 784), to_model[data_labels], source, origins, notes)
 
 
 def from_image_folders(data_dir: Path, model, ignore_unknown: bool) -> HeldOut:
@@ -121,7 +127,7 @@ def from_image_folders(data_dir: Path, model, ignore_unknown: bool) -> HeldOut:
                 failed.append(str(exc))
                 continue
             labels.append(known[folder.name])
-            names.append(str(path.relative_to(data_dir)))
+            names.append(path.relative_to(data_dir).as_posix())
     if not bitmaps:
         raise QDError(f"{data_dir}: no readable images in its class folders")
     notes = [f"skipped folders the model does not know: {', '.join(unknown)}"] if unknown else []
@@ -129,7 +135,7 @@ def from_image_folders(data_dir: Path, model, ignore_unknown: bool) -> HeldOut:
     source = {"kind": "images", "dir": str(data_dir.resolve()), "split": ALL, "categories": sorted(known),
               "counts": [labels.count(known[c]) for c in sorted(known)], "ignored_categories": unknown,
               "unreadable_files": len(failed)}
-    return HeldOut(np.stack(bitmaps).astype(np.uint8), np.array(labels, dtype=np.int64), source, notes, names)
+    return HeldOut(np.stack(bitmaps).astype(np.uint8), np.array(labels, dtype=np.int64), source, names, notes)
 
 
 def load_heldout(model, data_dir: str | None, split: str | None, ignore_unknown: bool) -> HeldOut:

@@ -84,8 +84,9 @@ def pick_mistakes(labels: np.ndarray, probabilities: np.ndarray, limit: int = MI
 
 
 def plot_mistakes(bitmaps: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, classes: list[str],
-                  path: Path, title: str) -> Path:
-    """A grid of misclassified drawings, dark ink on white, captioned true -> predicted (p)."""
+                  path: Path, title: str, origins: list[str] | None = None) -> Path:
+    """A grid of misclassified drawings, dark ink on white, captioned true -> predicted (p)
+    and, under the drawing, where it came from (file#row or image path)."""
     plt = _pyplot()
     chosen = pick_mistakes(labels, probabilities)
     if len(chosen) == 0:
@@ -96,7 +97,7 @@ def plot_mistakes(bitmaps: np.ndarray, labels: np.ndarray, probabilities: np.nda
         return _save(fig, plt, path)
     cols = min(MISTAKE_COLUMNS, len(chosen))
     rows = int(np.ceil(len(chosen) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.65, rows * 1.95 + 0.6), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.65, rows * 2.05 + 0.6), dpi=110, squeeze=False)
     predicted = probabilities.argmax(axis=1)
     for ax in axes.flat:
         ax.axis("off")
@@ -105,6 +106,9 @@ def plot_mistakes(bitmaps: np.ndarray, labels: np.ndarray, probabilities: np.nda
         p = predicted[i]
         ax.set_title(f"{_short(classes[labels[i]])}\n→ {_short(classes[p])} {probabilities[i, p]:.0%}",
                      fontsize=7.5, color="#b00020", linespacing=1.25)
+        if origins:
+            ax.text(0.5, -0.04, _short_left(origins[i]), transform=ax.transAxes, ha="center", va="top",
+                    fontsize=5.5, color="#666666")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return _save(fig, plt, path)
@@ -112,6 +116,10 @@ def plot_mistakes(bitmaps: np.ndarray, labels: np.ndarray, probabilities: np.nda
 
 def _short(name: str, width: int = 16) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def _short_left(text: str, width: int = 24) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1):]
 
 
 def _save(fig, plt, path: Path) -> Path:

@@ -6,6 +6,7 @@ import math
 import platform
 from datetime import datetime, timezone
 
+import numpy as np
 from rich import box
 from rich.console import Console, Group
 from rich.panel import Panel
@@ -17,7 +18,8 @@ from qd.data import __version__
 from . import metrics
 
 FORMAT = "qd-eval-report-v1"
-TERMINAL_CLASSES = 30  # rows of the per-class table on screen; report.json has them all
+TERMINAL_CLASSES = 30
+MISTAKES_LISTED = 1000  # in report.json, most confident first  # rows of the per-class table on screen; report.json has them all
 
 
 def build_report(result) -> dict:
@@ -45,10 +47,23 @@ def build_report(result) -> dict:
         "most_confused": [p.to_dict() for p in result.confused],
         "confusion": {"labels": result.model.labels, "rows": "true class", "columns": "predicted class",
                       "counts": result.confusion.tolist()},
+        "mistakes": mistakes_list(result),
         "backends": [backend_entry(run, result) for run in result.runs],
         "files": {key: str(path.name) for key, path in result.files.items()},
     }
     return _finite(report)
+
+
+def mistakes_list(result, limit: int = MISTAKES_LISTED) -> list[dict]:
+    """Misclassified drawings, most confident first, each with where it came from."""
+    probs, labels, names = result.reference.probabilities, result.heldout.labels, result.model.labels
+    predicted = result.predicted
+    wrong = np.flatnonzero(predicted != labels)
+    wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:limit]
+    return [{"origin": result.heldout.origins[i] if result.heldout.origins else None,
+             "true": names[labels[i]], "predicted": names[predicted[i]],
+             "probability": float(probs[i, predicted[i]]), "true_probability": float(probs[i, labels[i]])}
+            for i in wrong.tolist()]
 
 
 def backend_entry(run, result) -> dict:

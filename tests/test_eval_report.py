@@ -59,6 +59,14 @@ def test_report_json_holds_every_figure(result):
     assert backends["torch"]["status"] == "skipped" and "--checkpoint" in backends["torch"]["reason"]
     if sys.platform != "darwin":
         assert backends["coreml"]["reason"] == "Core ML runs only on macOS"
+    mistakes = report["mistakes"]
+    assert len(mistakes) == report["overall"]["errors"]
+    assert [m["probability"] for m in mistakes] == sorted((m["probability"] for m in mistakes), reverse=True)
+    first = mistakes[0]
+    category, row = first["origin"].split(".npy#")
+    assert category == first["true"] and first["predicted"] != first["true"]
+    bitmap = np.load(result.heldout.source["dir"] + f"/{category}.npy", mmap_mode="r")[int(row)]
+    assert any(np.array_equal(bitmap, b) for b in result.heldout.bitmaps)
     if report["most_confused"]:
         top = report["most_confused"][0]
         t, p = CATEGORIES.index(top["true"]), CATEGORIES.index(top["predicted"])
