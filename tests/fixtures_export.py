@@ -1,1 +1,43 @@
 """Fixtures for the export stage's tests (and the stages that build on it)."""
+
+from pathlib import Path
+
+import pytest
+
+
+def _export(checkpoint: Path, formats: str, out: Path):
+    from qd.export.api import export_checkpoint
+
+    report = export_checkpoint(checkpoint, formats, out=out)
+    if not report.ok:
+        pytest.fail("qd-export fixture failed: " + " | ".join(report.errors))
+    return report
+
+
+@pytest.fixture(scope="session")
+def exported_report(trained_checkpoint, tmp_path_factory):
+    """The ExportReport of exporting `trained_checkpoint` to onnx + onnx-int8 (once per session)."""
+    return _export(trained_checkpoint, "onnx,onnx-int8", tmp_path_factory.mktemp("export") / "run")
+
+
+@pytest.fixture(scope="session")
+def exported_model(exported_report) -> Path:
+    """Export folder of `trained_checkpoint`: model.onnx (fp32), model.int8.onnx, labels.txt, model.json.
+
+    Both models follow the ONNX contract in /work/notes/contracts.md (input "image", outputs
+    "probabilities" and "logits", qd.* metadata); both passed qd-export's validation.
+    Treat the folder as read-only: it is shared by the whole test session.
+    """
+    return exported_report.out_dir
+
+
+@pytest.fixture(scope="session")
+def exported_int8_model(exported_model) -> Path:
+    """Path of the validated int8 model (model.int8.onnx) inside `exported_model`."""
+    return exported_model / "model.int8.onnx"
+
+
+@pytest.fixture(scope="session")
+def coreml_report(trained_checkpoint, tmp_path_factory):
+    """The ExportReport of a Core ML export of `trained_checkpoint` (model.mlpackage)."""
+    return _export(trained_checkpoint, "coreml", tmp_path_factory.mktemp("export-coreml") / "run")

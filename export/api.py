@@ -1,0 +1,146 @@
+"""export_checkpoint(): checkpoint -> validated edge models in one folder.
+
+For each requested format (in table order): write to a hidden temp path in the
+export folder, validate the temp file, and only if every check passes rename it
+onto its final name. A failed export or check removes the temp file and leaves
+any previous model of that name untouched. labels.txt and model.json are written
+last, describing what this run wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from qd.data.errors import QDError
+
+from .atomic import clean_stale_temps, commit_dir, commit_file, remove_temp, temp_path_for
+from .card import CARD_NAME, LABELS_NAME, write_card, write_labels
+from .context import DEFAULT_OPSET, Check, ExportContext
+from .formats import DEFAULT_FORMATS, FORMATS, ExportFormat, parse_formats
+from .onnx_export import check_opset
+from .source import DEFAULT_MAX_DRAWINGS, CheckpointSource, load_source
+
+PREP_NAME = "model.prep.onnx"  # int8's intermediate file
+
+
+def artifacts_root() -> Path:
+    """$QD_ARTIFACTS, else ./artifacts (contracts.md, "Artifacts layout")."""
+    return Path(os.environ.get("QD_ARTIFACTS") or "artifacts")
+
+
+def default_out_dir(source: CheckpointSource) -> Path:
+    return artifacts_root() / "exports" / source.run_name
+
+
+@dataclass
+class FormatResult:
+    format: ExportFormat
+    path: Path
+    checks: list[Check] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class ExportReport:
+    source: CheckpointSource
+    out_dir: Path
+    results: list[FormatResult]
+    validation_data: str
+    notes: list[str]
+    labels: Path | None = None
+    card: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    @property
+    def errors(self) -> list[str]:
+        return [r.error for r in self.results if r.error]
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, formats: str | list[ExportFormat] = DEFAULT_FORMATS,
+                      out: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET,
+                      data_dir: str | os.PathLike | None = None, max_drawings: int = DEFAULT_MAX_DRAWINGS,
+                      on_step: Callable[[str], None] | None = None) -> ExportReport:
+    chosen = parse_formats(formats) if isinstance(formats, str) else list(formats)
+    for fmt in chosen:
+        missing = fmt.missing_packages()
+        if missing:
+            raise QDError(f"format {fmt.name} needs {', '.join(missing)}: "
+                          "pip install -c constraints.txt 'quickdraw-edge[export]'")
+    check_opset(opset)
+    if max_drawings < 1:
+        raise QDError(f"--max-drawings must be at least 1, got {max_drawings}")
+    source = load_source(checkpoint)
+    out_dir = Path(out) if out is not None else default_out_dir(source)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise QDError(f"{out_dir}: exists and is not a directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(out_dir, [f.filename for f in FORMATS.values()] + [PREP_NAME, CARD_NAME, LABELS_NAME])
+    ctx = ExportContext(source=source, out_dir=out_dir, opset=opset,
+                        data_dir=Path(data_dir) if data_dir else None, max_drawings=max_drawings)
+    step = on_step or (lambda message: None)
+    results = []
+    for fmt in chosen:
+        step(f"exporting {fmt.name}")
+        results.append(_export_one(ctx, fmt))
+    report = ExportReport(source=source, out_dir=out_dir, results=results,
+                          validation_data=_describe_data(ctx), notes=_data_notes(ctx))
+    if ctx.written:
+        step("writing labels.txt and model.json")
+        report.labels = write_labels(ctx)
+        report.card = write_card(ctx, {r.format.name: r.checks for r in results if r.ok})
+    return report
+
+
+def _export_one(ctx: ExportContext, fmt: ExportFormat) -> FormatResult:
+    final = ctx.out_dir / fmt.filename
+    result = FormatResult(format=fmt, path=final)
+    if fmt.builds_on and fmt.builds_on not in ctx.written:
+        result.error = f"{final}: not exported because {fmt.builds_on} failed"
+        return result
+    start = time.perf_counter()
+    tmp = temp_path_for(final, directory=fmt.is_dir)
+    try:
+        fmt.exporter(ctx, tmp)
+        result.checks = fmt.validator(ctx, tmp)
+        failed = [c for c in result.checks if not c.passed]
+        if failed:
+            result.error = f"{final}: validation failed, not written: {failed[0].name}: {failed[0].detail}"
+        else:
+            (commit_dir if fmt.is_dir else commit_file)(tmp, final)
+            ctx.written[fmt.name] = final
+    except QDError as exc:
+        result.error = str(exc)
+    except Exception as exc:  # a converter's own failure: report it in one line, keep going
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        result.error = f"{final}: {fmt.name} export failed ({type(exc).__name__}: {first})"
+    finally:
+        if fmt.name not in ctx.written:
+            remove_temp(tmp)
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+def _describe_data(ctx: ExportContext) -> str:
+    try:
+        return ctx.data.description
+    except QDError as exc:
+        return f"unavailable ({exc})"
+
+
+def _data_notes(ctx: ExportContext) -> list[str]:
+    try:
+        return list(ctx.data.notes)
+    except QDError:
+        return []

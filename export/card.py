@@ -1,0 +1,94 @@
+"""The export folder's small companions: labels.txt and the model.json card.
+
+model.json records what the models are (classes, preprocessing, architecture, split,
+source checkpoint and its metrics), every file with its sha256, and the validation
+results. Entries for formats not re-exported in this run are kept from the previous
+card only if they come from the same checkpoint and still match their checksum.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from qd.data import __version__ as QD_VERSION
+
+from .atomic import write_text_atomic
+from .context import Check, ExportContext
+from .source import LICENSE_NOTE, sha256_path
+
+CARD_NAME = "model.json"
+LABELS_NAME = "labels.txt"
+CARD_FORMAT = "qd-export-card-v1"
+
+
+def write_labels(ctx: ExportContext) -> Path:
+    path = ctx.out_dir / LABELS_NAME
+    write_text_atomic(path, "".join(f"{name}\n" for name in ctx.source.classes))
+    return path
+
+
+def _previous_files(ctx: ExportContext) -> dict:
+    try:
+        card = json.loads((ctx.out_dir / CARD_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(card, dict) or card.get("source", {}).get("sha256") != ctx.source.sha256:
+        return {}
+    kept = {}
+    for name, entry in (card.get("files") or {}).items():
+        path = ctx.out_dir / str(entry.get("file", ""))
+        if name not in ctx.written and path.exists() and sha256_path(path) == entry.get("sha256"):
+            kept[name] = entry
+    return kept
+
+
+def write_card(ctx: ExportContext, results: dict[str, list[Check]]) -> Path:
+    payload = ctx.source.payload
+    files = _previous_files(ctx)
+    for name, path in ctx.written.items():
+        files[name] = {
+            "file": path.name,
+            "sha256": sha256_path(path),
+            "bytes": _size(path),
+            "validation": [c.to_dict() for c in results.get(name, [])],
+        }
+    labels = ctx.out_dir / LABELS_NAME
+    files["labels"] = {"file": LABELS_NAME, "sha256": sha256_path(labels), "bytes": _size(labels)}
+    card = {
+        "format": CARD_FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "quickdraw_edge": QD_VERSION,
+        "classes": ctx.source.classes,
+        "preprocessing": ctx.source.preprocessing,
+        "arch": payload["arch"],
+        "split": payload["split"],
+        "source": {
+            "checkpoint": str(ctx.source.path.resolve()),
+            "sha256": ctx.source.sha256,
+            "best": payload.get("best"),
+            "test": payload.get("test"),
+            "hparams": payload.get("hparams"),
+            "versions": payload.get("versions"),
+        },
+        "validation_data": ctx.data.description,
+        "license": LICENSE_NOTE,
+        "files": files,
+    }
+    path = ctx.out_dir / CARD_NAME
+    write_text_atomic(path, json.dumps(card, indent=2, default=_plain) + "\n")
+    return path
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def _plain(value):
+    """numpy scalars and other stragglers in checkpoint dicts, as plain JSON."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

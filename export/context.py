@@ -1,0 +1,43 @@
+"""The state one `qd-export` run shares between its formats, and what a check reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from .source import CheckpointSource, ValidationData, load_validation_data, torch_outputs
+
+DEFAULT_OPSET = 18
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+    values: dict = field(default_factory=dict)  # numbers for model.json
+
+    def to_dict(self) -> dict:
+        return {"check": self.name, "passed": self.passed, "detail": self.detail, **self.values}
+
+
+@dataclass
+class ExportContext:
+    source: CheckpointSource
+    out_dir: Path
+    opset: int = DEFAULT_OPSET
+    data_dir: Path | None = None
+    max_drawings: int = 10_000
+    written: dict[str, Path] = field(default_factory=dict)  # format name -> committed file
+
+    @cached_property
+    def data(self) -> ValidationData:
+        return load_validation_data(self.source, self.data_dir, self.max_drawings)
+
+    @cached_property
+    def reference(self) -> tuple[np.ndarray, np.ndarray]:
+        """torch (probabilities, logits) on the validation inputs, computed once per run."""
+        return torch_outputs(self.source, self.data.inputs)

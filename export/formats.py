@@ -1,0 +1,102 @@
+"""The export formats, in one table. Adding a format is one entry here.
+
+Each entry names the file it writes in the export folder, the function that writes
+it (to a temp path), the function that validates what was written (before it is
+renamed into place), the Python packages it needs and the format it builds on.
+The CLI help and the README's formats table are generated from this table.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable
+
+from qd.data.errors import QDError
+
+from .coreml import export_coreml, validate_coreml
+from .onnx_export import export_onnx, validate_onnx
+from .quantize import export_int8, validate_int8
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    name: str
+    filename: str
+    description: str
+    exporter: Callable  # (ExportContext, temp path) -> None
+    validator: Callable  # (ExportContext, temp path) -> list[Check]
+    validates: str  # what the validator checks, for help and README
+    needs: tuple[str, ...] = ()  # importable packages
+    builds_on: str | None = None  # another format whose file this one is made from
+    is_dir: bool = False
+
+    @property
+    def suffix(self) -> str:
+        return self.filename[self.filename.index("."):]
+
+    def missing_packages(self) -> list[str]:
+        return [pkg for pkg in self.needs if importlib.util.find_spec(pkg) is None]
+
+
+FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
+    ExportFormat(
+        "onnx", "model.onnx", "fp32 ONNX, dynamic batch; labels and preprocessing in metadata",
+        export_onnx, validate_onnx,
+        "onnx.checker; I/O + metadata contract; onnxruntime vs torch on the test split at batch 1 and 64 "
+        "(max |Δp| ≤ 1e-4, identical top-1)",
+        needs=("torch", "onnx", "onnxscript", "onnxruntime"),
+    ),
+    ExportFormat(
+        "onnx-int8", "model.int8.onnx", "int8 ONNX (static QDQ, calibrated on training drawings)",
+        export_int8, validate_int8,
+        "onnx.checker; contract; top-1 drop vs fp32 ≤ 1 point; size ratio; images/s at batch 256",
+        needs=("onnx", "onnxruntime"), builds_on="onnx",
+    ),
+    ExportFormat(
+        "coreml", "model.mlpackage", "Core ML ML Program classifier, 28x28 grayscale image input (iOS 16+)",
+        export_coreml, validate_coreml,
+        "package reloads; ML Program iOS 16+; input, outputs, labels, input scaling, softmax head; "
+        "predictions vs torch on macOS only",
+        needs=("torch", "coremltools"), is_dir=True,
+    ),
+)}
+DEFAULT_FORMATS = "onnx"
+ALL = "all"
+
+
+def parse_formats(text: str) -> list[ExportFormat]:
+    """'onnx,coreml' or 'all' -> formats in table order, with what they build on added."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    if not names:
+        raise QDError(f"--format: empty (choose from {', '.join(FORMATS)} or {ALL})")
+    if ALL in names:
+        names = list(FORMATS)
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown:
+        raise QDError(f"--format: unknown format {', '.join(unknown)} (choose from {', '.join(FORMATS)} or {ALL})")
+    wanted = set(names)
+    for name in names:
+        base = FORMATS[name].builds_on
+        while base:
+            wanted.add(base)
+            base = FORMATS[base].builds_on
+    return [f for name, f in FORMATS.items() if name in wanted]
+
+
+def help_text() -> str:
+    lines = [f"{f.name} ({f.filename}): {f.description}." for f in FORMATS.values()]
+    return f"Comma-separated formats, or '{ALL}'. " + " ".join(lines)
+
+
+def markdown_table() -> str:
+    """The README's formats table, generated from FORMATS."""
+    rows = ["| format | file | what | validated by | needs |", "|---|---|---|---|---|"]
+    for f in FORMATS.values():
+        needs = ", ".join(f.needs) + (f"; built from `{f.builds_on}`" if f.builds_on else "")
+        rows.append(f"| `{f.name}` | `{f.filename}` | {f.description} | {f.validates} | {needs} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

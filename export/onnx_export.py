@@ -1,0 +1,108 @@
+"""fp32 ONNX: the checkpoint's network plus a softmax head, with the model card in metadata.
+
+Exporter choice (torch 2.13): the `torch.export`-based exporter (`dynamo=True`) for
+opset 18 and newer. It is the supported path (the TorchScript exporter is deprecated
+and slated for removal) and gives a clean graph here: batch norm folded into the
+convolutions, no shape-computation noise. It cannot target opsets below 18 (it
+silently keeps 18), so `--opset 13..17`, for older runtimes, uses the TorchScript
+exporter, which emits the same operators. Both go through the same validation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from qd.data.errors import QDError
+
+from .context import ExportContext
+from .validate import INPUT_NAME, OUTPUT_NAMES, check_contract, check_fidelity, check_onnx_file
+
+MIN_OPSET = 13
+DYNAMO_MIN_OPSET = 18
+
+
+class WithProbabilities(torch.nn.Module):
+    """(probabilities, logits) from a logits network, as the ONNX contract names them."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(image)
+        return torch.softmax(logits, dim=1), logits
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence the exporters' progress prints, deprecation warnings and log lines."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def check_opset(opset: int) -> int:
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise QDError(f"--opset {opset}: supported opsets are {MIN_OPSET}..{newest}")
+    return opset
+
+
+def to_onnx_proto(net: torch.nn.Module, opset: int, side: int = 28) -> onnx.ModelProto:
+    wrapped = WithProbabilities(net).eval()
+    example = (torch.zeros(2, 1, side, side),)
+    with quiet():
+        if opset >= DYNAMO_MIN_OPSET:
+            program = torch.onnx.export(
+                wrapped, example, None, dynamo=True, opset_version=opset, external_data=False,
+                input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                dynamic_shapes={"image": {0: torch.export.Dim("batch")}}, verbose=False,
+            )
+            model = program.model_proto
+        else:
+            buffer = io.BytesIO()
+            torch.onnx.export(
+                wrapped, example, buffer, dynamo=False, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
+            )
+            model = onnx.load_from_string(buffer.getvalue())
+    got = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if got != opset:
+        raise QDError(f"--opset {opset}: the exporter produced opset {got}")
+    model.producer_name = "quickdraw-edge"
+    return model
+
+
+def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def export_onnx(ctx: ExportContext, path: Path) -> None:
+    model = to_onnx_proto(ctx.source.model, ctx.opset, int(ctx.source.preprocessing["input_size"]))
+    set_metadata(model, ctx.source.model_metadata("fp32"))
+    onnx.save_model(model, str(path))
+
+
+def validate_onnx(ctx: ExportContext, path: Path) -> list:
+    checks = [check_onnx_file(path), check_contract(path, ctx.source.model_metadata("fp32"))]
+    if not all(c.passed for c in checks):
+        return checks
+    return checks + check_fidelity(ctx, path)

@@ -1,0 +1,116 @@
+"""Checks an exported ONNX model must pass before it is declared done.
+
+1. `onnx.checker` (full check, with shape inference).
+2. The I/O contract: input "image" float32 (batch, 1, 28, 28) with a symbolic batch
+   axis; outputs "probabilities" and "logits"; metadata exactly as contracts.md says.
+3. Fidelity: onnxruntime against torch on the checkpoint's test split at batch 1 and
+   64: max |p_onnx - p_torch| <= 1e-4 and the same top-1 on every drawing.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .context import Check, ExportContext
+
+PROB_TOLERANCE = 1e-4
+FIDELITY_BATCHES = (1, 64)
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("probabilities", "logits")
+
+
+def ort_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_batched(session: ort.InferenceSession, inputs: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    probs, logits = [], []
+    for start in range(0, len(inputs), batch):
+        p, z = session.run(list(OUTPUT_NAMES), {INPUT_NAME: inputs[start : start + batch]})
+        probs.append(p)
+        logits.append(z)
+    return np.concatenate(probs), np.concatenate(logits)
+
+
+def check_onnx_file(path: Path) -> Check:
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        return Check("onnx.checker", False, str(exc).strip().splitlines()[0][:200])
+    return Check("onnx.checker", True, "full check with shape inference passed")
+
+
+def check_contract(path: Path, expected_metadata: dict[str, str]) -> Check:
+    model = onnx.load(str(path), load_external_data=False)
+    problems = []
+    inputs = [i for i in model.graph.input]
+    if [i.name for i in inputs] != [INPUT_NAME]:
+        problems.append(f"inputs are {[i.name for i in inputs]}, expected ['{INPUT_NAME}']")
+    else:
+        tensor = inputs[0].type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+        if tensor.elem_type != onnx.TensorProto.FLOAT:
+            problems.append("input is not float32")
+        if len(dims) != 4 or not isinstance(dims[0], str) or dims[1:] != [1, 28, 28]:
+            problems.append(f"input shape is {dims}, expected [batch, 1, 28, 28]")
+    outputs = [o.name for o in model.graph.output]
+    if outputs != list(OUTPUT_NAMES):
+        problems.append(f"outputs are {outputs}, expected {list(OUTPUT_NAMES)}")
+    metadata = {p.key: p.value for p in model.metadata_props}
+    if metadata != expected_metadata:
+        wrong = sorted(k for k in set(metadata) | set(expected_metadata) if metadata.get(k) != expected_metadata.get(k))
+        problems.append(f"metadata differs at {', '.join(wrong)}")
+    if problems:
+        return Check("contract", False, "; ".join(problems))
+    return Check("contract", True, "image[batch,1,28,28] -> probabilities, logits; metadata complete")
+
+
+def check_fidelity(ctx: ExportContext, path: Path, tolerance: float = PROB_TOLERANCE) -> list[Check]:
+    """onnxruntime vs torch at each batch size: probability difference and top-1 agreement."""
+    ref_probs, _ = ctx.reference
+    session = ort_session(path)
+    checks = []
+    for batch in FIDELITY_BATCHES:
+        probs, _ = run_batched(session, ctx.data.inputs, batch)
+        diff = float(np.abs(probs - ref_probs).max())
+        disagree = int((probs.argmax(1) != ref_probs.argmax(1)).sum())
+        passed = diff <= tolerance and disagree == 0
+        detail = (f"max |Δp| {diff:.1e} (≤ {tolerance:.0e}), top-1 differs on "
+                  f"{disagree} of {len(probs)}")
+        checks.append(Check(f"vs torch, batch {batch}", passed, detail,
+                            {"batch": batch, "max_abs_prob_diff": diff, "top1_disagreements": disagree,
+                             "drawings": len(probs)}))
+    return checks
+
+
+def top1_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float((probs.argmax(1) == labels).mean())
+
+
+def interleaved_throughput(sessions: dict[str, ort.InferenceSession], inputs: np.ndarray,
+                           batch: int = 256, rounds: int = 15) -> dict[str, float]:
+    """Images/s of each session at a fixed batch, measured side by side.
+
+    Runs alternate between the sessions (after a warm-up) and each keeps its median
+    run time, so background load on a shared machine hits all of them alike.
+    """
+    x = np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])))
+    for session in sessions.values():
+        session.run(None, {INPUT_NAME: x})
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, {INPUT_NAME: x})
+            times[name].append(time.perf_counter() - start)
+    return {name: batch / float(np.median(t)) for name, t in times.items()}
