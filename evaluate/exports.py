@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qd.data.errors import QDError
+from qd.data.paths import artifacts_root
 
 from .onnx_session import read_metadata
 
@@ -22,10 +23,6 @@ MODEL_FILE = "model.onnx"
 INT8_SUFFIX = ".int8.onnx"
 COREML_SUFFIX = ".mlpackage"
 MODEL_JSON = "model.json"
-
-
-def artifacts_root() -> Path:
-    return Path(os.environ.get("QD_ARTIFACTS", "artifacts"))
 
 
 def newest_export() -> Path:
