@@ -95,7 +95,10 @@ def fetch(
     for message in failures:
         fail(message)
     if report.stopped_early:
-        fail(f"stopped after a fatal error; {len(names) - len(report.results) - len(failures)} categories not tried")
+        tried = {r.category for r in report.results} | {name for name, _ in report.failures}
+        left = [name for name in names if name not in tried]
+        err_console.print(f"note: stopped early; not tried: {', '.join(left) or 'none'}", highlight=False,
+                          soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
@@ -123,9 +124,18 @@ def fetch_category(source: FolderSource | UrlSource, category: str, out_dir: str
         raise QDError(f"--max-per-category must be at least 1, got {options.max_rows}")
     _check_name(category)
     out_dir = Path(out_dir)
-    dest, part, tmp = category_path(out_dir, category), part_path(out_dir, category), tmp_path(out_dir, category)
     with _disk_errors(category, out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
+    # One writer per folder at a time: a second `qd-data fetch` into the same folder waits,
+    # then finds the files the first one finished and skips them.
+    with _folder_lock(out_dir):
+        return _fetch_locked(source, category, out_dir, options, progress)
+
+
+def _fetch_locked(source, category: str, out_dir: Path, options: FetchOptions,
+                  progress: ProgressHook | None) -> FetchResult:
+    dest, part, tmp = category_path(out_dir, category), part_path(out_dir, category), tmp_path(out_dir, category)
+    with _disk_errors(category, out_dir):
         tmp.unlink(missing_ok=True)  # left by a run killed while finishing a capped file
 
     try:
@@ -244,10 +254,7 @@ def _append(body: Body, part: Path, have: int, want_bytes: int, progress: Progre
             chunk = body.read(min(CHUNK_BYTES, want_bytes - have))
             if not chunk:
                 break
-            try:
-                f.write(chunk)
-            except OSError as exc:
-                raise OSError(exc.errno, exc.strerror, str(part)) from None
+            _write(f, chunk, part)
             have += len(chunk)
             received += len(chunk)
             if progress:
@@ -285,17 +292,21 @@ def _finish_capped(category: str, part: Path, tmp: Path, dest: Path, remote: Rem
             part.unlink(missing_ok=True)
             raise QDError(f"{category}: downloaded file's header differs from the one first served; discarded it")
         src.seek(offset)
-        with open(tmp, "wb") as out:
-            out.write(bitmap_header_bytes(rows))
-            left = rows * PIXELS
-            while left:
-                chunk = src.read(min(CHUNK_BYTES, left))
-                if not chunk:
-                    break
-                out.write(chunk)
-                left -= len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
+        try:
+            with open(tmp, "wb") as out:
+                _write(out, bitmap_header_bytes(rows), tmp)
+                left = rows * PIXELS
+                while left:
+                    chunk = src.read(min(CHUNK_BYTES, left))
+                    if not chunk:
+                        break
+                    _write(out, chunk, tmp)
+                    left -= len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     try:
         written = read_bitmap_header(tmp)
     except BitmapFileError as exc:
@@ -306,6 +317,14 @@ def _finish_capped(category: str, part: Path, tmp: Path, dest: Path, remote: Rem
         raise QDError(f"{category}: capped file has {written.rows} drawings, expected {rows}")
     os.replace(tmp, dest)
     _fsync_dir(dest.parent)
+
+
+def _write(f, data: bytes, path: Path) -> None:
+    """f.write, with the file named in the error (a full disk must say where)."""
+    try:
+        f.write(data)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
 
 
 def _with_retries(call: Callable[[], Remote], options: FetchOptions) -> Remote:
@@ -336,6 +355,25 @@ class _disk_errors:
         fatal = exc.errno in FATAL_ERRNOS
         hint = "; files already fetched are intact" if fatal else ""
         raise DiskError(f"{self.category}: cannot write {where}: {reason}{hint}", fatal=fatal) from None
+
+
+@contextmanager
+def _folder_lock(folder: Path):
+    """Exclusive advisory lock on the folder itself (POSIX flock); a no-op elsewhere."""
+    try:
+        import fcntl
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # a file system without locks (some network mounts): go on unlocked
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _fsync_dir(path: Path) -> None:

@@ -271,3 +271,34 @@ def test_list_flags_invalid_files_and_partial_downloads(shared_bitmaps, tmp_path
 def test_list_of_a_missing_folder_is_one_line(tmp_path):
     result = qd_data("list", tmp_path / "nope")
     assert result.exit_code == 1 and "does not exist" in result.stderr
+
+
+def test_offline_rerun_keeps_a_present_file(qd_server, tmp_path):
+    fetch_category(UrlSource(qd_server.base_url), "cat", tmp_path, FAST)
+    qd_server.fail_with("cat", 503, times=10)
+    result = qd_data("fetch", "cat", "--source", qd_server.base_url, "--out", tmp_path, "--retries", "0")
+    assert result.exit_code == 0 and "not re-checked" in result.output
+    qd_server.fail_with("dog", 503, times=10)  # nothing present: the failure is reported
+    missing = qd_data("fetch", "dog", "--source", qd_server.base_url, "--out", tmp_path, "--retries", "0")
+    assert missing.exit_code == 1 and "HTTP 503" in missing.stderr
+
+
+def test_a_second_fetch_into_the_same_folder_waits_for_the_first(qd_server, shared_bitmaps, tmp_path):
+    import fcntl
+    import os
+    import threading
+
+    fd = os.open(tmp_path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # stands for another qd-data fetch at work in this folder
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (fetch_category(UrlSource(qd_server.base_url), "cat", tmp_path, FAST),
+                                              done.set()))
+    worker.start()
+    try:
+        assert not done.wait(0.5)
+        assert entries(tmp_path) == [] and not qd_server.hits_for("cat")
+    finally:
+        os.close(fd)
+    worker.join(10)
+    assert done.is_set()
+    assert (tmp_path / "cat.npy").read_bytes() == (shared_bitmaps / "cat.npy").read_bytes()

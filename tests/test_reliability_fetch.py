@@ -1,0 +1,131 @@
+"""Issue 6 (reliability) for qd-data fetch: SIGKILL mid-download and a full disk."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from fixtures_data import invoke_cli
+from qd.data import fetch as fetch_module
+from qd.data.cli import main
+from qd.data.fetch import FetchOptions, fetch_category, part_path, tmp_path as tmp_file_of
+from qd.data.sources import FolderSource, UrlSource
+
+
+def wait_for(predicate, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_sigkill_mid_download_leaves_no_half_file_and_rerun_completes(qd_server, shared_bitmaps, tmp_path):
+    out = tmp_path / "data"
+    part = part_path(out, "cat")
+    qd_server.stall("cat", seconds=8.0, after=1_500_000)  # hold the transfer open mid-file
+    proc = subprocess.Popen([sys.executable, "-c", "from qd.data.cli import main; main()", "fetch", "cat",
+                             "--source", qd_server.base_url, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: part.exists() and part.stat().st_size > 0, 30), "download never started"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "cat.npy").exists()  # nothing half-written where the finished file belongs
+    kept = part.stat().st_size
+    assert 0 < kept < (shared_bitmaps / "cat.npy").stat().st_size
+
+    qd_server.reset()
+    rerun = invoke_cli(main, "fetch", "cat", "--source", qd_server.base_url, "--out", out)
+    assert rerun.exit_code == 0, rerun.output
+    assert (out / "cat.npy").read_bytes() == (shared_bitmaps / "cat.npy").read_bytes()
+    assert any(hit.range and hit.range.startswith(f"bytes={kept}-") for hit in qd_server.hits_for("cat"))
+    assert sorted(p.name for p in out.iterdir()) == ["cat.npy"]
+
+
+def test_scratch_file_of_a_killed_capped_fetch_is_cleaned_up(shared_bitmaps, tmp_path):
+    tmp_file_of(tmp_path, "cat").write_bytes(b"\x93NUMPY half a header")
+    fetch_category(FolderSource(shared_bitmaps), "cat", tmp_path, FetchOptions(max_rows=5))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.npy"]
+    assert np.load(tmp_path / "cat.npy").shape == (5, 784)
+
+
+def full_disk_after(monkeypatch, victim: str, budget: int) -> None:
+    """Make writes to the file named `victim` (in any folder) fail with ENOSPC after `budget` bytes."""
+    real_open = open
+
+    class FullDisk:
+        def __init__(self, f):
+            self._f, self._left = f, budget
+
+        def write(self, data):
+            if len(data) > self._left:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self._left -= len(data)
+            return self._f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self._f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._f.__exit__(*exc)
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if any(flag in mode for flag in "wa+") and os.path.basename(path) == victim:
+            return FullDisk(f)
+        return f
+
+    monkeypatch.setattr(fetch_module, "open", fake_open, raising=False)
+
+
+def test_disk_full_is_one_clear_line_and_earlier_files_stay_intact(qd_server, shared_bitmaps, tmp_path,
+                                                                   monkeypatch):
+    # An earlier, capped dog.npy must survive a failed attempt to replace it.
+    fetch_category(UrlSource(qd_server.base_url), "dog", tmp_path, FetchOptions(max_rows=10))
+    old_dog = (tmp_path / "dog.npy").read_bytes()
+    full_disk_after(monkeypatch, part_path(tmp_path, "dog").name, budget=300_000)
+
+    result = invoke_cli(main, "fetch", "apple", "dog", "cat", "--source", qd_server.base_url, "--out", tmp_path)
+
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("error: dog: cannot write ") and "No space left on device" in errors[0]
+    assert ".dog.npy.part" in errors[0] and "Traceback" not in result.output
+    assert "not tried: cat" in result.stderr  # a full disk stops the run: cat would fail the same way
+    assert (tmp_path / "apple.npy").read_bytes() == (shared_bitmaps / "apple.npy").read_bytes()
+    assert (tmp_path / "dog.npy").read_bytes() == old_dog
+    assert not (tmp_path / "cat.npy").exists()
+
+    monkeypatch.undo()  # space freed: the rerun resumes dog and fetches cat
+    rerun = invoke_cli(main, "fetch", "apple", "dog", "cat", "--source", qd_server.base_url, "--out", tmp_path)
+    assert rerun.exit_code == 0, rerun.output
+    for name in ("apple", "dog", "cat"):
+        assert (tmp_path / f"{name}.npy").read_bytes() == (shared_bitmaps / f"{name}.npy").read_bytes()
+
+
+def test_disk_full_while_writing_a_capped_file(shared_bitmaps, tmp_path, monkeypatch):
+    full_disk_after(monkeypatch, tmp_file_of(tmp_path, "star").name, budget=1000)
+    result = invoke_cli(main, "fetch", "star", "-n", "100", "--source", shared_bitmaps, "--out", tmp_path)
+    assert result.exit_code == 1 and "No space left on device" in result.stderr
+    assert ".star.npy.tmp" in result.stderr
+    # The downloaded rows wait in the part file; the scratch file is gone.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".star.npy.part"]
+    monkeypatch.undo()
+    rerun = invoke_cli(main, "fetch", "star", "-n", "100", "--source", shared_bitmaps, "--out", tmp_path)
+    assert rerun.exit_code == 0, rerun.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["star.npy"]
+    np.testing.assert_array_equal(np.load(tmp_path / "star.npy"), np.load(shared_bitmaps / "star.npy")[:100])
