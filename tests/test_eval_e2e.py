@@ -1,0 +1,82 @@
+"""qd-eval end to end on a real export (fixtures: trained_checkpoint -> exported_model)."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from qd.data.errors import QDError
+from qd.evaluate.evaluation import evaluate
+
+
+@pytest.fixture(scope="module")
+def evaluation(exported_model, tmp_path_factory):
+    return evaluate(exported_model, out_dir=tmp_path_factory.mktemp("eval-e2e"), measure_speed=False)
+
+
+def backends(result) -> dict:
+    report = json.loads((result.out_dir / "report.json").read_text())
+    return {b["name"]: b for b in report["backends"]}
+
+
+def test_test_split_figures_match_the_checkpoint(evaluation, trained_checkpoint):
+    import torch
+
+    payload = torch.load(trained_checkpoint, weights_only=True)
+    assert evaluation.heldout.source["kind"] == "training-data"
+    assert len(evaluation.heldout) == payload["test"]["count"]  # the same shared split
+    # onnx and torch compute the same network; the checkpoint's test top-1 came from torch
+    assert evaluation.summary.top1 == pytest.approx(payload["test"]["top1"], abs=1.5 / len(evaluation.heldout))
+    assert evaluation.summary.top1 > 0.8
+
+
+def test_every_backend_side_by_side(evaluation, trained_checkpoint):
+    runs = backends(evaluation)
+    assert [name for name in runs] == ["onnx", "onnx-int8", "torch", "coreml"]
+    assert runs["torch"]["status"] == "ok" and runs["torch"]["file"] == str(trained_checkpoint.resolve())
+    assert runs["torch"]["note"] is None  # model.json's checkpoint is the export's source (sha256 matches)
+    assert runs["torch"]["max_abs_probability_diff"] < 1e-4 and runs["torch"]["agreement_with_reference"] == 1.0
+    assert runs["onnx-int8"]["status"] == "ok"
+    assert runs["onnx-int8"]["size_bytes"] < runs["onnx"]["size_bytes"]
+    assert abs(runs["onnx-int8"]["top1"] - runs["onnx"]["top1"]) <= 0.03
+    if sys.platform != "darwin":
+        assert runs["coreml"]["status"] == "skipped" and "macOS" in runs["coreml"]["reason"]
+
+
+def test_torch_backend_with_explicit_and_foreign_checkpoints(exported_model, trained_checkpoint, tmp_path):
+    import torch
+
+    result = evaluate(exported_model, backends=["torch"], checkpoint=trained_checkpoint, write_files=False,
+                      measure_speed=False)
+    assert result.reference.name == "torch" and result.summary.count > 0
+    payload = torch.load(trained_checkpoint, weights_only=True)
+    payload["classes"] = [c.upper() for c in payload["classes"]]
+    foreign = tmp_path / "foreign.pt"
+    torch.save(payload, foreign)
+    with pytest.raises(QDError, match="classes differ"):
+        evaluate(exported_model, backends=["torch"], checkpoint=foreign, write_files=False, measure_speed=False)
+
+
+def test_moved_source_checkpoint_skips_torch_with_a_reason(exported_model, tmp_path):
+    folder = shutil.copytree(exported_model, tmp_path / "copy")
+    card = json.loads((folder / "model.json").read_text())
+    card["source"]["checkpoint"] = str(tmp_path / "gone" / "best.pt")
+    (folder / "model.json").write_text(json.dumps(card))
+    result = evaluate(folder, backends=["onnx", "torch"], write_files=False, measure_speed=False)
+    torch_run = result.runs[1]
+    assert not torch_run.ran and "is gone" in torch_run.skipped and "--checkpoint" in torch_run.skipped
+
+
+def test_onnx_evaluation_never_imports_torch(exported_model, tmp_path):
+    code = (
+        "import sys; from qd.evaluate.evaluation import evaluate; "
+        f"r = evaluate({str(exported_model)!r}, backends=['onnx', 'onnx-int8'], out_dir={str(tmp_path)!r}, "
+        "measure_speed=False); "
+        "assert 'torch' not in sys.modules and 'qd.train' not in sys.modules, 'torch imported'; "
+        "print(r.summary.top1)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "report.json").is_file() and (tmp_path / "confusion.png").is_file()
