@@ -158,7 +158,9 @@ def _fetch_locked(source, category: str, out_dir: Path, options: FetchOptions,
 
     with _disk_errors(category, out_dir):
         resumed_from = _usable_part(part, remote, capped, want_bytes)
-        received = _download(source, category, part, remote, want_bytes, options, progress)
+        received, restarted = _download(source, category, part, want_bytes, options, progress)
+        if restarted:
+            resumed_from = 0  # the server ignored Range: the kept bytes were fetched again
         if capped:
             _finish_capped(category, part, tmp, dest, remote, want_rows)
             if resumed_from <= want_bytes:  # a longer part belongs to an unfinished full download
@@ -206,14 +208,18 @@ def _usable_part(part: Path, remote: Remote, capped: bool, want_bytes: int) -> i
     return keep
 
 
-def _download(source, category: str, part: Path, remote: Remote, want_bytes: int,
-              options: FetchOptions, progress: ProgressHook | None) -> int:
-    """Grow `part` to at least `want_bytes`, resuming and retrying; returns bytes received."""
+def _download(source, category: str, part: Path, want_bytes: int, options: FetchOptions,
+              progress: ProgressHook | None) -> tuple[int, bool]:
+    """Grow `part` to at least `want_bytes`, resuming and retrying.
+
+    Returns (bytes received, whether the server ignored a Range request and restarted the file).
+    """
     have = part.stat().st_size if part.exists() else 0
     received = 0
     failures = 0
+    restarted = False
     if have >= want_bytes:
-        return 0
+        return 0, False
     if progress:
         progress.begin(category, want_bytes, have)
     try:
@@ -223,6 +229,7 @@ def _download(source, category: str, part: Path, remote: Remote, want_bytes: int
                 with source.open(category, have, want_bytes) as body:
                     if body.start != have:  # Range ignored: the server restarted the file
                         have = body.start
+                        restarted = True
                         if progress:
                             progress.begin(category, want_bytes, have)
                     have, got = _append(body, part, have, want_bytes, progress)
@@ -240,7 +247,7 @@ def _download(source, category: str, part: Path, remote: Remote, want_bytes: int
     finally:
         if progress:
             progress.end()
-    return received
+    return received, restarted
 
 
 def _append(body: Body, part: Path, have: int, want_bytes: int, progress: ProgressHook | None) -> tuple[int, int]:

@@ -323,6 +323,8 @@ def _read_upto(resp, n: int, category: str, url: str) -> bytes:
 def _what_arrived(first: bytes, content_type: str) -> str:
     head = first[:64].decode("utf-8", "replace")
     head = re.sub(r"\s+", " ", head).strip()
+    if sum(ch.isprintable() for ch in head) < 0.9 * len(head):
+        head = ""  # binary: quoting it would only garble the error line
     parts = []
     if content_type:
         parts.append(f"server sent {content_type.split(';')[0].strip()}")
@@ -330,6 +332,8 @@ def _what_arrived(first: bytes, content_type: str) -> str:
         parts.append(f"starting {head[:40]!r}")
     elif not first:
         parts.append("empty response")
+    else:
+        parts.append(f"{len(first)} bytes of binary data")
     return f" ({', '.join(parts)})" if parts else ""
 
 

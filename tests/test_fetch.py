@@ -78,6 +78,7 @@ def test_server_ignoring_range_restarts_the_file(qd_server, shared_bitmaps, tmp_
     result = fetch_category(UrlSource(qd_server.base_url), "bird", tmp_path, FAST)
     assert result.path.read_bytes() == (shared_bitmaps / "bird.npy").read_bytes()
     assert qd_server.hits_for("bird")[-1].status == 200
+    assert result.action == "downloaded" and result.resumed_from == 0  # not reported as a resume
 
 
 def test_html_error_page_is_rejected_and_nothing_is_left(qd_server, tmp_path):
