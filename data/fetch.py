@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Protocol
 from .bitmaps import PIXELS, bitmap_header_bytes, parse_bitmap_header, read_bitmap_header
 from .categories import category_path
 from .errors import BitmapFileError, QDError
-from .sources import Body, FolderSource, Remote, TransientError, UrlSource
+from .sources import Body, FolderSource, Remote, SourceUnreachable, TransientError, UrlSource
 
 CHUNK_BYTES = 1 << 20
 # Out of disk or quota: every later category would fail the same way.
@@ -58,7 +58,7 @@ class FetchResult:
 class FetchReport:
     results: list[FetchResult] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (category, one-line message)
-    stopped_early: bool = False  # a fatal error (disk full) ended the run
+    stopped_early: bool = False  # a fatal error (disk full, source unreachable) ended the run
 
     @property
     def ok(self) -> bool:
@@ -93,7 +93,11 @@ def fetch_categories(source: FolderSource | UrlSource, categories: Iterable[str]
                      options: FetchOptions = FetchOptions(), progress: ProgressHook | None = None,
                      on_result: Callable[[FetchResult], None] | None = None,
                      on_failure: Callable[[str, str], None] | None = None) -> FetchReport:
-    """Fetch each category; one failing category does not stop the others (a full disk does)."""
+    """Fetch each category; one failing category does not stop the others.
+
+    Two failures do stop the run, because every later category would fail the same way
+    (after its own retries): a full disk, and a source that cannot be reached at all.
+    """
     report = FetchReport()
     for category in categories:
         try:
@@ -110,6 +114,9 @@ def fetch_categories(source: FolderSource | UrlSource, categories: Iterable[str]
             report.failures.append((category, str(exc)))
             if on_failure:
                 on_failure(category, str(exc))
+            if isinstance(exc, SourceUnreachable):
+                report.stopped_early = True
+                break
             continue
         report.results.append(result)
         if on_result:
@@ -240,8 +247,8 @@ def _download(source, category: str, part: Path, want_bytes: int, options: Fetch
             except TransientError as exc:
                 failures += 1
                 if failures > options.retries:
-                    raise TransientError(f"{exc} (gave up after {options.retries} retries; "
-                                         f"{have} bytes kept, rerun to resume)") from None
+                    raise type(exc)(f"{exc} (gave up after {_retries(options)}; "
+                                    f"{have} bytes kept, rerun to resume)") from None
                 # Back off only when the last attempt got nowhere; a drop mid-file resumes at once.
                 time.sleep(0 if have > before else options.retry_wait * 2 ** (failures - 1))
     finally:
@@ -326,6 +333,10 @@ def _finish_capped(category: str, part: Path, tmp: Path, dest: Path, remote: Rem
     _fsync_dir(dest.parent)
 
 
+def _retries(options: FetchOptions) -> str:
+    return f"{options.retries} retr{'y' if options.retries == 1 else 'ies'}"
+
+
 def _write(f, data: bytes, path: Path) -> None:
     """f.write, with the file named in the error (a full disk must say where)."""
     try:
@@ -340,7 +351,7 @@ def _with_retries(call: Callable[[], Remote], options: FetchOptions) -> Remote:
             return call()
         except TransientError as exc:
             if attempt == options.retries:
-                raise TransientError(f"{exc} (gave up after {options.retries} retries)") from None
+                raise type(exc)(f"{exc} (gave up after {_retries(options)})") from None
             time.sleep(options.retry_wait * 2 ** attempt)
     raise AssertionError("unreachable")
 

@@ -50,6 +50,10 @@ class TransientError(QDError):
     """A failure that may go away if the same request is made again."""
 
 
+class SourceUnreachable(TransientError):
+    """No connection at all (unknown host, connection refused): every category would fail alike."""
+
+
 class CategoryNotFound(QDError):
     """The source has no file for this category."""
 
@@ -259,7 +263,9 @@ class UrlSource:
                 raise CategoryNotFound(f"{category}: {problem}{hint}") from None
             raise QDError(f"{category}: {problem}") from None
         except urllib.error.URLError as exc:
-            raise TransientError(f"{category}: {url}: {_reason(exc.reason)}") from None
+            unreachable = isinstance(exc.reason, (socket.gaierror, ConnectionRefusedError))
+            error = SourceUnreachable if unreachable else TransientError
+            raise error(f"{category}: {url}: {_reason(exc.reason)}") from None
         except (OSError, http.client.HTTPException) as exc:
             raise TransientError(f"{category}: {url}: {_reason(exc)}") from None
 

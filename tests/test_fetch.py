@@ -216,7 +216,7 @@ def test_transient_errors_are_retried(qd_server, shared_bitmaps, tmp_path):
     fetch_category(UrlSource(qd_server.base_url), "cat", tmp_path, FetchOptions(retries=2, retry_wait=0))
     assert (tmp_path / "cat.npy").read_bytes() == (shared_bitmaps / "cat.npy").read_bytes()
     qd_server.fail_with("dog", 503, times=5)
-    with pytest.raises(QDError, match=r"^dog: .*HTTP 503.*gave up after 1 retries"):
+    with pytest.raises(QDError, match=r"^dog: .*HTTP 503.*gave up after 1 retry"):
         fetch_category(UrlSource(qd_server.base_url), "dog", tmp_path, FetchOptions(retries=1, retry_wait=0))
 
 
@@ -303,3 +303,18 @@ def test_a_second_fetch_into_the_same_folder_waits_for_the_first(qd_server, shar
     worker.join(10)
     assert done.is_set()
     assert (tmp_path / "cat.npy").read_bytes() == (shared_bitmaps / "cat.npy").read_bytes()
+
+
+def test_unreachable_source_stops_after_the_first_category(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port that was just free: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = qd_data("fetch", "cat", "dog", "apple", "--source", f"http://127.0.0.1:{port}", "--out", tmp_path,
+                     "--retries", "0")
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: cat: ") and "Connection refused" in errors[0]
+    assert "not tried: dog, apple" in result.stderr
+    assert entries(tmp_path) == []
