@@ -50,7 +50,7 @@ class RichProgress:
 @app.command()
 def fetch(
     categories: Optional[List[str]] = typer.Argument(
-        None, metavar="CATEGORY...", show_default=False,
+        None, metavar="CATEGORY", show_default=False,
         help="Category names as the source spells them (quote names with spaces: 'The Eiffel Tower')."),
     all_categories: bool = typer.Option(
         False, "--all", help="Every category the source lists: a folder's *.npy, or Google's 345 for a URL."),
@@ -97,8 +97,9 @@ def fetch(
     if report.stopped_early:
         tried = {r.category for r in report.results} | {name for name, _ in report.failures}
         left = [name for name in names if name not in tried]
-        err_console.print(f"note: stopped early; not tried: {', '.join(left) or 'none'}", highlight=False,
-                          soft_wrap=True)
+        if left:
+            err_console.print(f"note: stopped early; not tried: {', '.join(left)}", highlight=False,
+                              soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -106,7 +107,7 @@ def fetch(
 @app.command("list")
 def list_(
     data_dir: Optional[Path] = typer.Argument(
-        None, metavar="[DIR]", show_default=False, help="Folder of <category>.npy files. Default: artifacts/data."),
+        None, metavar="DIR", show_default=False, help="Folder of <category>.npy files. Default: artifacts/data."),
 ) -> None:
     """Show the local categories, their drawing counts and file sizes."""
     data_dir = data_dir if data_dir is not None else default_data_dir()

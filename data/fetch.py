@@ -247,8 +247,8 @@ def _download(source, category: str, part: Path, want_bytes: int, options: Fetch
             except TransientError as exc:
                 failures += 1
                 if failures > options.retries:
-                    raise type(exc)(f"{exc} (gave up after {_retries(options)}; "
-                                    f"{have} bytes kept, rerun to resume)") from None
+                    kept = f"{have} bytes kept, rerun to resume"
+                    raise type(exc)(f"{exc} ({'; '.join(filter(None, [_gave_up(options), kept]))})") from None
                 # Back off only when the last attempt got nowhere; a drop mid-file resumes at once.
                 time.sleep(0 if have > before else options.retry_wait * 2 ** (failures - 1))
     finally:
@@ -333,8 +333,11 @@ def _finish_capped(category: str, part: Path, tmp: Path, dest: Path, remote: Rem
     _fsync_dir(dest.parent)
 
 
-def _retries(options: FetchOptions) -> str:
-    return f"{options.retries} retr{'y' if options.retries == 1 else 'ies'}"
+def _gave_up(options: FetchOptions) -> str:
+    """'gave up after 2 retries' (empty when retrying was switched off)."""
+    if not options.retries:
+        return ""
+    return f"gave up after {options.retries} retr{'y' if options.retries == 1 else 'ies'}"
 
 
 def _write(f, data: bytes, path: Path) -> None:
@@ -351,7 +354,7 @@ def _with_retries(call: Callable[[], Remote], options: FetchOptions) -> Remote:
             return call()
         except TransientError as exc:
             if attempt == options.retries:
-                raise type(exc)(f"{exc} (gave up after {_retries(options)})") from None
+                raise type(exc)(f"{exc} ({_gave_up(options)})" if options.retries else str(exc)) from None
             time.sleep(options.retry_wait * 2 ** attempt)
     raise AssertionError("unreachable")
 
