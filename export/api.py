@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from qd.data.errors import QDError
+from qd.data.paths import artifacts_root
 
 from .atomic import clean_stale_temps, commit_dir, commit_file, remove_temp, temp_path_for
 from .card import CARD_NAME, LABELS_NAME, write_card, write_labels
@@ -25,11 +26,6 @@ from .onnx_export import check_opset
 from .source import DEFAULT_MAX_DRAWINGS, CheckpointSource, load_source
 
 PREP_NAME = "model.prep.onnx"  # int8's intermediate file
-
-
-def artifacts_root() -> Path:
-    """$QD_ARTIFACTS, else ./artifacts (contracts.md, "Artifacts layout")."""
-    return Path(os.environ.get("QD_ARTIFACTS") or "artifacts")
 
 
 def default_out_dir(source: CheckpointSource) -> Path:

@@ -95,7 +95,12 @@ def _data_record(payload: dict) -> dict:
 def load_source(path: str | os.PathLike) -> CheckpointSource:
     """Load a checkpoint with weights_only=True (qd.train.checkpoint refuses pickle)."""
     path = Path(path)
-    payload = load_checkpoint(path)
+    try:
+        payload = load_checkpoint(path)
+    except QDError:
+        raise
+    except Exception as exc:  # torch's weights-only unpickler can fail on junk with e.g. KeyError
+        raise QDError(f"{path}: not a checkpoint (unreadable: {type(exc).__name__})") from None
     model = model_from_checkpoint(payload)
     return CheckpointSource(path=path, payload=payload, sha256=sha256_file(path), model=model)
 
