@@ -245,10 +245,15 @@ def _download(source, category: str, part: Path, want_bytes: int, options: Fetch
                     raise TransientError(f"{category}: {source.location(category)}: connection closed "
                                          f"after {have} of {want_bytes} bytes")
             except TransientError as exc:
+                # Bytes written before a mid-chunk failure are a valid prefix too: keep them.
+                have = part.stat().st_size if part.exists() else 0
                 failures += 1
                 if failures > options.retries:
-                    kept = f"{have} bytes kept, rerun to resume"
-                    raise type(exc)(f"{exc} ({'; '.join(filter(None, [_gave_up(options), kept]))})") from None
+                    kept = f"{have} bytes kept, rerun to resume" if have else ""
+                    if not have:
+                        part.unlink(missing_ok=True)
+                    why = "; ".join(filter(None, [_gave_up(options), kept]))
+                    raise type(exc)(f"{exc} ({why})" if why else str(exc)) from None
                 # Back off only when the last attempt got nowhere; a drop mid-file resumes at once.
                 time.sleep(0 if have > before else options.retry_wait * 2 ** (failures - 1))
     finally:

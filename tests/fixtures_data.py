@@ -6,6 +6,7 @@ request) that serves the shared bitmaps in Google's layout,
 
     def test_resume(qd_server, tmp_path):
         qd_server.drop_after("cat", 100_000)        # next response for cat breaks at byte 100000
+        qd_server.drop_after("cat", 100_000, reset=True)  # ... with a TCP reset instead of a close
         qd_server.serve_html("dog")                 # dog.npy answers with an HTML error page
         qd_server.fail_with("apple", 503, times=2)  # two 503s, then the file
         qd_server.ignore_range()                    # answer every Range request with a full 200
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 import threading
 import time
 import urllib.parse
@@ -88,7 +90,7 @@ class BitmapServer:
         with self._lock:
             self.files: dict[str, Path] = {p.stem: p for p in sorted(self.folder.glob("*.npy"))}
             self.hits: list[Hit] = []
-            self._drops: dict[str, list[int]] = {}  # category -> [file offset, times left]
+            self._drops: dict[str, list] = {}  # category -> [file offset, times left, reset?]
             self._html: set[str] = set()
             self._status: dict[str, list[int]] = {}  # category -> [status, times left]
             self._stalls: dict[str, tuple[float, int]] = {}
@@ -104,10 +106,12 @@ class BitmapServer:
         with self._lock:
             self.files.pop(category, None)
 
-    def drop_after(self, category: str, offset: int, times: int = 1) -> None:
-        """Close the connection once a response for `category` reaches file byte `offset`."""
+    def drop_after(self, category: str, offset: int, times: int = 1, reset: bool = False) -> None:
+        """Cut the connection once a response for `category` reaches file byte `offset`:
+        a clean close (the client sees a short body), or with `reset` a TCP RST (the client
+        sees ECONNRESET, and may lose bytes that were in flight)."""
         with self._lock:
-            self._drops[category] = [offset, times]
+            self._drops[category] = [offset, times, reset]
 
     def serve_html(self, category: str) -> None:
         """Answer every request for `category` with a 200 HTML error page."""
@@ -232,7 +236,7 @@ class _Handler(BaseHTTPRequestHandler):
                 owner._consume_drop(category)
             sent = self._write_body(data, start, stop, plan["stall"])
             if stop < end:
-                self._abort()
+                self._abort(reset=drop[2])
         owner._record(Hit(self.command, category, range_header, status, sent))
 
     def _write_body(self, data: bytes, start: int, stop: int, stall) -> int:
@@ -253,11 +257,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         return sent
 
-    def _abort(self) -> None:
+    def _abort(self, reset: bool) -> None:
         """Drop the connection mid-body, as a flaky network would."""
         self.close_connection = True
         try:
-            self.connection.shutdown(socket.SHUT_RDWR)
+            if reset:  # linger 0 + close = RST
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+            else:
+                self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 

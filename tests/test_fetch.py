@@ -69,6 +69,14 @@ def test_drop_is_retried_and_resumed_within_one_run(qd_server, shared_bitmaps, t
     assert any(hit.range == "bytes=700000-3136127" for hit in qd_server.hits_for("dog"))
 
 
+def test_connection_reset_mid_file_is_retried(qd_server, shared_bitmaps, tmp_path):
+    qd_server.drop_after("apple", 1_200_000, reset=True)
+    result = fetch_category(UrlSource(qd_server.base_url), "apple", tmp_path, FetchOptions(retries=1, retry_wait=0))
+    assert result.path.read_bytes() == (shared_bitmaps / "apple.npy").read_bytes()
+    assert len([hit for hit in qd_server.hits_for("apple") if hit.status in (200, 206)]) >= 3  # probe + 2 tries
+    assert entries(tmp_path) == ["apple.npy"]
+
+
 def test_server_ignoring_range_restarts_the_file(qd_server, shared_bitmaps, tmp_path):
     qd_server.drop_after("bird", 500_000)
     with pytest.raises(QDError):
