@@ -1,0 +1,61 @@
+"""`qd-infer`: classify drawings (images, .npy, .ndjson, folders) with an exported ONNX model.
+
+Only typer is imported at module level: numpy, Pillow and onnxruntime load inside
+the command, so `qd-infer --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+import typer
+
+from qd.data.console import run_app
+from qd.data.errors import QDError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich",
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+
+@app.command()
+def infer(
+    inputs: List[str] = typer.Argument(..., metavar="INPUT...",
+                                       help="Images (PNG, JPEG, BMP, GIF, WebP), .npy drawing arrays, "
+                                            ".ndjson Quick, Draw! drawings, or folders of them."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="PATH",
+                                        help="model.onnx or an export folder (default: the newest "
+                                             "artifacts/exports/*/model.onnx)"),
+    top: int = typer.Option(3, "--top", "-k", min=1, help="How many labels to show per drawing."),
+    batch_size: int = typer.Option(1024, "--batch-size", "-b", min=1, help="Drawings per onnxruntime run."),
+    json_lines: bool = typer.Option(False, "--json", help="JSON lines on stdout (one object per drawing)."),
+    csv_out: bool = typer.Option(False, "--csv", help="CSV on stdout."),
+    recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Search folders recursively."),
+    workers: int = typer.Option(DEFAULT_WORKERS, "--workers", "-w", min=1, help="Image decoding threads."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="onnxruntime intra-op threads (default: onnxruntime decides)."),
+) -> None:
+    """Classify drawings with an exported quickdraw-edge model.
+
+    Unreadable inputs are reported one line each on stderr while the rest are
+    classified; the exit code is 1 if any input failed.
+    """
+    if json_lines and csv_out:
+        raise QDError("--json and --csv cannot be used together")
+    from .run import run_inference
+
+    fmt = "json" if json_lines else "csv" if csv_out else "table"
+    summary = run_inference(inputs, model=model, top=top, batch_size=batch_size, fmt=fmt,
+                            recursive=recursive, workers=workers, threads=threads)
+    if summary.failed or summary.classified == 0:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()

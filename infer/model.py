@@ -1,0 +1,184 @@
+"""An exported quickdraw-edge ONNX model, run with onnxruntime.
+
+Labels and preprocessing come from the model's metadata_props (contracts.md),
+parsed as data and validated: a model that is not ONNX, lacks the labels, or
+whose label count differs from its output width is refused with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from qd.data.errors import QDError
+from qd.data.preprocess import bitmaps_to_input
+
+MODEL_FORMAT = "qd-onnx-v1"
+MODEL_FILE = "model.onnx"
+INPUT = "image"
+PROBABILITIES = "probabilities"
+MAX_LABELS = 100_000
+PREPROCESSING_KEYS = ("input_size", "scale")
+
+
+def artifacts_root() -> Path:
+    return Path(os.environ.get("QD_ARTIFACTS", "artifacts"))
+
+
+def newest_export(root: str | os.PathLike | None = None) -> Path:
+    """The newest (mtime) <root>/exports/*/model.onnx: qd-infer's default model."""
+    exports = Path(root) / "exports" if root is not None else artifacts_root() / "exports"
+    found = []
+    for path in exports.glob(f"*/{MODEL_FILE}"):
+        try:
+            found.append((path.stat().st_mtime, str(path), path))
+        except OSError:
+            continue  # removed while we looked
+    if not found:
+        raise QDError(f"{exports}: no exported model found (run qd-export first, or pass --model PATH)")
+    return max(found)[2]
+
+
+def resolve_model_path(model: str | os.PathLike | None) -> Path:
+    """--model may be an .onnx file or an export folder; None means the newest export."""
+    if model is None:
+        return newest_export()
+    path = Path(model)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.exists():
+        raise QDError(f"{path}: model file does not exist")
+    if not path.is_file():
+        raise QDError(f"{path}: model path is not a file")
+    return path
+
+
+class OnnxClassifier:
+    """float32 (B, 1, 28, 28) -> probabilities (B, C), with labels and preprocessing from metadata."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        self.path = Path(path)
+        self.session = _open_session(self.path, threads)
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.labels: list[str] = _parse_labels(self.path, self.metadata)
+        self.preprocessing: dict = _parse_preprocessing(self.path, self.metadata)
+        self.precision: str = self.metadata.get("qd.precision", "fp32")
+        self._check_io()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def _check_io(self) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if INPUT not in inputs or PROBABILITIES not in outputs:
+            raise QDError(f"{self.path}: expected input {INPUT!r} and output {PROBABILITIES!r}, found "
+                          f"{sorted(inputs)} -> {sorted(outputs)}")
+        side = int(self.preprocessing["input_size"])
+        shape = list(inputs[INPUT].shape)
+        if len(shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(shape[1:], (1, side, side))):
+            raise QDError(f"{self.path}: input {INPUT!r} has shape {shape}, expected [batch, 1, {side}, {side}]")
+        width = outputs[PROBABILITIES].shape[-1] if outputs[PROBABILITIES].shape else None
+        if isinstance(width, int) and width != len(self.labels):
+            raise QDError(f"{self.path}: metadata names {len(self.labels)} labels but the model outputs "
+                          f"{width} classes")
+
+    def probabilities(self, inputs: np.ndarray) -> np.ndarray:
+        """One session run on a float32 (B, 1, 28, 28) batch."""
+        probs = self.session.run([PROBABILITIES], {INPUT: inputs})[0]
+        if probs.ndim != 2 or probs.shape[1] != len(self.labels):
+            raise QDError(f"{self.path}: model returned shape {probs.shape}, expected (batch, {len(self.labels)})")
+        return probs
+
+    def predict_bitmaps(self, bitmaps: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """uint8 ink-high (N, 784) or (N, 28, 28) bitmaps -> probabilities (N, C), in batches."""
+        bitmaps = np.asarray(bitmaps)
+        n = len(bitmaps)
+        out = np.empty((n, len(self.labels)), dtype=np.float32)
+        for start in range(0, n, batch_size):
+            batch = bitmaps[start:start + batch_size]
+            out[start:start + len(batch)] = self.probabilities(bitmaps_to_input(batch, self.preprocessing))
+        return out
+
+    def classify_bitmaps(self, bitmaps: np.ndarray, top: int = 3,
+                         batch_size: int = 1024) -> list[list[tuple[str, float]]]:
+        """Top-k (label, probability) per drawing, most likely first."""
+        probs = self.predict_bitmaps(bitmaps, batch_size)
+        index, values = top_k(probs, top)
+        return [[(self.labels[i], float(p)) for i, p in zip(row_i, row_p)] for row_i, row_p in zip(index, values)]
+
+    def classify_paths(self, paths, top: int = 3, recursive: bool = True, workers: int = 1):
+        """[(name, [(label, p), ...]) or (message, None) per input], the whole qd-infer read path."""
+        from .inputs import Drawings, read_inputs
+
+        results = []
+        for event in read_inputs(paths, recursive=recursive, workers=workers):
+            if isinstance(event, Drawings):
+                results += list(zip(event.names, self.classify_bitmaps(event.bitmaps, top)))
+            else:
+                results.append((event.message, None))
+        return results
+
+
+def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the k largest probabilities per row, largest first (ties: lower index)."""
+    k = max(1, min(k, probs.shape[1]))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(probs, order, axis=1)
+
+
+def _open_session(path: Path, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # onnxruntime warnings are not the user's business
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QDError(f"{path}: not a loadable ONNX model ({first[:160]})") from None
+
+
+def _parse_labels(path: Path, meta: dict[str, str]) -> list[str]:
+    if meta.get("qd.format") not in (None, MODEL_FORMAT):
+        raise QDError(f"{path}: unknown model format {meta.get('qd.format')!r} (this version reads {MODEL_FORMAT!r})")
+    if "qd.labels" not in meta:
+        raise QDError(f"{path}: model metadata has no qd.labels (not exported by qd-export?)")
+    try:
+        labels = json.loads(meta["qd.labels"])
+    except (ValueError, RecursionError):
+        raise QDError(f"{path}: model metadata qd.labels is not valid JSON") from None
+    if (not isinstance(labels, list) or not labels or len(labels) > MAX_LABELS
+            or not all(isinstance(l, str) and l for l in labels)):
+        raise QDError(f"{path}: model metadata qd.labels must be a non-empty JSON list of names")
+    if len(set(labels)) != len(labels):
+        raise QDError(f"{path}: model metadata qd.labels has duplicate names")
+    return labels
+
+
+def _parse_preprocessing(path: Path, meta: dict[str, str]) -> dict:
+    try:
+        spec = json.loads(meta["qd.preprocessing"])
+    except KeyError:
+        raise QDError(f"{path}: model metadata has no qd.preprocessing") from None
+    except (ValueError, RecursionError):
+        raise QDError(f"{path}: model metadata qd.preprocessing is not valid JSON") from None
+    if not isinstance(spec, dict) or any(k not in spec for k in PREPROCESSING_KEYS):
+        raise QDError(f"{path}: model metadata qd.preprocessing must be a JSON object with "
+                      f"{', '.join(PREPROCESSING_KEYS)}")
+    for key in ("input_size", "scale", "mean", "std"):
+        if key in spec and (isinstance(spec[key], bool) or not isinstance(spec[key], (int, float))):
+            raise QDError(f"{path}: model metadata qd.preprocessing[{key!r}] is not a number")
+    if spec["input_size"] != 28:
+        raise QDError(f"{path}: model expects {spec['input_size']}px input; qd-infer renders 28px drawings")
+    if spec.get("std", 1.0) == 0:
+        raise QDError(f"{path}: model metadata qd.preprocessing has std 0")
+    if spec.get("polarity", "ink-high") != "ink-high":
+        raise QDError(f"{path}: model expects polarity {spec.get('polarity')!r}; qd-infer produces 'ink-high'")
+    return spec

@@ -1,0 +1,141 @@
+"""How qd-infer shows results: a rich table (streamed batch by batch), JSON lines or CSV.
+
+Machine formats (--json, --csv) own stdout; failures and the closing summary go to
+stderr, so `qd-infer ... --csv > out.csv` stays a clean file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from qd.data.console import console, err_console, fail
+
+
+@dataclass
+class Summary:
+    classified: int
+    failed: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.classified / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        failed = f"; {self.failed} input{'s' if self.failed != 1 else ''} failed" if self.failed else ""
+        return (f"{self.classified:,} drawing{'s' if self.classified != 1 else ''} classified in "
+                f"{self.seconds:.2f} s ({self.rate:,.0f} images/s){failed}")
+
+
+class Writer:
+    """Receives rows batch by batch: names, top-k label indices and probabilities."""
+
+    def __init__(self, labels: list[str], top: int):
+        self.labels = labels
+        self.top = top
+
+    def rows(self, names: list[str], index: np.ndarray, probs: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def failure(self, message: str) -> None:
+        fail(printable(message))
+
+    def finish(self, summary: Summary) -> None:
+        err_console.print(summary.line(), highlight=False)
+
+
+class JsonLinesWriter(Writer):
+    def rows(self, names, index, probs):
+        labels = self.labels
+        lines = []
+        for name, row_i, row_p in zip(printable_names(names), index.tolist(), probs.tolist()):
+            top = [{"label": labels[i], "probability": round(p, 6)} for i, p in zip(row_i, row_p)]
+            lines.append(json.dumps({"input": name, "label": top[0]["label"],
+                                     "probability": top[0]["probability"], "top": top}, ensure_ascii=False))
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+
+
+class CsvWriter(Writer):
+    def __init__(self, labels, top):
+        super().__init__(labels, top)
+        self.out = csv.writer(sys.stdout, lineterminator="\n")
+        header = ["input"]
+        for rank in range(1, top + 1):
+            header += [f"label_{rank}", f"probability_{rank}"]
+        self.out.writerow(header)
+
+    def rows(self, names, index, probs):
+        labels = self.labels
+        out = []
+        for name, row_i, row_p in zip(printable_names(names), index.tolist(), probs.tolist()):
+            cells = [name]
+            for i, p in zip(row_i, row_p):
+                cells += [labels[i], f"{p:.6f}"]
+            out.append(cells)
+        self.out.writerows(out)
+        sys.stdout.flush()
+
+
+class TableWriter(Writer):
+    """A rich table, printed batch by batch (same column widths, header once)."""
+
+    def __init__(self, labels, top):
+        super().__init__(labels, top)
+        self.printed_header = False
+        self.prediction_width = max(12, min(40, max(len(l) for l in labels)) + 8)  # "label  99.9%"
+
+    def rows(self, names, index, probs):
+        from rich import box
+        from rich.table import Table
+
+        input_width = max(16, console.width - self.top * (self.prediction_width + 2) - 2)
+        table = Table(box=box.SIMPLE_HEAD, show_header=not self.printed_header, show_edge=False,
+                      pad_edge=False, header_style="bold")
+        table.add_column("input", width=input_width, overflow="fold", no_wrap=False)
+        for rank in range(1, self.top + 1):
+            table.add_column(_ordinal(rank), width=self.prediction_width, no_wrap=True, overflow="ellipsis")
+        for name, row_i, row_p in zip(printable_names(names), index.tolist(), probs.tolist()):
+            cells = [f"[bold]{_escape(self.labels[row_i[0]])}[/] {row_p[0]:6.1%}"]
+            cells += [f"{_escape(self.labels[i])} [dim]{p:6.1%}[/]" for i, p in zip(row_i[1:], row_p[1:])]
+            table.add_row(_escape(name), *cells)
+        console.print(table)
+        self.printed_header = True
+
+    def finish(self, summary: Summary) -> None:
+        console.print(summary.line(), highlight=False)
+
+
+def printable(text: str) -> str:
+    """File names that are not valid UTF-8 (surrogate-escaped by Python) shown as \\xNN, never a crash."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def printable_names(names: list[str]) -> list[str]:
+    return [printable(n) for n in names]
+
+
+def _ordinal(n: int) -> str:
+    return {1: "1st", 2: "2nd", 3: "3rd"}.get(n, f"{n}th")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def make_writer(fmt: str, labels: list[str], top: int) -> Writer:
+    return {"json": JsonLinesWriter, "csv": CsvWriter, "table": TableWriter}[fmt](labels, top)
