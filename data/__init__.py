@@ -1,5 +1,8 @@
 """qd.data: the ground floor. Quick, Draw! bitmap files, the class list, the split
-and the preprocessing that every other stage reads. Never imports torch."""
+and the preprocessing that every other stage reads. Never imports torch.
+
+Getting the files: sources.py (Google's bucket, a mirror URL or a folder), fetch.py
+(verified, resumable downloads), cli.py (`qd-data fetch` / `qd-data list`)."""
 
 from importlib.metadata import PackageNotFoundError, version as _version
 

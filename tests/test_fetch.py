@@ -326,3 +326,18 @@ def test_unreachable_source_stops_after_the_first_category(tmp_path):
     assert len(errors) == 1 and errors[0].startswith("error: cat: ") and "Connection refused" in errors[0]
     assert "not tried: dog, apple" in result.stderr
     assert entries(tmp_path) == []
+
+
+def test_fetching_a_folder_into_itself_touches_nothing(shared_bitmaps, tmp_path):
+    src = tmp_path / "data"
+    qd_data("fetch", "cat", "horse", "--source", shared_bitmaps, "--out", src)
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    for extra in ((), ("-n", "10")):
+        result = qd_data("fetch", "--all", "--source", src, "--out", src, *extra)
+        assert result.exit_code == 0 and result.output.count("already present") == 2, result.output
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+
+
+def test_list_of_an_empty_folder_says_how_to_fill_it(tmp_path):
+    result = qd_data("list", tmp_path)
+    assert result.exit_code == 0 and "qd-data fetch" in result.output
