@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -165,6 +166,8 @@ def _fetch_locked(source, category: str, out_dir: Path, options: FetchOptions,
 
     with _disk_errors(category, out_dir):
         resumed_from = _usable_part(part, remote, capped, want_bytes)
+        _check_free_space(category, out_dir, want_bytes - min(resumed_from, want_bytes)
+                          + (remote.header.data_offset + want_rows * PIXELS if capped else 0))
         received, restarted = _download(source, category, part, want_bytes, options, progress)
         if restarted:
             resumed_from = 0  # the server ignored Range: the kept bytes were fetched again
@@ -185,6 +188,21 @@ def _check_name(category: str) -> None:
         raise QDError(f"{category!r}: category names cannot be empty or start/end with spaces")
     if "/" in category or "\\" in category or category.startswith(".") or "\0" in category:
         raise QDError(f"{category!r}: not a category name (no slashes, no leading dot)")
+
+
+def _check_free_space(category: str, out_dir: Path, needed: int) -> None:
+    """Refuse up front, rather than fill the disk and fail part-way."""
+    try:
+        free = shutil.disk_usage(out_dir).free
+    except OSError:
+        return  # unknown: the write itself will say
+    if needed > free:
+        raise DiskError(f"{category}: needs {_mb(needed)} but {out_dir} has only {_mb(free)} free; "
+                        "files already fetched are intact", fatal=True)
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 1e6:,.1f} MB"
 
 
 def _valid_rows(path: Path) -> int | None:

@@ -129,3 +129,21 @@ def test_disk_full_while_writing_a_capped_file(shared_bitmaps, tmp_path, monkeyp
     assert rerun.exit_code == 0, rerun.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["star.npy"]
     np.testing.assert_array_equal(np.load(tmp_path / "star.npy"), np.load(shared_bitmaps / "star.npy")[:100])
+
+
+def test_too_little_free_space_is_refused_before_writing(qd_server, shared_bitmaps, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    fetch_category(UrlSource(qd_server.base_url), "apple", tmp_path, FetchOptions(retries=0))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(fetch_module.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 2_000_000, 2_000_000))
+    result = invoke_cli(main, "fetch", "cat", "dog", "--source", qd_server.base_url, "--out", tmp_path)
+    assert result.exit_code == 1
+    assert "error: cat: needs 3.1 MB but " in result.stderr and "only 2.0 MB free" in result.stderr
+    assert "not tried: dog" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["apple.npy"]
+    assert not [hit for hit in qd_server.hits_for("cat") if hit.sent > 4096]  # nothing but the probe
+    # A capped fetch needs far less room and goes ahead.
+    capped = invoke_cli(main, "fetch", "cat", "-n", "100", "--source", qd_server.base_url, "--out", tmp_path)
+    assert capped.exit_code == 0, capped.output
