@@ -195,7 +195,7 @@ def check_predictions(ctx: ExportContext, path: Path) -> list[Check]:
     pixels = _inputs_to_pixels(ctx)
     probs = np.empty_like(ref_probs)
     for i, bitmap in enumerate(pixels):
-        out = model.predict({"image": Image.fromarray(bitmap, mode="L")})
+        out = model.predict({"image": Image.fromarray(bitmap)})
         probs[i] = [out[PROBS_OUTPUT][name] for name in classes]
     diff = float(np.abs(probs - ref_probs).max())
     disagree = int((probs.argmax(1) != ref_probs.argmax(1)).sum())

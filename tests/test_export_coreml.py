@@ -77,7 +77,7 @@ def test_predictions_match_torch_on_macos(package, trained_checkpoint):
         x = torch.from_numpy(bitmaps[:, None].astype(np.float32) / 255.0)
         ref = torch.softmax(model_from_checkpoint(checkpoint)(x), 1).numpy()
     for bitmap, expected in zip(bitmaps, ref):
-        probs = model.predict({"image": Image.fromarray(bitmap, mode="L")})["classLabel_probs"]
+        probs = model.predict({"image": Image.fromarray(bitmap)})["classLabel_probs"]
         got = np.array([probs[name] for name in checkpoint["classes"]])
         assert np.abs(got - expected).max() <= 1e-4
 
