@@ -1,0 +1,186 @@
+"""`qd-demo`: a drawing page that classifies doodles live, entirely in the browser.
+
+The server only hands out static files on 127.0.0.1: the page (infer/web/), the
+onnxruntime-web runtime (from infer/web/node_modules, installed by `npm ci`) and the
+exported model. Everything else happens in the page: it reads the labels and the
+preprocessing spec from the model's own metadata_props (parsed from the ONNX
+protobuf in web/onnx-metadata.js, because onnxruntime-web does not expose custom
+metadata), applies the qd.data.images algorithm (ported in web/preprocess.js) and
+runs the model with onnxruntime-web's WebAssembly backend.
+
+Before serving, the model is opened once with onnxruntime here, so a wrong file is a
+one-line error at start-up rather than a broken page. No torch, no network.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import threading
+from dataclasses import dataclass
+from functools import partial
+from http import HTTPStatus
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import typer
+
+from qd.data.console import console, run_app
+from qd.data.errors import QDError
+
+from .model import OnnxClassifier, resolve_model_path
+
+HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+WEB_DIR = Path(__file__).resolve().parent / "web"
+ORT_PACKAGE = "onnxruntime-web"
+# The only runtime files the page needs: the WebAssembly build's ES module and its
+# wasm binary (single-threaded, so no cross-origin isolation is required).
+ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+PAGE_FILES = ("index.html", "app.js", "preprocess.js", "onnx-metadata.js", "style.css", "favicon.svg")
+
+# Nothing outside this server may be loaded, and wasm needs its own CSP keyword.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; "
+    "img-src 'self' data: blob:; connect-src 'self'; worker-src 'self' blob:; "
+    "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".wasm": "application/wasm",
+    ".onnx": "application/octet-stream",
+    ".json": "application/json",
+}
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    path: Path
+    labels: list[str]
+    precision: str
+
+
+def ort_dist_dir() -> Path:
+    """Where onnxruntime-web's dist/ lives: $QD_ORT_WEB_DIST or infer/web/node_modules."""
+    override = os.environ.get("QD_ORT_WEB_DIST")
+    dist = Path(override) if override else WEB_DIR / "node_modules" / ORT_PACKAGE / "dist"
+    missing = [name for name in ORT_FILES if not (dist / name).is_file()]
+    if missing:
+        raise QDError(f"{dist}: {ORT_PACKAGE} is not installed (missing {missing[0]}); "
+                      f"run `npm ci --prefix {WEB_DIR}`")
+    return dist
+
+
+def check_model(model: str | os.PathLike | None) -> DemoModel:
+    """Resolve --model as qd-infer does (file, export folder, or newest export) and open it once."""
+    path = resolve_model_path(model)
+    classifier = OnnxClassifier(path)  # refuses non-ONNX files and models without qd.* metadata
+    return DemoModel(path=path, labels=classifier.labels, precision=classifier.precision)
+
+
+class DemoHandler(SimpleHTTPRequestHandler):
+    """Serves a fixed set of files; anything else is 404. GET and HEAD only."""
+
+    server_version = "qd-demo"
+    routes: dict[str, Path] = {}
+
+    def do_GET(self):  # noqa: N802 (http.server naming)
+        self._serve(send_body=True)
+
+    def do_HEAD(self):  # noqa: N802
+        self._serve(send_body=False)
+
+    def _serve(self, send_body: bool) -> None:
+        route = unquote(urlsplit(self.path).path)
+        if route == "/":
+            route = "/index.html"
+        target = self.routes.get(route)
+        if target is None:
+            self.send_error(HTTPStatus.NOT_FOUND, "not found")
+            return
+        try:
+            body = target.read_bytes()
+        except OSError:
+            self.send_error(HTTPStatus.NOT_FOUND, "not found")
+            return
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", CONTENT_TYPES.get(target.suffix, mimetypes.guess_type(target.name)[0]
+                                                           or "application/octet-stream"))
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def log_message(self, format, *args):  # quiet: the terminal shows the URL, not every request
+        pass
+
+
+def build_routes(model: DemoModel, ort_dist: Path) -> dict[str, Path]:
+    routes = {f"/{name}": WEB_DIR / name for name in PAGE_FILES}
+    routes.update({f"/ort/{name}": ort_dist / name for name in ORT_FILES})
+    routes["/model.onnx"] = model.path
+    return routes
+
+
+def make_server(model_path: str | os.PathLike | None, port: int = DEFAULT_PORT) -> tuple[ThreadingHTTPServer, DemoModel]:
+    """A ready (not yet serving) server on 127.0.0.1:port; port 0 picks a free one.
+
+    `model_path`: a model.onnx, an export folder, or None for the newest export."""
+    model = check_model(model_path)
+    handler = type("BoundDemoHandler", (DemoHandler,), {"routes": build_routes(model, ort_dist_dir())})
+    try:
+        server = ThreadingHTTPServer((HOST, port), handler)
+    except OSError as exc:
+        raise QDError(f"{HOST}:{port}: cannot listen ({exc.strerror or exc}); try --port with another number") from None
+    server.daemon_threads = True
+    return server, model
+
+
+def server_url(server: ThreadingHTTPServer) -> str:
+    return f"http://{HOST}:{server.server_address[1]}/"
+
+
+def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
+    thread = threading.Thread(target=partial(server.serve_forever, poll_interval=0.1), daemon=True)
+    thread.start()
+    return thread
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                  help="Serve the drawing demo: sketch a doodle, watch the exported model guess, all in the browser.")
+
+
+@app.command()
+def demo(
+    model: str = typer.Option(None, "--model", "-m", metavar="PATH",
+                              help="model.onnx or an export folder (default: the newest artifacts/exports/*/model.onnx)."),
+    port: int = typer.Option(DEFAULT_PORT, "--port", "-p", min=0, max=65535, help="Port on 127.0.0.1 (0 = any free port)."),
+) -> None:
+    """Serve the demo page on 127.0.0.1 until Ctrl+C."""
+    server, info = make_server(model, port)
+    url = server_url(server)
+    console.print(f"qd-demo: model {info.path} ({len(info.labels)} classes, {info.precision})", highlight=False)
+    console.print(f"qd-demo: open [bold]{url}[/] in your browser and draw (Ctrl+C to stop)", highlight=False)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        console.print("qd-demo: stopped", highlight=False)
+    finally:
+        server.server_close()
+
+
+def main() -> None:
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()
