@@ -57,6 +57,7 @@ class ShardedBatches:
     rank: int = 0
     world_size: int = 1
     epoch: int = 0
+    max_batches: int | None = None  # stop each epoch early (the permutation still covers the whole split)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -80,11 +81,14 @@ class ShardedBatches:
         n = len(self.indices)
         if self.world_size > 1:
             n = -(-n // self.world_size) if self.shuffle else len(range(self.rank, n, self.world_size))
-        return -(-n // self.batch_size)
+        batches = -(-n // self.batch_size)
+        return batches if self.max_batches is None else min(batches, self.max_batches)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         order = self._order()
-        for start in range(0, len(order), self.batch_size):
+        for step, start in enumerate(range(0, len(order), self.batch_size)):
+            if self.max_batches is not None and step >= self.max_batches:
+                return
             yield order[start : start + self.batch_size]
 
 

@@ -9,6 +9,7 @@ import typer
 
 from qd.data.console import run_app
 from qd.data.errors import QDError
+from qd.data.paths import default_data_dir
 
 from .config import TrainConfig
 from .loop import train
@@ -29,13 +30,15 @@ def _categories(text: Optional[str]) -> Optional[list[str]]:
 
 @app.command()
 def train_command(
-    data_dir: Path = typer.Option(Path("artifacts/data"), "--data-dir", help="Folder of <category>.npy bitmap files."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", show_default=False,
+                                            help="Folder of <category>.npy bitmap files. Default: $QD_ARTIFACTS/data or artifacts/data."),
     categories: Optional[str] = typer.Option(None, "--categories", help="Comma-separated categories (default: all in --data-dir)."),
     arch: str = typer.Option(DEFAULT_ARCH, "--arch", help=f"Architecture: {', '.join(ARCHITECTURES)}."),
     epochs: int = typer.Option(10, "--epochs", help="Maximum number of epochs."),
     batch_size: int = typer.Option(256, "--batch-size", help="Global batch size (split across DDP ranks)."),
     lr: float = typer.Option(3e-3, "--lr", help="Peak learning rate (AdamW, one-cycle schedule)."),
     max_per_category: Optional[int] = typer.Option(None, "--max-per-category", help="Use at most N drawings per category (the first N rows)."),
+    steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", help="Cap optimizer steps per epoch (each epoch still draws from the whole shuffled split)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of drawings in the validation split."),
     test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of drawings in the test split."),
     patience: int = typer.Option(5, "--patience", help="Stop after N epochs without validation-loss improvement (0: never)."),
@@ -49,8 +52,9 @@ def train_command(
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     config = TrainConfig(
-        data_dir=data_dir, categories=_categories(categories), arch=arch, epochs=epochs, batch_size=batch_size,
-        lr=lr, max_per_category=max_per_category, val_fraction=val_fraction, test_fraction=test_fraction,
+        data_dir=data_dir if data_dir is not None else default_data_dir(), categories=_categories(categories),
+        arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, max_per_category=max_per_category,
+        steps_per_epoch=steps_per_epoch, val_fraction=val_fraction, test_fraction=test_fraction,
         patience=patience, seed=seed, device=device, workers=workers, out=out, resume=resume,
         augment=augment, schedule=schedule, quiet=quiet,
     )

@@ -6,20 +6,16 @@ stores it as `hparams` (plain data), and a resumed run is rebuilt from there.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from qd.data.errors import QDError
+from qd.data.paths import artifacts_root  # noqa: F401  (re-exported: runs go under <artifacts>/runs)
 
 from .models import ARCHITECTURES, DEFAULT_ARCH
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("onecycle", "cosine", "constant")
-
-
-def artifacts_root() -> Path:
-    return Path(os.environ.get("QD_ARTIFACTS", "artifacts"))
 
 
 @dataclass
@@ -36,6 +32,7 @@ class TrainConfig:
     augment: bool = True                     # random affine per batch (train only)
     label_smoothing: float = 0.0
     max_per_category: int | None = None
+    steps_per_epoch: int | None = None       # cap on optimizer steps per epoch (huge datasets, smoke runs)
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0                      # the project's one split; change only on purpose
@@ -70,6 +67,8 @@ class TrainConfig:
                 raise QDError(f"--{name} must be 0 or more, got {getattr(self, name)}")
         if not self.lr > 0:
             raise QDError(f"--lr must be positive, got {self.lr}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise QDError(f"--steps-per-epoch must be at least 1, got {self.steps_per_epoch}")
         if self.max_per_category is not None and self.max_per_category < 1:
             raise QDError(f"--max-per-category must be at least 1, got {self.max_per_category}")
 

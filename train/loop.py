@@ -165,7 +165,8 @@ class Trainer:
     def _loader(self, split: str, shuffle: bool) -> BatchLoader:
         per_rank_batch = max(1, -(-self.config.batch_size // self.dist.world_size))
         batches = ShardedBatches(self.indices[split], per_rank_batch, shuffle, seed=self.config.seed,
-                                 rank=self.dist.rank, world_size=self.dist.world_size)
+                                 rank=self.dist.rank, world_size=self.dist.world_size,
+                                 max_batches=self.config.steps_per_epoch if shuffle else None)
         workers = self.config.workers if shuffle else 0
         return BatchLoader(self.dataset, batches, self.preprocessing, workers=workers)
 

@@ -1,0 +1,111 @@
+"""Test top-1 of `--arch seed` vs the default architecture at the same CPU-time budget.
+
+    python bench/train_accuracy.py [--epochs 6] [--max-per-category 1500] [--variants ...]
+
+All runs use the shared categories (27 today), the one split, batch 256 and --seed 0.
+The budget is CPU time of this process (user + system, all threads): the machine is
+shared with other jobs, so wall-clock time would measure the neighbours, not us.
+
+  1. the default architecture trains for --epochs epochs      -> its CPU time T
+  2. the seed architecture is probed for one epoch             -> CPU time per epoch t
+  3. the seed architecture trains round(T / t) epochs          -> same budget as (1)
+     (with our recipe, and with the seed script's recipe: constant LR, no augmentation)
+Extra --variants (e.g. compact:width=24, compact:augment=0) run at --epochs epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+from qd.train.checkpoint import load_checkpoint
+from qd.train.config import TrainConfig
+from qd.train.loop import train
+from qd.train.models import DEFAULT_ARCH, build_model, count_parameters
+
+SHARED = Path(os.environ.get("QD_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "quickdraw" / "bitmaps"
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(args, workdir: Path, label: str, **overrides) -> dict:
+    settings = dict(data_dir=args.data_dir, max_per_category=args.max_per_category, epochs=args.epochs,
+                    batch_size=256, seed=0, device="cpu", patience=0, quiet=True,
+                    out=workdir / label.replace(" ", "_").replace(":", "_").replace(",", "_"))
+    settings.update(overrides)
+    cpu0, wall0 = cpu_seconds(), time.perf_counter()
+    ckpt = load_checkpoint(train(TrainConfig(**settings)))
+    result = {"label": label, "epochs": settings["epochs"], "cpu_s": cpu_seconds() - cpu0,
+              "wall_s": time.perf_counter() - wall0, "test_top1": ckpt["test"]["top1"],
+              "test_top3": ckpt["test"]["top3"], "params": ckpt["params"]}
+    print(f"  {label:<38} {result['epochs']:>3} ep  cpu {result['cpu_s']:7.1f} s  wall {result['wall_s']:7.1f} s  "
+          f"test top-1 {100 * result['test_top1']:6.2f}%  top-3 {100 * result['test_top3']:6.2f}%", flush=True)
+    return result
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """'compact:width=24,augment=0' -> label and TrainConfig overrides."""
+    arch, _, rest = text.partition(":")
+    overrides: dict = {"arch": arch, "arch_kwargs": {}}
+    for item in filter(None, rest.split(",")):
+        key, value = item.split("=")
+        if key in ("augment",):
+            overrides[key] = value not in ("0", "false", "no")
+        elif key in ("schedule",):
+            overrides[key] = value
+        elif key in ("lr", "weight_decay", "label_smoothing"):
+            overrides[key] = float(value)
+        elif key in ("epochs", "batch_size"):
+            overrides[key] = int(value)
+        else:
+            overrides["arch_kwargs"][key] = float(value) if "." in value else int(value)
+    return text, overrides
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=SHARED)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--max-per-category", type=int, default=1500)
+    parser.add_argument("--variants", nargs="*", default=[], help="extra runs, e.g. compact:width=24")
+    parser.add_argument("--skip-seed", action="store_true", help="only the --variants (architecture search)")
+    args = parser.parse_args()
+
+    print(f"data {args.data_dir}, max {args.max_per_category} per category, budget = CPU time of "
+          f"{DEFAULT_ARCH} x {args.epochs} epochs")
+    with tempfile.TemporaryDirectory(prefix="qd-train-accuracy-") as tmp:
+        workdir = Path(tmp)
+        results = [run(args, workdir, label, **overrides) for label, overrides in map(parse_variant, args.variants)]
+        if not args.skip_seed:
+            default = run(args, workdir, f"{DEFAULT_ARCH} (default)")
+            probe = run(args, workdir, "seed probe", arch="seed", epochs=1)
+            seed_epochs = max(1, round(default["cpu_s"] / probe["cpu_s"]))
+            seed = run(args, workdir, "seed arch, our recipe", arch="seed", epochs=seed_epochs)
+            seed_recipe = run(args, workdir, "seed arch, seed recipe", arch="seed", epochs=seed_epochs,
+                              augment=False, schedule="constant", lr=1e-3, weight_decay=0.0)
+            seed_same_epochs = run(args, workdir, "seed arch, our recipe, equal epochs", arch="seed")
+            results += [default, seed, seed_recipe, seed_same_epochs]
+
+    print(f"\n| run | epochs | CPU s | test top-1 | test top-3 | top-1 error | params |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['label']} | {r['epochs']} | {r['cpu_s']:.0f} | {100 * r['test_top1']:.2f}% | "
+              f"{100 * r['test_top3']:.2f}% | {100 * (1 - r['test_top1']):.2f}% | {r['params']:,} |")
+    if not args.skip_seed:
+        ratio = (1 - default["test_top1"]) / (1 - seed["test_top1"])
+        ratio_seed = (1 - default["test_top1"]) / (1 - seed_recipe["test_top1"])
+        print(f"\ndefault error / seed-arch error at equal CPU time: {ratio:.2f} (our recipe), "
+              f"{ratio_seed:.2f} (seed recipe); target <= 0.50")
+    print(f"params: seed {count_parameters(build_model('seed', 27)):,}, "
+          f"{DEFAULT_ARCH} {count_parameters(build_model(DEFAULT_ARCH, 27)):,} (27 classes)")
+
+
+if __name__ == "__main__":
+    main()

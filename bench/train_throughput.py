@@ -1,0 +1,183 @@
+"""Training throughput (samples/s), every variant measured side by side in one run.
+
+    python bench/train_throughput.py [--steps 60] [--rounds 3] [--compile]
+
+Baseline set (same seed architecture, batch 100, on the train split of the shared
+categories; train step = forward + cross-entropy + backward + Adam):
+  seed-style   an IterableDataset yielding one float tensor per drawing, category after
+               category (the seed script's pipeline; num_workers=0, see below)
+  ours         qd.train.batches: seeded shuffled index batches gathered from the memmaps,
+               converted uint8 -> float once per batch, prefetched by a thread
+  compute-only the same batch reused every step (no data pipeline at all)
+Then the default architecture: our pipeline (with and without augmentation) vs
+compute-only, and the knobs: batch size, channels_last, threads, torch.compile, a
+DataLoader worker process instead of the prefetch thread.
+
+The machine is shared, so variants run interleaved in rounds and each figure is the
+median over rounds; ratios are between figures of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qd.data.dataset import BitmapDataset
+from qd.data.preprocess import DEFAULT_PREPROCESSING
+from qd.data.split import SplitSpec
+from qd.train.augment import AffineAugment
+from qd.train.batches import BatchLoader, ShardedBatches
+from qd.train.models import DEFAULT_ARCH, build_model
+
+SHARED = Path(os.environ.get("QD_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "quickdraw" / "bitmaps"
+
+
+class SeedStyleDrawings(torch.utils.data.IterableDataset):
+    """The seed script's pipeline: one tensor built per drawing, categories in file order."""
+
+    def __init__(self, dataset: BitmapDataset, indices: np.ndarray):
+        self.dataset, self.indices = dataset, indices
+
+    def __iter__(self):
+        labels = self.dataset.labels(self.indices)
+        for index, label in zip(self.indices, labels):
+            rows = self.dataset.arrays[label]
+            x = torch.tensor(np.asarray(rows[index - self.dataset.offsets[label]]), dtype=torch.float32)
+            yield x.reshape(1, 28, 28) / 255.0, int(label)
+
+
+def endless(make_iter):
+    while True:
+        yield from make_iter()
+
+
+def time_steps(model, batches, steps: int, augment=None, channels_last=False) -> float:
+    """samples/s over `steps` training steps (after 3 warm-up steps)."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+
+    def step(x, y):
+        if augment is not None:
+            x = augment(x, gen)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step(*next(batches))
+    seen, start = 0, time.perf_counter()
+    for _ in range(steps):
+        x, y = next(batches)
+        step(x, y)
+        seen += len(y)
+    return seen / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=SHARED)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also try torch.compile (slow to compile)")
+    args = parser.parse_args()
+
+    dataset = BitmapDataset(args.data_dir)
+    train_idx = dataset.split_indices(SplitSpec())["train"]
+    n_classes = dataset.num_classes
+    print(f"{len(train_idx):,} train drawings, {n_classes} classes, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} cpus")
+
+    def ours(batch, workers=0):
+        loader = BatchLoader(dataset, ShardedBatches(train_idx, batch, shuffle=True, seed=0), DEFAULT_PREPROCESSING,
+                             workers=workers)
+        epoch = iter(range(10**9))
+
+        def one_epoch():
+            loader.set_epoch(next(epoch))
+            return iter(loader)
+        return endless(one_epoch)
+
+    def seed_style(batch):
+        loader = torch.utils.data.DataLoader(SeedStyleDrawings(dataset, train_idx), batch_size=batch, num_workers=0)
+        return endless(lambda: iter(loader))
+
+    def compute_only(batch):
+        x, y = next(ours(batch))
+        return endless(lambda: iter([(x, y)]))
+
+    def model(arch, channels_last=False):
+        torch.manual_seed(0)
+        m = build_model(arch, n_classes)
+        return m.to(memory_format=torch.channels_last) if channels_last else m
+
+    aug = AffineAugment()
+    variants = {
+        "seed arch, b100: seed-style pipeline": lambda s: time_steps(model("seed"), seed_style(100), s),
+        "seed arch, b100: ours": lambda s: time_steps(model("seed"), ours(100), s),
+        "seed arch, b100: compute-only": lambda s: time_steps(model("seed"), compute_only(100), s),
+        f"{DEFAULT_ARCH}, b256: ours (no augment)": lambda s: time_steps(model(DEFAULT_ARCH), ours(256), s),
+        f"{DEFAULT_ARCH}, b256: ours + augment": lambda s: time_steps(model(DEFAULT_ARCH), ours(256), s, aug),
+        f"{DEFAULT_ARCH}, b256: compute-only": lambda s: time_steps(model(DEFAULT_ARCH), compute_only(256), s),
+        f"{DEFAULT_ARCH}, b256: compute-only + augment":
+            lambda s: time_steps(model(DEFAULT_ARCH), compute_only(256), s, aug),
+        f"{DEFAULT_ARCH}, b256: ours, 1 worker process":
+            lambda s: time_steps(model(DEFAULT_ARCH), ours(256, workers=1), s),
+        f"{DEFAULT_ARCH}, b64: compute-only": lambda s: time_steps(model(DEFAULT_ARCH), compute_only(64), s * 4),
+        f"{DEFAULT_ARCH}, b1024: compute-only": lambda s: time_steps(model(DEFAULT_ARCH), compute_only(1024), max(s // 4, 5)),
+        f"{DEFAULT_ARCH}, b256: compute-only, channels_last":
+            lambda s: time_steps(model(DEFAULT_ARCH, True), compute_only(256), s, channels_last=True),
+        f"{DEFAULT_ARCH}, b256: compute-only, 1 thread": lambda s: with_threads(1, lambda: time_steps(
+            model(DEFAULT_ARCH), compute_only(256), s)),
+    }
+    if args.compile:
+        variants[f"{DEFAULT_ARCH}, b256: compute-only, torch.compile"] = lambda s: time_steps(
+            torch.compile(model(DEFAULT_ARCH)), compute_only(256), s)
+
+    results: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(args.rounds):
+        for name, run in variants.items():
+            results[name].append(run(args.steps))
+        print(f"round {r + 1}/{args.rounds} done", flush=True)
+
+    med = {name: statistics.median(v) for name, v in results.items()}
+    width = max(map(len, med))
+    print(f"\n{'variant':<{width}}  samples/s (median of {args.rounds})")
+    for name, value in med.items():
+        print(f"{name:<{width}}  {value:>10,.0f}")
+    d = DEFAULT_ARCH
+    print("\nratios")
+    print(f"  ours / seed-style (seed arch, b100):         {med['seed arch, b100: ours'] / med['seed arch, b100: seed-style pipeline']:.2f}x")
+    print(f"  pipeline overhead vs compute-only, seed arch: {1 - med['seed arch, b100: ours'] / med['seed arch, b100: compute-only']:+.1%}")
+    print(f"  pipeline overhead vs compute-only, {d}:   {1 - med[f'{d}, b256: ours (no augment)'] / med[f'{d}, b256: compute-only']:+.1%}")
+    print(f"  pipeline overhead, {d} with augment:      {1 - med[f'{d}, b256: ours + augment'] / med[f'{d}, b256: compute-only + augment']:+.1%}")
+    print(f"  augment cost ({d}, compute-only):         {1 - med[f'{d}, b256: compute-only + augment'] / med[f'{d}, b256: compute-only']:+.1%}")
+    print(f"  1 worker process / prefetch thread:          {med[f'{d}, b256: ours, 1 worker process'] / med[f'{d}, b256: ours (no augment)']:.2f}x")
+    print(f"  channels_last / default layout:              {med[f'{d}, b256: compute-only, channels_last'] / med[f'{d}, b256: compute-only']:.2f}x")
+    print(f"  batch 64 / 256 / 1024 (compute-only):        {med[f'{d}, b64: compute-only']:,.0f} / {med[f'{d}, b256: compute-only']:,.0f} / {med[f'{d}, b1024: compute-only']:,.0f}")
+    print(f"  1 thread / {torch.get_num_threads()} threads:                          {med[f'{d}, b256: compute-only, 1 thread'] / med[f'{d}, b256: compute-only']:.2f}x")
+    if args.compile:
+        print(f"  torch.compile / eager:                       {med[f'{d}, b256: compute-only, torch.compile'] / med[f'{d}, b256: compute-only']:.2f}x")
+
+
+def with_threads(n: int, fn):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
+if __name__ == "__main__":
+    main()
