@@ -29,7 +29,7 @@ def infer(
                                         help="model.onnx or an export folder (default: the newest "
                                              "artifacts/exports/*/model.onnx)"),
     top: int = typer.Option(3, "--top", "-k", min=1, help="How many labels to show per drawing."),
-    batch_size: int = typer.Option(1024, "--batch-size", "-b", min=1, help="Drawings per onnxruntime run."),
+    batch_size: int = typer.Option(512, "--batch-size", "-b", min=1, help="Drawings per onnxruntime run."),
     json_lines: bool = typer.Option(False, "--json", help="JSON lines on stdout (one object per drawing)."),
     csv_out: bool = typer.Option(False, "--csv", help="CSV on stdout."),
     recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Search folders recursively."),

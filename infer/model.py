@@ -94,7 +94,7 @@ class OnnxClassifier:
             raise QDError(f"{self.path}: model returned shape {probs.shape}, expected (batch, {len(self.labels)})")
         return probs
 
-    def predict_bitmaps(self, bitmaps: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    def predict_bitmaps(self, bitmaps: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """uint8 ink-high (N, 784) or (N, 28, 28) bitmaps -> probabilities (N, C), in batches."""
         bitmaps = np.asarray(bitmaps)
         n = len(bitmaps)
@@ -105,7 +105,7 @@ class OnnxClassifier:
         return out
 
     def classify_bitmaps(self, bitmaps: np.ndarray, top: int = 3,
-                         batch_size: int = 1024) -> list[list[tuple[str, float]]]:
+                         batch_size: int = 512) -> list[list[tuple[str, float]]]:
         """Top-k (label, probability) per drawing, most likely first."""
         probs = self.predict_bitmaps(bitmaps, batch_size)
         index, values = top_k(probs, top)

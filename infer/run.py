@@ -42,7 +42,7 @@ class Batcher:
         return out
 
 
-def run_inference(inputs, model=None, top: int = 3, batch_size: int = 1024, fmt: str = "table",
+def run_inference(inputs, model=None, top: int = 3, batch_size: int = 512, fmt: str = "table",
                   recursive: bool = True, workers: int = 1, threads: int | None = None,
                   writer: Writer | None = None) -> Summary:
     classifier = OnnxClassifier(resolve_model_path(model), threads=threads)
