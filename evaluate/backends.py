@@ -1,7 +1,7 @@
 """The runtimes a model can be evaluated with, in one table.
 
 Each backend opens its own file (found beside the reference model.onnx, or the
-source checkpoint for torch) and maps float32 model input to probabilities. One
+source checkpoint for torch) and turns the held-out bitmaps into probabilities. One
 that cannot run here is skipped with a reason rather than failing the report.
 torch and coremltools are imported only inside their backends.
 """
@@ -23,8 +23,9 @@ import numpy as np
 from qd.data.errors import QDError
 from qd.data.preprocess import bitmaps_to_input
 
+from qd.infer.model import OnnxClassifier
+
 from .exports import COREML_SUFFIX, INT8_SUFFIX, ModelInfo
-from .onnx_session import OnnxClassifier
 
 BENCH_BATCH = 256
 EVAL_BATCH = 256
@@ -52,8 +53,7 @@ def tensor_input(preprocessing: dict) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def open_onnx(model: ModelInfo, checkpoint: Path | None) -> Runner:
-    classifier = OnnxClassifier(model.path)
-    return Runner(model.path, tensor_input(model.preprocessing), classifier.probabilities)
+    return Runner(model.path, tensor_input(model.preprocessing), model.classifier.probabilities)
 
 
 def open_onnx_int8(model: ModelInfo, checkpoint: Path | None) -> Runner:
@@ -61,7 +61,9 @@ def open_onnx_int8(model: ModelInfo, checkpoint: Path | None) -> Runner:
     if not path.is_file():
         raise Unavailable(f"no {path.name} beside {model.path.name}")
     classifier = OnnxClassifier(path)
-    return Runner(path, tensor_input(model.preprocessing), classifier.probabilities)
+    if classifier.labels != model.labels:
+        raise QDError(f"{path}: its labels differ from {model.path.name}'s")
+    return Runner(path, tensor_input(classifier.preprocessing), classifier.probabilities)
 
 
 def open_torch(model: ModelInfo, checkpoint: Path | None) -> Runner:
@@ -112,7 +114,7 @@ def open_coreml(model: ModelInfo, checkpoint: Path | None) -> Runner:
     labels = list(model.labels)
 
     def prepare(bitmaps: np.ndarray) -> list:
-        return [Image.fromarray(np.ascontiguousarray(b).reshape(28, 28), mode="L") for b in bitmaps]
+        return [Image.fromarray(np.ascontiguousarray(b, dtype=np.uint8).reshape(28, 28)) for b in bitmaps]
 
     def predict(images: list) -> np.ndarray:
         rows = []

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from qd.data.errors import QDError
+from qd.data.paths import artifacts_root
 
 from . import metrics
 from .backends import BackendRun, parse_backends, run_backend
-from .exports import ModelInfo, artifacts_root, load_model_info
+from .exports import ModelInfo, load_model_info
 from .heldout import HeldOut, load_heldout
 
 CONFUSED_PAIRS = 10

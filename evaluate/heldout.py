@@ -4,8 +4,8 @@ Three sources:
 - the model's own training data (metadata qd.data: dir, categories,
   max_per_category) cut with its split (metadata qd.split) -- by default the test split;
 - `--data DIR` of `<category>.npy` files: every row (or one split of them, with --split);
-- `--data DIR` of class-named subfolders of images, turned into 28x28 bitmaps by
-  qd.data.images, the same function qd-infer uses.
+- `--data DIR` of class-named subfolders of drawings, read as qd-infer reads them:
+  images through qd.data.images (the shared preprocessing), .npy arrays, .ndjson strokes.
 
 Data categories are matched to the model's labels by name, ignoring case and
 treating spaces, hyphens and underscores alike ("House Plant" = "house_plant").
@@ -14,6 +14,7 @@ A category the model does not know is an error unless ignore_unknown is set.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from qd.data.errors import QDError
 from qd.data.split import SPLITS, SplitSpec
 
 ALL = "all"
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 SPLIT_CHOICES = (*SPLITS, ALL)
 
 
@@ -43,8 +45,8 @@ class HeldOut:
     def describe(self) -> str:
         s = self.source
         where = s.get("dir", "?")
-        if s["kind"] == "images":
-            return f"{len(self):,} images in {len(s['categories'])} class folders of {where}"
+        if s["kind"] == "class-folders":
+            return f"{len(self):,} drawings in {len(s['categories'])} class folders of {where}"
         part = "all rows" if s["split"] == ALL else f"{s['split']} split"
         return f"{part} of {where} ({len(s['categories'])} categories, {len(self):,} drawings)"
 
@@ -111,31 +113,35 @@ def from_npy_dir(data_dir: Path, model, split: str, ignore_unknown: bool,
     return HeldOut(bitmaps.reshape(-1, 784), to_model[data_labels], source, origins, notes)
 
 
-def from_image_folders(data_dir: Path, model, ignore_unknown: bool) -> HeldOut:
-    from qd.data.images import is_image_path, load_image_bitmap  # the shared real-image preprocessing
+def from_class_folders(data_dir: Path, model, ignore_unknown: bool, workers: int = DEFAULT_WORKERS) -> HeldOut:
+    """Class-named subfolders of drawings, read exactly as qd-infer reads them (images through
+    qd.data.images, also .npy arrays and .ndjson strokes); unreadable files become notes."""
+    from qd.infer.inputs import Drawings, read_inputs
 
     folders = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     known, unknown = map_to_model([p.name for p in folders], model.labels, str(data_dir), ignore_unknown)
-    bitmaps, labels, names, failed = [], [], [], []
+    bitmaps, labels, origins, failed = [], [], [], []
+    prefix = f"{data_dir}{os.sep}"
     for folder in folders:
         if folder.name not in known:
             continue
-        for path in sorted(p for p in folder.rglob("*") if is_image_path(p) and p.is_file() and not p.name.startswith(".")):
-            try:
-                bitmaps.append(load_image_bitmap(path).reshape(784))
-            except QDError as exc:
-                failed.append(str(exc))
-                continue
-            labels.append(known[folder.name])
-            names.append(path.relative_to(data_dir).as_posix())
-    if not bitmaps:
-        raise QDError(f"{data_dir}: no readable images in its class folders")
+        for event in read_inputs([data_dir / folder.name], recursive=True, workers=workers):
+            if isinstance(event, Drawings):
+                bitmaps.append(event.bitmaps.reshape(-1, 784))
+                labels += [known[folder.name]] * len(event.bitmaps)
+                origins += [name[len(prefix):] if name.startswith(prefix) else name for name in event.names]
+            else:
+                failed.append(event.message)
+    if not labels:
+        raise QDError(f"{data_dir}: no readable drawings in its class folders")
+    labels = np.array(labels, dtype=np.int64)
+    categories = sorted(known, key=lambda c: known[c])
     notes = [f"skipped folders the model does not know: {', '.join(unknown)}"] if unknown else []
-    notes += [f"unreadable, skipped: {line}" for line in failed]
-    source = {"kind": "images", "dir": str(data_dir.resolve()), "split": ALL, "categories": sorted(known),
-              "counts": [labels.count(known[c]) for c in sorted(known)], "ignored_categories": unknown,
-              "unreadable_files": len(failed)}
-    return HeldOut(np.stack(bitmaps).astype(np.uint8), np.array(labels, dtype=np.int64), source, names, notes)
+    notes += [f"skipped: {line}" for line in failed]
+    source = {"kind": "class-folders", "dir": str(data_dir.resolve()), "split": ALL, "categories": categories,
+              "counts": [int((labels == known[c]).sum()) for c in categories], "ignored_categories": unknown,
+              "unreadable": len(failed)}
+    return HeldOut(np.concatenate(bitmaps).astype(np.uint8, copy=False), labels, source, origins, notes)
 
 
 def load_heldout(model, data_dir: str | None, split: str | None, ignore_unknown: bool) -> HeldOut:
@@ -158,8 +164,8 @@ def load_heldout(model, data_dir: str | None, split: str | None, ignore_unknown:
         return held
     if any(p.is_dir() and not p.name.startswith(".") for p in data_dir.iterdir()):
         if split not in (None, ALL):
-            raise QDError(f"{data_dir}: --split applies to .npy data; a folder of images is evaluated whole")
-        return from_image_folders(data_dir, model, ignore_unknown)
+            raise QDError(f"{data_dir}: --split applies to a folder of <category>.npy files; class folders are evaluated whole")
+        return from_class_folders(data_dir, model, ignore_unknown)
     raise QDError(f"{data_dir}: no <category>.npy files and no class-named subfolders of images")
 
 

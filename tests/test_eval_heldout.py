@@ -97,7 +97,7 @@ def save_black_on_white(bitmap, path, size=112, offset=(0, 0)):
     canvas.save(path)
 
 
-def test_image_folders_use_the_shared_preprocessing(model, shared_bitmaps, tmp_path):
+def test_class_folders_of_images_use_the_shared_preprocessing(model, shared_bitmaps, tmp_path):
     root = tmp_path / "images"
     for folder, source in (("Apple", "apple"), ("square", "square")):
         (root / folder).mkdir(parents=True)
@@ -106,16 +106,19 @@ def test_image_folders_use_the_shared_preprocessing(model, shared_bitmaps, tmp_p
             save_black_on_white(row, root / folder / f"{i}.png", offset=(i * 7, i * 3))
     (root / "square" / "broken.png").write_bytes(b"not a png at all")
     (root / "square" / "notes.txt").write_text("not an image, not counted")
+    (root / "star").mkdir()
+    np.save(root / "star" / "few.npy", np.load(shared_bitmaps / "star.npy", mmap_mode="r")[:3])  # as qd-infer reads
     held = load_heldout(model, str(root), None, False)
-    assert len(held) == 8 and held.labels.tolist() == [0] * 4 + [2] * 4
-    assert held.source["kind"] == "images" and held.source["unreadable_files"] == 1
+    assert len(held) == 11 and held.labels.tolist() == [0] * 4 + [2] * 4 + [3] * 3
+    assert held.origins[-1] == "star/few.npy[2]"
+    assert held.source["kind"] == "class-folders" and held.source["unreadable"] == 1
     assert any("broken.png" in note for note in held.notes)
     assert held.origins[:2] == ["Apple/0.png", "Apple/1.png"]
     from qd.data.images import load_image_bitmap
 
     assert np.array_equal(held.bitmaps[0], load_image_bitmap(root / "Apple" / "0.png").reshape(784))
     assert held.bitmaps.dtype == np.uint8 and held.bitmaps[:, :].max() == 255  # ink-high, full strength
-    with pytest.raises(QDError, match="--split applies to .npy data"):
+    with pytest.raises(QDError, match="class folders are evaluated whole"):
         load_heldout(model, str(root), "test", False)
 
 

@@ -175,8 +175,8 @@ def _unknown_data(tmp_path, shared_bitmaps):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (lambda t, s, e: ["--model", t / "nope.onnx"], "nope.onnx: model not found"),
-    (lambda t, s, e: ["--model", _no_labels(t, s)], "model has no labels"),
+    (lambda t, s, e: ["--model", t / "nope.onnx"], "nope.onnx: model file does not exist"),
+    (lambda t, s, e: ["--model", _no_labels(t, s)], "metadata has no qd.labels"),
     (lambda t, s, e: ["--model", (t / "x.onnx").write_text("junk") and t / "x.onnx"], "not a loadable ONNX model"),
     (lambda t, s, e: ["--model", e, "--data", t / "missing"], "missing: data directory does not exist"),
     (lambda t, s, e: ["--model", e, "--data", (t / "empty").mkdir() or t / "empty"], "no <category>.npy files"),
