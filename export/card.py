@@ -69,6 +69,7 @@ def write_card(ctx: ExportContext, results: dict[str, list[Check]]) -> Path:
             "sha256": ctx.source.sha256,
             "best": payload.get("best"),
             "test": payload.get("test"),
+            "metrics": payload.get("metrics"),
             "hparams": payload.get("hparams"),
             "versions": payload.get("versions"),
         },

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qd.data import __version__ as QD_VERSION
 from qd.data.errors import QDError
 
 from .context import Check, ExportContext
@@ -78,6 +79,7 @@ def export_coreml(ctx: ExportContext, path: Path) -> None:
             compute_precision=ct.precision.FLOAT32,
         )
     mlmodel.author = "quickdraw-edge"
+    mlmodel.version = QD_VERSION
     mlmodel.license = LICENSE_NOTE
     mlmodel.short_description = (
         f"Quick, Draw! doodle classifier ({len(source.classes)} classes). Input: a {side}x{side} grayscale "
