@@ -94,7 +94,8 @@ def markdown_table() -> str:
     rows = ["| format | file | what | validated by | needs |", "|---|---|---|---|---|"]
     for f in FORMATS.values():
         needs = ", ".join(f.needs) + (f"; built from `{f.builds_on}`" if f.builds_on else "")
-        rows.append(f"| `{f.name}` | `{f.filename}` | {f.description} | {f.validates} | {needs} |")
+        cells = [f"`{f.name}`", f"`{f.filename}`", f.description, f.validates, needs]
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(rows)
 
 

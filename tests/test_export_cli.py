@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import sys
 
 import onnx
@@ -146,4 +147,6 @@ def test_one_table_drives_parsing_help_and_readme():
     for fmt in FORMATS.values():
         assert fmt.name in help_text() and fmt.filename in help_text()
         assert f"| `{fmt.name}` | `{fmt.filename}` |" in table
+    for row in table.splitlines():  # 5 columns: cell text must not break the table
+        assert len(re.findall(r"(?<!\\)\|", row)) == 6, row
     assert export_formats.DEFAULT_FORMATS == "onnx"
