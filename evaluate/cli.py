@@ -10,9 +10,7 @@ import typer
 from qd.data.console import console, run_app
 from qd.data.errors import QDError
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich",
-                  help="Evaluate exported models on held-out drawings: accuracy, per-class scores, confusions, "
-                       "backends side by side. Writes report.json, confusion.png and mistakes.png.")
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich")
 
 
 @app.command()
@@ -20,8 +18,8 @@ def evaluate_command(
     model: Optional[List[Path]] = typer.Option(None, "--model", "-m", metavar="PATH",
         help="Export folder or .onnx file; repeat for several. Default: the newest artifacts/exports/*/model.onnx."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", metavar="DIR",
-        help="Folder of <category>.npy files (all rows) or of class-named subfolders of images. "
-             "Default: the test split of the data the model was trained on."),
+        help="Folder of <category>.npy files (all rows), or of class-named subfolders of drawings "
+             "(images, .npy, .ndjson). Default: the test split of the data the model was trained on."),
     split: Optional[str] = typer.Option(None, "--split", metavar="SPLIT",
         help="train, val, test or all. Default: test of the training data; all of --data."),
     backend: Optional[List[str]] = typer.Option(None, "--backend", "-b", metavar="NAMES",
@@ -35,6 +33,13 @@ def evaluate_command(
         help="Checkpoint for the torch backend. Default: the source named in the export's model.json."),
     speed: bool = typer.Option(True, "--speed/--no-speed", help="Measure images/s and single-image latency."),
 ) -> None:
+    """Evaluate exported models on held-out drawings: top-1, top-3, MAP@3, per-class scores, the most
+    confused pairs and every backend side by side. Writes report.json, confusion.png and mistakes.png.
+
+    [dim]qd-eval -m artifacts/exports/RUN --backend onnx,onnx-int8[/]
+
+    [dim]qd-eval -m artifacts/exports/RUN --data my_drawings/ --ignore-unknown[/]
+    """
     from .evaluation import evaluate, write_outputs
     from .report import build_report, render
 
