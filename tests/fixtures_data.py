@@ -347,6 +347,7 @@ def invoke_cli(main, *args, env: dict | None = None) -> CliRun:
 
 
 @pytest.fixture
-def run_cli():
-    """`run_cli(main, *args, env=None) -> CliRun`: see invoke_cli."""
+def qd_cli():
+    """`qd_cli(main, *args, env=None) -> CliRun`: see invoke_cli (also importable:
+    `from fixtures_data import invoke_cli`)."""
     return invoke_cli
