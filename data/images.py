@@ -3,78 +3,84 @@
 This is THE preprocessing for photos, scans and exported drawings: `qd-infer`,
 `qd-eval`, the tests and the browser demo (JavaScript) all use exactly this
 algorithm. It is written so that it can be re-implemented bit for bit: integer
-arithmetic up to step 4, then IEEE float arithmetic (float32 here; float64 in
+arithmetic up to step 5, then IEEE float arithmetic (float32 here; float64 in
 JavaScript differs by at most one grey level in rare pixels).
 
 Target geometry. Google drew each drawing (longer side spanning 256 units) with
 a 16-unit line and 16 units of padding per side, i.e. the ink's bounding box
 (256 + 16 = 272 units) sits centred in a 304-unit frame, and the line is 16/304
-of the frame wide. Steps 6-9 reproduce that framing and line width.
+of the frame wide. Steps 7-11 reproduce that framing and line width.
 
-Algorithm (W x H image; all arrays row-major; "P(q)" is defined in step 3):
+Algorithm (W x H image; arrays row-major; constants as defined below:
+MAX_PIXELS = 50,000,000, MIN_CONTRAST = 32, STRETCH_LO = 0.25, STRETCH_HI = 0.75,
+TRIM = 0.0005, WORK_SIDE = 112; "P(q)" is defined in step 3):
 
  0. Decode. Refuse images with W*H > MAX_PIXELS before decoding any pixel
     (decompression bombs) and W or H of 0. Apply the EXIF orientation tag (as
     browsers do). Animated images: the first frame only.
  1. Grey levels G (integers 0..255). Colour modes are converted to RGB(A) by
-    Pillow (palette, CMYK, ...); 16-bit grey is divided by 257, float images in
-    0..1 are multiplied by 255, and both are rounded to the nearest integer.
-    With L1000 = 299*R + 587*G + 114*B (0..255000) and alpha A (255 if none):
+    Pillow (palette, CMYK, ...). 16-bit grey (and 32-bit integer images with
+    values over 255) are divided by 257; float images whose maximum is <= 1 are
+    multiplied by 255; then clipped to 0..255 and rounded (floor(x + 0.5)).
+    Otherwise, with L1000 = 299*R + 587*G + 114*B (0..255000) and alpha A (255
+    if the image has none; for plain grey images G is the grey value itself,
+    which is what the formula gives):
         G = floor((L1000*A + 255000*(255 - A) + 127500) / 255000)
-    i.e. ITU-R 601 luma with the image flattened onto WHITE. If that G has no
-    contrast (span < MIN_CONTRAST in step 4) but A is not constant, the image is
-    white (or light) ink on transparency: flatten onto BLACK instead,
+    i.e. ITU-R 601 luma with the image flattened onto WHITE. If A is not
+    constant and that G has no contrast (span < MIN_CONTRAST, computed as in
+    step 4), the image is light ink on transparency: flatten onto BLACK instead,
         G = floor((L1000*A + 127500) / 255000).
  2. Histogram: count[v] = number of pixels with G == v, N = W*H.
  3. Percentile P(q) = the smallest v in 0..255 with cumsum(count)[v] >= q*N
-    (q*N computed in float64).
+    (q*N in float64).
  4. Polarity. m = P(0.5) is the background (drawings are mostly paper). Ink is
     the far tail: if m - P(0.001) > P(0.999) - m the ink is dark on light paper
-    and I = 255 - G; otherwise I = G (already ink-high). On I, recompute
-    b = P_I(0.5) and t = P_I(0.999) from I's histogram; span = t - b. If
-    span < MIN_CONTRAST the image is blank: it is refused (BlankImageError),
-    never classified as noise.
- 5a. Uneven lighting (only if max(W, H) >= 128). Cells of c = ceil(max(W, H)
-    / 16) pixels: cell (i, j) holds rows [i*c, (i+1)*c) and columns
-    [j*c, (j+1)*c), clipped to the image. med[i, j] = P(0.5) of I over the
-    cell (step 3's definition on the cell's histogram). bg[i, j] = min of med
-    over the cells i-2..i+2, j-2..j+2 (clipped to the grid). Every pixel
-    becomes I = max(I - bg[its cell], 0), and b, t, span are recomputed from
-    the new I's histogram (blank check again).
- 5. Contrast stretch (faint pencil becomes full-strength ink; paper texture,
-    grey paper and JPEG noise become 0):
+    and I = 255 - G; otherwise I = G (already ink-high). From I's histogram:
+    b = P(0.5), t = P(0.999), span = t - b.
+ 5. Uneven lighting (only if span >= MIN_CONTRAST and max(W, H) >= 128).
+    Cells of c = ceil(max(W, H) / 16) pixels: cell (i, j) holds rows
+    [i*c, (i+1)*c) and columns [j*c, (j+1)*c), clipped to the image.
+    med[i, j] = P(0.5) over the cell's own histogram (step 3's definition with
+    N = the cell's pixel count). bg[i, j] = min of med over cells i-2..i+2,
+    j-2..j+2 (clipped to the grid). Every pixel becomes
+    I = max(I - bg[its cell], 0), and b, t, span are recomputed from the new
+    I's histogram as in step 4.
+ 6. Blank check: span < MIN_CONTRAST -> refused (BlankImageError), never
+    classified as noise. Contrast stretch (faint pencil becomes full-strength
+    ink; paper texture, grey paper and JPEG noise become 0), in float32:
         lo = b + STRETCH_LO * span,  hi = b + STRETCH_HI * span
-        S = clip((I - lo) / (hi - lo), 0, 1)            (float32)
- 6. Ink bounding box, robust to specks: M = S >= 0.5; colcount[x] = number
+        S = clip((I - lo) / (hi - lo), 0, 1)
+ 7. Ink bounding box, robust to specks: M = S >= 0.5; colcount[x] = number
     of M pixels in column x, rowcount[y] likewise, total = count(M) (0 ->
     blank). x0 = the first x with cumsum(colcount)[x] > TRIM * total; x1 = the
-    last x whose suffix sum (colcount[x] + ... + colcount[W-1]) > TRIM * total;
-    same for y0, y1 (inclusive bounds).
- 7. Frame. side = max(x1 - x0 + 1, y1 - y0 + 1). Stroke width
-    w = stroke_width(M) (defined in step 9), capped at side * 16 / 272;
+    last x whose suffix sum (colcount[x] + ... + colcount[W-1]) > TRIM * total
+    (and x1 = max(x1, x0)); same for y0, y1 (inclusive bounds).
+ 8. Frame. side = max(x1 - x0 + 1, y1 - y0 + 1); pen width
+    w = min(stroke_width(M), side * 16 / 272) (stroke_width: step 10);
     L = (side - w) * 304 / 251 (the drawing's skeleton spans about 256 of the
-    304 frame units, whatever the pen width; 251 was measured to match best). The frame is the square of side L
-    centred on the box: top-left corner fx = (x0 + x1 + 1) / 2 - L / 2,
-    fy = (y0 + y1 + 1) / 2 - L / 2 (pixel-edge coordinates, fractional).
-    Pooling factor f = max(1, floor(L / WORK_SIDE)); n = ceil((L + 1) / f);
-    the region is R = n*f pixels square with top-left corner
-    (left, top) = (floor(fx), floor(fy)); pixels outside the image are 0.
- 8. Max-pool the region in f x f blocks -> Q (n x n). Thin strokes survive as
+    304 frame units whatever the pen width; 251 was measured to match best).
+    The frame is the square of side L centred on the box, top-left corner
+    fx = (x0 + x1 + 1) / 2 - L / 2, fy = (y0 + y1 + 1) / 2 - L / 2
+    (pixel-edge coordinates, fractional). Pooling factor
+    f = max(1, floor(L / WORK_SIDE)); n = ceil((L + 1) / f); the region is
+    n*f pixels square with top-left corner (left, top) = (floor(fx), floor(fy));
+    pixels outside the image are 0.
+ 9. Max-pool the region in f x f blocks -> Q (n x n). Thin strokes survive as
     full-strength lines at the working resolution (about WORK_SIDE px).
- 9. Thicken thin strokes to the dataset's line width. stroke_width(M) of a
-    boolean mask M: A = count(M); B = count of M pixels with at least one
-    4-neighbour not in M (outside the array counts as not in M); 2*A/B, or 0
-    if A == 0. Here w = stroke_width(Q >= 0.5), target = (L / f) * 16 / 304.
-    If 0 < w < target:
-    r = floor((target - w) / 2 + 0.5); if r > 0, Q = max filter of Q over a
-    (2r+1) x (2r+1) square window (window clipped at the borders).
-10. Area-average the frame to 28 x 28. In Q's coordinates the frame starts at
-    sx = (fx - left) / f, sy = (fy - top) / f and has side l = L / f; output
-    cell (i, j) covers rows [sy + i*l/28, sy + (i+1)*l/28) and columns
-    [sx + j*l/28, sx + (j+1)*l/28); its value is the overlap-weighted mean of Q
-    there: out = Wy Q Wx^T, Wy[i, k] = overlap([k, k+1), row interval i) /
-    (l/28), Wx likewise (float64).
-11. bitmap = floor(255 * out + 0.5) as uint8 (ink-high, 0 background).
+10. Thicken thin strokes to the dataset's line width. stroke_width(mask):
+    A = count(mask); B = count of mask pixels with at least one 4-neighbour
+    not in the mask (outside the array counts as not in it); 2*A/B, or 0 if
+    A == 0. Here w = stroke_width(Q >= 0.5), target = (L / f) * 16 / 304.
+    If 0 < w < target: r = floor((target - w) / 2 + 0.5); if r > 0, Q = max
+    filter of Q over a (2r+1) x (2r+1) square window (clipped at the borders).
+11. Area-average the frame to 28 x 28 (float64). In Q's coordinates the frame
+    starts at sx = (fx - left) / f, sy = (fy - top) / f and has side
+    l = L / f; output cell (i, j) covers rows [sy + i*l/28, sy + (i+1)*l/28)
+    and columns [sx + j*l/28, sx + (j+1)*l/28); its value is the
+    overlap-weighted mean of Q there: out = Wy Q Wx^T with
+    Wy[i, k] = overlap([k, k+1), row interval i) / (l/28), Wx likewise.
+12. bitmap = floor(255 * out + 0.5), clipped to 0..255, as uint8 (ink-high on
+    a 0 background, like Google's bitmaps).
 
 The model then sees qd.data.preprocess.bitmaps_to_input(bitmap, spec) with the
 model's own preprocessing spec.
@@ -214,15 +220,17 @@ def ink_high(gray: np.ndarray) -> tuple[np.ndarray, int, int]:
 
 
 def subtract_local_background(ink: np.ndarray) -> np.ndarray:
-    """Step 5a: remove uneven lighting (shadows, gradients) with a coarse background map."""
+    """Step 5: remove uneven lighting (shadows, gradients) with a coarse background map."""
     h, w = ink.shape
     cell = -(-max(h, w) // LOCAL_CELLS)
     rows, cols = -(-h // cell), -(-w // cell)
-    medians = np.empty((rows, cols), dtype=np.int32)
-    for i in range(rows):
-        for j in range(cols):
-            block = ink[i * cell:(i + 1) * cell, j * cell:(j + 1) * cell]
-            medians[i, j] = percentile(np.bincount(block.reshape(-1), minlength=256), 0.5)
+    # One histogram per cell, all at once: key = cell index * 256 + grey level.
+    cell_of_row = (np.arange(h, dtype=np.int64) // cell) * cols
+    cell_of_col = np.arange(w, dtype=np.int64) // cell
+    keys = ((cell_of_row[:, None] + cell_of_col[None, :]) << 8) | ink
+    hists = np.bincount(keys.reshape(-1), minlength=rows * cols * 256).reshape(rows * cols, 256)
+    cum = np.cumsum(hists, axis=1)
+    medians = np.argmax(cum >= 0.5 * cum[:, -1:].astype(np.float64), axis=1).reshape(rows, cols).astype(np.int32)
     background = _min_filter(medians, LOCAL_RADIUS)
     per_pixel = np.repeat(np.repeat(background, cell, axis=0), cell, axis=1)[:h, :w]
     return np.maximum(ink.astype(np.int32) - per_pixel, 0).astype(np.uint8)
@@ -233,7 +241,7 @@ def _min_filter(a: np.ndarray, radius: int) -> np.ndarray:
 
 
 def gray_to_bitmap(gray: np.ndarray) -> np.ndarray:
-    """Steps 2-11: uint8 grey levels (H, W) -> uint8 (28, 28) ink-high bitmap."""
+    """Steps 2-12: uint8 grey levels (H, W) -> uint8 (28, 28) ink-high bitmap."""
     gray = np.asarray(gray, dtype=np.uint8)
     if gray.ndim != 2 or gray.size == 0:
         raise BlankImageError(f"expected a non-empty 2-D grey image, got shape {gray.shape}")
@@ -252,7 +260,7 @@ def gray_to_bitmap(gray: np.ndarray) -> np.ndarray:
 
 
 def strength_to_bitmap(strength: np.ndarray) -> np.ndarray:
-    """Steps 6-11 on the stretched ink strength S (float32 (H, W) in [0, 1])."""
+    """Steps 7-12 on the stretched ink strength S (float32 (H, W) in [0, 1])."""
     mask = strength >= 0.5
     col = mask.sum(axis=0, dtype=np.int64)
     row = mask.sum(axis=1, dtype=np.int64)
