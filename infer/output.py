@@ -85,9 +85,10 @@ class CsvWriter(Writer):
 class TableWriter(Writer):
     """A rich table, printed batch by batch (same column widths, header once)."""
 
-    def __init__(self, labels, top):
+    def __init__(self, labels, top, base: str | None = None):
         super().__init__(labels, top)
         self.printed_header = False
+        self.prefix = base.rstrip("/") + "/" if base else None  # names shown relative to this folder
         self.prediction_width = max(12, min(40, max(len(l) for l in labels)) + 8)  # "label  99.9%"
 
     def rows(self, names, index, probs):
@@ -97,12 +98,15 @@ class TableWriter(Writer):
         input_width = max(16, console.width - self.top * (self.prediction_width + 2) - 2)
         table = Table(box=box.SIMPLE_HEAD, show_header=not self.printed_header, show_edge=False,
                       pad_edge=False, header_style="bold")
-        table.add_column("input", width=input_width, overflow="fold", no_wrap=False)
+        heading = f"input (in {_escape(printable(self.prefix))})" if self.prefix else "input"
+        table.add_column(heading, width=input_width, overflow="fold", no_wrap=False)
         for rank in range(1, self.top + 1):
             table.add_column(_ordinal(rank), width=self.prediction_width, no_wrap=True, overflow="ellipsis")
         for name, row_i, row_p in zip(printable_names(names), index.tolist(), probs.tolist()):
             cells = [f"[bold]{_escape(self.labels[row_i[0]])}[/] {row_p[0]:6.1%}"]
             cells += [f"{_escape(self.labels[i])} [dim]{p:6.1%}[/]" for i, p in zip(row_i[1:], row_p[1:])]
+            if self.prefix and name.startswith(self.prefix):
+                name = name[len(self.prefix):]
             table.add_row(_escape(name), *cells)
         console.print(table)
         self.printed_header = True
@@ -137,5 +141,8 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def make_writer(fmt: str, labels: list[str], top: int) -> Writer:
-    return {"json": JsonLinesWriter, "csv": CsvWriter, "table": TableWriter}[fmt](labels, top)
+def make_writer(fmt: str, labels: list[str], top: int, base: str | None = None) -> Writer:
+    """`base`: a folder the table shows names relative to (machine formats keep full paths)."""
+    if fmt == "table":
+        return TableWriter(labels, top, base)
+    return {"json": JsonLinesWriter, "csv": CsvWriter}[fmt](labels, top)

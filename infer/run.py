@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -47,7 +48,9 @@ def run_inference(inputs, model=None, top: int = 3, batch_size: int = 512, fmt: 
                   writer: Writer | None = None) -> Summary:
     classifier = OnnxClassifier(resolve_model_path(model), threads=threads)
     top = min(top, classifier.num_classes)
-    writer = writer or make_writer(fmt, classifier.labels, top)
+    inputs = [str(i) for i in inputs]
+    base = inputs[0] if len(inputs) == 1 and os.path.isdir(inputs[0]) else None
+    writer = writer or make_writer(fmt, classifier.labels, top, base=base)
     started = time.perf_counter()
     classified = failed = 0
     batcher = Batcher(batch_size)

@@ -53,7 +53,7 @@ def write_samples(shared: Path, out: Path) -> list[Path]:
         rows.append(row)
         paper = Image.fromarray(255 - row).resize((280, 280), Image.BILINEAR)
         written.append(_save(paper, out / f"{category}-bitmap-280.png"))
-    path = out / "bitmaps-airplane-circle-crown-skull.npy"
+    path = out / "bitmaps.npy"  # rows: airplane, circle, crown, skull
     np.save(path, np.stack(rows).reshape(-1, 784))
     written.append(path)
     return written
