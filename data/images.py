@@ -90,6 +90,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import struct
 import warnings
 from pathlib import Path
@@ -140,8 +141,11 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
         with open(path, "rb") as f:
             try:
                 image = Image.open(f)
-            except Image.DecompressionBombError as exc:
-                raise ImageError(f"{path}: refused, too many pixels (decompression bomb?): {_first_line(exc)}") from None
+            except Image.DecompressionBombError as exc:  # Pillow's own limit fired first, at open
+                found = re.search(r"\((\d+) pixels\)", str(exc))
+                size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+                raise ImageError(f"{path}: refused, {size} is over the limit of {max_pixels:,} "
+                                 "(decompression bomb?)") from None
             except UnidentifiedImageError:
                 raise ImageError(f"{path}: not a recognised image file") from None
             width, height = image.size
