@@ -140,7 +140,7 @@ def class_table(report: dict) -> Table:
     for name in ("precision", "recall", "F1"):
         table.add_column(name, justify="right")
     table.add_column("support", justify="right")
-    table.add_column("most often mistaken for", style="dim")
+    table.add_column("mistaken for", style="dim")
     worst_target = _worst_target(report)
     for row in shown:
         table.add_row(row["class"], _pct(row["precision"]), _pct(row["recall"]), _pct(row["f1"]),
