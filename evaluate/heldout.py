@@ -166,7 +166,7 @@ def load_heldout(model, data_dir: str | None, split: str | None, ignore_unknown:
         if split not in (None, ALL):
             raise QDError(f"{data_dir}: --split applies to a folder of <category>.npy files; class folders are evaluated whole")
         return from_class_folders(data_dir, model, ignore_unknown)
-    raise QDError(f"{data_dir}: no <category>.npy files and no class-named subfolders of images")
+    raise QDError(f"{data_dir}: no <category>.npy files and no class-named subfolders of drawings")
 
 
 def _same_dir(a: str, b: Path) -> bool:
