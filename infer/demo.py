@@ -168,12 +168,12 @@ def demo(
     """Serve the demo page on 127.0.0.1 until Ctrl+C."""
     server, info = make_server(model, port)
     url = server_url(server)
-    console.print(f"qd-demo: model {info.path} ({len(info.labels)} classes, {info.precision})", highlight=False)
-    console.print(f"qd-demo: open [bold]{url}[/] in your browser and draw (Ctrl+C to stop)", highlight=False)
+    console.print(f"qd-demo: model {info.path} ({len(info.labels)} classes, {info.precision})", highlight=False, soft_wrap=True)
+    console.print(f"qd-demo: open [bold]{url}[/] in your browser and draw (Ctrl+C to stop)", highlight=False, soft_wrap=True)
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
-        console.print("qd-demo: stopped", highlight=False)
+        console.print("qd-demo: stopped", highlight=False, soft_wrap=True)
     finally:
         server.server_close()
 

@@ -103,11 +103,15 @@ class DemoPage:
         self.errors: list[str] = []
         self.page.on("request", lambda request: self.requests.append(request.url))
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
-        self.page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
+        self.page.on("console", self._on_console)
         self.page.goto(url)
         self.page.wait_for_selector("body[data-state=ready]", timeout=30_000)
         self.touch = device.get("has_touch", False)
         self.cdp = self.context.new_cdp_session(self.page) if self.touch else None
+
+    def _on_console(self, message):
+        if message.type == "error":
+            self.errors.append(message.text)
 
     def close(self):
         self.context.close()
@@ -277,3 +281,24 @@ def test_browser_and_qd_infer_agree_on_the_same_drawings(drawn_shapes, browser, 
         assert int(np.argmax(browser_probs)) == int(np.argmax(python_probs)), name
         gap = float(np.abs(browser_probs - python_probs).max())
         assert gap < 1e-3, (name, gap)
+
+
+def test_int8_model_runs_in_the_page_and_agrees_with_qd_infer(browser, exported_int8_model, tmp_path):
+    server, info = demo.make_server(exported_int8_model, port=0)
+    demo.serve_in_thread(server)
+    demo_page = DemoPage(browser, demo.server_url(server), DESKTOP)
+    try:
+        assert info.precision == "int8"
+        demo_page.stroke(shape_points("star"))
+        snap = demo_page.snapshot()
+        assert top3_of(snap["probabilities"], snap["labels"])[0] == "star"
+        png = tmp_path / "star.png"
+        png.write_bytes(base64.b64decode(snap["png"].split(",", 1)[1]))
+        python = qd_infer_probabilities(exported_int8_model, [png])["star.png"]
+        gap = max(abs(python[label] - p) for label, p in zip(snap["labels"], snap["probabilities"]))
+        assert gap < 1e-3, gap
+        assert "int8" in demo_page.page.inner_text("#model-info")
+    finally:
+        demo_page.close()
+        server.shutdown()
+        server.server_close()
