@@ -173,7 +173,7 @@ def run_backend(name: str, model: ModelInfo, checkpoint: Path | None, bitmaps: n
                 measure_speed: bool = True) -> BackendRun:
     try:
         runner = BACKENDS[name](model, checkpoint)
-    except Unavailable as why:
+    except (Unavailable, QDError) as why:  # a broken int8 file or checkpoint must not sink the other backends
         return BackendRun(name, skipped=str(why))
     run = BackendRun(name, runner.file, file_size(runner.file), note=runner.note)
     run.probabilities = predict_all(runner, bitmaps)

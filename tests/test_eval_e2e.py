@@ -55,8 +55,18 @@ def test_torch_backend_with_explicit_and_foreign_checkpoints(exported_model, tra
     payload["classes"] = [c.upper() for c in payload["classes"]]
     foreign = tmp_path / "foreign.pt"
     torch.save(payload, foreign)
-    with pytest.raises(QDError, match="classes differ"):
+    with pytest.raises(QDError, match="no backend could run.*classes differ"):
         evaluate(exported_model, backends=["torch"], checkpoint=foreign, write_files=False, measure_speed=False)
+    both = evaluate(exported_model, backends=["onnx", "torch"], checkpoint=foreign, write_files=False,
+                    measure_speed=False)
+    assert both.runs[0].ran and "classes differ" in both.runs[1].skipped
+
+
+def test_a_broken_int8_file_is_skipped_with_its_reason(exported_model, tmp_path):
+    folder = shutil.copytree(exported_model, tmp_path / "copy")
+    (folder / "model.int8.onnx").write_bytes(b"truncated")
+    result = evaluate(folder, backends=["onnx", "onnx-int8"], write_files=False, measure_speed=False)
+    assert result.runs[0].ran and "not a loadable ONNX model" in result.runs[1].skipped
 
 
 def test_moved_source_checkpoint_skips_torch_with_a_reason(exported_model, tmp_path):

@@ -174,6 +174,12 @@ def _unknown_data(tmp_path, shared_bitmaps):
     return tmp_path / "data"
 
 
+def _bad_npy(tmp_path, shared_bitmaps):
+    (tmp_path / "data").mkdir()
+    np.save(tmp_path / "data" / "star.npy", np.zeros((3, 28, 28), np.float32))
+    return tmp_path / "data"
+
+
 @pytest.mark.parametrize("args, expected", [
     (lambda t, s, e: ["--model", t / "nope.onnx"], "nope.onnx: model file does not exist"),
     (lambda t, s, e: ["--model", _no_labels(t, s)], "metadata has no qd.labels"),
@@ -181,6 +187,7 @@ def _unknown_data(tmp_path, shared_bitmaps):
     (lambda t, s, e: ["--model", e, "--data", t / "missing"], "missing: data directory does not exist"),
     (lambda t, s, e: ["--model", e, "--data", (t / "empty").mkdir() or t / "empty"], "no <category>.npy files"),
     (lambda t, s, e: ["--model", e, "--data", _unknown_data(t, s)], "does not know category giraffe"),
+    (lambda t, s, e: ["--model", e, "--data", _bad_npy(t, s)], "star.npy: dtype is float32, expected uint8"),
     (lambda t, s, e: ["--model", e, "--backend", "tflite"], "unknown backend 'tflite'"),
     (lambda t, s, e: ["--model", e, "--checkpoint", t / "none.pt"], "none.pt: checkpoint not found"),
 ])
