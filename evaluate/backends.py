@@ -53,7 +53,8 @@ def tensor_input(preprocessing: dict) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def open_onnx(model: ModelInfo, checkpoint: Path | None) -> Runner:
-    return Runner(model.path, tensor_input(model.preprocessing), model.classifier.probabilities)
+    note = "the model given is the int8 one" if model.classifier.precision == "int8" else None
+    return Runner(model.path, tensor_input(model.preprocessing), model.classifier.probabilities, note)
 
 
 def open_onnx_int8(model: ModelInfo, checkpoint: Path | None) -> Runner:
@@ -107,10 +108,8 @@ def open_coreml(model: ModelInfo, checkpoint: Path | None) -> Runner:
         raise Unavailable("coremltools is not installed (pip install 'quickdraw-edge[export]')") from None
     from PIL import Image
 
+    input_name, probs_name = coreml_io_names(ct, path)
     mlmodel = ct.models.MLModel(str(path))
-    description = mlmodel.get_spec().description
-    input_name = description.input[0].name
-    probs_name = description.predictedProbabilitiesName or "classLabel_probs"
     labels = list(model.labels)
 
     def prepare(bitmaps: np.ndarray) -> list:
@@ -124,6 +123,15 @@ def open_coreml(model: ModelInfo, checkpoint: Path | None) -> Runner:
         return np.asarray(rows, dtype=np.float32)
 
     return Runner(path, prepare, predict)
+
+
+def coreml_io_names(ct, path: Path) -> tuple[str, str]:
+    """(image input name, probabilities output name) of a Core ML classifier package."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        description = ct.utils.load_spec(str(path)).description
+    if len(description.input) != 1 or not description.predictedProbabilitiesName:
+        raise QDError(f"{path}: not a one-input Core ML classifier with class probabilities")
+    return description.input[0].name, description.predictedProbabilitiesName
 
 
 # name -> opener; the order is the default order, and the first that runs is the reference.

@@ -90,3 +90,17 @@ def test_onnx_evaluation_never_imports_torch(exported_model, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "report.json").is_file() and (tmp_path / "confusion.png").is_file()
+
+
+def test_coreml_package_names_what_the_backend_reads(coreml_report):
+    # Predictions need macOS; everywhere, the backend's reading of the package is checked.
+    import coremltools as ct
+
+    from qd.evaluate.backends import coreml_io_names
+
+    assert coreml_io_names(ct, coreml_report.out_dir / "model.mlpackage") == ("image", "classLabel_probs")
+
+
+def test_the_int8_model_given_directly_says_so(exported_int8_model):
+    result = evaluate(exported_int8_model, backends=["onnx"], write_files=False, measure_speed=False)
+    assert result.runs[0].ran and result.runs[0].note == "the model given is the int8 one"
