@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -83,7 +83,7 @@ def check_model(model: str | os.PathLike | None) -> DemoModel:
     return DemoModel(path=path, labels=classifier.labels, precision=classifier.precision)
 
 
-class DemoHandler(SimpleHTTPRequestHandler):
+class DemoHandler(BaseHTTPRequestHandler):
     """Serves a fixed set of files; anything else is 404. GET and HEAD only."""
 
     server_version = "qd-demo"
