@@ -17,9 +17,12 @@ from qd.data.errors import QDError
 from qd.data.paths import artifacts_root
 
 from . import metrics
+from .atomic import write_json
 from .backends import BackendRun, parse_backends, run_backend
 from .exports import ModelInfo, load_model_info
 from .heldout import HeldOut, load_heldout
+from .plots import plot_confusion, plot_mistakes
+from .report import build_report
 
 CONFUSED_PAIRS = 10
 
@@ -89,10 +92,7 @@ def evaluate(model_path: str | os.PathLike | None = None, data: str | os.PathLik
 
 
 def write_outputs(result: Evaluation) -> dict[str, Path]:
-    from .plots import plot_confusion, plot_mistakes
-    from .report import build_report
-    from .atomic import write_json
-
+    """confusion.png, mistakes.png, then report.json (which lists them), each written atomically."""
     out = result.out_dir
     title = f"{result.model.name}: top-1 {result.summary.top1:.1%} on {len(result.heldout):,} drawings ({result.reference.name})"
     result.files["confusion"] = plot_confusion(result.confusion, result.model.labels, out / "confusion.png", title)

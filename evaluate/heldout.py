@@ -71,7 +71,7 @@ def map_to_model(categories: list[str], labels: list[str], where: str, ignore_un
 
 def from_training_data(model, split: str, ignore_unknown: bool) -> HeldOut:
     """The given split of the data the model was trained on, as its metadata describes it."""
-    data, spec = model.data, model.split
+    data = model.data
     if not data or not data.get("dir"):
         raise QDError(f"{model.path}: metadata does not say which data the model was trained on (qd.data); pass --data DIR")
     data_dir = Path(data["dir"])
