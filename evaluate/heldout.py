@@ -83,6 +83,8 @@ def from_training_data(model, split: str, ignore_unknown: bool) -> HeldOut:
                       "no longer there; pass --data DIR")
     held = from_npy_dir(data_dir, model, split, ignore_unknown, data.get("categories"), data.get("max_per_category"))
     held.source["kind"] = "training-data"
+    if split in ("train", ALL):
+        held.notes.append(f"the {split} split holds drawings the model learned from: expect flattering figures")
     expected = data.get("counts")
     if expected is not None and list(expected) != held.source["counts"]:
         held.notes.append(f"{data_dir}: category sizes differ from training time; split by drawing hash, so trained drawings stay out")

@@ -45,6 +45,8 @@ def test_default_is_the_test_split_of_the_training_data(model, shared_bitmaps):
 def test_other_splits_of_the_training_data(model):
     sizes = {s: len(load_heldout(model, None, s, False)) for s in ("train", "val", "test", "all")}
     assert sizes["train"] + sizes["val"] + sizes["test"] == sizes["all"] == MAX_ROWS * len(CATEGORIES)
+    assert any("learned from" in note for note in load_heldout(model, None, "train", False).notes)
+    assert not load_heldout(model, None, "test", False).notes
     with pytest.raises(QDError, match="--split must be one of"):
         load_heldout(model, None, "holdout", False)
 
