@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from qd.data import __version__ as QD_VERSION
@@ -73,13 +74,24 @@ def write_card(ctx: ExportContext, results: dict[str, list[Check]]) -> Path:
             "hparams": payload.get("hparams"),
             "versions": payload.get("versions"),
         },
+        "exported_with": _tool_versions(),
         "validation_data": ctx.data.description,
         "license": LICENSE_NOTE,
         "files": files,
     }
     path = ctx.out_dir / CARD_NAME
-    write_text_atomic(path, json.dumps(card, indent=2, default=_plain) + "\n")
+    write_text_atomic(path, json.dumps(card, indent=2, ensure_ascii=False, default=_plain) + "\n")
     return path
+
+
+def _tool_versions() -> dict[str, str]:
+    found = {}
+    for package in ("torch", "onnx", "onnxscript", "onnxruntime", "coremltools"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
 def _size(path: Path) -> int:

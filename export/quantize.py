@@ -82,7 +82,7 @@ def validate_int8(ctx: ExportContext, path: Path) -> list[Check]:
         drop = top1["fp32"] - top1["int8"]
         checks.append(Check(
             "top-1 (test split)", drop <= MAX_TOP1_DROP + 1e-9,
-            f"fp32 {top1['fp32']:.2%}, int8 {top1['int8']:.2%} (drop {drop * 100:+.2f} points, limit 1.00)",
+            f"fp32 {top1['fp32']:.2%}, int8 {top1['int8']:.2%} (drop {drop * 100:.2f} points, limit 1.00)",
             {"top1_fp32": top1["fp32"], "top1_int8": top1["int8"]}))
     speed = interleaved_throughput(sessions, ctx.data.inputs, BENCH_BATCH)
     speedup = speed["int8"] / speed["fp32"]

@@ -72,7 +72,7 @@ def check_contract(path: Path, expected_metadata: dict[str, str]) -> Check:
         problems.append(f"metadata differs at {', '.join(wrong)}")
     if problems:
         return Check("contract", False, "; ".join(problems))
-    return Check("contract", True, "image[batch,1,28,28] -> probabilities, logits; metadata complete")
+    return Check("contract", True, "image[batch,1,28,28] → probabilities, logits; metadata complete")
 
 
 def check_fidelity(ctx: ExportContext, path: Path, tolerance: float = PROB_TOLERANCE) -> list[Check]:
