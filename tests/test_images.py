@@ -159,3 +159,14 @@ def test_truncated_png(tmp_path, real_rows):
 def test_missing_and_unreadable(tmp_path):
     with pytest.raises(ImageError, match="No such file"):
         load_image_bitmap(tmp_path / "nope.png")
+
+
+def test_exif_orientation_is_applied(tmp_path, real_rows):
+    """Phone photos store pixels sideways plus an orientation tag; browsers (and we) apply it."""
+    upright = bitmap_as_paper(real_rows[5], 200).convert("RGB")
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what the camera wrote
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    path = tmp_path / "phone.jpg"
+    stored.save(path, quality=95, exif=exif)
+    assert correlation(load_image_bitmap(path), image_to_bitmap(upright)) > 0.95
