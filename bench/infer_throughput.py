@@ -7,7 +7,8 @@ Prints:
   4. torch eager vs onnxruntime fp32 vs onnxruntime int8 (torch only if importable and the
      export's source checkpoint exists);
   5. cold start of `qd-infer --help`;
-  6. peak RSS of qd-infer over N drawings and over 10,000 small PNGs.
+  6. peak RSS of qd-infer over N drawings and over 10,000 small PNGs;
+  7. images/s over the first vs the last 10% of the 10,000-PNG run (no slow-down over time).
 
     python bench/infer_throughput.py [--model artifacts/exports/<run>] [--drawings 100000]
                                      [--pngs 2000] [--rss-pngs 10000] [--work DIR]
@@ -85,6 +86,40 @@ def main() -> None:
     run = run_qd_infer([small, "--model", model_path, "--csv"])
     print(f"6. peak RSS: {e2e['rss_mib']:.0f} MiB for {args.drawings:,} drawings (.npy); "
           f"{run['rss_mib']:.0f} MiB for {args.rss_pngs:,} PNGs ({run['rate']:,.0f} images/s)")
+
+    first, last = steadiness(model_path, [small])
+    print(f"7. no slow-down over time ({args.rss_pngs:,} PNGs, in process): first 10% {first:,.0f} images/s, "
+          f"last 10% {last:,.0f} images/s (ratio {last / first:.2f})")
+
+
+def steadiness(model_path: Path, inputs: list) -> tuple[float, float]:
+    """images/s over the first and the last 10% of a qd-infer run (batch timestamps)."""
+    from qd.infer.output import Writer
+    from qd.infer.run import run_inference
+
+    class Clock(Writer):
+        def __init__(self):
+            self.marks = [(time.perf_counter(), 0)]
+
+        def rows(self, names, index, probs):
+            self.marks.append((time.perf_counter(), self.marks[-1][1] + len(names)))
+
+        def failure(self, message):
+            pass
+
+        def finish(self, summary):
+            pass
+
+    clock = Clock()
+    run_inference(inputs, model=model_path, writer=clock, workers=2)
+    marks = clock.marks
+    tenth = max(1, (len(marks) - 1) // 10)
+
+    def rate(a, b):
+        (t0, n0), (t1, n1) = marks[a], marks[b]
+        return (n1 - n0) / (t1 - t0)
+
+    return rate(0, tenth), rate(len(marks) - 1 - tenth, len(marks) - 1)
 
 
 def real_rows(n: int) -> np.ndarray:
