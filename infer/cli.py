@@ -24,7 +24,7 @@ DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1))
 def infer(
     inputs: List[str] = typer.Argument(..., metavar="INPUT...",
                                        help="Images (PNG, JPEG, BMP, GIF, WebP), .npy drawing arrays, "
-                                            ".ndjson Quick, Draw! drawings, or folders of them."),
+                                            ".ndjson Quick, Draw! drawings, or folders of them (hidden files skipped)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", metavar="PATH",
                                         help="model.onnx or an export folder (default: the newest "
                                              "artifacts/exports/*/model.onnx)"),

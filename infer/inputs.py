@@ -73,7 +73,8 @@ def discover(paths: Iterable[str | os.PathLike], recursive: bool = True) -> Iter
 
 
 def _walk(root: Path, recursive: bool) -> Iterator[Path | Failure]:
-    """Supported files under `root`, sorted; symlinked folders followed once (loops cut)."""
+    """Supported files under `root`, sorted; symlinked folders followed once (loops cut);
+    hidden (dot) files and folders skipped."""
     seen: set[str] = set()
     found = 0
     stack = [root]
@@ -91,6 +92,8 @@ def _walk(root: Path, recursive: bool) -> Iterator[Path | Failure]:
             continue
         subfolders = []
         for entry in entries:
+            if entry.name.startswith("."):
+                continue  # hidden files and folders (.git, macOS ._x.png resource forks)
             try:
                 if entry.is_dir():
                     if recursive:

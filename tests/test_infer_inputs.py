@@ -42,6 +42,9 @@ def folder(tmp_path, rows, shared_strokes):
     np.save(root / "sub" / "f.npy", rows[5:15])
     (root / "sub" / "g.ndjson").write_bytes(b"\n".join((shared_strokes / "apple.ndjson").read_bytes().splitlines()[:3]))
     (root / "README.txt").write_text("not an input")  # skipped silently inside folders
+    (root / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble junk")  # hidden: skipped
+    (root / ".cache").mkdir()
+    bitmap_as_paper(rows[0], 50).save(root / ".cache" / "thumb.png")
     return root
 
 
