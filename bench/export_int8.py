@@ -1,0 +1,73 @@
+"""int8 vs fp32 ONNX from one qd-export folder, side by side in one run (compare the ratios).
+
+For batch sizes 1, 64 and 256, with 1 onnxruntime thread and with onnxruntime's default
+threads, runs alternate between the two models and each keeps its median run time, so
+background load on a shared machine hits both alike. Inputs are seeded random sparse
+bitmaps: this network's speed does not depend on pixel values (accuracy is checked by
+qd-export itself, on the test split).
+
+    python bench/export_int8.py [artifacts/exports/<run>] [--rounds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from qd.data.preprocess import bitmaps_to_input
+from qd.export.validate import interleaved_throughput, ort_session
+
+
+def newest_export() -> Path:
+    root = Path(os.environ.get("QD_ARTIFACTS") or "artifacts") / "exports"
+    folders = sorted((p.parent for p in root.glob("*/model.int8.onnx")), key=lambda p: p.stat().st_mtime)
+    if not folders:
+        raise SystemExit(f"no export with model.int8.onnx under {root}: run qd-export --format onnx-int8 first")
+    return folders[-1]
+
+
+def inputs_for(model_path: Path, count: int = 512) -> np.ndarray:
+    meta = {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
+    prep = json.loads(meta["qd.preprocessing"])
+    rng = np.random.default_rng(0)
+    bitmaps = np.where(rng.random((count, 784)) < 0.15, rng.integers(64, 256, (count, 784)), 0).astype(np.uint8)
+    return bitmaps_to_input(bitmaps, prep)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", nargs="?", type=Path, default=None)
+    ap.add_argument("--rounds", type=int, default=30)
+    args = ap.parse_args()
+    folder = args.folder or newest_export()
+    fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
+    x = inputs_for(fp32)
+    print(f"{folder}: int8 file is {int8.stat().st_size / fp32.stat().st_size:.2f}x the fp32 file")
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} logical cores (shared machine: compare ratios)")
+    print(f"{'threads':>8} {'batch':>6} {'fp32 img/s':>12} {'int8 img/s':>12} {'int8/fp32':>10}")
+    for threads in (1, None):
+        sessions = {"fp32": ort_session(fp32, threads=threads), "int8": ort_session(int8, threads=threads)}
+        for batch in (1, 64, 256):
+            speed = interleaved_throughput(sessions, x, batch=batch, rounds=args.rounds)
+            print(f"{threads or 'default':>8} {batch:>6} {speed['fp32']:>12,.0f} {speed['int8']:>12,.0f} "
+                  f"{speed['int8'] / speed['fp32']:>9.2f}x")
+
+
+if __name__ == "__main__":
+    main()
