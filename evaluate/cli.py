@@ -29,6 +29,8 @@ def evaluate_command(
         help="Output folder. Default: artifacts/eval/<model name> (with several models: DIR/<model name>)."),
     ignore_unknown: bool = typer.Option(False, "--ignore-unknown",
         help="Skip data categories the model does not know instead of stopping."),
+    max_per_category: Optional[int] = typer.Option(None, "--max-per-category", metavar="N",
+        help="With --data of .npy files: use the first N drawings of each category."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", metavar="PATH",
         help="Checkpoint for the torch backend. Default: the source named in the export's model.json."),
     speed: bool = typer.Option(True, "--speed/--no-speed", help="Measure images/s and single-image latency."),
@@ -52,7 +54,8 @@ def evaluate_command(
     for path in models:
         with console.status("qd-eval", spinner="dots") as status:
             result = evaluate(path, data=data, split=split, backends=backend, out_dir=out,
-                              checkpoint=checkpoint, ignore_unknown=ignore_unknown, measure_speed=speed,
+                              checkpoint=checkpoint, ignore_unknown=ignore_unknown,
+                              max_per_category=max_per_category, measure_speed=speed,
                               write_files=False, progress=lambda m: status.update(f"qd-eval: {m}"))
             if out is not None and len(models) > 1:
                 result.out_dir = out / result.model.name

@@ -52,7 +52,8 @@ def default_out_dir(model: ModelInfo) -> Path:
 def evaluate(model_path: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
              split: str | None = None, backends: list[str] | None = None, out_dir: str | os.PathLike | None = None,
              checkpoint: str | os.PathLike | None = None, ignore_unknown: bool = False,
-             measure_speed: bool = True, write_files: bool = True, progress=None) -> Evaluation:
+             max_per_category: int | None = None, measure_speed: bool = True, write_files: bool = True,
+             progress=None) -> Evaluation:
     """Evaluate one model; write report.json, confusion.png and mistakes.png unless write_files is False.
 
     `progress(message)` is called before each slow step (the CLI shows it in a status line).
@@ -65,7 +66,7 @@ def evaluate(model_path: str | os.PathLike | None = None, data: str | os.PathLik
             raise QDError(f"{checkpoint}: checkpoint not found")
     model = load_model_info(model_path)
     say(f"loading held-out data for {model.name}")
-    heldout = load_heldout(model, None if data is None else str(data), split, ignore_unknown)
+    heldout = load_heldout(model, None if data is None else str(data), split, ignore_unknown, max_per_category)
     runs = []
     for name in names:
         say(f"{name}: classifying {len(heldout):,} drawings")

@@ -28,6 +28,7 @@ from qd.data.split import SPLITS, SplitSpec
 
 ALL = "all"
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+MAX_DRAWINGS = 500_000  # held in memory with one probability row per backend; ~2 GB at 345 classes
 SPLIT_CHOICES = (*SPLITS, ALL)
 
 
@@ -104,6 +105,9 @@ def from_npy_dir(data_dir: Path, model, split: str, ignore_unknown: bool,
         indices = dataset.split_indices(SplitSpec.from_dict(model.split))[split]
     if not len(indices):
         raise QDError(f"{data_dir}: the {split} split is empty")
+    if len(indices) > MAX_DRAWINGS:
+        raise QDError(f"{data_dir}: {len(indices):,} drawings to evaluate, more than {MAX_DRAWINGS:,} fit comfortably "
+                      "in memory; pass --max-per-category N")
     bitmaps, data_labels = dataset.take(indices)
     to_model = np.array([known[c] for c in dataset.classes], dtype=np.int64)
     rows = indices - dataset.offsets[data_labels]
@@ -132,6 +136,9 @@ def from_class_folders(data_dir: Path, model, ignore_unknown: bool, workers: int
                 bitmaps.append(event.bitmaps.reshape(-1, 784))
                 labels += [known[folder.name]] * len(event.bitmaps)
                 origins += [name[len(prefix):] if name.startswith(prefix) else name for name in event.names]
+                if len(labels) > MAX_DRAWINGS:
+                    raise QDError(f"{data_dir}: more than {MAX_DRAWINGS:,} drawings in its class folders, more than "
+                                  "fit comfortably in memory; evaluate a sample of them")
             else:
                 failed.append(event.message)
     if not labels:
@@ -146,11 +153,19 @@ def from_class_folders(data_dir: Path, model, ignore_unknown: bool, workers: int
     return HeldOut(np.concatenate(bitmaps).astype(np.uint8, copy=False), labels, source, origins, notes)
 
 
-def load_heldout(model, data_dir: str | None, split: str | None, ignore_unknown: bool) -> HeldOut:
-    """Pick the source: the model's own data (default: test split) or --data DIR."""
+def load_heldout(model, data_dir: str | None, split: str | None, ignore_unknown: bool,
+                 max_per_category: int | None = None) -> HeldOut:
+    """Pick the source: the model's own data (default: test split) or --data DIR.
+
+    max_per_category caps a --data folder of .npy files at its first N rows per category
+    (the model's own data is always read with the cap it was trained with)."""
     if split is not None and split not in SPLIT_CHOICES:
         raise QDError(f"--split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
+    if max_per_category is not None and max_per_category < 1:
+        raise QDError(f"--max-per-category must be at least 1, got {max_per_category}")
     if data_dir is None:
+        if max_per_category is not None:
+            raise QDError("--max-per-category applies to --data; the model's own data is read as it was trained")
         return from_training_data(model, split or "test", ignore_unknown)
     data_dir = Path(data_dir)
     if not data_dir.exists():
@@ -158,7 +173,7 @@ def load_heldout(model, data_dir: str | None, split: str | None, ignore_unknown:
     if not data_dir.is_dir():
         raise QDError(f"{data_dir}: not a directory")
     if any(p.name.endswith(SUFFIX) and p.is_file() for p in data_dir.iterdir()):
-        held = from_npy_dir(data_dir, model, split or ALL, ignore_unknown)
+        held = from_npy_dir(data_dir, model, split or ALL, ignore_unknown, max_per_category=max_per_category)
         trained_on = (model.data or {}).get("dir")
         if (split or ALL) in (ALL, "train", "val") and trained_on and _same_dir(trained_on, data_dir):
             held.notes.append(f"{data_dir} is the model's training data: these rows include drawings it learned "

@@ -61,6 +61,17 @@ def test_npy_dir_takes_every_row_and_maps_to_model_classes(model, shared_bitmaps
     assert held.origins[:2] == ["Circle.npy#0", "Circle.npy#1"] and held.origins[-1] == "star.npy#29"
 
 
+def test_npy_dir_capped_per_category(model, shared_bitmaps, tmp_path, monkeypatch):
+    data = write_npy_dir(tmp_path / "npy", shared_bitmaps, {"star": "star", "circle": "circle"}, rows=30)
+    held = load_heldout(model, str(data), None, False, max_per_category=7)
+    assert len(held) == 14 and held.origins[-1] == "star.npy#6"
+    with pytest.raises(QDError, match="applies to --data"):
+        load_heldout(model, None, None, False, max_per_category=7)
+    monkeypatch.setattr("qd.evaluate.heldout.MAX_DRAWINGS", 50)
+    with pytest.raises(QDError, match="60 drawings to evaluate.*--max-per-category"):
+        load_heldout(model, str(data), None, False)
+
+
 def test_npy_dir_with_a_split(model, shared_bitmaps, tmp_path):
     data = write_npy_dir(tmp_path / "npy", shared_bitmaps, {"star": "star"}, rows=100)
     test = load_heldout(model, str(data), "test", False)
