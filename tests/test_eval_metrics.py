@@ -2,8 +2,11 @@
 
 import math
 
+import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qd.evaluate import metrics
 
@@ -105,3 +108,34 @@ def test_summary_and_agreement():
     s = metrics.summarize(PROBS, LABELS)
     assert (s.count, s.top1, s.top3) == (4, 0.25, 1.0)
     assert metrics.agreement(np.array([0, 1, 2, 2]), np.array([0, 1, 1, 2])) == pytest.approx(0.75)
+
+
+@st.composite
+def predictions(draw):
+    n = draw(st.integers(1, 40))
+    c = draw(st.integers(2, 8))
+    probs = draw(hnp.arrays(np.float64, (n, c), elements=st.floats(0, 1, allow_nan=False)))
+    labels = draw(hnp.arrays(np.int64, n, elements=st.integers(0, c - 1)))
+    return probs, labels
+
+
+@settings(max_examples=60, deadline=None)
+@given(predictions())
+def test_metric_invariants(case):
+    probs, labels = case
+    c = probs.shape[1]
+    top1 = metrics.top_k_accuracy(probs, labels, 1)
+    top3 = metrics.top_k_accuracy(probs, labels, 3)
+    map3 = metrics.map_at_k(probs, labels, 3)
+    assert top1 <= map3 + 1e-12 and map3 <= top3 + 1e-12
+    assert metrics.top_k_accuracy(probs, labels, c) == 1.0
+    cm = metrics.confusion_matrix(labels, metrics.ranked_classes(probs, 1)[:, 0], c)
+    assert cm.sum() == len(labels) and np.trace(cm) / len(labels) == pytest.approx(top1)
+    scores = metrics.per_class_scores(cm, [str(i) for i in range(c)])
+    # support-weighted recall is accuracy
+    assert sum(s.recall * s.support for s in scores if s.support) / len(labels) == pytest.approx(top1)
+    for s in scores:
+        for value in (s.precision, s.recall, s.f1):
+            assert value is None or 0.0 <= value <= 1.0
+    pairs = metrics.most_confused(cm, [str(i) for i in range(c)], limit=100)
+    assert sum(p.count for p in pairs) == len(labels) - np.trace(cm)
