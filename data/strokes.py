@@ -125,7 +125,10 @@ def iter_ndjson(path: str | os.PathLike) -> Iterator[tuple[int, str | None, np.n
     except OSError as exc:
         raise QDError(f"{path}: {exc.strerror or exc}") from None
     with f:
-        for number, raw in enumerate(f, start=1):
+        for number, raw in enumerate(_bounded_lines(f), start=1):
+            if raw is None:
+                yield number, None, None, f"line longer than {MAX_LINE_BYTES} bytes"
+                continue
             if not raw.strip():
                 continue
             try:
@@ -135,6 +138,20 @@ def iter_ndjson(path: str | os.PathLike) -> Iterator[tuple[int, str | None, np.n
                 yield number, None, None, str(exc)
                 continue
             yield number, word, bitmap, None
+
+
+def _bounded_lines(f) -> Iterator[bytes | None]:
+    """Lines of a binary file, never holding more than MAX_LINE_BYTES; None for an over-long line."""
+    while True:
+        line = f.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):  # skip the rest of the monster line
+                line = f.readline(MAX_LINE_BYTES)
+            yield None
+            continue
+        yield line
 
 
 def load_ndjson(path: str | os.PathLike) -> tuple[np.ndarray, list[str | None]]:

@@ -178,10 +178,11 @@ def map_ordered(fn: Callable, items: list, workers: int, window_per_worker: int 
             yield pending.popleft().result()
 
 
-def read_ndjson(path: Path) -> Iterator[Event]:
-    """One drawing per line; a broken line is one Failure ("path:line: reason")."""
+def read_ndjson(path: Path, chunk: int = 1024) -> Iterator[Event]:
+    """One drawing per line, in chunks; a broken line is one Failure ("path:line: reason")."""
     names: list[str] = []
     bitmaps: list[np.ndarray] = []
+    total = 0
     try:
         for number, _word, bitmap, error in iter_ndjson(path):
             if error is not None:
@@ -189,6 +190,10 @@ def read_ndjson(path: Path) -> Iterator[Event]:
                 continue
             names.append(f"{path}:{number}")
             bitmaps.append(bitmap)
+            if len(names) >= chunk:
+                total += len(names)
+                yield Drawings(names, np.stack(bitmaps).reshape(-1, PIXELS))
+                names, bitmaps = [], []
     except QDError as exc:
         yield Failure(str(exc))
         return
@@ -196,8 +201,9 @@ def read_ndjson(path: Path) -> Iterator[Event]:
         yield Failure(f"{path}: {exc.strerror or exc}")
         return
     if names:
+        total += len(names)
         yield Drawings(names, np.stack(bitmaps).reshape(-1, PIXELS))
-    else:
+    if total == 0:
         yield Failure(f"{path}: no drawings in the file")
 
 

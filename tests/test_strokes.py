@@ -71,3 +71,14 @@ def test_word_is_kept(tmp_path):
     path.write_text(json.dumps({"word": "house plant", "drawing": [[[0, 255], [0, 255]]]}) + "\n")
     bitmaps, words = load_ndjson(path)
     assert words == ["house plant"] and bitmaps[0].max() > 200
+
+
+def test_monster_line_is_refused_without_reading_it_whole(tmp_path, shared_strokes):
+    from qd.data.strokes import MAX_LINE_BYTES
+
+    good = (shared_strokes / "apple.ndjson").read_bytes().splitlines()[0]
+    path = tmp_path / "monster.ndjson"
+    path.write_bytes(good + b"\n" + b"[" * (3 * MAX_LINE_BYTES) + b"\n" + good + b"\n")
+    results = list(iter_ndjson(path))
+    assert [(n, e) for n, _, _, e in results] == [(1, None), (2, f"line longer than {MAX_LINE_BYTES} bytes"),
+                                                  (3, None)]
