@@ -194,6 +194,26 @@ def test_permission_denied(tmp_path, rows):
         path.chmod(0o644)
 
 
+def test_permission_denied_even_as_root(tmp_path, rows, monkeypatch):
+    """Root reads everything, so the refusal is simulated where the file is opened."""
+    import qd.data.images as images
+
+    good = tmp_path / "good.png"
+    secret = tmp_path / "secret.png"
+    bitmap_as_paper(rows[0], 80).save(good)
+    bitmap_as_paper(rows[1], 80).save(secret)
+    real_open = open
+
+    def guarded_open(path, *args, **kwargs):
+        if str(path) == str(secret):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(images, "open", guarded_open, raising=False)
+    names, _, failures = collect([tmp_path])
+    assert names == [str(good)] and failures == [f"{secret}: Permission denied"]
+
+
 def test_batcher_makes_exact_batches():
     batcher = Batcher(4)
     out = []
