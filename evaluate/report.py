@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import platform
+import sys
 from datetime import datetime, timezone
 
 import numpy as np
@@ -28,7 +30,8 @@ def build_report(result) -> dict:
     report = {
         "format": FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"quickdraw-edge": __version__, "python": platform.python_version()},
+        "versions": _versions(),
+        "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()},
         "model": {
             "name": result.model.name,
             "path": str(result.model.path.resolve()),
@@ -66,9 +69,20 @@ def mistakes_list(result, limit: int = MISTAKES_LISTED) -> list[dict]:
             for i in wrong.tolist()]
 
 
+def _versions() -> dict:
+    import onnxruntime
+
+    versions = {"quickdraw-edge": __version__, "python": platform.python_version(), "numpy": np.__version__,
+                "onnxruntime": onnxruntime.__version__}
+    torch = sys.modules.get("torch")  # only when the torch backend ran
+    if torch is not None:
+        versions["torch"] = torch.__version__
+    return versions
+
+
 def backend_entry(run, result) -> dict:
     entry = {"name": run.name, "status": "ok" if run.ran else "skipped", "reason": run.skipped, "note": run.note,
-             "file": str(run.file) if run.file else None, "size_bytes": run.size_bytes}
+             "file": str(run.file.resolve()) if run.file else None, "size_bytes": run.size_bytes}
     if run.ran:
         summary = metrics.summarize(run.probabilities, result.heldout.labels)
         entry.update(summary.to_dict())
