@@ -2,10 +2,10 @@
 //
 // The step numbers are those of that module's docstring, which is the specification;
 // keep the two in step (tests/test_demo.py runs this file under Node against the
-// Python original, constants included). Integer arithmetic through step 6 is exact;
-// step 5 uses float32 (Math.fround) as numpy does. The only float64 computation whose
-// rounding may differ from numpy's is the matrix product of step 10, which can move a
-// rare pixel by one grey level; the browser-vs-Python test bounds the effect on the
+// Python original, constants included). Integer arithmetic through step 5 and in step 7
+// is exact; step 6 uses float32 (Math.fround) as numpy does. The only float64 computation
+// whose rounding may differ from numpy's is the matrix product of step 11, which can move
+// a rare pixel by one grey level; the browser-vs-Python test bounds the effect on the
 // probabilities by 1e-3.
 
 export const CONSTANTS = Object.freeze({
@@ -86,7 +86,7 @@ export function inkHigh(gray) {
   return { ink, background, span: percentile(hist, 0.999) - background };
 }
 
-// Step 5a: subtract a coarse background map (min of cell medians) to undo uneven lighting.
+// Step 5: subtract a coarse background map (min of cell medians) to undo uneven lighting.
 function subtractLocalBackground(ink, width, height) {
   const cell = Math.ceil(Math.max(width, height) / C.LOCAL_CELLS);
   const rows = Math.ceil(height / cell);
@@ -112,7 +112,7 @@ function subtractLocalBackground(ink, width, height) {
   return out;
 }
 
-// Steps 2-11: grey levels (H x W, row-major) -> Uint8Array(28*28) bitmap, or null if blank.
+// Steps 2-12: grey levels (H x W, row-major) -> Uint8Array(28*28) bitmap, or null if blank.
 export function grayToBitmap(gray, width, height) {
   let { ink, background, span } = inkHigh(gray);
   if (span >= C.MIN_CONTRAST && Math.max(width, height) >= C.LOCAL_MIN_SIDE) {
@@ -121,8 +121,9 @@ export function grayToBitmap(gray, width, height) {
     background = percentile(hist, 0.5);
     span = percentile(hist, 0.999) - background;
   }
+  // Step 6: blank check, then the contrast stretch, in float32 as numpy (lo and hi are
+  // float64 expressions cast to float32).
   if (span < C.MIN_CONTRAST) return null;
-  // Step 5, in float32 as numpy: lo and hi are float64 expressions cast to float32.
   const lo = f32(background + C.STRETCH_LO * span);
   const hi = f32(background + C.STRETCH_HI * span);
   const range = f32(hi - lo);
@@ -134,9 +135,9 @@ export function grayToBitmap(gray, width, height) {
   return strengthToBitmap(strength, width, height);
 }
 
-// Steps 6-11 on the stretched ink strength S (H x W, values in [0, 1]).
+// Steps 7-12 on the stretched ink strength S (H x W, values in [0, 1]).
 export function strengthToBitmap(strength, width, height) {
-  // Step 6: bounding box of the ink mask M = S >= 0.5, trimmed for specks.
+  // Step 7: bounding box of the ink mask M = S >= 0.5, trimmed for specks.
   const mask = new Uint8Array(strength.length);
   const col = new Float64Array(width);
   const row = new Float64Array(height);
@@ -154,7 +155,7 @@ export function strengthToBitmap(strength, width, height) {
   if (total === 0) return null;
   const [x0, x1] = trimmedBounds(col, total);
   const [y0, y1] = trimmedBounds(row, total);
-  // Step 7: a square frame fitted to the drawing's skeleton, centred on the box.
+  // Step 8: a square frame fitted to the drawing's skeleton, centred on the box.
   const side = Math.max(x1 - x0 + 1, y1 - y0 + 1);
   const penWidth = Math.min(strokeWidth(mask, width, height), (side * C.LINE_UNITS) / C.INK_UNITS);
   const frame = ((side - penWidth) * C.FRAME_UNITS) / C.SKELETON_UNITS;
@@ -164,14 +165,14 @@ export function strengthToBitmap(strength, width, height) {
   const n = Math.ceil((frame + 1.0) / factor);
   const left = Math.floor(frameX);
   const top = Math.floor(frameY);
-  // Steps 8-9.
+  // Steps 9-10.
   let pooled = maxPoolRegion(strength, width, height, top, left, n, factor);
   pooled = thicken(pooled, n, ((frame / factor) * C.LINE_UNITS) / C.FRAME_UNITS);
-  // Step 10.
+  // Step 11.
   const wy = areaWeights(n, C.SIDE, (frameY - top) / factor, frame / factor);
   const wx = areaWeights(n, C.SIDE, (frameX - left) / factor, frame / factor);
   const out = weightedAverage(wy, pooled, wx, n, C.SIDE);
-  // Step 11.
+  // Step 12.
   const bitmap = new Uint8Array(C.SIDE * C.SIDE);
   for (let i = 0; i < bitmap.length; i++) {
     bitmap[i] = Math.min(255, Math.max(0, Math.floor(out[i] * 255.0 + 0.5)));
@@ -179,7 +180,7 @@ export function strengthToBitmap(strength, width, height) {
   return bitmap;
 }
 
-// Step 6: first index whose prefix sum exceeds TRIM * total, last whose suffix sum does.
+// Step 7: first index whose prefix sum exceeds TRIM * total, last whose suffix sum does.
 function trimmedBounds(mass, total) {
   const limit = C.TRIM * total;
   let first = 0;
@@ -203,7 +204,7 @@ function trimmedBounds(mass, total) {
   return [first, Math.max(first, last)];
 }
 
-// Step 9's stroke_width: 2 * area / boundary pixels of a 0/1 mask (0 without ink).
+// Step 10's stroke_width: 2 * area / boundary pixels of a 0/1 mask (0 without ink).
 function strokeWidth(mask, width, height) {
   const at = (y, x) => y >= 0 && x >= 0 && y < height && x < width && mask[y * width + x] === 1;
   let area = 0;
@@ -218,7 +219,7 @@ function strokeWidth(mask, width, height) {
   return area === 0 ? 0.0 : (2.0 * area) / (area - interior);
 }
 
-// Steps 7-8: crop the (n*factor)-square region (zero outside the image) and max-pool it.
+// Steps 8-9: crop the (n*factor)-square region (zero outside the image) and max-pool it.
 function maxPoolRegion(strength, width, height, top, left, n, factor) {
   const pooled = new Float32Array(n * n);
   for (let by = 0; by < n; by++) {
@@ -240,7 +241,7 @@ function maxPoolRegion(strength, width, height, top, left, n, factor) {
   return pooled;
 }
 
-// Step 9: widen strokes thinner than the dataset's line width with a square max filter.
+// Step 10: widen strokes thinner than the dataset's line width with a square max filter.
 function thicken(q, n, target) {
   const mask = new Uint8Array(q.length);
   for (let i = 0; i < q.length; i++) mask[i] = q[i] >= 0.5 ? 1 : 0;
@@ -269,7 +270,7 @@ function windowFilter(a, rows, cols, radius, pick) {
   return along(byColumn, rows, cols, cols, 1); // along x (axis 1)
 }
 
-// Step 10: (nOut x nIn) weights: overlap of source pixel [k, k+1) with output cell i
+// Step 11: (nOut x nIn) weights: overlap of source pixel [k, k+1) with output cell i
 // = [start + i*cell, start + (i+1)*cell), cell = length / nOut, over the cell width.
 export function areaWeights(nIn, nOut, start, length) {
   const cell = length / nOut;
@@ -285,7 +286,7 @@ export function areaWeights(nIn, nOut, start, length) {
   return w;
 }
 
-// Step 10: out = (Wy Q) Wx^T in float64, the association numpy uses for `wy @ q @ wx.T`.
+// Step 11: out = (Wy Q) Wx^T in float64, the association numpy uses for `wy @ q @ wx.T`.
 function weightedAverage(wy, q, wx, n, nOut) {
   const tmp = new Float64Array(nOut * n);
   for (let i = 0; i < nOut; i++) {
