@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .source import CheckpointSource, ValidationData, load_validation_data, torch_outputs
+from .source import DEFAULT_MAX_DRAWINGS, CheckpointSource, ValidationData, load_validation_data, torch_outputs
 
 DEFAULT_OPSET = 18
 
@@ -30,7 +30,7 @@ class ExportContext:
     out_dir: Path
     opset: int = DEFAULT_OPSET
     data_dir: Path | None = None
-    max_drawings: int = 10_000
+    max_drawings: int = DEFAULT_MAX_DRAWINGS
     written: dict[str, Path] = field(default_factory=dict)  # format name -> committed file
 
     @cached_property
