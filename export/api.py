@@ -118,6 +118,8 @@ def _export_one(ctx: ExportContext, fmt: ExportFormat) -> FormatResult:
             ctx.written[fmt.name] = final
     except QDError as exc:
         result.error = str(exc)
+    except OSError as exc:  # e.g. a full disk: name the file being written
+        result.error = f"{final}: {exc.strerror or exc} (while writing {fmt.name})"
     except Exception as exc:  # a converter's own failure: report it in one line, keep going
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         result.error = f"{final}: {fmt.name} export failed ({type(exc).__name__}: {first})"

@@ -87,6 +87,29 @@ def test_readers_never_see_a_partial_model_while_it_is_replaced(trained_checkpoi
     assert len(reads) > 10
 
 
+def test_full_disk_gives_one_clear_error_and_keeps_earlier_files(trained_checkpoint, exported_model, tmp_path, monkeypatch):
+    import errno
+
+    import qd.export.onnx_export as onnx_export
+
+    out = tmp_path / "export"
+    out.mkdir()
+    previous = (exported_model / "model.onnx").read_bytes()
+    (out / "model.onnx").write_bytes(previous)
+
+    def disk_full(model, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"\0" * 1000)  # a partial write, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(onnx_export.onnx, "save_model", disk_full)
+    report = export_checkpoint(trained_checkpoint, "onnx", out=out)
+    assert not report.ok
+    assert report.errors == [f"{out / 'model.onnx'}: No space left on device (while writing onnx)"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx"]
+    assert (out / "model.onnx").read_bytes() == previous
+
+
 class _RunsCodeWhenUnpickled:
     """Unpickling this creates `marker`: proof that code ran."""
 
