@@ -239,3 +239,38 @@ def test_two_qd_infer_processes_at_once(exported_model, tmp_path, shared_bitmaps
     outs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][1]
     assert outs[0][0] == outs[1][0] and len(outs[0][0].splitlines()) == 1 + 600 + 20
+
+
+def test_reading_while_a_new_model_is_atomically_replaced(exported_model, tmp_path, shared_bitmaps):
+    """qd-export replaces model.onnx with os.replace; a reader sees the old or the new model, never half."""
+    import shutil
+    import threading
+
+    from qd.infer.model import OnnxClassifier
+
+    target = tmp_path / "model.onnx"
+    shutil.copy(exported_model / "model.onnx", target)
+    sources = [(exported_model / "model.onnx").read_bytes(), (exported_model / "model.int8.onnx").read_bytes()]
+    stop = threading.Event()
+
+    def writer():
+        i = 0
+        while not stop.is_set():
+            tmp = tmp_path / f".model.onnx.{i}.tmp"
+            tmp.write_bytes(sources[i % 2])
+            os.replace(tmp, target)
+            i += 1
+
+    rows = np.asarray(open_bitmaps(shared_bitmaps / "apple.npy")[:64])
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        precisions = set()
+        for _ in range(15):
+            classifier = OnnxClassifier(target)
+            precisions.add(classifier.precision)
+            assert classifier.predict_bitmaps(rows).shape == (64, len(classifier.labels))
+    finally:
+        stop.set()
+        thread.join()
+    assert precisions <= {"fp32", "int8"}
