@@ -19,6 +19,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from qd.data import __version__ as QD_VERSION
 from qd.data.errors import QDError
 
 from .context import ExportContext
@@ -85,8 +86,20 @@ def to_onnx_proto(net: torch.nn.Module, opset: int, side: int = 28) -> onnx.Mode
     got = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     if got != opset:
         raise QDError(f"--opset {opset}: the exporter produced opset {got}")
-    model.producer_name = "quickdraw-edge"
+    strip_debug_info(model)
+    model.producer_name, model.producer_version = "quickdraw-edge", QD_VERSION
     return model
+
+
+def strip_debug_info(model: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node debug records (stack traces with this machine's paths,
+    FX node dumps, name scopes): noise in every viewer, and nobody else's business."""
+    graph = model.graph
+    for item in (*graph.node, *graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        if hasattr(item, "metadata_props"):  # onnx >= 1.16
+            del item.metadata_props[:]
+        item.doc_string = ""
+    graph.doc_string = ""
 
 
 def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -45,6 +46,14 @@ def test_onnx_io_contract_and_dynamic_batch(exported_model):
         probs, logits = session.run(None, {"image": np.zeros((batch, 1, 28, 28), np.float32)})
         assert probs.shape == logits.shape and probs.shape[0] == batch
         np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+def test_graph_carries_no_exporter_debug_records(exported_model):
+    model = onnx.load(str(exported_model / "model.onnx"))
+    assert not any(n.metadata_props or n.doc_string for n in model.graph.node)
+    assert not any(v.metadata_props for v in (*model.graph.input, *model.graph.output))
+    assert str(Path(__file__).resolve().parents[1]).encode() not in (exported_model / "model.onnx").read_bytes()
+    assert model.producer_name == "quickdraw-edge"
 
 
 def test_metadata_is_exactly_the_contract(exported_model, trained_checkpoint, checkpoint):
