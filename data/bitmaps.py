@@ -64,7 +64,9 @@ def parse_bitmap_header(f: BinaryIO, name: object, size: int | None = None) -> B
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=MAX_HEADER_BYTES)
         else:
             raise BitmapFileError(name, f"unsupported .npy version {major}.{minor}")
-    except (ValueError, SyntaxError, TypeError) as exc:
+    except BitmapFileError:
+        raise
+    except Exception as exc:  # numpy parses the header with tokenize/ast: hostile bytes raise many types
         raise BitmapFileError(name, f"corrupt .npy header ({_first_line(exc)})") from None
     offset = f.tell()
     if dtype.hasobject:
