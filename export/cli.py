@@ -67,9 +67,10 @@ def _mark(check) -> str:
 
 
 def print_report(report: "ExportReport") -> None:
-    console.print(f"[bold]{report.source.path}[/] → [bold]{report.out_dir}[/]  "
-                  f"({len(report.source.classes)} classes, sha256 {report.source.sha256[:12]})", highlight=False)
-    console.print(f"checked on: {report.validation_data}", highlight=False)
+    console.print(f"checkpoint  [bold]{report.source.path}[/] ({len(report.source.classes)} classes, "
+                  f"sha256 {report.source.sha256[:12]})", highlight=False)
+    console.print(f"export to   [bold]{report.out_dir}[/]", highlight=False)
+    console.print(f"checked on  {report.validation_data}", highlight=False)
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     table = Table(title="qd-export", title_justify="left")
