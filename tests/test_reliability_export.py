@@ -11,8 +11,12 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from qd.data.errors import QDError
 from qd.export.api import export_checkpoint
+from qd.export.source import load_source
 from qd.export.cli import main
 from qd.train.checkpoint import load_checkpoint
 
@@ -140,3 +144,32 @@ def test_checkpoint_that_would_run_code_is_refused_and_code_never_runs(trained_c
     torch.load(crafted, weights_only=False)  # the control: an unsafe load really would have run it
     assert marker.exists()
     os.remove(marker)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bytes(trained_checkpoint) -> bytes:
+    return trained_checkpoint.read_bytes()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_damaged_checkpoints_load_or_fail_with_one_clear_error(checkpoint_bytes, tmp_path, data):
+    """Truncated, bit-flipped or overwritten checkpoints: a QDError naming the file, or a clean load."""
+    blob = bytearray(checkpoint_bytes)
+    damage = data.draw(st.sampled_from(["truncate", "flip", "overwrite"]))
+    if damage == "truncate":
+        blob = blob[: data.draw(st.integers(0, len(blob) - 1))]
+    else:
+        for _ in range(data.draw(st.integers(1, 8))):
+            at = data.draw(st.integers(0, len(blob) - 1))
+            blob[at] = data.draw(st.integers(0, 255)) if damage == "overwrite" else blob[at] ^ (1 << data.draw(st.integers(0, 7)))
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(bytes(blob))
+    try:
+        source = load_source(path)
+    except QDError as exc:
+        message = str(exc)
+        assert message.startswith(str(path)) or "checkpoint" in message, message
+        assert "\n" not in message
+    else:
+        assert source.classes and source.model is not None
