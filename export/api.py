@@ -19,7 +19,7 @@ from qd.data.errors import QDError
 from qd.data.paths import artifacts_root
 
 from .atomic import clean_stale_temps, commit_dir, commit_file, remove_temp, temp_path_for
-from .card import CARD_NAME, LABELS_NAME, write_card, write_labels
+from .card import CARD_NAME, LABELS_NAME, stale_models, write_card, write_labels
 from .context import DEFAULT_OPSET, Check, ExportContext
 from .formats import DEFAULT_FORMATS, FORMATS, ExportFormat, parse_formats
 from .onnx_export import check_opset
@@ -92,6 +92,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | list[ExportF
         results.append(_export_one(ctx, fmt))
     report = ExportReport(source=source, out_dir=out_dir, results=results,
                           validation_data=_describe_data(ctx), notes=_data_notes(ctx))
+    for stale in stale_models(ctx, [f.filename for f in FORMATS.values()]):
+        report.notes.append(f"{stale}: not from this checkpoint's export (or changed since); kept, "
+                            "but re-export it or remove it before using this folder")
     if ctx.written:
         step("writing labels.txt and model.json")
         report.labels = write_labels(ctx)

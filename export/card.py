@@ -31,18 +31,33 @@ def write_labels(ctx: ExportContext) -> Path:
 
 
 def _previous_files(ctx: ExportContext) -> dict:
+    """Entries of the existing card for files this run did not rewrite, if provably still valid:
+    same source checkpoint, file present, checksum unchanged."""
     try:
         card = json.loads((ctx.out_dir / CARD_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    if not isinstance(card, dict) or card.get("source", {}).get("sha256") != ctx.source.sha256:
+    source = card.get("source") if isinstance(card, dict) else None
+    files = card.get("files") if isinstance(card, dict) else None
+    if not isinstance(source, dict) or source.get("sha256") != ctx.source.sha256 or not isinstance(files, dict):
         return {}
     kept = {}
-    for name, entry in (card.get("files") or {}).items():
+    for name, entry in files.items():
+        if name in ctx.written or name == "labels" or not isinstance(entry, dict):
+            continue
         path = ctx.out_dir / str(entry.get("file", ""))
-        if name not in ctx.written and path.exists() and sha256_path(path) == entry.get("sha256"):
+        if path.parent == ctx.out_dir and path.exists() and sha256_path(path) == entry.get("sha256"):
             kept[name] = entry
     return kept
+
+
+def stale_models(ctx: ExportContext, filenames: list[str]) -> list[Path]:
+    """Model files in the folder that this run did not write and cannot vouch for (another
+    checkpoint's, or changed since): kept, never deleted, but reported."""
+    vouched = {ctx.out_dir / str(e.get("file")) for e in _previous_files(ctx).values()}
+    written = set(ctx.written.values())
+    return [ctx.out_dir / name for name in filenames
+            if (ctx.out_dir / name).exists() and ctx.out_dir / name not in written | vouched]
 
 
 def write_card(ctx: ExportContext, results: dict[str, list[Check]]) -> Path:

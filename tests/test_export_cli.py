@@ -150,3 +150,23 @@ def test_one_table_drives_parsing_help_and_readme():
     for row in table.splitlines():  # 5 columns: cell text must not break the table
         assert len(re.findall(r"(?<!\\)\|", row)) == 6, row
     assert export_formats.DEFAULT_FORMATS == "onnx"
+
+
+def test_rerun_keeps_vouched_siblings_and_flags_another_checkpoints(trained_checkpoint, exported_model, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(exported_model, tmp_path / "export")
+    report = export_checkpoint(trained_checkpoint, "onnx", out=folder)
+    assert report.ok and not report.notes
+    card = json.loads((folder / "model.json").read_text())
+    assert set(card["files"]) == {"onnx", "onnx-int8", "labels"}  # int8 still from this checkpoint: kept
+
+    payload = load_checkpoint(trained_checkpoint)
+    payload["hparams"] = {**payload["hparams"], "note": "retrained"}
+    other = save_checkpoint(payload, tmp_path / "other" / "best.pt")
+    report = export_checkpoint(other, "onnx", out=folder)
+    assert report.ok
+    assert len(report.notes) == 1 and report.notes[0].startswith(f"{folder / 'model.int8.onnx'}: not from this")
+    card = json.loads((folder / "model.json").read_text())
+    assert set(card["files"]) == {"onnx", "labels"}
+    assert (folder / "model.int8.onnx").exists()  # reported, never deleted
