@@ -93,14 +93,18 @@ def test_directory_commit_replaces_a_previous_package(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.mlpackage"]
 
 
-def test_macos_prediction_check_plumbing_with_a_stand_in_model(trained_checkpoint, tmp_path, monkeypatch):
+def test_macos_prediction_check_plumbing_with_a_stand_in_model(trained_checkpoint, exported_model, tmp_path, monkeypatch):
     """The Mac-only comparison code, run on Linux against a stand-in for Core ML's MLModel that
-    answers with the checkpoint's own network: recovers the bitmaps, orders the labels, compares."""
+    answers with the exported ONNX model (a different runtime, like Core ML would be): recovers
+    the bitmaps from the inputs, matches labels by name, compares with torch."""
+    import onnxruntime as ort
+
     from qd.export import coreml
     from qd.export.context import ExportContext
     from qd.export.source import load_source
 
     source = load_source(trained_checkpoint)
+    session = ort.InferenceSession(str(exported_model / "model.onnx"), providers=["CPUExecutionProvider"])
 
     class StandIn:
         def __init__(self, path, compute_units=None):
@@ -108,12 +112,11 @@ def test_macos_prediction_check_plumbing_with_a_stand_in_model(trained_checkpoin
 
         def predict(self, features):
             pixels = np.asarray(features["image"], dtype=np.float32)[None, None] / 255.0
-            with torch.inference_mode():
-                probs = torch.softmax(source.model(torch.from_numpy(pixels)), 1)[0].numpy()
+            probs = session.run(["probabilities"], {"image": pixels})[0][0]
             return {"classLabel_probs": {name: float(p) for name, p in reversed(list(zip(source.classes, probs)))}}
 
     monkeypatch.setattr(ct.models, "MLModel", StandIn)
     ctx = ExportContext(source=source, out_dir=tmp_path)
     (check,) = coreml.check_predictions(ctx, tmp_path / "model.mlpackage")
     assert check.passed, check.detail
-    assert check.values["top1_disagreements"] == 0 and check.values["max_abs_prob_diff"] <= 1e-6
+    assert check.values["top1_disagreements"] == 0 and check.values["max_abs_prob_diff"] <= 1e-4
