@@ -16,6 +16,8 @@ def trained_checkpoint(shared_bitmaps, tmp_path_factory) -> Path:
     A complete checkpoint following /work/notes/contracts.md (test metrics included);
     last.pt sits next to it. Trained once per test session, on CPU, in a few seconds.
     """
+    import torch
+
     from qd.train.config import TrainConfig
     from qd.train.loop import train
 
@@ -24,4 +26,9 @@ def trained_checkpoint(shared_bitmaps, tmp_path_factory) -> Path:
         data_dir=shared_bitmaps, categories=FIXTURE_CATEGORIES, max_per_category=FIXTURE_MAX_PER_CATEGORY,
         epochs=3, batch_size=64, seed=0, device="cpu", out=run_dir, quiet=True,
     )
-    return train(config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: one thread is as fast, and robust on busy shared cores
+    try:
+        return train(config)
+    finally:
+        torch.set_num_threads(threads)

@@ -17,6 +17,16 @@ CATEGORIES = ["circle", "square", "star"]
 TIMING_KEYS = {"seconds", "samples_per_s"}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train fastest on one thread, and busy CI cores punish spinning OpenMP threads.
+    The killed subprocess below runs with OMP_NUM_THREADS=1 too, so every run computes alike."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny(shared_bitmaps, out, **overrides) -> TrainConfig:
     settings = dict(data_dir=shared_bitmaps, categories=CATEGORIES, max_per_category=120, epochs=2, batch_size=32,
                     device="cpu", out=out, quiet=True)
@@ -73,21 +83,22 @@ def cli(*args: str) -> list[str]:
 
 
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(shared_bitmaps, tmp_path):
-    settings = dict(max_per_category=300, epochs=3, batch_size=16)
+    settings = dict(max_per_category=200, epochs=3, batch_size=16)
     reference = load_checkpoint(loop.train(tiny(shared_bitmaps, tmp_path / "whole", **settings)))
 
     run = tmp_path / "killed"
     proc = subprocess.Popen(cli("--data-dir", str(shared_bitmaps), "--categories", ",".join(CATEGORIES),
-                                "--max-per-category", "300", "--epochs", "3", "--batch-size", "16",
+                                "--max-per-category", "200", "--epochs", "3", "--batch-size", "16",
                                 "--device", "cpu", "--out", str(run), "--quiet"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
     try:
         deadline = time.monotonic() + 120
         while not (run / "last.pt").exists():  # epoch 1 is done; epoch 2 is under way
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline, "no last.pt after 120 s"
             time.sleep(0.02)
-        time.sleep(0.2)
+        time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
     finally:

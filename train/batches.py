@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from qd.data.dataset import BitmapDataset
+from qd.data.preprocess import bitmaps_to_input
 from qd.data.split import SPLITS, SplitSpec, split_rows
 
 PREFETCH_BATCHES = 3
@@ -77,13 +78,14 @@ def epoch_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
 
 
 def to_float_batch(bitmaps: np.ndarray, preprocessing: dict) -> torch.Tensor:
-    """(B, 784) uint8 -> float32 (B, 1, S, S), the torch twin of qd.data.preprocess.bitmaps_to_input."""
-    side = int(preprocessing["input_size"])
-    x = torch.from_numpy(bitmaps).reshape(-1, 1, side, side).to(torch.float32)
-    x.mul_(float(preprocessing["scale"]))
-    if preprocessing.get("mean", 0.0) != 0.0 or preprocessing.get("std", 1.0) != 1.0:
-        x.sub_(float(preprocessing["mean"])).div_(float(preprocessing["std"]))
-    return x
+    """(B, 784) uint8 -> float32 (B, 1, S, S) torch tensor, by qd.data.preprocess.bitmaps_to_input itself.
+
+    numpy does the conversion (one batch, single-threaded, GIL released) and torch
+    wraps the result without a copy. Converting with torch ops instead woke the OpenMP
+    pool from the prefetch thread; on 2 busy cores its spinning threads made each
+    conversion ~500x slower (measured: 12 ms vs 0.02 ms for a batch of 100).
+    """
+    return torch.from_numpy(bitmaps_to_input(bitmaps, preprocessing))
 
 
 @dataclass
