@@ -12,15 +12,16 @@ Keys (format "qd-checkpoint-v1"):
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
 
 from qd.data.errors import QDError
+from qd.data.split import SplitSpec
 
 from .models import build_model
 
@@ -55,25 +56,65 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling refused"
-        raise QDError(f"{path}: refused: not loadable with weights_only=True ({first[:160]})") from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QDError(f"{path}: not a checkpoint ({first[:160]})") from None
+        raise QDError(f"{path}: refused: not loadable with weights_only=True ({_first_line(exc)})") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise QDError(f"{path}: not a checkpoint ({_first_line(exc)})") from None
+    except Exception as exc:  # junk bytes can make torch's loader raise anything (KeyError, ...)
+        raise QDError(f"{path}: not a checkpoint (unreadable: {type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise QDError(f"{path}: not a quickdraw-edge checkpoint (expected format {FORMAT!r})")
     missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:
         raise QDError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    check_fields(path, payload)
     return payload
+
+
+def check_fields(path: Path, payload: dict) -> None:
+    """The fields later stages rely on, with the right types: a damaged checkpoint fails here, clearly."""
+    def bad(field: str, why: str) -> QDError:
+        return QDError(f"{path}: damaged checkpoint: {field} {why}")
+
+    classes = payload["classes"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
+        raise bad("classes", "is not a non-empty list of names")
+    if len(set(classes)) != len(classes):
+        raise bad("classes", "has duplicates")
+    arch = payload["arch"]
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or not isinstance(arch.get("kwargs", {}), dict):
+        raise bad("arch", "is not {name, kwargs}")
+    prep = payload["preprocessing"]
+    numbers = ("scale", "mean", "std")
+    if (not isinstance(prep, dict) or prep.get("input_size") != 28
+            or not all(isinstance(prep.get(k, 0.0), (int, float)) and math.isfinite(prep.get(k, 0.0)) for k in numbers)
+            or not prep.get("scale") or not prep.get("std", 1.0)):
+        raise bad("preprocessing", "is not a 28x28 spec with finite, non-zero scale and std")
+    if not isinstance(payload["split"], dict):
+        raise bad("split", "is not a dict")
+    try:
+        SplitSpec.from_dict(payload["split"])
+    except (TypeError, ValueError, QDError) as exc:
+        raise bad("split", f"is invalid ({_first_line(exc)[:80]})") from None
+    if not isinstance(payload.get("data", {}) or {}, dict):
+        raise bad("data", "is not a dict")
+    state = payload["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise bad("state_dict", "is not a dict of tensors")
 
 
 def model_from_checkpoint(payload: dict) -> torch.nn.Module:
     """Rebuild the network described by a loaded checkpoint, in eval mode."""
     arch = payload["arch"]
-    model = build_model(arch["name"], len(payload["classes"]), **arch.get("kwargs", {}))
     try:
+        model = build_model(arch["name"], len(payload["classes"]), **arch.get("kwargs", {}))
         model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise QDError(f"checkpoint weights do not fit architecture {arch['name']!r}: {str(exc).splitlines()[0][:160]}") from None
+    except QDError:
+        raise
+    except Exception as exc:  # wrong kwargs types, shapes that do not fit, ...
+        raise QDError(f"checkpoint weights do not fit architecture {arch['name']!r}: {_first_line(exc)}") from None
     return model.eval()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:160] if lines else type(exc).__name__
