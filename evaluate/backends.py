@@ -9,7 +9,6 @@ torch and coremltools are imported only inside their backends.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import statistics
 import sys
@@ -21,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from qd.data.errors import QDError
+from qd.data.files import sha256_file
 from qd.data.preprocess import bitmaps_to_input
 
 from qd.infer.model import OnnxClassifier
@@ -84,7 +84,7 @@ def open_torch(model: ModelInfo, checkpoint: Path | None) -> Runner:
         raise QDError(f"{checkpoint}: its classes differ from {model.path}'s labels (not this model's checkpoint)")
     network = model_from_checkpoint(payload)
     note = None
-    if model.source_sha256 and _sha256(checkpoint) != model.source_sha256:
+    if model.source_sha256 and sha256_file(checkpoint) != model.source_sha256:
         note = "not the checkpoint this ONNX model was exported from"
 
     def predict(inputs: np.ndarray) -> np.ndarray:
@@ -229,10 +229,3 @@ def file_size(path: Path) -> int:
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from qd.data.errors import QDError
+from qd.data.files import write_json_atomic
 from qd.data.paths import artifacts_root
 
 from . import metrics
-from .atomic import write_json
 from .backends import BackendRun, parse_backends, run_backend
 from .exports import ModelInfo, load_model_info
 from .heldout import HeldOut, load_heldout
@@ -102,5 +102,5 @@ def write_outputs(result: Evaluation) -> dict[str, Path]:
                                              f"{result.model.name}: misclassified drawings (true → predicted)",
                                              result.heldout.origins)
     result.files["report"] = out / "report.json"
-    write_json(result.files["report"], build_report(result))
+    write_json_atomic(result.files["report"], build_report(result))
     return result.files

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_target
+from qd.data.files import atomic_target
 from .metrics import normalize_rows
 
 MISTAKES_SHOWN = 48

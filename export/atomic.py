@@ -11,7 +11,6 @@ but never a partial one.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -20,7 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-TEMP_SUFFIX = ".tmp"
+from qd.data.files import TEMP_SUFFIX, default_file_mode, fsync_dir
+
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -60,37 +60,11 @@ def fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _default_mode() -> int:
-    """0o666 less the umask: what a plain open() would have given (mkstemp gives 0o600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def commit_file(tmp: Path, final: Path) -> None:
-    os.chmod(tmp, _default_mode())
+    os.chmod(tmp, default_file_mode())
     fsync_file(tmp)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
-
-
-def write_text_atomic(final: Path, text: str) -> None:
-    tmp = temp_path_for(final)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        commit_file(tmp, final)
-    except BaseException:
-        remove_temp(tmp)
-        raise
+    fsync_dir(final.parent)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -109,7 +83,7 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def commit_dir(tmp: Path, final: Path) -> None:
     """Move the finished folder `tmp` onto `final`, replacing any previous one."""
-    os.chmod(tmp, _default_mode() | 0o111)  # mkdtemp gives 0o700
+    os.chmod(tmp, default_file_mode() | 0o111)  # mkdtemp gives 0o700
     for file in tmp.rglob("*"):
         if file.is_file():
             fsync_file(file)
@@ -123,4 +97,4 @@ def commit_dir(tmp: Path, final: Path) -> None:
         os.rename(final, aside)
         os.rename(tmp, final)
         remove_temp(aside)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)

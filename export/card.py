@@ -15,7 +15,7 @@ from pathlib import Path
 
 from qd.data import __version__ as QD_VERSION
 
-from .atomic import write_text_atomic
+from qd.data.files import write_text_atomic
 from .context import Check, ExportContext
 from .source import LICENSE_NOTE, sha256_path
 

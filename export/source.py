@@ -21,6 +21,7 @@ import torch
 from qd.data import __version__ as QD_VERSION
 from qd.data.dataset import BitmapDataset
 from qd.data.errors import QDError
+from qd.data.files import sha256_file
 from qd.data.preprocess import bitmaps_to_input
 from qd.data.split import SplitSpec
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
@@ -30,14 +31,6 @@ ONNX_FORMAT_TAG = "qd-onnx-v1"
 DEFAULT_MAX_DRAWINGS = 10_000
 CALIBRATION_DRAWINGS = 512
 SYNTHETIC_DRAWINGS = 512
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sha256_path(path: Path) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from qd.data.bitmaps import open_bitmaps
+from qd.data.files import atomic_target
 from qd.data.strokes import draw_strokes_image, parse_ndjson_line
 
 DEFAULT_SHARED = Path(os.environ.get("QD_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "quickdraw"
@@ -72,9 +73,8 @@ def _photo(ink_on_white: Image.Image, seed: int = 0) -> Image.Image:
 
 
 def _save(image: Image.Image, path: Path, **options) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format=Image.registered_extensions()[path.suffix.lower()], **options)
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        image.save(tmp, format=Image.registered_extensions()[path.suffix.lower()], **options)
     return path
 
 

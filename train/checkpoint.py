@@ -15,12 +15,12 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 
 from qd.data.errors import QDError
+from qd.data.files import atomic_target
 from qd.data.split import SplitSpec
 
 from .models import build_model
@@ -31,19 +31,9 @@ REQUIRED_KEYS = ("format", "classes", "arch", "preprocessing", "split", "state_d
 
 def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
     """Write atomically: a temp file in the same folder, fsync, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_target(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
