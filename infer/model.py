@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from qd.data.errors import QDError
+from qd.data.paths import artifacts_root
 from qd.data.preprocess import bitmaps_to_input
 
 MODEL_FORMAT = "qd-onnx-v1"
@@ -22,10 +23,6 @@ INPUT = "image"
 PROBABILITIES = "probabilities"
 MAX_LABELS = 100_000
 PREPROCESSING_KEYS = ("input_size", "scale")
-
-
-def artifacts_root() -> Path:
-    return Path(os.environ.get("QD_ARTIFACTS", "artifacts"))
 
 
 def newest_export(root: str | os.PathLike | None = None) -> Path:
