@@ -114,3 +114,12 @@ def test_console_script_prints_one_line_without_traceback(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: {tmp_path / 'missing'}: data directory does not exist"
+
+
+def test_resume_with_other_data_is_refused(trained_checkpoint, data_dir, monkeypatch, capsys):
+    last = trained_checkpoint.parent / "last.pt"
+    before = last.read_bytes()
+    code, _, err = run_cli(monkeypatch, capsys, "--resume", str(last), "--data-dir", str(data_dir), "--quiet")
+    # the run trained on apple, circle, square, star; this folder holds only circle and square
+    assert code == 1 and err.count("\n") == 1 and "unknown categories apple, star" in err
+    assert last.read_bytes() == before

@@ -46,13 +46,14 @@ def train_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
     workers: int = typer.Option(0, "--workers", help="0: gather batches in a prefetch thread; N: N loader processes."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: artifacts/runs/<arch>-<timestamp>)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run from its last.pt (its own settings are used)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run from its last.pt (its own settings and data folder, unless --data-dir is given)."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random affine augmentation per batch."),
     schedule: str = typer.Option("onecycle", "--schedule", help="Learning-rate schedule: onecycle, cosine or constant."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     config = TrainConfig(
-        data_dir=data_dir if data_dir is not None else default_data_dir(), categories=_categories(categories),
+        data_dir=data_dir if data_dir is not None or resume is not None else default_data_dir(),
+        categories=_categories(categories),
         arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, max_per_category=max_per_category,
         steps_per_epoch=steps_per_epoch, val_fraction=val_fraction, test_fraction=test_fraction,
         patience=patience, seed=seed, device=device, workers=workers, out=out, resume=resume,

@@ -20,7 +20,7 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 
 @dataclass
 class TrainConfig:
-    data_dir: Path
+    data_dir: Path | None                    # None only with `resume` (then the run's own data folder)
     categories: list[str] | None = None      # None: every <category>.npy in data_dir
     arch: str = DEFAULT_ARCH
     arch_kwargs: dict = field(default_factory=dict)
@@ -45,7 +45,10 @@ class TrainConfig:
     quiet: bool = False
 
     def __post_init__(self):
-        self.data_dir = Path(self.data_dir)
+        if self.data_dir is None and self.resume is None:
+            raise QDError("no data folder given (--data-dir)")
+        if self.data_dir is not None:
+            self.data_dir = Path(self.data_dir)
         if self.out is not None:
             self.out = Path(self.out)
         if self.resume is not None:

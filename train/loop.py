@@ -77,8 +77,11 @@ def resume_payload(path: Path) -> dict:
 
 
 def merged_resume_config(config: TrainConfig, payload: dict) -> TrainConfig:
-    """The resumed run's config: its own hparams, with only runtime options taken from `config`."""
+    """The resumed run's config: its own hparams, with only runtime options (and a moved data
+    folder, if one is given; its contents are checked against the checkpoint) from `config`."""
     runtime = {name: getattr(config, name) for name in RUNTIME_OPTIONS}
+    if config.data_dir is not None:
+        runtime["data_dir"] = config.data_dir
     return TrainConfig.from_hparams(payload["hparams"], resume=config.resume, out=config.resume.parent, **runtime)
 
 
