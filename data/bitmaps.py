@@ -8,6 +8,7 @@ Pickle is never allowed.
 from __future__ import annotations
 
 import io
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,3 +104,20 @@ def open_bitmaps(path: str | os.PathLike) -> np.ndarray:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:120] if text else type(exc).__name__
+
+
+def release_mapped_pages(arrays: list[np.ndarray]) -> None:
+    """Unmap the pages of memory-mapped arrays that this process has touched.
+
+    Pages read through a memmap stay in the process's resident set (as file-backed
+    RSS) until the kernel needs the memory; after hashing or an epoch of random reads
+    that is the whole dataset. MADV_DONTNEED drops them from this process only: the data
+    stays in the page cache, so the next read of the same rows is still a memory copy.
+    On kernels with large page-cache folios one random row read can map 2 MiB.
+    """
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    for array in arrays:
+        mapping = getattr(array, "_mmap", None)
+        if mapping is not None and not mapping.closed:
+            mapping.madvise(mmap.MADV_DONTNEED)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .bitmaps import PIXELS
+from .bitmaps import PIXELS, release_mapped_pages
 from .errors import QDError
 
 SCHEME = "mulhash64-splitmix-v1"
@@ -59,7 +59,7 @@ def _word_weights(seed: int) -> np.ndarray:
 
 
 def drawing_hashes(rows: np.ndarray, seed: int = 0) -> np.ndarray:
-    """64-bit hash per drawing of a (N, 784) uint8 array (memmap-friendly, chunked)."""
+    """64-bit hash per drawing of a (N, 784) uint8 array (memmap-friendly: chunked, pages released)."""
     weights = _word_weights(seed)
     out = np.empty(len(rows), dtype=np.uint64)
     for start in range(0, len(rows), _CHUNK_ROWS):
@@ -68,6 +68,7 @@ def drawing_hashes(rows: np.ndarray, seed: int = 0) -> np.ndarray:
         with np.errstate(over="ignore"):
             mixed = (words * weights).sum(axis=1, dtype=np.uint64)
         out[start : start + len(chunk)] = _splitmix64(mixed ^ np.uint64(seed & 0xFFFFFFFF))
+        release_mapped_pages([rows])  # hashing 50M drawings must not leave them all resident
     return out
 
 

@@ -123,3 +123,15 @@ def test_bad_split_specs_are_refused(kwargs):
 def test_spec_round_trips_through_a_dict():
     spec = SplitSpec(val_fraction=0.15, test_fraction=0.05, seed=9)
     assert SplitSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_chunked_hashing_gives_the_same_split(shared_bitmaps, monkeypatch):
+    """The split is hashed chunk by chunk (pages released in between): chunking changes nothing."""
+    import qd.data.split as split
+
+    dataset = BitmapDataset(shared_bitmaps, ["apple", "circle", "clock"])
+    whole = dataset.split_indices(SplitSpec())
+    monkeypatch.setattr(split, "_CHUNK_ROWS", 700)  # several chunks per category
+    chunked = dataset.split_indices(SplitSpec())
+    for name in whole:
+        assert np.array_equal(whole[name], chunked[name]), name

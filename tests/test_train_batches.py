@@ -97,19 +97,8 @@ def test_affine_augment_is_seeded_small_and_keeps_the_background():
     assert torch.allclose(shifted_bg, a - 0.5, atol=1e-6)
 
 
-def test_low_memory_split_is_the_shared_split(shared_bitmaps, monkeypatch):
-    import qd.train.batches as batches
-
-    monkeypatch.setattr(batches, "SPLIT_CHUNK_ROWS", 700)  # several chunks per category
-    dataset = BitmapDataset(shared_bitmaps, ["apple", "circle", "clock"])
-    ours, shared = batches.split_indices(dataset, SplitSpec()), dataset.split_indices(SplitSpec())
-    assert ours.keys() == shared.keys()
-    for name in shared:
-        assert np.array_equal(ours[name], shared[name]), name
-
-
 def test_released_pages_leave_the_data_intact(small_dataset):
-    from qd.train.batches import release_mapped_pages
+    from qd.data.bitmaps import release_mapped_pages
 
     before = np.array(small_dataset.arrays[0][:50])
     release_mapped_pages(small_dataset.arrays)

@@ -17,7 +17,6 @@ Two ways to overlap gathering with compute:
 
 from __future__ import annotations
 
-import mmap
 import queue
 import threading
 from dataclasses import dataclass
@@ -26,49 +25,17 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from qd.data.bitmaps import release_mapped_pages
 from qd.data.dataset import BitmapDataset
 from qd.data.preprocess import bitmaps_to_input
-from qd.data.split import SPLITS, SplitSpec, split_rows
 
 PREFETCH_BATCHES = 3
 # Release after every batch: on kernels with large page-cache folios (ext4, Linux 6.x) one
 # random row read can map 2 MiB, so a few dozen batches would already pin gigabytes.
 # madvise on an untouched range is cheap (~5 us per category file).
 RELEASE_EVERY_BATCHES = 1
-SPLIT_CHUNK_ROWS = 1 << 16
 
 
-def release_mapped_pages(arrays: list[np.ndarray]) -> None:
-    """Unmap the pages of memory-mapped arrays that this process has touched.
-
-    Pages read through a memmap stay in the process's resident set (as file-backed
-    RSS) until the kernel needs the memory; over an epoch of random reads that is the
-    whole dataset. MADV_DONTNEED drops them from this process only: the data stays in
-    the page cache, so the next read of the same rows is still a memory copy.
-    """
-    if not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    for array in arrays:
-        mapping = getattr(array, "_mmap", None)
-        if mapping is not None and not mapping.closed:
-            mapping.madvise(mmap.MADV_DONTNEED)
-
-
-def split_indices(dataset: BitmapDataset, spec: SplitSpec) -> dict[str, np.ndarray]:
-    """`dataset.split_indices(spec)`, computed chunk by chunk with bounded resident memory.
-
-    The same `qd.data.split.split_rows` (a drawing's split depends on its bytes alone,
-    so hashing a chunk of rows gives the same answer as hashing the whole file); the
-    mapped pages of each chunk are released once hashed, so a 10-million-drawing set
-    does not end up wholly resident.
-    """
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
-    for cls, rows in enumerate(dataset.arrays):
-        for start in range(0, len(rows), SPLIT_CHUNK_ROWS):
-            for name, idx in split_rows(rows[start : start + SPLIT_CHUNK_ROWS], spec).items():
-                parts[name].append(idx + (start + dataset.offsets[cls]))
-            release_mapped_pages([rows])
-    return {name: np.concatenate(chunks) if chunks else np.zeros(0, np.int64) for name, chunks in parts.items()}
 
 
 def epoch_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:

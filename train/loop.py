@@ -29,7 +29,7 @@ from qd.data.preprocess import DEFAULT_PREPROCESSING
 from qd.data.split import SplitSpec
 
 from .augment import AffineAugment
-from .batches import BatchLoader, ShardedBatches, epoch_seed, split_indices
+from .batches import BatchLoader, ShardedBatches, epoch_seed
 from .checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from .config import TrainConfig, artifacts_root
 from .distributed import Distributed
@@ -123,7 +123,7 @@ class Trainer:
         if self.resume is not None:
             self._check_same_data()
         self.split = SplitSpec(config.val_fraction, config.test_fraction, config.split_seed)
-        self.indices = split_indices(self.dataset, self.split)
+        self.indices = self.dataset.split_indices(self.split)
         for name in ("train", "val"):
             if len(self.indices[name]) == 0:
                 raise QDError(f"{config.data_dir}: the {name} split is empty "
