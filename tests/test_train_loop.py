@@ -1,6 +1,7 @@
 """Training runs: reproducible with a seed, early stopping, and SIGKILL + --resume = uninterrupted."""
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -87,6 +88,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(shared_bitma
     reference = load_checkpoint(loop.train(tiny(shared_bitmaps, tmp_path / "whole", **settings)))
 
     run = tmp_path / "killed"
+    delay = random.uniform(0.0, 0.2)
     proc = subprocess.Popen(cli("--data-dir", str(shared_bitmaps), "--categories", ",".join(CATEGORIES),
                                 "--max-per-category", "200", "--epochs", "3", "--batch-size", "16",
                                 "--device", "cpu", "--out", str(run), "--quiet"),
@@ -98,7 +100,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(shared_bitma
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline, "no last.pt after 120 s"
             time.sleep(0.02)
-        time.sleep(0.05)
+        time.sleep(delay)  # a random step of epoch 2
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
     finally:
@@ -106,7 +108,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(shared_bitma
             proc.kill()
         proc.stderr.close()
     killed_at = load_checkpoint(run / "last.pt")["train_state"]["epoch"]
-    assert killed_at < 3, "the run finished before it could be killed"
+    assert killed_at < 3, f"the run finished before it could be killed ({delay:.3f} s into epoch 2)"
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
 
     resumed = load_checkpoint(loop.train(TrainConfig(data_dir=None, resume=run / "last.pt", quiet=True)))
