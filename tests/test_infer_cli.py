@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from images_synth import bitmap_as_paper, off_centre
 from qd.data.bitmaps import open_bitmaps

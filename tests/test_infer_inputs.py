@@ -10,7 +10,7 @@ from PIL import Image
 from images_synth import bitmap_as_paper, png_header_only
 from qd.data.bitmaps import open_bitmaps
 from qd.data.images import image_to_bitmap
-from qd.infer.inputs import Drawings, Failure, discover, open_drawing_array, read_inputs
+from qd.infer.inputs import Drawings, discover, open_drawing_array, read_inputs
 from qd.infer.run import Batcher
 
 

@@ -132,7 +132,6 @@ def test_disk_full_while_writing_a_capped_file(shared_bitmaps, tmp_path, monkeyp
 
 
 def test_too_little_free_space_is_refused_before_writing(qd_server, shared_bitmaps, tmp_path, monkeypatch):
-    import shutil
     from collections import namedtuple
 
     fetch_category(UrlSource(qd_server.base_url), "apple", tmp_path, FetchOptions(retries=0))

@@ -7,7 +7,6 @@ import os
 import struct
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
@@ -17,7 +16,6 @@ from PIL import Image
 
 from images_synth import bitmap_as_paper, png_header_only
 from qd.data.bitmaps import open_bitmaps
-from qd.data.errors import QDError
 from qd.data.images import ImageError, load_image_bitmap
 from qd.data.strokes import parse_ndjson_line, render_strokes
 from qd.infer.inputs import Drawings, Failure, read_inputs

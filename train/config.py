@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from qd.data.errors import QDError
-from qd.data.paths import artifacts_root  # noqa: F401  (re-exported: runs go under <artifacts>/runs)
 
 from .models import ARCHITECTURES, DEFAULT_ARCH
 

@@ -25,13 +25,14 @@ import torch.nn.functional as F
 from qd.data import __version__
 from qd.data.dataset import BitmapDataset
 from qd.data.errors import QDError
+from qd.data.paths import artifacts_root
 from qd.data.preprocess import DEFAULT_PREPROCESSING
 from qd.data.split import SplitSpec
 
 from .augment import AffineAugment
 from .batches import BatchLoader, ShardedBatches, epoch_seed
 from .checkpoint import FORMAT, load_checkpoint, save_checkpoint
-from .config import TrainConfig, artifacts_root
+from .config import TrainConfig
 from .distributed import Distributed
 from .models import build_model, count_parameters
 from .report import Reporter
