@@ -8,7 +8,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("QD_SHARED", REPO.parent / "shared")) / "quickdraw"
 
-pytest_plugins = ["fixtures_data", "fixtures_train", "fixtures_export"]
+pytest_plugins = ["fixtures_data", "fixtures_train", "fixtures_export", "fixtures_demo"]
 
 
 @pytest.fixture(scope="session")

@@ -36,20 +36,6 @@ NODE = shutil.which("node")
 needs_node = pytest.mark.skipif(NODE is None, reason="Node.js is not installed (the demo's set-up needs it: see readme-demo)")
 
 
-@pytest.fixture(scope="module")
-def demo_model(exported_model) -> Path:
-    return Path(exported_model) / "model.onnx"
-
-
-@pytest.fixture(scope="module")
-def live_server(demo_model):
-    server, info = demo.make_server(demo_model, port=0)
-    demo.serve_in_thread(server)
-    yield demo.server_url(server), info
-    server.shutdown()
-    server.server_close()
-
-
 def fetch(url: str, method: str = "GET"):
     request = urllib.request.Request(url, method=method)
     try:

@@ -69,19 +69,6 @@ def shape_points(shape: str) -> list[tuple[float, float]]:
 
 # ----------------------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope="module")
-def demo_model(exported_model) -> Path:
-    return Path(exported_model) / "model.onnx"
-
-
-@pytest.fixture(scope="module")
-def demo_url(demo_model):
-    server, _ = demo.make_server(demo_model, port=0)
-    demo.serve_in_thread(server)
-    yield demo.server_url(server)
-    server.shutdown()
-    server.server_close()
-
 
 @pytest.fixture(scope="module")
 def browser():
