@@ -44,6 +44,7 @@ def train_command(
     patience: int = typer.Option(5, "--patience", help="Stop after N epochs without validation-loss improvement (0: never)."),
     seed: int = typer.Option(0, "--seed", help="Seed for initialisation, shuffling, augmentation and dropout."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast where the hardware has it: AMX CPUs, CUDA), fp32 or bf16."),
     workers: int = typer.Option(0, "--workers", help="0: gather batches in a prefetch thread; N: N loader processes."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: artifacts/runs/<arch>-<timestamp>)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run from its last.pt (its own settings and data folder, unless --data-dir is given)."),
@@ -56,7 +57,7 @@ def train_command(
         categories=_categories(categories),
         arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, max_per_category=max_per_category,
         steps_per_epoch=steps_per_epoch, val_fraction=val_fraction, test_fraction=test_fraction,
-        patience=patience, seed=seed, device=device, workers=workers, out=out, resume=resume,
+        patience=patience, seed=seed, device=device, precision=precision, workers=workers, out=out, resume=resume,
         augment=augment, schedule=schedule, quiet=quiet,
     )
     train(config)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from qd.data.errors import QDError
 
+from .compute import PRECISIONS
 from .models import ARCHITECTURES, DEFAULT_ARCH
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -38,6 +39,7 @@ class TrainConfig:
     patience: int = 5                        # epochs without val-loss improvement; 0 = never stop early
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"                  # auto: bf16 autocast where native (AMX CPU, CUDA), else fp32
     workers: int = 0                         # 0: one prefetch thread; N: N DataLoader worker processes
     out: Path | None = None                  # run folder; default artifacts/runs/<arch>-<timestamp>
     resume: Path | None = None
@@ -59,6 +61,8 @@ class TrainConfig:
             raise QDError(f"unknown architecture {self.arch!r} (choose from {', '.join(ARCHITECTURES)})")
         if self.device not in DEVICES:
             raise QDError(f"unknown device {self.device!r} (choose from {', '.join(DEVICES)})")
+        if self.precision not in PRECISIONS:
+            raise QDError(f"unknown precision {self.precision!r} (choose from {', '.join(PRECISIONS)})")
         if self.schedule not in SCHEDULES:
             raise QDError(f"unknown schedule {self.schedule!r} (choose from {', '.join(SCHEDULES)})")
         for name in ("epochs", "batch_size"):

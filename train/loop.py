@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from qd.data.split import SplitSpec
 from .augment import AffineAugment
 from .batches import BatchLoader, ShardedBatches, epoch_seed
 from .checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from .compute import autocast, input_layout, plain_state_dict, resolve_precision, to_device_layout
 from .config import TrainConfig
 from .distributed import Distributed
 from .models import build_model, count_parameters
@@ -95,7 +97,7 @@ def evaluate(model: torch.nn.Module, loader: BatchLoader, dist: Distributed) -> 
     with torch.no_grad():
         for x, y in loader:
             x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
-            logits = model(x)
+            logits = model(input_layout(x))
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             k = min(3, logits.shape[1])
             top = logits.topk(k, dim=1).indices
@@ -116,7 +118,8 @@ class Trainer:
         self.resume = resume_payload(config.resume) if config.resume else None
         if self.resume is not None:
             config = merged_resume_config(config, self.resume)
-        self.config = config
+        # the checkpoint records the precision actually used, not "auto"
+        self.config = replace(config, precision=resolve_precision(config.precision, dist.device))
         self.report = Reporter(enabled=dist.is_main and not config.quiet)
         self.preprocessing = dict(DEFAULT_PREPROCESSING)
 
@@ -138,7 +141,8 @@ class Trainer:
                               f"or another --out)")
 
         torch.manual_seed(config.seed)
-        self.model = build_model(config.arch, self.dataset.num_classes, **config.arch_kwargs).to(dist.device)
+        self.model = to_device_layout(build_model(config.arch, self.dataset.num_classes, **config.arch_kwargs),
+                                      dist.device)
         self.params = count_parameters(self.model)
         self.net = self.model
         if dist.enabled:
@@ -176,12 +180,13 @@ class Trainer:
 
     def _scheduler(self, steps_per_epoch: int):
         total = self.config.epochs * steps_per_epoch
-        if self.config.schedule == "onecycle":
+        if self.config.schedule == "onecycle" and total >= 4:
+            # OneCycleLR divides by its warm-up length in steps (pct_start * total - 1): keep it >= 1
             return torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=self.config.lr, total_steps=total,
-                                                       pct_start=0.25)
+                                                       pct_start=max(0.25, 2 / total))
         if self.config.schedule == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total)
-        return torch.optim.lr_scheduler.ConstantLR(self.optimizer, factor=1.0, total_iters=0)
+        return torch.optim.lr_scheduler.ConstantLR(self.optimizer, factor=1.0, total_iters=0)  # or too few steps
 
     def _restore(self, payload: dict) -> None:
         state = payload["train_state"]
@@ -209,7 +214,7 @@ class Trainer:
             "test": dict(test) if test else {},
             "versions": {"torch": str(torch.__version__), "quickdraw-edge": str(__version__)},
             "params": self.params,
-            "state_dict": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "state_dict": plain_state_dict(self.model),
         }
 
     def _save_last(self, epoch: int) -> None:
@@ -238,7 +243,8 @@ class Trainer:
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 if self.augment is not None:
                     x = self.augment(x, aug_rng, background)
-                loss = F.cross_entropy(self.net(x), y, label_smoothing=cfg.label_smoothing)
+                with autocast(cfg.precision, dev):
+                    loss = F.cross_entropy(self.net(input_layout(x)), y, label_smoothing=cfg.label_smoothing)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
