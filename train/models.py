@@ -33,15 +33,17 @@ def _conv_bn(cin: int, cout: int) -> nn.Sequential:
 
 
 class CompactCNN(nn.Module):
-    """The default: a small VGG-style CNN with batch norm and global average pooling."""
+    """The default: a small VGG-style CNN with batch norm and global average pooling.
 
-    def __init__(self, num_classes: int, width: int = 32, dropout: float = 0.2):
+    Three stages at 28, 14 and 7 px with `width`, 2x and 4x channels; `stage3` convs at 7 px."""
+
+    def __init__(self, num_classes: int, width: int = 32, dropout: float = 0.2, stage3: int = 1):
         super().__init__()
         w = width
         self.features = nn.Sequential(
             _conv_bn(1, w), _conv_bn(w, w), nn.MaxPool2d(2),            # 28 -> 14
             _conv_bn(w, 2 * w), _conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),  # 14 -> 7
-            _conv_bn(2 * w, 4 * w),
+            _conv_bn(2 * w, 4 * w), *(_conv_bn(4 * w, 4 * w) for _ in range(stage3 - 1)),
             nn.AdaptiveAvgPool2d(1),
         )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w, num_classes))
