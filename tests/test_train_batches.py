@@ -103,3 +103,17 @@ def test_released_pages_leave_the_data_intact(small_dataset):
     before = np.array(small_dataset.arrays[0][:50])
     release_mapped_pages(small_dataset.arrays)
     assert np.array_equal(np.array(small_dataset.arrays[0][:50]), before)
+
+
+@pytest.mark.parametrize("threshold, released", [(10**12, False), (1, True)])
+def test_mapped_pages_are_released_per_batch_only_for_large_data(small_dataset, monkeypatch, threshold, released):
+    import qd.train.batches as batches_module
+
+    calls = []
+    monkeypatch.setattr(batches_module, "RELEASE_ABOVE_BYTES", threshold)
+    monkeypatch.setattr(batches_module, "release_mapped_pages", lambda arrays: calls.append(len(arrays)))
+    loader = BatchLoader(small_dataset, ShardedBatches(np.arange(len(small_dataset)), 64, shuffle=True),
+                         DEFAULT_PREPROCESSING)
+    batches = list(loader)
+    assert sum(len(y) for _, y in batches) == len(small_dataset)
+    assert calls == ([3] * len(batches) if released else [])

@@ -273,7 +273,7 @@ class Trainer:
         resumed_from = self.start_epoch - 1 if self.resume is not None else None
         self.report.start(run_dir=self.run_dir, arch=cfg.arch, params=self.params, classes=self.dataset.num_classes,
                           train=len(self.indices["train"]), val=len(self.indices["val"]),
-                          test=len(self.indices["test"]), device=str(self.dist.device),
+                          test=len(self.indices["test"]), device=str(self.dist.device), precision=cfg.precision,
                           world_size=self.dist.world_size, resumed_from=resumed_from)
         started = time.perf_counter()
         stopped_early = False

@@ -34,10 +34,11 @@ class Reporter:
             self.console.print(*args, soft_wrap=True, **kwargs)
 
     def start(self, *, run_dir: Path, arch: str, params: int, classes: int, train: int, val: int, test: int,
-              device: str, world_size: int, resumed_from: int | None) -> None:
+              device: str, precision: str, world_size: int, resumed_from: int | None) -> None:
         if not self.enabled:
             return
         where = f"{device}" + (f" x {world_size} ranks" if world_size > 1 else "")
+        where += " (bf16 autocast)" if precision == "bf16" else ""
         self.print(f"[bold]qd-train[/] {arch}, {params:,} parameters, {classes} classes, on {where}", highlight=False)
         self.print(f"drawings: {train:,} train / {val:,} val / {test:,} test", highlight=False)
         self.print(f"run folder: {run_dir}", highlight=False)
