@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--max-per-category", type=int, default=1500)
     parser.add_argument("--variants", nargs="*", default=[], help="extra runs, e.g. compact:width=24")
+    parser.add_argument("--keep", type=Path, help="keep the run folders here (default: a temporary folder)")
     parser.add_argument("--skip-seed", action="store_true", help="only the --variants (architecture search)")
     parser.add_argument("--seed-recipe", action="store_true",
                         help="also the seed arch with the seed script's recipe (constant LR 1e-3, no augmentation)")
@@ -83,7 +84,7 @@ def main() -> None:
     print(f"data {args.data_dir}, max {args.max_per_category} per category, budget = CPU time of "
           f"{DEFAULT_ARCH} x {args.epochs} epochs")
     with tempfile.TemporaryDirectory(prefix="qd-train-accuracy-") as tmp:
-        workdir = Path(tmp)
+        workdir = args.keep or Path(tmp)
         results = [run(args, workdir, label, **overrides) for label, overrides in map(parse_variant, args.variants)]
         if not args.skip_seed:
             default = run(args, workdir, f"{DEFAULT_ARCH} (default)")

@@ -20,6 +20,7 @@ def test_checkpoint_follows_the_contract(trained_checkpoint, shared_bitmaps):
     assert ckpt["format"] == FORMAT
     assert ckpt["classes"] == sorted(ckpt["classes"]) == ["apple", "circle", "square", "star"]
     assert ckpt["arch"]["name"] == "compact" and isinstance(ckpt["arch"]["kwargs"], dict)
+    assert {"width", "dropout", "stage3"} <= set(ckpt["arch"]["kwargs"])  # every default written down
     assert ckpt["preprocessing"] == DEFAULT_PREPROCESSING
     assert SplitSpec.from_dict(ckpt["split"]) == SplitSpec()
     data = ckpt["data"]

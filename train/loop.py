@@ -36,7 +36,7 @@ from .checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from .compute import autocast, input_layout, plain_state_dict, resolve_precision, to_device_layout
 from .config import TrainConfig
 from .distributed import Distributed
-from .models import build_model, count_parameters
+from .models import build_model, count_parameters, full_kwargs
 from .report import Reporter
 
 BEST, LAST = "best.pt", "last.pt"
@@ -85,6 +85,8 @@ def merged_resume_config(config: TrainConfig, payload: dict) -> TrainConfig:
     runtime = {name: getattr(config, name) for name in RUNTIME_OPTIONS}
     if config.data_dir is not None:
         runtime["data_dir"] = config.data_dir
+    # the network as it was built (every default written down), even if a default has changed since
+    runtime["arch_kwargs"] = dict(payload["arch"].get("kwargs", payload["hparams"].get("arch_kwargs", {})))
     return TrainConfig.from_hparams(payload["hparams"], resume=config.resume, out=config.resume.parent, **runtime)
 
 
@@ -204,7 +206,7 @@ class Trainer:
         return {
             "format": FORMAT,
             "classes": list(self.dataset.classes),
-            "arch": {"name": self.config.arch, "kwargs": dict(self.config.arch_kwargs)},
+            "arch": {"name": self.config.arch, "kwargs": full_kwargs(self.config.arch, self.config.arch_kwargs)},
             "preprocessing": dict(self.preprocessing),
             "split": self.split.to_dict(),
             "data": {"dir": str(self.dataset.data_dir.resolve()), **self.dataset.fingerprint()},

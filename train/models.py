@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -67,6 +69,14 @@ def build_model(arch: str, num_classes: int, **kwargs) -> nn.Module:
 
         raise QDError(f"unknown architecture {arch!r} (choose from {', '.join(ARCHITECTURES)})") from None
     return cls(num_classes, **kwargs)
+
+
+def full_kwargs(arch: str, kwargs: dict) -> dict:
+    """`kwargs` with every default filled in, so a checkpoint still describes its network
+    exactly after a default changes here."""
+    params = inspect.signature(ARCHITECTURES[arch]).parameters
+    defaults = {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
+    return {**defaults, **kwargs}
 
 
 def count_parameters(model: nn.Module) -> int:
