@@ -39,7 +39,7 @@ class CompactCNN(nn.Module):
 
     Three stages at 28, 14 and 7 px with `width`, 2x and 4x channels; `stage3` convs at 7 px."""
 
-    def __init__(self, num_classes: int, width: int = 32, dropout: float = 0.2, stage3: int = 1):
+    def __init__(self, num_classes: int, width: int = 32, dropout: float = 0.2, stage3: int = 2):
         super().__init__()
         w = width
         self.features = nn.Sequential(
