@@ -2,18 +2,20 @@
 
     python bench/train_throughput.py [--samples 4096] [--rounds 3] [--compile]
 
-Baseline set (same seed architecture, on the train split of the shared categories;
-train step = forward + cross-entropy + backward + Adam):
+Train step = forward + cross-entropy + backward + Adam, on the train split of the shared
+categories. The issue's comparison uses the seed architecture for both sides:
   seed-style   an IterableDataset yielding one float tensor per drawing, category after
-               category, batch 100 (the seed script's pipeline, minus its 4 workers: on an
-               IterableDataset each worker would repeat the whole dataset)
-  ours         qd.train.batches: seeded shuffled index batches gathered from the memmaps,
-               converted uint8 -> float once per batch, prefetched by a thread
+               category, batch 100, float32 in the default layout (the seed script's
+               pipeline, minus its 4 workers: on an IterableDataset each worker would
+               repeat the whole dataset)
+  ours         as qd-train runs: qd.train.batches (seeded shuffled index batches gathered
+               from the memmaps, converted uint8 -> float once per batch, prefetched by a
+               thread), batch 256, and qd.train.compute's step (channels_last, bf16
+               autocast where the CPU has it natively)
   compute-only the same batch reused every step (no data pipeline at all)
-(ours and compute-only at batch 100, like for like, and at our default batch 256).
-Then the default architecture: our pipeline (with and without augmentation) vs
-compute-only, and the knobs: batch size, channels_last, threads, torch.compile, a
-DataLoader worker process instead of the prefetch thread.
+Then what each part gives (pipeline alone at batch 100 in fp32, channels_last alone), the
+default architecture against compute-only (with and without augmentation), and the knobs:
+batch size, layout, precision, threads, torch.compile, a worker process instead of the thread.
 
 The machine is shared, so variants run interleaved in rounds and each figure is the
 median over rounds; ratios are between figures of the same run.
@@ -36,6 +38,7 @@ from qd.data.preprocess import DEFAULT_PREPROCESSING
 from qd.data.split import SplitSpec
 from qd.train.augment import AffineAugment
 from qd.train.batches import BatchLoader, ShardedBatches
+from qd.train.compute import autocast, input_layout, resolve_precision, to_device_layout
 from qd.train.models import DEFAULT_ARCH, build_model
 
 SHARED = Path(os.environ.get("QD_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "quickdraw" / "bitmaps"
@@ -60,8 +63,16 @@ def endless(make_iter):
         yield from make_iter()
 
 
-def time_steps(model, batches, samples: int, augment=None, channels_last=False) -> float:
-    """samples/s over about `samples` drawings of training steps (after 3 warm-up steps)."""
+def time_steps(model, batches, samples: int, augment=None, fast: bool = True, precision: str | None = None) -> float:
+    """samples/s over about `samples` drawings of training steps (after 3 warm-up steps).
+
+    fast=True runs the step the way qd-train does (qd.train.compute: channels_last, bf16
+    autocast where native); fast=False is plain float32 in the default layout, as the seed
+    script ran. `precision` overrides the precision alone (for the knob table)."""
+    cpu = torch.device("cpu")
+    precision = precision or (resolve_precision("auto", cpu) if fast else "fp32")
+    if fast:
+        model = to_device_layout(model, cpu)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
     model.train()
@@ -69,9 +80,10 @@ def time_steps(model, batches, samples: int, augment=None, channels_last=False) 
     def step(x, y):
         if augment is not None:
             x = augment(x, gen)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(model(x), y)
+        if fast:
+            x = input_layout(x)
+        with autocast(precision, cpu):
+            loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -130,29 +142,36 @@ def main() -> None:
         return m.to(memory_format=torch.channels_last) if channels_last else m
 
     aug = AffineAugment()
+    d = DEFAULT_ARCH
     variants = {
-        "seed arch, b100: seed-style pipeline": lambda s: time_steps(model("seed"), seed_style(100), s),
-        "seed arch, b100: ours": lambda s: time_steps(model("seed"), ours(100), s),
-        "seed arch, b100: compute-only": lambda s: time_steps(model("seed"), compute_only(100), s),
+        # the issue's comparison: the seed network, seed-style pipeline vs ours (as qd-train runs it)
+        "seed arch, b100: seed-style pipeline, fp32": lambda s: time_steps(model("seed"), seed_style(100), s, fast=False),
         "seed arch, b256: ours": lambda s: time_steps(model("seed"), ours(256), s),
         "seed arch, b256: compute-only": lambda s: time_steps(model("seed"), compute_only(256), s),
-        f"{DEFAULT_ARCH}, b256: ours (no augment)": lambda s: time_steps(model(DEFAULT_ARCH), ours(256), s),
-        f"{DEFAULT_ARCH}, b256: ours + augment": lambda s: time_steps(model(DEFAULT_ARCH), ours(256), s, aug),
-        f"{DEFAULT_ARCH}, b256: compute-only": lambda s: time_steps(model(DEFAULT_ARCH), compute_only(256), s),
-        f"{DEFAULT_ARCH}, b256: compute-only + augment":
-            lambda s: time_steps(model(DEFAULT_ARCH), compute_only(256), s, aug),
-        f"{DEFAULT_ARCH}, b256: ours, 1 worker process":
-            lambda s: time_steps(model(DEFAULT_ARCH), ours(256, workers=1), s),
-        f"{DEFAULT_ARCH}, b64: compute-only": lambda s: time_steps(model(DEFAULT_ARCH), compute_only(64), s),
-        f"{DEFAULT_ARCH}, b1024: compute-only": lambda s: time_steps(model(DEFAULT_ARCH), compute_only(1024), s),
-        f"{DEFAULT_ARCH}, b256: compute-only, channels_last":
-            lambda s: time_steps(model(DEFAULT_ARCH, True), compute_only(256), s, channels_last=True),
-        f"{DEFAULT_ARCH}, b256: compute-only, 1 thread": lambda s: with_threads(1, lambda: time_steps(
-            model(DEFAULT_ARCH), compute_only(256), s)),
+        # what each part gives
+        "seed arch, b100: ours, fp32 default layout": lambda s: time_steps(model("seed"), ours(100), s, fast=False),
+        "seed arch, b100: compute-only, fp32 default layout":
+            lambda s: time_steps(model("seed"), compute_only(100), s, fast=False),
+        "seed arch, b100: ours": lambda s: time_steps(model("seed"), ours(100), s),
+        "seed arch, b256: ours, channels_last fp32": lambda s: time_steps(model("seed"), ours(256), s, precision="fp32"),
+        "seed arch, b256: ours + augment": lambda s: time_steps(model("seed"), ours(256), s, aug),
+        # the default architecture
+        f"{d}, b256: ours": lambda s: time_steps(model(d), ours(256), s),
+        f"{d}, b256: compute-only": lambda s: time_steps(model(d), compute_only(256), s),
+        f"{d}, b256: ours + augment": lambda s: time_steps(model(d), ours(256), s, aug),
+        f"{d}, b256: compute-only + augment": lambda s: time_steps(model(d), compute_only(256), s, aug),
+        f"{d}, b256: ours, 1 worker process": lambda s: time_steps(model(d), ours(256, workers=1), s),
+        f"{d}, b256: compute-only, fp32 default layout": lambda s: time_steps(model(d), compute_only(256), s, fast=False),
+        f"{d}, b256: compute-only, channels_last fp32":
+            lambda s: time_steps(model(d), compute_only(256), s, precision="fp32"),
+        f"{d}, b64: compute-only": lambda s: time_steps(model(d), compute_only(64), s),
+        f"{d}, b1024: compute-only": lambda s: time_steps(model(d), compute_only(1024), s),
+        f"{d}, b256: compute-only, 1 thread": lambda s: with_threads(1, lambda: time_steps(
+            model(d), compute_only(256), s)),
     }
     if args.compile:
-        variants[f"{DEFAULT_ARCH}, b256: compute-only, torch.compile"] = lambda s: time_steps(
-            torch.compile(model(DEFAULT_ARCH)), compute_only(256), s)
+        variants[f"{d}, b256: compute-only, torch.compile"] = lambda s: time_steps(
+            torch.compile(model(d)), compute_only(256), s)
 
     results: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(args.rounds):
@@ -169,21 +188,27 @@ def main() -> None:
     print(f"\n{'variant':<{width}}  samples/s (median of {args.rounds})")
     for name, value in med.items():
         print(f"{name:<{width}}  {value:>10,.0f}")
-    d = DEFAULT_ARCH
-    print("\nratios")
-    print(f"  ours (b256, our default) / seed-style (b100): {med['seed arch, b256: ours'] / med['seed arch, b100: seed-style pipeline']:.2f}x")
-    print(f"  ours / seed-style, both b100:                {med['seed arch, b100: ours'] / med['seed arch, b100: seed-style pipeline']:.2f}x")
-    print(f"  pipeline overhead vs compute-only, seed b100: {1 - med['seed arch, b100: ours'] / med['seed arch, b100: compute-only']:+.1%}")
-    print(f"  pipeline overhead vs compute-only, seed b256: {1 - med['seed arch, b256: ours'] / med['seed arch, b256: compute-only']:+.1%}")
-    print(f"  pipeline overhead vs compute-only, {d}:   {1 - med[f'{d}, b256: ours (no augment)'] / med[f'{d}, b256: compute-only']:+.1%}")
-    print(f"  pipeline overhead, {d} with augment:      {1 - med[f'{d}, b256: ours + augment'] / med[f'{d}, b256: compute-only + augment']:+.1%}")
-    print(f"  augment cost ({d}, compute-only):         {1 - med[f'{d}, b256: compute-only + augment'] / med[f'{d}, b256: compute-only']:+.1%}")
-    print(f"  1 worker process / prefetch thread:          {med[f'{d}, b256: ours, 1 worker process'] / med[f'{d}, b256: ours (no augment)']:.2f}x")
-    print(f"  channels_last / default layout:              {med[f'{d}, b256: compute-only, channels_last'] / med[f'{d}, b256: compute-only']:.2f}x")
-    print(f"  batch 64 / 256 / 1024 (compute-only):        {med[f'{d}, b64: compute-only']:,.0f} / {med[f'{d}, b256: compute-only']:,.0f} / {med[f'{d}, b1024: compute-only']:,.0f}")
-    print(f"  1 thread / {torch.get_num_threads()} threads:                          {med[f'{d}, b256: compute-only, 1 thread'] / med[f'{d}, b256: compute-only']:.2f}x")
+    print(f"\nratios (bf16 autocast where native: {resolve_precision('auto', torch.device('cpu'))} on this CPU)")
+    m = med
+
+    def ratio(a, b):
+        return m[a] / m[b]
+    print(f"  ours (b256) / seed-style pipeline (b100), seed arch:   {ratio('seed arch, b256: ours', 'seed arch, b100: seed-style pipeline, fp32'):.2f}x  (target >= 1.5x)")
+    print(f"    same batch 100:                                      {ratio('seed arch, b100: ours', 'seed arch, b100: seed-style pipeline, fp32'):.2f}x")
+    print(f"    pipeline alone (both fp32, default layout, b100):    {ratio('seed arch, b100: ours, fp32 default layout', 'seed arch, b100: seed-style pipeline, fp32'):.2f}x")
+    print(f"    channels_last alone (b256, fp32):                    {ratio('seed arch, b256: ours, channels_last fp32', 'seed arch, b100: seed-style pipeline, fp32'):.2f}x")
+    print(f"    with augmentation (qd-train's default):              {ratio('seed arch, b256: ours + augment', 'seed arch, b100: seed-style pipeline, fp32'):.2f}x")
+    print(f"  pipeline overhead vs compute-only, seed arch b256:     {1 - ratio('seed arch, b256: ours', 'seed arch, b256: compute-only'):+.1%}  (target <= 10%)")
+    print(f"  pipeline overhead vs compute-only, {d} b256:      {1 - ratio(f'{d}, b256: ours', f'{d}, b256: compute-only'):+.1%}  (target <= 10%)")
+    print(f"  pipeline overhead, {d} with augment:              {1 - ratio(f'{d}, b256: ours + augment', f'{d}, b256: compute-only + augment'):+.1%}")
+    print(f"  augment cost ({d}, compute-only):                 {1 - ratio(f'{d}, b256: compute-only + augment', f'{d}, b256: compute-only'):+.1%}")
+    print(f"  {d}: ours step / fp32 default-layout step:        {ratio(f'{d}, b256: compute-only', f'{d}, b256: compute-only, fp32 default layout'):.2f}x")
+    print(f"  {d}: channels_last fp32 / fp32 default layout:    {ratio(f'{d}, b256: compute-only, channels_last fp32', f'{d}, b256: compute-only, fp32 default layout'):.2f}x")
+    print(f"  1 worker process / prefetch thread:                    {ratio(f'{d}, b256: ours, 1 worker process', f'{d}, b256: ours'):.2f}x")
+    print(f"  batch 64 / 256 / 1024 (compute-only):                  {m[f'{d}, b64: compute-only']:,.0f} / {m[f'{d}, b256: compute-only']:,.0f} / {m[f'{d}, b1024: compute-only']:,.0f}")
+    print(f"  1 thread / {torch.get_num_threads()} threads:                                    {ratio(f'{d}, b256: compute-only, 1 thread', f'{d}, b256: compute-only'):.2f}x")
     if args.compile:
-        print(f"  torch.compile / eager:                       {med[f'{d}, b256: compute-only, torch.compile'] / med[f'{d}, b256: compute-only']:.2f}x")
+        print(f"  torch.compile / eager:                                 {ratio(f'{d}, b256: compute-only, torch.compile', f'{d}, b256: compute-only'):.2f}x")
 
 
 def with_threads(n: int, fn):
