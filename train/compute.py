@@ -39,7 +39,7 @@ def resolve_precision(requested: str, device: torch.device) -> str:
         raise QDError(f"unknown precision {requested!r} (choose from {', '.join(PRECISIONS)})")
     if requested == "auto":
         return "bf16" if native_bf16(device) else "fp32"
-    if requested == "bf16" and device.type not in ("cpu", "cuda"):
+    if requested == "bf16" and (device.type not in ("cpu", "cuda") or (device.type == "cuda" and not native_bf16(device))):
         raise QDError(f"--precision bf16: not supported on {device.type} (use fp32)")
     return requested
 
