@@ -121,7 +121,8 @@ class Trainer:
         if self.resume is not None:
             config = merged_resume_config(config, self.resume)
         # the checkpoint records the precision actually used, not "auto"
-        self.config = replace(config, precision=resolve_precision(config.precision, dist.device))
+        config = replace(config, precision=resolve_precision(config.precision, dist.device))
+        self.config = config
         self.report = Reporter(enabled=dist.is_main and not config.quiet)
         self.preprocessing = dict(DEFAULT_PREPROCESSING)
 
