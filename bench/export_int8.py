@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from qd.data.paths import artifacts_root
 from qd.data.preprocess import bitmaps_to_input
 from qd.export.validate import interleaved_throughput, ort_session
 
 
 def newest_export() -> Path:
-    root = Path(os.environ.get("QD_ARTIFACTS") or "artifacts") / "exports"
+    root = artifacts_root() / "exports"
     folders = sorted((p.parent for p in root.glob("*/model.int8.onnx")), key=lambda p: p.stat().st_mtime)
     if not folders:
         raise SystemExit(f"no export with model.int8.onnx under {root}: run qd-export --format onnx-int8 first")
