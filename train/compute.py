@@ -68,4 +68,4 @@ def input_layout(x: torch.Tensor) -> torch.Tensor:
 
 def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The weights as contiguous float32 CPU tensors, whatever layout training used."""
-    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
