@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from qd.data.dataset import BitmapDataset
+from qd.data.machine import cpu
 from qd.data.preprocess import DEFAULT_PREPROCESSING
 from qd.data.split import SplitSpec
 from qd.train.augment import AffineAugment
@@ -115,6 +116,7 @@ def main() -> None:
     dataset = BitmapDataset(args.data_dir)
     train_idx = dataset.split_indices(SplitSpec())["train"]
     n_classes = dataset.num_classes
+    print(f"CPU: {cpu().summary()}")
     print(f"{len(train_idx):,} train drawings, {n_classes} classes, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} cpus")
 
