@@ -2,25 +2,24 @@
 
 Every input becomes either drawings (names + 28x28 ink-high uint8 bitmaps, handed
 on in chunks) or a Failure (one line: "path: reason"). A bad file never stops the
-others. Images are decoded in a thread pool (Pillow and numpy release the GIL),
-in order, with a bounded look-ahead so memory stays flat on huge folders.
+others. Images are decoded by qd.data.decode (worker processes, in order, a bounded
+look-ahead so memory stays flat on huge folders), the path every command shares.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from qd.data.bitmaps import PIXELS, SIDE
 from qd.data.errors import QDError
-from qd.data.images import IMAGE_SUFFIXES, load_image_bitmap
+from qd.data.decode import ImageDecoder
+from qd.data.images import IMAGE_SUFFIXES, is_image_path
 from qd.data.strokes import iter_ndjson
 
 NPY_SUFFIX = ".npy"
@@ -112,17 +111,58 @@ def _walk(root: Path, recursive: bool) -> Iterator[Path | Failure]:
 
 # ----------------------------------------------------------------------------- reading
 
-def read_inputs(paths: Iterable[str | os.PathLike], recursive: bool = True, workers: int = 1,
-                chunk_rows: int = NPY_CHUNK_ROWS) -> Iterator[Event]:
-    """Drawings and Failures from every input, in input order."""
+@dataclass
+class Plan:
+    """Everything discovery found, in order, with the number of images among it."""
+
+    items: list[Path | Failure]
+    images: int
+
+    @classmethod
+    def of(cls, paths: Iterable[str | os.PathLike], recursive: bool = True) -> "Plan":
+        items = list(discover(paths, recursive))
+        return cls(items, sum(1 for i in items if isinstance(i, Path) and is_image_path(i)))
+
+    def drawings(self) -> int:
+        """How many drawings the inputs hold (for a progress bar): images, .npy rows from their
+        headers, .ndjson lines; unreadable files count as one."""
+        total = 0
+        for item in self.items:
+            if isinstance(item, Failure) or is_image_path(item):
+                total += 1
+            elif item.name.lower().endswith(NPY_SUFFIX):
+                try:
+                    total += npy_layout(item)[-1]
+                except QDError:
+                    total += 1
+            else:
+                total += max(1, _count_lines(item))
+        return total
+
+
+def read_inputs(paths: Iterable[str | os.PathLike] | Plan, recursive: bool = True, workers: int = 1,
+                chunk_rows: int = NPY_CHUNK_ROWS, decoder: ImageDecoder | None = None) -> Iterator[Event]:
+    """Drawings and Failures from every input, in input order.
+
+    Images go through qd.data.decode's ImageDecoder (`workers` processes), or through
+    `decoder` when the caller has one open (its pool then serves several calls)."""
+    plan = paths if isinstance(paths, Plan) else Plan.of(paths, recursive)
+    if decoder is None:
+        with ImageDecoder(workers, expected=plan.images) as own:
+            yield from _read_plan(plan, own, chunk_rows)
+    else:
+        yield from _read_plan(plan, decoder, chunk_rows)
+
+
+def _read_plan(plan: Plan, decoder: ImageDecoder, chunk_rows: int) -> Iterator[Event]:
     pending_images: list[Path] = []
-    for item in discover(paths, recursive):
-        if isinstance(item, Path) and item.name.lower().endswith(IMAGE_SUFFIXES):
+    for item in plan.items:
+        if isinstance(item, Path) and is_image_path(item):
             pending_images.append(item)
             continue
         # Keep input order: flush queued images before any other kind of input.
         if pending_images:
-            yield from read_images(pending_images, workers)
+            yield from read_images(pending_images, decoder)
             pending_images = []
         if isinstance(item, Failure):
             yield item
@@ -131,16 +171,16 @@ def read_inputs(paths: Iterable[str | os.PathLike], recursive: bool = True, work
         else:
             yield from read_ndjson(item)
     if pending_images:
-        yield from read_images(pending_images, workers)
+        yield from read_images(pending_images, decoder)
 
 
-def read_images(paths: list[Path], workers: int = 1, group: int = 64) -> Iterator[Event]:
-    """Decode and preprocess images (in parallel when workers > 1), yielded in order, in groups."""
+def read_images(paths: list[Path], decoder: ImageDecoder, group: int = 64) -> Iterator[Event]:
+    """Decoded and preprocessed images, yielded in order, in groups."""
     names: list[str] = []
     bitmaps: list[np.ndarray] = []
-    for path, result in zip(paths, map_ordered(_load_one_image, paths, workers)):
-        if isinstance(result, Failure):
-            yield result
+    for path, result in decoder.decode(paths):
+        if isinstance(result, str):
+            yield Failure(result)
             continue
         names.append(str(path))
         bitmaps.append(result)
@@ -151,31 +191,12 @@ def read_images(paths: list[Path], workers: int = 1, group: int = 64) -> Iterato
         yield Drawings(names, np.stack(bitmaps).reshape(-1, PIXELS))
 
 
-def _load_one_image(path: Path) -> np.ndarray | Failure:
+def _count_lines(path: Path, block: int = 1 << 20) -> int:
     try:
-        return load_image_bitmap(path)
-    except QDError as exc:
-        return Failure(str(exc))
-    except MemoryError:
-        return Failure(f"{path}: out of memory while decoding")
-    except Exception as exc:  # a decoder bug on a hostile file must not end the run
-        return Failure(f"{path}: cannot decode image ({type(exc).__name__}: {_first_line(exc)})")
-
-
-def map_ordered(fn: Callable, items: list, workers: int, window_per_worker: int = 8) -> Iterator:
-    """fn over items, results in order; at most workers * window_per_worker in flight."""
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    window = workers * window_per_worker
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qd-decode") as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        with open(path, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(block), b""))
+    except OSError:
+        return 1
 
 
 def read_ndjson(path: Path, chunk: int = 1024) -> Iterator[Event]:
@@ -218,8 +239,15 @@ def read_npy(path: Path, chunk_rows: int = NPY_CHUNK_ROWS) -> Iterator[Event]:
         chunk = np.asarray(rows[start:start + chunk_rows])
         if chunk.dtype != np.uint8:
             chunk = np.floor(chunk.astype(np.float32) * np.float32(255) + np.float32(0.5)).astype(np.uint8)
-        names = [str(path)] if single else [f"{path}[{i}]" for i in range(start, start + len(chunk))]
-        yield Drawings(names, np.ascontiguousarray(chunk))
+        yield Drawings(row_names(path, start, len(chunk), single), np.ascontiguousarray(chunk))
+
+
+def row_names(path: Path, start: int, count: int, single: bool = False) -> list[str]:
+    """"path[i]" for rows start.. of a .npy (just "path" for a file of one bare drawing)."""
+    name = str(path)
+    if single:
+        return [name]
+    return [f"{name}[{i}]" for i in range(start, start + count)]
 
 
 def open_drawing_array(path: Path) -> tuple[np.ndarray, bool]:
@@ -227,6 +255,21 @@ def open_drawing_array(path: Path) -> tuple[np.ndarray, bool]:
 
     The flag is True for a file holding one bare drawing ((28, 28) or (784,)).
     """
+    shape, fortran, dtype, offset, rows = npy_layout(path)
+    try:
+        array = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape),
+                          order="F" if fortran else "C")
+    except (OSError, ValueError) as exc:
+        raise QDError(f"{path}: cannot map the array ({_first_line(exc)})") from None
+    flat = array.reshape(rows, PIXELS) if not fortran else np.ascontiguousarray(array).reshape(rows, PIXELS)
+    if dtype != np.uint8:
+        _check_float_range(path, flat)
+    return flat, (len(shape) < 2 or shape == (SIDE, SIDE))
+
+
+def npy_layout(path: Path) -> tuple[tuple, bool, np.dtype, int, int]:
+    """(shape, fortran order, dtype, data offset, drawings) of a `.npy`, from its header, checked
+    against the file's size; a QDError for anything that is not an array of drawings."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -264,15 +307,7 @@ def open_drawing_array(path: Path) -> tuple[np.ndarray, bool]:
         raise QDError(f"{path}: size is {size} bytes, header promises {expected} (truncated or padded)")
     if rows == 0:
         raise QDError(f"{path}: the array holds no drawings")
-    try:
-        array = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape),
-                          order="F" if fortran else "C")
-    except (OSError, ValueError) as exc:
-        raise QDError(f"{path}: cannot map the array ({_first_line(exc)})") from None
-    flat = array.reshape(rows, PIXELS) if not fortran else np.ascontiguousarray(array).reshape(rows, PIXELS)
-    if dtype != np.uint8:
-        _check_float_range(path, flat)
-    return flat, (len(shape) < 2 or shape == (SIDE, SIDE))
+    return shape, fortran, dtype, offset, rows
 
 
 def _rows_of(shape: tuple) -> int | None:

@@ -8,9 +8,11 @@ import time
 import numpy as np
 
 from qd.data.bitmaps import PIXELS
+from qd.data.decode import ImageDecoder
 from qd.data.preprocess import bitmaps_to_input
+from qd.data.progress import ProgressBar
 
-from .inputs import Drawings, Failure, read_inputs
+from .inputs import Drawings, Failure, Plan, read_inputs
 from .model import OnnxClassifier, resolve_model_path, top_k
 from .output import Summary, Writer, make_writer
 
@@ -46,12 +48,30 @@ class Batcher:
 def run_inference(inputs, model=None, top: int = 3, batch_size: int = 512, fmt: str = "table",
                   recursive: bool = True, workers: int = 1, threads: int | None = None,
                   writer: Writer | None = None) -> Summary:
-    classifier = OnnxClassifier(resolve_model_path(model), threads=threads)
-    top = min(top, classifier.num_classes)
+    model_path = resolve_model_path(model)
     inputs = [str(i) for i in inputs]
-    base = inputs[0] if len(inputs) == 1 and os.path.isdir(inputs[0]) else None
-    writer = writer or make_writer(fmt, classifier.labels, top, base=base)
-    started = time.perf_counter()
+    plan = Plan.of(inputs, recursive)
+    with ImageDecoder(workers, expected=plan.images) as decoder:
+        # While worker processes decode, the model gets one core's share: a thread pool of
+        # its own on every core would only fight the decoders (onnxruntime threads spin).
+        classifier = OnnxClassifier(model_path, threads=threads or (1 if decoder.parallel else None))
+        top = min(top, classifier.num_classes)
+        base = inputs[0] if len(inputs) == 1 and os.path.isdir(inputs[0]) else None
+        writer = writer or make_writer(fmt, classifier.labels, top, base=base)
+        started = time.perf_counter()
+        bar = ProgressBar("classifying", unit="drawings")
+        if bar.active:  # counting what there is to do reads .npy headers and .ndjson files: only for the bar
+            bar.step("classifying", total=plan.drawings())
+        with bar:
+            writer.emit = bar.write_stdout
+            classified, failed = _classify(plan, classifier, decoder, writer, bar, top, batch_size)
+    summary = Summary(classified=classified, failed=failed, seconds=time.perf_counter() - started)
+    writer.finish(summary)
+    return summary
+
+
+def _classify(plan: Plan, classifier: OnnxClassifier, decoder: ImageDecoder, writer: Writer, bar: ProgressBar,
+              top: int, batch_size: int) -> tuple[int, int]:
     classified = failed = 0
     batcher = Batcher(batch_size)
 
@@ -59,17 +79,17 @@ def run_inference(inputs, model=None, top: int = 3, batch_size: int = 512, fmt: 
         probs = classifier.probabilities(bitmaps_to_input(bitmaps, classifier.preprocessing))
         index, values = top_k(probs, top)
         writer.rows(names, index, values)
+        bar.advance(len(names))
         return len(names)
 
-    for event in read_inputs(inputs, recursive=recursive, workers=workers, chunk_rows=batch_size):
+    for event in read_inputs(plan, chunk_rows=batch_size, decoder=decoder):
         if isinstance(event, Failure):
             writer.failure(event.message)
             failed += 1
+            bar.advance(1)
             continue
         for names, bitmaps in batcher.add(event):
             classified += run(names, bitmaps)
     if batcher.count:
         classified += run(*batcher.flush())
-    summary = Summary(classified=classified, failed=failed, seconds=time.perf_counter() - started)
-    writer.finish(summary)
-    return summary
+    return classified, failed
