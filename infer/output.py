@@ -7,7 +7,9 @@ stderr, so `qd-infer ... --csv > out.csv` stays a clean file.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import re
 import sys
 from dataclasses import dataclass
 
@@ -42,6 +44,11 @@ class Writer:
     def rows(self, names: list[str], index: np.ndarray, probs: np.ndarray) -> None:
         raise NotImplementedError
 
+    def emit(self, text: str) -> None:
+        """Machine formats' text for stdout (qd-infer swaps in its progress bar's writer)."""
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
     def failure(self, message: str) -> None:
         fail(printable(message))
 
@@ -50,36 +57,43 @@ class Writer:
 
 
 class JsonLinesWriter(Writer):
+    """One JSON object per drawing, formatted a whole batch at a time (one % call per batch):
+    with a small model, formatting records one by one cost more than classifying them."""
+
+    def __init__(self, labels, top):
+        super().__init__(labels, top)
+        self.quoted_labels = np.array([encode_json_string(l) for l in labels], dtype=object)
+        entries = ", ".join(['{"label": %s, "probability": %.6f}'] * top)
+        self.record = '{"input": %s, "label": %s, "probability": %.6f, "top": [' + entries + "]}\n"
+
     def rows(self, names, index, probs):
-        labels = self.labels
-        lines = []
-        for name, row_i, row_p in zip(printable_names(names), index.tolist(), probs.tolist()):
-            top = [{"label": labels[i], "probability": round(p, 6)} for i, p in zip(row_i, row_p)]
-            lines.append(json.dumps({"input": name, "label": top[0]["label"],
-                                     "probability": top[0]["probability"], "top": top}, ensure_ascii=False))
-        sys.stdout.write("\n".join(lines) + "\n")
-        sys.stdout.flush()
+        fields = np.empty((len(names), 3 + 2 * index.shape[1]), dtype=object)
+        fields[:, 0] = [encode_json_string(n) for n in printable_names(names)]
+        fields[:, 1] = self.quoted_labels[index[:, 0]]
+        fields[:, 2] = probs[:, 0]
+        fields[:, 3::2] = self.quoted_labels[index]
+        fields[:, 4::2] = probs
+        self.emit((self.record * len(names)) % tuple(fields.ravel().tolist()))
 
 
 class CsvWriter(Writer):
+    """input, label_1, probability_1, ...: a whole batch formatted with one % call."""
+
     def __init__(self, labels, top):
         super().__init__(labels, top)
-        self.out = csv.writer(sys.stdout, lineterminator="\n")
         header = ["input"]
         for rank in range(1, top + 1):
             header += [f"label_{rank}", f"probability_{rank}"]
-        self.out.writerow(header)
+        self.quoted_labels = np.array([csv_field(l) for l in labels], dtype=object)
+        self.record = "%s" + ",%s,%.6f" * top + "\n"
+        self.emit(",".join(header) + "\n")
 
     def rows(self, names, index, probs):
-        labels = self.labels
-        out = []
-        for name, row_i, row_p in zip(printable_names(names), index.tolist(), probs.tolist()):
-            cells = [name]
-            for i, p in zip(row_i, row_p):
-                cells += [labels[i], f"{p:.6f}"]
-            out.append(cells)
-        self.out.writerows(out)
-        sys.stdout.flush()
+        fields = np.empty((len(names), 1 + 2 * index.shape[1]), dtype=object)
+        fields[:, 0] = csv_fields(printable_names(names))
+        fields[:, 1::2] = self.quoted_labels[index]
+        fields[:, 2::2] = probs
+        self.emit((self.record * len(names)) % tuple(fields.ravel().tolist()))
 
 
 class TableWriter(Writer):
@@ -128,7 +142,34 @@ def printable(text: str) -> str:
 
 
 def printable_names(names: list[str]) -> list[str]:
-    return [printable(n) for n in names]
+    try:
+        "".join(names).encode("utf-8")  # the usual case, checked for a whole batch at once
+        return names
+    except UnicodeEncodeError:
+        return [printable(n) for n in names]
+
+
+def encode_json_string(text: str) -> str:
+    """A JSON string literal, exactly as json.dumps(text, ensure_ascii=False) writes it."""
+    return json.encoder.encode_basestring(text)
+
+
+CSV_SPECIAL = re.compile(r'[,"\r\n]')
+
+
+def csv_field(text: str) -> str:
+    """One CSV field exactly as csv.writer writes it (quoted only when it has to be)."""
+    if not CSV_SPECIAL.search(text):
+        return text
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow([text, ""])
+    return buffer.getvalue()[:-2]  # without the empty second field's "," and the line end
+
+
+def csv_fields(texts: list[str]) -> list[str]:
+    if not CSV_SPECIAL.search("".join(texts)):
+        return texts
+    return [csv_field(t) for t in texts]
 
 
 def _ordinal(n: int) -> str:
