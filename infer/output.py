@@ -37,6 +37,8 @@ class Summary:
 class Writer:
     """Receives rows batch by batch: names, top-k label indices and probabilities."""
 
+    threaded = False  # may rows() run in a thread of its own, beside the model?
+
     def __init__(self, labels: list[str], top: int):
         self.labels = labels
         self.top = top
@@ -60,6 +62,8 @@ class JsonLinesWriter(Writer):
     """One JSON object per drawing, formatted a whole batch at a time (one % call per batch):
     with a small model, formatting records one by one cost more than classifying them."""
 
+    threaded = True
+
     def __init__(self, labels, top):
         super().__init__(labels, top)
         self.quoted_labels = np.array([encode_json_string(l) for l in labels], dtype=object)
@@ -68,7 +72,7 @@ class JsonLinesWriter(Writer):
 
     def rows(self, names, index, probs):
         fields = np.empty((len(names), 3 + 2 * index.shape[1]), dtype=object)
-        fields[:, 0] = [encode_json_string(n) for n in printable_names(names)]
+        fields[:, 0] = json_strings(printable_names(names))
         fields[:, 1] = self.quoted_labels[index[:, 0]]
         fields[:, 2] = probs[:, 0]
         fields[:, 3::2] = self.quoted_labels[index]
@@ -78,6 +82,8 @@ class JsonLinesWriter(Writer):
 
 class CsvWriter(Writer):
     """input, label_1, probability_1, ...: a whole batch formatted with one % call."""
+
+    threaded = True
 
     def __init__(self, labels, top):
         super().__init__(labels, top)
@@ -152,6 +158,16 @@ def printable_names(names: list[str]) -> list[str]:
 def encode_json_string(text: str) -> str:
     """A JSON string literal, exactly as json.dumps(text, ensure_ascii=False) writes it."""
     return json.encoder.encode_basestring(text)
+
+
+JSON_SPECIAL = re.compile(r'["\\\x00-\x1f\x7f]')
+
+
+def json_strings(texts: list[str]) -> list[str]:
+    """JSON string literals of a batch of names: quoted as they are when none needs escaping."""
+    if not JSON_SPECIAL.search("".join(texts)):
+        return ['"' + t + '"' for t in texts]
+    return [encode_json_string(t) for t in texts]
 
 
 CSV_SPECIAL = re.compile(r'[,"\r\n]')

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -74,22 +75,42 @@ def _classify(plan: Plan, classifier: OnnxClassifier, decoder: ImageDecoder, wri
               top: int, batch_size: int) -> tuple[int, int]:
     classified = failed = 0
     batcher = Batcher(batch_size)
+    # Machine formats are written by a second thread while onnxruntime (which releases the
+    # GIL) runs the next batch: with a small model, writing is a large share of the work.
+    # One batch in flight keeps memory bounded and the output in order.
+    writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qd-write") if writer.threaded else None
+    written = None
 
-    def run(names, bitmaps):
-        probs = classifier.probabilities(bitmaps_to_input(bitmaps, classifier.preprocessing))
-        index, values = top_k(probs, top)
+    def write(names, index, values):
         writer.rows(names, index, values)
         bar.advance(len(names))
+
+    def run(names, bitmaps):
+        nonlocal written
+        probs = classifier.probabilities(bitmaps_to_input(bitmaps, classifier.preprocessing))
+        index, values = top_k(probs, top)
+        if writing is None:
+            write(names, index, values)
+            return len(names)
+        if written is not None:
+            written.result()  # raises here if writing failed (a closed pipe, a full disk)
+        written = writing.submit(write, names, index, values)
         return len(names)
 
-    for event in read_inputs(plan, chunk_rows=batch_size, decoder=decoder):
-        if isinstance(event, Failure):
-            writer.failure(event.message)
-            failed += 1
-            bar.advance(1)
-            continue
-        for names, bitmaps in batcher.add(event):
-            classified += run(names, bitmaps)
-    if batcher.count:
-        classified += run(*batcher.flush())
+    try:
+        for event in read_inputs(plan, chunk_rows=batch_size, decoder=decoder):
+            if isinstance(event, Failure):
+                writer.failure(event.message)
+                failed += 1
+                bar.advance(1)
+                continue
+            for names, bitmaps in batcher.add(event):
+                classified += run(names, bitmaps)
+        if batcher.count:
+            classified += run(*batcher.flush())
+        if written is not None:
+            written.result()
+    finally:
+        if writing is not None:
+            writing.shutdown(wait=True)
     return classified, failed
