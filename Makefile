@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 WEB_STAMP := infer/web/node_modules/.package-lock.json
 SHARED := $(abspath ../shared/quickdraw)
 SHARED_BITMAPS := $(SHARED)/bitmaps
@@ -28,10 +29,16 @@ endif
 
 .PHONY: setup demo test chromium clean clean-demo
 
+# --no-compile: Python compiles only the modules a command imports, on first use (pip would compile all of
+# torch up front: 30 s of the set-up on a 2-core machine). The demo needs no test tools, so they come separately.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --no-compile -c constraints.txt -e ".[train,export,eval,dev]"
+	$(BIN)/pip install -q --no-compile -c constraints.txt -e ".[train,export,eval]"
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/pip install -q --no-compile -c constraints.txt -e ".[train,export,eval,dev]"
+	touch $(DEV_STAMP)
 
 # The browser demo's runtime (onnxruntime-web), served locally by qd-demo.
 $(WEB_STAMP): infer/web/package.json infer/web/package-lock.json
@@ -70,7 +77,7 @@ endif
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q chromium; }
 
-test: setup chromium
+test: setup $(DEV_STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 clean-demo:
