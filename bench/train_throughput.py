@@ -24,6 +24,7 @@ median over rounds; ratios are between figures of the same run.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import statistics
 import time
@@ -107,6 +108,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4096, help="drawings timed per variant and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also try torch.compile (slow to compile)")
+    parser.add_argument("--core", action="store_true",
+                        help="only the variants behind the two targets (about 4x quicker on a slow CPU)")
     args = parser.parse_args()
     # Reusing one batch drives its loss, and then the gradients, into denormal floats that
     # run 10x slower on x86 (measured here: "compute-only" was 10x slower than training);
@@ -171,6 +174,10 @@ def main() -> None:
         f"{d}, b256: compute-only, 1 thread": lambda s: with_threads(1, lambda: time_steps(
             model(d), compute_only(256), s)),
     }
+    if args.core:
+        core = ("seed arch, b100: seed-style pipeline, fp32", "seed arch, b256: ours", "seed arch, b256: compute-only",
+                f"{d}, b256: ours", f"{d}, b256: compute-only")
+        variants = {name: variants[name] for name in core}
     if args.compile:
         variants[f"{d}, b256: compute-only, torch.compile"] = lambda s: time_steps(
             torch.compile(model(d)), compute_only(256), s)
@@ -191,7 +198,7 @@ def main() -> None:
     for name, value in med.items():
         print(f"{name:<{width}}  {value:>10,.0f}")
     print(f"\nratios (bf16 autocast where native: {resolve_precision('auto', torch.device('cpu'))} on this CPU)")
-    m = med
+    m = collections.defaultdict(lambda: float("nan"), med)  # --core leaves some variants out
 
     def ratio(a, b):
         return m[a] / m[b]
