@@ -13,6 +13,7 @@ import typer
 
 from qd.data.console import run_app
 from qd.data.errors import QDError
+from qd.data.limits import MAX_BATCH_SIZE, MAX_THREADS, MAX_WORKERS
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich",
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,12 +30,14 @@ def infer(
                                         help="model.onnx or an export folder (default: the newest "
                                              "artifacts/exports/*/model.onnx)"),
     top: int = typer.Option(3, "--top", "-k", min=1, help="How many labels to show per drawing."),
-    batch_size: int = typer.Option(512, "--batch-size", "-b", min=1, help="Drawings per onnxruntime run."),
+    batch_size: int = typer.Option(512, "--batch-size", "-b", min=1, max=MAX_BATCH_SIZE,
+                                     help="Drawings per onnxruntime run."),
     json_lines: bool = typer.Option(False, "--json", help="JSON lines on stdout (one object per drawing)."),
     csv_out: bool = typer.Option(False, "--csv", help="CSV on stdout."),
     recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Search folders recursively."),
-    workers: int = typer.Option(DEFAULT_WORKERS, "--workers", "-w", min=1, help="Image decoding threads."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+    workers: int = typer.Option(DEFAULT_WORKERS, "--workers", "-w", min=1, max=MAX_WORKERS,
+                                help="Image decoding threads."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=MAX_THREADS,
                                           help="onnxruntime intra-op threads (default: onnxruntime decides)."),
 ) -> None:
     """Classify drawings with an exported quickdraw-edge model.

@@ -8,6 +8,9 @@ import time
 import numpy as np
 
 from qd.data.bitmaps import PIXELS
+from qd.data.console import describe_unexpected
+from qd.data.errors import QDError
+from qd.data.limits import MAX_BATCH_SIZE, MAX_WORKERS
 from qd.data.preprocess import bitmaps_to_input
 
 from .inputs import Drawings, Failure, read_inputs
@@ -43,33 +46,75 @@ class Batcher:
         return out
 
 
+class BatchRunner:
+    """Classifies batches and writes their rows; a batch onnxruntime cannot run (its allocator at
+    a huge batch, a kernel failing on some input) is split in halves and retried, down to single
+    drawings, so one bad drawing is one failure line and the rest of the batch goes on. After a
+    split, later batches are cut to the size that last worked."""
+
+    def __init__(self, classifier: OnnxClassifier, writer: Writer, top: int):
+        self.classifier, self.writer, self.top = classifier, writer, top
+        self.limit: int | None = None  # batch size known to work, once one has failed
+        self.classified = self.failed = 0
+
+    def run(self, names: list[str], bitmaps: np.ndarray) -> None:
+        step = self.limit or len(names)
+        for start in range(0, len(names), step):
+            self._run(names[start:start + step], bitmaps[start:start + step])
+
+    def _run(self, names: list[str], bitmaps: np.ndarray) -> None:
+        try:
+            probs = self.classifier.probabilities(bitmaps_to_input(bitmaps, self.classifier.preprocessing))
+        except QDError:
+            raise  # the model itself is wrong (output shape): every batch would fail alike
+        except Exception as exc:
+            if len(names) == 1:
+                self.fail(f"{names[0]}: not classified (onnxruntime: {describe_unexpected(exc)})")
+                return
+            half = len(names) // 2
+            self.limit = half if self.limit is None else min(self.limit, half)
+            self._run(names[:half], bitmaps[:half])
+            self._run(names[half:], bitmaps[half:])
+            return
+        finite = np.isfinite(probs).all(axis=1)
+        if not finite.all():
+            for i in np.flatnonzero(~finite).tolist():
+                self.fail(f"{names[i]}: not classified (the model gave NaN or infinite probabilities)")
+            names = [n for n, ok in zip(names, finite.tolist()) if ok]
+            probs = probs[finite]
+        if names:
+            index, values = top_k(probs, self.top)
+            self.writer.rows(names, index, values)
+            self.classified += len(names)
+
+    def fail(self, message: str) -> None:
+        self.writer.failure(message)
+        self.failed += 1
+
+
 def run_inference(inputs, model=None, top: int = 3, batch_size: int = 512, fmt: str = "table",
                   recursive: bool = True, workers: int = 1, threads: int | None = None,
                   writer: Writer | None = None) -> Summary:
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise QDError(f"--batch-size must be 1 to {MAX_BATCH_SIZE}, got {batch_size}")
+    if not 1 <= workers <= MAX_WORKERS:
+        raise QDError(f"--workers must be 1 to {MAX_WORKERS}, got {workers}")
     classifier = OnnxClassifier(resolve_model_path(model), threads=threads)
     top = min(top, classifier.num_classes)
     inputs = [str(i) for i in inputs]
     base = inputs[0] if len(inputs) == 1 and os.path.isdir(inputs[0]) else None
     writer = writer or make_writer(fmt, classifier.labels, top, base=base)
     started = time.perf_counter()
-    classified = failed = 0
+    runner = BatchRunner(classifier, writer, top)
     batcher = Batcher(batch_size)
-
-    def run(names, bitmaps):
-        probs = classifier.probabilities(bitmaps_to_input(bitmaps, classifier.preprocessing))
-        index, values = top_k(probs, top)
-        writer.rows(names, index, values)
-        return len(names)
-
     for event in read_inputs(inputs, recursive=recursive, workers=workers, chunk_rows=batch_size):
         if isinstance(event, Failure):
-            writer.failure(event.message)
-            failed += 1
+            runner.fail(event.message)
             continue
         for names, bitmaps in batcher.add(event):
-            classified += run(names, bitmaps)
+            runner.run(names, bitmaps)
     if batcher.count:
-        classified += run(*batcher.flush())
-    summary = Summary(classified=classified, failed=failed, seconds=time.perf_counter() - started)
+        runner.run(*batcher.flush())
+    summary = Summary(classified=runner.classified, failed=runner.failed, seconds=time.perf_counter() - started)
     writer.finish(summary)
     return summary
