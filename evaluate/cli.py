@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.text import Text
 
-from qd.data.console import console, run_app
+from qd.data.console import console, run_app, shown
 from qd.data.errors import QDError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich")
@@ -56,7 +57,7 @@ def evaluate_command(
             result = evaluate(path, data=data, split=split, backends=backend, out_dir=out,
                               checkpoint=checkpoint, ignore_unknown=ignore_unknown,
                               max_per_category=max_per_category, measure_speed=speed,
-                              write_files=False, progress=lambda m: status.update(f"qd-eval: {m}"))
+                              write_files=False, progress=lambda m: status.update(Text.assemble("qd-eval: ", shown(m))))
             if out is not None and len(models) > 1:
                 result.out_dir = out / result.model.name
             if any(r.out_dir.resolve() == result.out_dir.resolve() for r in results):

@@ -21,6 +21,9 @@ def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
+    # Class names and file names are untrusted: "$\frac{$" in a label must be drawn as
+    # written, not parsed as TeX (which fails, or draws something else).
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt
