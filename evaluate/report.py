@@ -148,8 +148,8 @@ def overall_panel(report: dict) -> Panel:
 
 def class_table(report: dict) -> Table:
     rows = report["per_class"]
-    shown = rows[:TERMINAL_CLASSES]
-    title = "per class, worst first" + (f" ({len(shown)} of {len(rows)}; all in report.json)" if len(rows) > len(shown) else "")
+    listed = rows[:TERMINAL_CLASSES]
+    title = "per class, worst first" + (f" ({len(listed)} of {len(rows)}; all in report.json)" if len(rows) > len(listed) else "")
     table = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left")
     table.add_column("class")
     for name in ("precision", "recall", "F1"):
@@ -157,7 +157,7 @@ def class_table(report: dict) -> Table:
     table.add_column("support", justify="right")
     table.add_column("mistaken for", style="dim")
     worst_target = _worst_target(report)
-    for row in shown:
+    for row in listed:
         table.add_row(shown(row["class"]), _pct(row["precision"]), _pct(row["recall"]), _pct(row["f1"]),
                       f"{row['support']:,}", shown(worst_target.get(row["class"], "")))
     return table

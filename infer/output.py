@@ -68,7 +68,9 @@ class JsonLinesWriter(Writer):
 class CsvWriter(Writer):
     def __init__(self, labels, top):
         super().__init__(labels, top)
-        self.out = csv.writer(sys.stdout, lineterminator="\n")
+        # RFC 4180's CRLF: with it csv also quotes a bare "\r" inside a field (with "\n" it would not,
+        # and a label or file name holding one would split its row)
+        self.out = csv.writer(sys.stdout, lineterminator="\r\n")
         header = ["input"]
         for rank in range(1, top + 1):
             header += [f"label_{rank}", f"probability_{rank}"]
