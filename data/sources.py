@@ -221,7 +221,7 @@ class FolderSource:
 
     def probe(self, category: str) -> Remote:
         path = category_path(self.root, category)
-        if not path.is_file():
+        if not path.exists():  # present but not a regular file (a FIFO): read_bitmap_header says so
             hint = did_you_mean(category, self.list_categories())
             raise CategoryNotFound(f"{category}: no {path.name} in {self.root}{hint}")
         try:

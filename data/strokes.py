@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .bitmaps import SIDE
-from .errors import QDError
+from .errors import QDError, reason_of
 from .files import open_regular
 from .limits import MAX_COORDINATE, MAX_NDJSON_LINE_BYTES, MAX_STROKE_POINTS
 
@@ -129,7 +129,7 @@ def iter_ndjson(path: str | os.PathLike) -> Iterator[tuple[int, str | None, np.n
     try:
         f = open_regular(path)
     except OSError as exc:
-        raise QDError(f"{path}: {exc.strerror or exc}") from None
+        raise QDError(f"{path}: {reason_of(exc)}") from None
     with f:
         for number, raw in enumerate(_bounded_lines(f, os.fstat(f.fileno()).st_size), start=1):
             if raw is None:

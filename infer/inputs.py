@@ -19,7 +19,7 @@ import numpy as np
 
 from qd.data.bitmaps import PIXELS, SIDE, parse_npy_header
 from qd.data.console import describe_unexpected
-from qd.data.errors import QDError
+from qd.data.errors import QDError, reason_of
 from qd.data.files import open_regular
 from qd.data.images import IMAGE_SUFFIXES, load_image_bitmap
 from qd.data.strokes import iter_ndjson
@@ -60,7 +60,7 @@ def discover(paths: Iterable[str | os.PathLike], recursive: bool = True) -> Iter
             is_dir = path.is_dir()
             exists = is_dir or path.exists()
         except OSError as exc:
-            yield Failure(f"{path}: {exc.strerror or exc}")
+            yield Failure(f"{path}: {reason_of(exc)}")
             continue
         if not exists:
             yield Failure(f"{path}: no such file or directory" if not path.is_symlink()
@@ -89,7 +89,7 @@ def _walk(root: Path, recursive: bool) -> Iterator[Path | Failure]:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            yield Failure(f"{folder}: {exc.strerror or exc}")
+            yield Failure(f"{folder}: {reason_of(exc)}")
             continue
         subfolders = []
         for entry in entries:
@@ -143,7 +143,7 @@ def guarded(path: Path, events: Iterator[Event]) -> Iterator[Event]:
     except QDError as exc:
         yield Failure(str(exc))
     except OSError as exc:
-        yield Failure(f"{path}: {exc.strerror or _first_line(exc)}")
+        yield Failure(f"{path}: {reason_of(exc)}")
     except Exception as exc:  # MemoryError included
         yield Failure(f"{path}: unexpected error ({describe_unexpected(exc)})")
 
@@ -211,7 +211,7 @@ def read_ndjson(path: Path, chunk: int = 1024) -> Iterator[Event]:
         yield Failure(str(exc))
         return
     except OSError as exc:
-        yield Failure(f"{path}: {exc.strerror or exc}")
+        yield Failure(f"{path}: {reason_of(exc)}")
         return
     if names:
         total += len(names)
@@ -262,7 +262,7 @@ class DrawingArray:
         try:
             f = open_regular(path)
         except OSError as exc:
-            raise QDError(f"{path}: {exc.strerror or exc}") from None
+            raise QDError(f"{path}: {reason_of(exc)}") from None
         try:
             size = os.fstat(f.fileno()).st_size
             header = parse_npy_header(f, path)
