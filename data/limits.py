@@ -45,8 +45,10 @@ MAX_LABELS = 100_000
 MAX_LABEL_CHARS = 256
 MAX_MODEL_BYTES = 512 << 20  # an ONNX model qd-infer opens (the default network's is 1.2 MB)
 MAX_CARD_BYTES = 16 << 20  # model.json
-# Preprocessing numbers (scale, mean, std) must be finite and at most this large in magnitude.
+# Preprocessing numbers (scale, mean, std) must be finite and at most this large in magnitude;
+# scale and std (divided by) at least MIN_PREPROCESSING_DIVISOR, so float32 inputs stay finite.
 MAX_PREPROCESSING_MAGNITUDE = 1e6
+MIN_PREPROCESSING_DIVISOR = 1e-6
 
 # ----------------------------------------------------------------------------- options
 MAX_BATCH_SIZE = 4096  # drawings per onnxruntime run (~1 GB of activations for the default network)

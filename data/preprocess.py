@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from .bitmaps import SIDE
-from .limits import MAX_PREPROCESSING_MAGNITUDE
+from .limits import MAX_PREPROCESSING_MAGNITUDE, MIN_PREPROCESSING_DIVISOR
 
 DEFAULT_PREPROCESSING = {
     "input_size": SIDE,
@@ -32,7 +32,7 @@ NUMBERS = ("scale", "mean", "std")
 
 def check_preprocessing(spec: object) -> dict:
     """A preprocessing spec read from a checkpoint or a model's metadata, checked: a copy with
-    scale, mean and std as finite floats (scale and std positive, all within +-1e6) and
+    scale, mean and std as finite floats (all within +-1e6; scale and std at least 1e-6) and
     input_size 28. ValueError with a one-line reason (the caller names the file)."""
     if not isinstance(spec, dict) or any(key not in spec for key in REQUIRED_KEYS):
         raise ValueError(f"preprocessing must be an object with {', '.join(REQUIRED_KEYS)}")
@@ -44,8 +44,8 @@ def check_preprocessing(spec: object) -> dict:
         raise ValueError(f"preprocessing input_size is {checked['input_size']:g}, expected {SIDE}")
     checked["input_size"] = SIDE
     for key in ("scale", "std"):
-        if key in checked and not checked[key] > 0:
-            raise ValueError(f"preprocessing {key} is {checked[key]:g}, expected a positive number")
+        if key in checked and not checked[key] >= MIN_PREPROCESSING_DIVISOR:
+            raise ValueError(f"preprocessing {key} is {checked[key]:g}, expected at least {MIN_PREPROCESSING_DIVISOR:g}")
     if "polarity" in spec and not isinstance(spec["polarity"], str):
         raise ValueError("preprocessing polarity is not a string")
     return checked

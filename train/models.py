@@ -64,7 +64,7 @@ ARCHITECTURES = {
 DEFAULT_ARCH = "compact"
 
 
-def build_model(arch: str, num_classes: int, **kwargs) -> nn.Module:
+def build_model(arch: str, num_classes: int, /, **kwargs) -> nn.Module:
     """The network, after its description is checked: kwargs within qd.data.limits, and the
     parameter count (from a copy built on the meta device, which allocates nothing) within
     MAX_PARAMETERS. A checkpoint saying `width=4000` is refused here, before any weight exists."""
