@@ -26,7 +26,7 @@ from qd.data.paths import artifacts_root
 from . import folder
 from .atomic import commit_dir, commit_file, remove_temp, temp_path_for
 from .card import CARD_NAME, LABELS_NAME, previous_files, stale_models, write_card, write_labels
-from .context import DEFAULT_OPSET, Check, ExportContext
+from .context import DEFAULT_INT8_MAX_PROB_DIFF, DEFAULT_INT8_TOLERANCE, DEFAULT_OPSET, Check, ExportContext
 from .formats import DEFAULT_FORMATS, FORMATS, ExportFormat, parse_formats
 from .onnx_export import check_opset
 from .source import DEFAULT_MAX_DRAWINGS, CheckpointSource, load_source
@@ -74,6 +74,8 @@ class ExportReport:
 def export_checkpoint(checkpoint: str | os.PathLike, formats: str | list[ExportFormat] = DEFAULT_FORMATS,
                       out: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET,
                       data_dir: str | os.PathLike | None = None, max_drawings: int = DEFAULT_MAX_DRAWINGS,
+                      int8_tolerance: float = DEFAULT_INT8_TOLERANCE,
+                      int8_max_prob_diff: float = DEFAULT_INT8_MAX_PROB_DIFF,
                       on_step: Callable[[str], None] | None = None) -> ExportReport:
     chosen = parse_formats(formats) if isinstance(formats, str) else list(formats)
     for fmt in chosen:
@@ -84,6 +86,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | list[ExportF
     check_opset(opset)
     if max_drawings < 1:
         raise QDError(f"--max-drawings must be at least 1, got {max_drawings}")
+    if not 0 <= int8_tolerance < 1:
+        raise QDError(f"--int8-tolerance must be a share from 0 to below 1, got {int8_tolerance}")
+    if not 0 < int8_max_prob_diff <= 1:
+        raise QDError(f"--int8-max-dp must be above 0 and at most 1, got {int8_max_prob_diff}")
     source = load_source(checkpoint)
     out_dir = Path(out) if out is not None else default_out_dir(source)
     if out_dir.exists() and not out_dir.is_dir():
@@ -91,16 +97,18 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | list[ExportF
     model_files = [f.filename for f in FORMATS.values()]
     staging = folder.begin(out_dir, model_files + [PREP_NAME, LABELS_NAME, CARD_NAME])
     try:
-        return _export_into(staging, source, chosen, opset, data_dir, max_drawings, on_step or (lambda message: None))
+        ctx = ExportContext(source=source, out_dir=staging.work, previous_dir=staging.final, opset=opset,
+                            data_dir=Path(data_dir) if data_dir else None, max_drawings=max_drawings,
+                            int8_tolerance=int8_tolerance, int8_max_prob_diff=int8_max_prob_diff)
+        return _export_into(staging, ctx, chosen, on_step or (lambda message: None))
     finally:
         if staging.work.exists():
             folder.abandon(staging)  # nothing was committed (no format written, or an error)
 
 
-def _export_into(staging: folder.Staging, source: CheckpointSource, chosen: list[ExportFormat], opset: int,
-                 data_dir, max_drawings: int, step: Callable[[str], None]) -> ExportReport:
-    ctx = ExportContext(source=source, out_dir=staging.work, previous_dir=staging.final, opset=opset,
-                        data_dir=Path(data_dir) if data_dir else None, max_drawings=max_drawings)
+def _export_into(staging: folder.Staging, ctx: ExportContext, chosen: list[ExportFormat],
+                 step: Callable[[str], None]) -> ExportReport:
+    source = ctx.source
     results = []
     for fmt in chosen:
         step(f"exporting {fmt.name}")
@@ -126,38 +134,40 @@ def _export_into(staging: folder.Staging, source: CheckpointSource, chosen: list
     return report
 
 
-def _export_one(ctx: ExportContext, fmt: ExportFormat, shown: Path) -> FormatResult:
-    """Export and validate one format into the staging folder; `shown` is its name in the export folder."""
-    final = ctx.out_dir / fmt.filename
-    result = FormatResult(format=fmt, path=shown)
+def _export_one(ctx: ExportContext, fmt: ExportFormat, final: Path) -> FormatResult:
+    """Export and validate one format into the staging folder (`staged`); `final` is its name in the export folder."""
+    staged = ctx.out_dir / fmt.filename
+    result = FormatResult(format=fmt, path=final)
     if fmt.builds_on and fmt.builds_on not in ctx.written:
-        result.error = f"{shown}: not exported because {fmt.builds_on} failed"
+        result.error = f"{final}: not exported because {fmt.builds_on} failed"
         return result
     start = time.perf_counter()
-    tmp = temp_path_for(final, directory=fmt.is_dir)
+    tmp = temp_path_for(staged, directory=fmt.is_dir)
     try:
         fmt.exporter(ctx, tmp)
         result.checks = fmt.validator(ctx, tmp)
         failed = [c for c in result.checks if not c.passed]
         if failed:
-            result.error = f"{shown}: validation failed, not written: {failed[0].name}: {failed[0].detail}"
+            result.error = f"{final}: validation failed, not written: {failed[0].name}: {failed[0].detail}"
+            if failed[0].hint:
+                result.error += f" ({failed[0].hint})"
         else:
-            (commit_dir if fmt.is_dir else commit_file)(tmp, final)
-            ctx.written[fmt.name] = final
+            (commit_dir if fmt.is_dir else commit_file)(tmp, staged)
+            ctx.written[fmt.name] = staged
     except QDError as exc:
         result.error = str(exc)
     except OSError as exc:  # e.g. a full disk: name the file being written
-        result.error = f"{shown}: {exc.strerror or exc} (while writing {fmt.name})"
+        result.error = f"{final}: {exc.strerror or exc} (while writing {fmt.name})"
     except Exception as exc:  # a converter's own failure: report it in one line, keep going
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         free = _free_space(ctx.out_dir)
         if free is not None and free < LOW_SPACE_BYTES:
             # onnxruntime's C++ writers do not raise on a full disk: the next step then reads a
             # truncated file (DecodeError, INVALID_PROTOBUF). Say what really happened.
-            result.error = (f"{shown}: No space left on device (while writing {fmt.name}: {free:,} bytes free; "
+            result.error = (f"{final}: No space left on device (while writing {fmt.name}: {free:,} bytes free; "
                             f"the converter then failed with {type(exc).__name__})")
         else:
-            result.error = f"{shown}: {fmt.name} export failed ({type(exc).__name__}: {first})"
+            result.error = f"{final}: {fmt.name} export failed ({type(exc).__name__}: {first})"
     finally:
         if fmt.name not in ctx.written:
             remove_temp(tmp)
