@@ -131,7 +131,7 @@ def _classify(plan: Plan, classifier: OnnxClassifier, decoder: ImageDecoder, wri
     # Machine formats are written by a second thread while onnxruntime (which releases the
     # GIL) runs the next batch: with a small model, writing is a large share of the work.
     # One batch in flight keeps memory bounded and the output in order.
-    writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qd-write") if writer.threaded else None
+    writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qd-write") if getattr(writer, "threaded", False) else None
     written = None
 
     def write_now(names, index, values):
