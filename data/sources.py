@@ -306,15 +306,15 @@ class UrlSource:
                       version=version)
 
     def open(self, category: str, start: int, end: int, version: Version = Version()) -> Body:
-        """Bytes [start, end) of `version` of the file: with If-Range, a server whose file changed
-        sends the new version whole (200, from byte 0); a 206 of another version raises RemoteChanged."""
+        """Bytes [start, end) of `version` of the file. With If-Range, a server whose file changed
+        sends the new version whole (200); that, or a 206 of another version, raises RemoteChanged."""
         url = self.location(category)
         headers = {"Range": f"bytes={start}-{end - 1}"}
         if start and version.if_range:
             headers["If-Range"] = version.if_range
         resp = self._request(category, headers)
         got_version = Version.from_headers(resp.headers)
-        if resp.status == 206 and version.contradicts(got_version):
+        if version.contradicts(got_version):  # a 206 of another version, or the new version whole (200)
             resp.close()
             raise RemoteChanged(f"{category}: {url} changed since the download started "
                                 f"(ETag/Last-Modified {version.if_range} -> {got_version.if_range})")

@@ -85,7 +85,9 @@ def carry(staging: Staging, keep: list[str]) -> None:
 def commit(staging: Staging, order: list[str], remove: list[str]) -> None:
     """Make the staging folder the export folder. In place: drop `remove` and the card first,
     then move the files in `order` (the card last)."""
-    clean_stale_temps(staging.work, order)  # nothing half-written travels with the set
+    for entry in staging.work.iterdir():  # nothing half-written travels with the set
+        if _is_temp(entry.name):
+            remove_temp(entry)
     if not staging.in_place:
         commit_dir(staging.work, staging.final)
         return

@@ -14,6 +14,7 @@ request) that serves the shared bitmaps in Google's layout,
         qd_server.add("The Eiffel Tower", some_path)  # serve another file under any name
         qd_server.validators("etag")                # send only an ETag (or "last_modified", or none)
         qd_server.honour_if_range(False)            # answer Range with 206 whatever If-Range says
+        qd_server.change_after("cat", other_path, requests=1)  # the file changes after the first request
         qd_server.fail_with("cat", 404, reason="Not [/] here")  # any reason phrase
         ... fetch from qd_server.base_url ...
         qd_server.hits_for("cat")  # [Hit(method, category, range, status, sent), ...]
@@ -115,6 +116,7 @@ class BitmapServer:
             self._validators = {"etag", "last_modified"}
             self._honour_if_range = True
             self._reasons: dict[str, str] = {}
+            self._changes: dict[str, list] = {}  # category -> [requests left before the change, new path]
 
     def add(self, category: str, path: Path) -> None:
         """Serve `path` as `<category>.npy` (any name, e.g. with spaces)."""
@@ -153,6 +155,12 @@ class BitmapServer:
         with self._lock:
             self._honour_if_range = honour
 
+    def change_after(self, category: str, path: Path, requests: int = 1) -> None:
+        """Serve `path` as `category` from its (requests + 1)th request on: a file replaced mid-download."""
+        with self._lock:
+            self._changes[category] = [requests, Path(path)]
+            self._cache.pop(Path(path), None)
+
     def stall(self, category: str, seconds: float, after: int = 0) -> None:
         """Pause `seconds` after sending `after` body bytes of each response for `category`."""
         with self._lock:
@@ -181,6 +189,12 @@ class BitmapServer:
     def _plan(self, category: str) -> dict:
         """Decide, under the lock, which faults this request gets (consuming one-shot ones)."""
         with self._lock:
+            change = self._changes.get(category)
+            if change is not None:
+                if change[0] <= 0:
+                    self.files[category] = change[1]
+                    del self._changes[category]
+                change[0] -= 1
             plan = {"path": self.files.get(category), "html": category in self._html,
                     "status": None, "drop": None, "stall": self._stalls.get(category),
                     "ignore_range": self._ignore_range, "validators": set(self._validators),
