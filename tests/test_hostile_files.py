@@ -249,7 +249,7 @@ def _npy(header: str, body: bytes = b"") -> bytes:
 
 
 DIMS = st.one_of(st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True), st.just(None),
-                 st.text(max_size=3), st.tuples(st.integers(0, 3)))
+                 st.text(st.characters(max_codepoint=255), max_size=3), st.tuples(st.integers(0, 3)))
 
 
 @SETTINGS

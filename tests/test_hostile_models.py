@@ -87,7 +87,10 @@ def _save(payload: dict, path: Path) -> Path:
 
 
 def _peak_rss_mib(code: str) -> float:
-    script = code + "\nimport resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork + exec, so a child of a big pytest process
+    # would report the parent's peak; VmHWM belongs to the child's own address space.
+    script = code + ("\nprint(next(int(line.split()[1]) for line in open('/proc/self/status') "
+                     "if line.startswith('VmHWM:')) / 1024)")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert out.returncode == 0, out.stderr
     return float(out.stdout.strip().splitlines()[-1])
