@@ -11,13 +11,22 @@ a 16-unit line and 16 units of padding per side, i.e. the ink's bounding box
 (256 + 16 = 272 units) sits centred in a 304-unit frame, and the line is 16/304
 of the frame wide. Steps 7-11 reproduce that framing and line width.
 
-Algorithm (W x H image; arrays row-major; constants as defined below:
-MAX_PIXELS = 50,000,000, MIN_CONTRAST = 32, STRETCH_LO = 0.25, STRETCH_HI = 0.75,
-TRIM = 0.0005, WORK_SIDE = 112; "P(q)" is defined in step 3):
+Algorithm (W x H image; arrays row-major; constants as defined below and in
+qd.data.limits: MAX_PIXELS = 50,000,000, WORK_PIXELS = 2048 * 2048,
+MIN_CONTRAST = 32, STRETCH_LO = 0.25, STRETCH_HI = 0.75, TRIM = 0.0005,
+WORK_SIDE = 112; "P(q)" is defined in step 3):
 
- 0. Decode. Refuse images with W*H > MAX_PIXELS before decoding any pixel
-    (decompression bombs) and W or H of 0. Apply the EXIF orientation tag (as
-    browsers do). Animated images: the first frame only.
+ 0. Decode, through the gate: a regular file whose suffix names one of the
+    formats in IMAGE_FORMATS, decoded by that format's decoder only (content of
+    any other kind is refused, never sniffed and decoded). Refuse images with
+    W*H > MAX_PIXELS before decoding any pixel (decompression bombs) and W or H
+    of 0. Apply the EXIF orientation tag (as browsers do). Animated images: the
+    first frame only. An image of more than WORK_PIXELS pixels is box-averaged
+    over k x k blocks (Pillow's Image.reduce), k the smallest integer that
+    brings it to at most WORK_PIXELS; palette, 1-bit and CMYK-like modes are
+    converted to L, RGB or RGBA first, so colours are averaged, not indices.
+    This bounds memory per image (about 25 bytes a pixel below); W and H below
+    are the reduced ones.
  1. Grey levels G (integers 0..255). Colour modes are converted to RGB(A) by
     Pillow (palette, CMYK, ...). 16-bit grey (and 32-bit integer images with
     values over 255) are divided by 257; float images whose maximum is <= 1 are
@@ -100,8 +109,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .bitmaps import SIDE
 from .errors import QDError
-
-MAX_PIXELS = 50_000_000  # ~7000x7000; more is refused before decoding
+from .files import open_regular
+from .limits import MAX_PIXELS, WORK_PIXELS
 MIN_CONTRAST = 32  # grey levels between background and ink, else "blank"
 STRETCH_LO = 0.25
 STRETCH_HI = 0.75
@@ -117,7 +126,20 @@ INK_UNITS = 272.0  # the ink's extent in that frame: 256 + 16 line width
 # and thick pens (correlation 0.985-0.99 against the true bitmaps).
 SKELETON_UNITS = 251.0
 LINE_UNITS = 16.0
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+# The gate: each accepted suffix and the only decoder that may read it (the formats the
+# README lists). A file is decoded only if its content is what its name says.
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP"}
+IMAGE_SUFFIXES = tuple(IMAGE_FORMATS)
+# First bytes of common image (and not-image) files, only to say what a refused file is.
+CONTENT_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+    (b"BM", "BMP"), (b"RIFF", "WEBP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"%!", "PostScript"),
+    (b"\xc5\xd0\xd3\xc6", "PostScript"), (b"%PDF", "PDF"), (b"\x00\x00\x01\x00", "ICO"), (b"\x00\x00\x02\x00", "CUR"),
+    (b"8BPS", "PSD"), (b"qoif", "QOI"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"\xffO\xffQ", "JPEG 2000"),
+    (b"DDS ", "DDS"), (b"icns", "ICNS"), (b"Image type", "IM"), (b"#define", "XBM"), (b"\x01\xda", "SGI"), (b"P1", "PNM"), (b"P2", "PNM"),
+    (b"P3", "PNM"), (b"P4", "PNM"), (b"P5", "PNM"), (b"P6", "PNM"), (b"P7", "PNM"), (b"\x0a\x05\x01", "PCX"),
+    (b"<?xml", "XML"), (b"<svg", "SVG"), (b"<!DOCTYPE", "HTML"), (b"<html", "HTML"),
+)
 
 # Images over MAX_PIXELS are refused by our own check before decoding; Pillow's own
 # warning (at 89M pixels) would only duplicate that.
@@ -135,19 +157,16 @@ class BlankImageError(ImageError):
 # ----------------------------------------------------------------------------- decoding
 
 def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open and fully decode an image file, refusing bombs by pixel count before decoding."""
+    """Open and fully decode an image file through the gate: only a regular file, only the
+    decoder its suffix names (IMAGE_FORMATS), refusing bombs by pixel count before decoding,
+    and reduced to at most WORK_PIXELS after decoding."""
     path = Path(path)
+    expected = image_format(path)
+    if expected is None:
+        raise ImageError(f"{path}: not an image name (expected {', '.join(IMAGE_SUFFIXES)})")
     try:
-        with open(path, "rb") as f:
-            try:
-                image = Image.open(f)
-            except Image.DecompressionBombError as exc:  # Pillow's own limit fired first, at open
-                found = re.search(r"\((\d+) pixels\)", str(exc))
-                size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
-                raise ImageError(f"{path}: refused, {size} is over the limit of {max_pixels:,} "
-                                 "(decompression bomb?)") from None
-            except UnidentifiedImageError:
-                raise ImageError(f"{path}: not a recognised image file") from None
+        with open_regular(path) as f:
+            image = _open_as(f, path, expected, max_pixels)
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageError(f"{path}: refused, {width}x{height} = {width * height:,} pixels is over the "
@@ -156,15 +175,78 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
                 raise ImageError(f"{path}: image has zero size ({width}x{height})")
             try:
                 image.load()
-                image = ImageOps.exif_transpose(image)
+                ImageOps.exif_transpose(image, in_place=True)  # in place: no second copy of a big image
+                return reduce_to_work_size(image)
             except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
                     struct.error, Image.DecompressionBombError, MemoryError) as exc:
                 raise ImageError(f"{path}: cannot decode image ({_first_line(exc)})") from None
-            return image
-    except ImageError:
+    except QDError:
         raise
     except OSError as exc:
         raise ImageError(f"{path}: {exc.strerror or _first_line(exc)}") from None
+
+
+def image_format(path: str | os.PathLike) -> str | None:
+    """The one Pillow format a file of this name may be decoded as, or None."""
+    return IMAGE_FORMATS.get(os.path.splitext(str(path))[1].lower())
+
+
+def _open_as(f, path: Path, expected: str, max_pixels: int) -> Image.Image:
+    """Image.open restricted to the expected format: no other decoder is even asked."""
+    try:
+        return Image.open(f, formats=[expected])
+    except Image.DecompressionBombError as exc:  # Pillow's own limit fired first, at open
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise ImageError(f"{path}: refused, {size} is over the limit of {max_pixels:,} "
+                         "(decompression bomb?)") from None
+    except UnidentifiedImageError:
+        f.seek(0)
+        raise ImageError(f"{path}: {_content_mismatch(f.read(64), expected, path)}") from None
+
+
+def _content_mismatch(head: bytes, expected: str, path: Path) -> str:
+    """Why a file was refused: what its first bytes look like (read as bytes, never decoded)."""
+    found = _looks_like(head)
+    suffix = path.suffix.lower()
+    if found == expected:
+        return f"cannot decode image (the {expected} header is damaged)"
+    if found in IMAGE_FORMATS.values():
+        better = next(s for s, name in IMAGE_FORMATS.items() if name == found)
+        return f"content is {found}, not {expected} as the name {suffix} says; refused (rename it to {better})"
+    if found is not None:
+        return (f"content is {found}, not {expected} as the name {suffix} says; refused "
+                f"(only {', '.join(sorted(set(IMAGE_FORMATS.values())))} are decoded)")
+    return f"not a recognised image file (expected {expected} content for {suffix})"
+
+
+def _looks_like(head: bytes) -> str | None:
+    if head[4:8] == b"ftyp":  # ISO media: AVIF, HEIC, MP4...
+        return "AVIF/HEIF" if head[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1") else "ISO media"
+    found = next((name for signature, name in CONTENT_SIGNATURES if head.startswith(signature)), None)
+    if found == "WEBP" and head[8:12] != b"WEBP":
+        return "RIFF"
+    return found
+
+
+def reduce_to_work_size(image: Image.Image, work_pixels: int = WORK_PIXELS) -> Image.Image:
+    """Step 0's memory bound: an image of more than `work_pixels` pixels, box-averaged by the
+    smallest integer factor that brings it under (in a mode whose average means something)."""
+    width, height = image.size
+    if width * height <= work_pixels:
+        return image
+    factor = math.ceil(math.sqrt(width * height / work_pixels))
+    while math.ceil(width / factor) * math.ceil(height / factor) > work_pixels:
+        factor += 1
+    mode = image.mode
+    if mode.startswith("I;16"):  # Pillow reduces 32-bit integers, not 16-bit: go there and back
+        return image.convert("I").reduce(factor).convert(mode)
+    if mode in ("L", "RGB") and "transparency" not in image.info or mode in ("LA", "RGBA", "I", "F"):
+        return image.reduce(factor)
+    if mode == "1":
+        return image.convert("L").reduce(factor)
+    has_alpha = "A" in mode or "a" in mode or "transparency" in image.info
+    return image.convert("RGBA" if has_alpha else "RGB").reduce(factor)
 
 
 def image_to_gray(image: Image.Image) -> np.ndarray:

@@ -24,7 +24,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 
 from .console import console as stdout_console
-from .console import err_console
+from .console import err_console, shown
 
 REDRAW_SECONDS = 0.1
 
@@ -53,11 +53,11 @@ class ProgressBar:
         self._hooked = False
         self._progress = None
         if self.active:
-            self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+            self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
                                       MofNCompleteColumn(), RateColumn(unit), TextColumn("eta"),
                                       TimeRemainingColumn(), console=console, auto_refresh=False,
                                       transient=True, redirect_stdout=False, redirect_stderr=False)
-            self._task = self._progress.add_task(description, total=total)
+            self._task = self._progress.add_task(shown(description).plain, total=total)  # untrusted text
 
     def __enter__(self) -> "ProgressBar":
         if self.active:
@@ -83,7 +83,7 @@ class ProgressBar:
     def step(self, description: str, total: int | None = None) -> None:
         """Start a new step on the same bar (qd-eval: reading, then each backend)."""
         if self.active:
-            self._progress.reset(self._task, total=total, description=description)
+            self._progress.reset(self._task, total=total, description=shown(description).plain)
             self._redraw(force=True)
 
     def write_stdout(self, text: str) -> None:

@@ -62,6 +62,7 @@ def open_onnx_int8(model: ModelInfo, checkpoint: Path | None) -> Runner:
     if not path.is_file():
         raise Unavailable(f"no {path.name} beside {model.path.name}")
     classifier = OnnxClassifier(path)
+    model.check_member(path, classifier.metadata.get("qd.source_sha256"))
     if classifier.labels != model.labels:
         raise QDError(f"{path}: its labels differ from {model.path.name}'s")
     return Runner(path, tensor_input(classifier.preprocessing), classifier.probabilities)
@@ -108,6 +109,7 @@ def open_coreml(model: ModelInfo, checkpoint: Path | None) -> Runner:
         raise Unavailable("coremltools is not installed (pip install 'quickdraw-edge[export]')") from None
     from PIL import Image
 
+    model.check_member(path)
     input_name, probs_name = coreml_io_names(ct, path)
     mlmodel = ct.models.MLModel(str(path))
     labels = list(model.labels)

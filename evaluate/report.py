@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qd.data import __version__
+from qd.data.console import shown
 from qd.data.machine import cpu
 
 from . import metrics
@@ -139,18 +140,18 @@ def overall_panel(report: dict) -> Panel:
     grid.add_row(*(Text(t, style="bold") for t in ("top-1", "top-3", "MAP@3", "macro F1", "drawings")))
     grid.add_row(_pct(o["top1"]), _pct(o["top3"]), _pct(o["map3"]), _pct(o["macro_f1"]),
                  Text(f"{o['count']:,}  ({o['errors']:,} wrong)"))
-    lines = [grid, Text(""), Text(f"data: {report['data']['description']}", style="dim"),
+    lines = [grid, Text(""), shown(f"data: {report['data']['description']}", "dim"),
              Text(f"figures from the {report['reference_backend']} backend", style="dim")]
-    lines += [Text(f"note: {n}", style="yellow") for n in report["notes"][:6]]
+    lines += [shown(f"note: {n}", "yellow") for n in report["notes"][:6]]
     if len(report["notes"]) > 6:
         lines.append(Text(f"... and {len(report['notes']) - 6} more notes in report.json", style="yellow"))
-    return Panel(Group(*lines), title=f"[bold]{report['model']['name']}[/]", box=box.ROUNDED, expand=False)
+    return Panel(Group(*lines), title=shown(report["model"]["name"], "bold"), box=box.ROUNDED, expand=False)
 
 
 def class_table(report: dict) -> Table:
     rows = report["per_class"]
-    shown = rows[:TERMINAL_CLASSES]
-    title = "per class, worst first" + (f" ({len(shown)} of {len(rows)}; all in report.json)" if len(rows) > len(shown) else "")
+    listed = rows[:TERMINAL_CLASSES]
+    title = "per class, worst first" + (f" ({len(listed)} of {len(rows)}; all in report.json)" if len(rows) > len(listed) else "")
     table = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left")
     table.add_column("class")
     for name in ("precision", "recall", "F1"):
@@ -158,9 +159,9 @@ def class_table(report: dict) -> Table:
     table.add_column("support", justify="right")
     table.add_column("mistaken for", style="dim")
     worst_target = _worst_target(report)
-    for row in shown:
-        table.add_row(row["class"], _pct(row["precision"]), _pct(row["recall"]), _pct(row["f1"]),
-                      f"{row['support']:,}", worst_target.get(row["class"], ""))
+    for row in listed:
+        table.add_row(shown(row["class"]), _pct(row["precision"]), _pct(row["recall"]), _pct(row["f1"]),
+                      f"{row['support']:,}", shown(worst_target.get(row["class"], "")))
     return table
 
 
@@ -185,7 +186,7 @@ def confused_table(report: dict) -> Table | Text:
     table.add_column("count", justify="right")
     table.add_column("of true class", justify="right")
     for p in pairs:
-        table.add_row(p["true"], p["predicted"], f"{p['count']:,}", f"{p['share']:.1%}")
+        table.add_row(shown(p["true"]), shown(p["predicted"]), f"{p['count']:,}", f"{p['share']:.1%}")
     return table
 
 
@@ -197,7 +198,7 @@ def backend_table(report: dict) -> Group:
     lines = []
     for b in report["backends"]:
         if b["status"] != "ok":
-            lines.append(Text(f"{b['name']} skipped: {b['reason']}", style="yellow"))
+            lines.append(shown(f"{b['name']} skipped: {b['reason']}", "yellow"))
             continue
         speed = f"{b['images_per_s_batch256']:,.0f}" if b.get("images_per_s_batch256") else "–"
         latency = f"{b['p50_latency_ms_single']:.2f} ms" if b.get("p50_latency_ms_single") else "–"
@@ -205,7 +206,7 @@ def backend_table(report: dict) -> Group:
         table.add_row(name, _pct(b["top1"], style=False), _pct(b["map3"], style=False),
                       _pct(b["agreement_with_reference"], style=False), _size(b["size_bytes"]), speed, latency)
         if b["note"]:
-            lines.append(Text(f"{b['name']}: {b['note']}", style="yellow"))
+            lines.append(shown(f"{b['name']}: {b['note']}", "yellow"))
     lines.append(Text("* reference; agrees = same top-1 class as the reference; speed = model call only, "
                       f"median of repeated runs, on {report.get('machine', {}).get('cpu', {}).get('summary', 'this CPU')}", style="dim"))
     return Group(table, *lines)
@@ -218,7 +219,7 @@ def render(report: dict, console: Console, out_dir=None) -> None:
     console.print(backend_table(report))
     if out_dir is not None and report["files"]:
         files = ", ".join(report["files"][k] for k in ("report", "confusion", "mistakes") if k in report["files"])
-        console.print(f"wrote {files} to [bold]{out_dir}[/]", highlight=False)
+        console.print(Text.assemble(f"wrote {files} to ", shown(out_dir, "bold")), highlight=False)
 
 
 def models_table(results) -> Table:
@@ -228,6 +229,6 @@ def models_table(results) -> Table:
                           ("macro F1", "right"), ("drawings", "right"), ("data", "left")):
         table.add_column(name, justify=justify)
     for r in results:
-        table.add_row(r.model.name, _pct(r.summary.top1), _pct(r.summary.top3), _pct(r.summary.map3),
-                      _pct(metrics.macro_f1(r.scores)), f"{len(r.heldout):,}", Text(r.heldout.describe(), style="dim"))
+        table.add_row(shown(r.model.name), _pct(r.summary.top1), _pct(r.summary.top3), _pct(r.summary.map3),
+                      _pct(metrics.macro_f1(r.scores)), f"{len(r.heldout):,}", shown(r.heldout.describe(), "dim"))
     return table

@@ -12,6 +12,7 @@ import typer
 
 from qd.data.console import run_app
 from qd.data.errors import QDError
+from qd.data.limits import MAX_BATCH_SIZE, MAX_THREADS, MAX_WORKERS
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich",
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,13 +28,14 @@ def infer(
                                         help="model.onnx or an export folder (default: the newest "
                                              "artifacts/exports/*/model.onnx)"),
     top: int = typer.Option(3, "--top", "-k", min=1, help="How many labels to show per drawing."),
-    batch_size: int = typer.Option(512, "--batch-size", "-b", min=1, help="Drawings per onnxruntime run."),
+    batch_size: int = typer.Option(512, "--batch-size", "-b", min=1, max=MAX_BATCH_SIZE,
+                                     help="Drawings per onnxruntime run."),
     json_lines: bool = typer.Option(False, "--json", help="JSON lines on stdout (one object per drawing)."),
     csv_out: bool = typer.Option(False, "--csv", help="CSV on stdout."),
     recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Search folders recursively."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, show_default=False,
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, max=MAX_WORKERS, show_default=False,
                                           help="Image decoding processes (default: one per CPU)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=MAX_THREADS,
                                           help="onnxruntime intra-op threads (default: 1 while worker processes "
                                                "decode images, else onnxruntime decides)."),
 ) -> None:

@@ -1,7 +1,10 @@
 """How qd-infer shows results: a rich table (streamed batch by batch), JSON lines or CSV.
 
 Machine formats (--json, --csv) own stdout; failures and the closing summary go to
-stderr, so `qd-infer ... --csv > out.csv` stays a clean file.
+stderr, so `qd-infer ... --csv > out.csv` stays a clean file. The table and every
+failure line show names and labels through qd.data.console.shown (escape codes made
+visible); CSV carries them exactly, JSON exactly too (strict JSON, with invisible
+characters written as \\u escapes).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qd.data.console import console, err_console, fail
+from qd.data.console import console, err_console, fail, shown
 
 
 @dataclass
@@ -52,7 +55,7 @@ class Writer:
         sys.stdout.flush()
 
     def failure(self, message: str) -> None:
-        fail(printable(message))
+        fail(message)
 
     def finish(self, summary: Summary) -> None:
         err_console.print(summary.line(), highlight=False)
@@ -91,8 +94,8 @@ class CsvWriter(Writer):
         for rank in range(1, top + 1):
             header += [f"label_{rank}", f"probability_{rank}"]
         self.quoted_labels = np.array([csv_field(l) for l in labels], dtype=object)
-        self.record = "%s" + ",%s,%.6f" * top + "\n"
-        self.emit(",".join(header) + "\n")
+        self.record = "%s" + ",%s,%.6f" * top + CSV_LINE_END
+        self.emit(",".join(header) + CSV_LINE_END)
 
     def rows(self, names, index, probs):
         fields = np.empty((len(names), 1 + 2 * index.shape[1]), dtype=object)
@@ -114,20 +117,22 @@ class TableWriter(Writer):
     def rows(self, names, index, probs):
         from rich import box
         from rich.table import Table
+        from rich.text import Text
 
         input_width = max(16, console.width - self.top * (self.prediction_width + 2) - 2)
         table = Table(box=box.SIMPLE_HEAD, show_header=not self.printed_header, show_edge=False,
                       pad_edge=False, header_style="bold")
-        heading = f"input (in {_escape(printable(self.prefix))})" if self.prefix else "input"
+        heading = Text.assemble("input (in ", shown(self.prefix), ")") if self.prefix else "input"
         table.add_column(heading, width=input_width, overflow="fold", no_wrap=False)
         for rank in range(1, self.top + 1):
             table.add_column(_ordinal(rank), width=self.prediction_width, no_wrap=True, overflow="ellipsis")
-        for name, row_i, row_p in zip(printable_names(names), index.tolist(), probs.tolist()):
-            cells = [f"[bold]{_escape(self.labels[row_i[0]])}[/] {row_p[0]:6.1%}"]
-            cells += [f"{_escape(self.labels[i])} [dim]{p:6.1%}[/]" for i, p in zip(row_i[1:], row_p[1:])]
+        for name, row_i, row_p in zip(names, index.tolist(), probs.tolist()):
+            cells = [Text.assemble(shown(self.labels[row_i[0]], "bold"), f" {row_p[0]:6.1%}")]
+            cells += [Text.assemble(shown(self.labels[i]), " ", (f"{p:6.1%}", "dim"))
+                      for i, p in zip(row_i[1:], row_p[1:])]
             if self.prefix and name.startswith(self.prefix):
                 name = name[len(self.prefix):]
-            table.add_row(_escape(name), *cells)
+            table.add_row(shown(name), *cells)
         console.print(table)
         self.printed_header = True
 
@@ -136,7 +141,7 @@ class TableWriter(Writer):
 
 
 def printable(text: str) -> str:
-    """File names that are not valid UTF-8 (surrogate-escaped by Python) shown as \\xNN, never a crash."""
+    """File names that are not valid UTF-8 (surrogate-escaped by Python) as \\xNN in CSV and JSON, never a crash."""
     try:
         text.encode("utf-8")
         return text
@@ -156,11 +161,11 @@ def printable_names(names: list[str]) -> list[str]:
 
 
 def encode_json_string(text: str) -> str:
-    """A JSON string literal, exactly as json.dumps(text, ensure_ascii=False) writes it."""
-    return json.encoder.encode_basestring(text)
+    """A JSON string literal as json.dumps(text, ensure_ascii=False) writes it, invisible characters as \\u escapes."""
+    return _JSON_INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.encoder.encode_basestring(text))
 
 
-JSON_SPECIAL = re.compile(r'["\\\x00-\x1f\x7f]')
+JSON_SPECIAL = re.compile(r'["\\\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]')
 
 
 def json_strings(texts: list[str]) -> list[str]:
@@ -171,6 +176,9 @@ def json_strings(texts: list[str]) -> list[str]:
 
 
 CSV_SPECIAL = re.compile(r'[,"\r\n]')
+# RFC 4180's CRLF: with it csv.writer also quotes a bare "\r" inside a field (with "\n" it would not,
+# and a label or file name holding one would split its row)
+CSV_LINE_END = "\r\n"
 
 
 def csv_field(text: str) -> str:
@@ -178,8 +186,8 @@ def csv_field(text: str) -> str:
     if not CSV_SPECIAL.search(text):
         return text
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow([text, ""])
-    return buffer.getvalue()[:-2]  # without the empty second field's "," and the line end
+    csv.writer(buffer, lineterminator=CSV_LINE_END).writerow([text, ""])
+    return buffer.getvalue()[:-3]  # without the empty second field's "," and the line end
 
 
 def csv_fields(texts: list[str]) -> list[str]:
@@ -192,10 +200,14 @@ def _ordinal(n: int) -> str:
     return {1: "1st", 2: "2nd", 3: "3rd"}.get(n, f"{n}th")
 
 
-def _escape(text: str) -> str:
-    from rich.markup import escape
+# C1 controls, bidi controls, line separators: valid in JSON strings, but a terminal may act on them.
+_JSON_INVISIBLE = re.compile("[\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 
-    return escape(text)
+
+def json_line(record: dict) -> str:
+    """One strict JSON object (no NaN) on one line, exact: invisible characters as \\u escapes."""
+    text = json.dumps(record, ensure_ascii=False, allow_nan=False)
+    return _JSON_INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def make_writer(fmt: str, labels: list[str], top: int, base: str | None = None) -> Writer:

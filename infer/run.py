@@ -9,7 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from qd.data.bitmaps import PIXELS
+from qd.data.console import describe_unexpected
 from qd.data.decode import ImageDecoder
+from qd.data.errors import QDError
+from qd.data.limits import MAX_BATCH_SIZE, MAX_WORKERS
 from qd.data.preprocess import bitmaps_to_input
 from qd.data.progress import ProgressBar
 
@@ -46,9 +49,60 @@ class Batcher:
         return out
 
 
+class BatchRunner:
+    """Classifies batches and writes their rows; a batch onnxruntime cannot run (its allocator at
+    a huge batch, a kernel failing on some input) is split in halves and retried, down to single
+    drawings, so one bad drawing is one failure line and the rest of the batch goes on. After a
+    split, later batches are cut to the size that last worked."""
+
+    def __init__(self, classifier: OnnxClassifier, top: int, write, report_failure):
+        self.classifier, self.top = classifier, top
+        self.write, self.report_failure = write, report_failure  # (names, index, probs) and (message)
+        self.limit: int | None = None  # batch size known to work, once one has failed
+        self.classified = self.failed = 0
+
+    def run(self, names: list[str], bitmaps: np.ndarray) -> None:
+        step = self.limit or len(names)
+        for start in range(0, len(names), step):
+            self._run(names[start:start + step], bitmaps[start:start + step])
+
+    def _run(self, names: list[str], bitmaps: np.ndarray) -> None:
+        try:
+            probs = self.classifier.probabilities(bitmaps_to_input(bitmaps, self.classifier.preprocessing))
+        except QDError:
+            raise  # the model itself is wrong (output shape): every batch would fail alike
+        except Exception as exc:
+            if len(names) == 1:
+                self.fail(f"{names[0]}: not classified (onnxruntime: {describe_unexpected(exc)})")
+                return
+            half = len(names) // 2
+            self.limit = half if self.limit is None else min(self.limit, half)
+            self._run(names[:half], bitmaps[:half])
+            self._run(names[half:], bitmaps[half:])
+            return
+        finite = np.isfinite(probs).all(axis=1)
+        if not finite.all():
+            for i in np.flatnonzero(~finite).tolist():
+                self.fail(f"{names[i]}: not classified (the model gave NaN or infinite probabilities)")
+            names = [n for n, ok in zip(names, finite.tolist()) if ok]
+            probs = probs[finite]
+        if names:
+            index, values = top_k(probs, self.top)
+            self.write(names, index, values)
+            self.classified += len(names)
+
+    def fail(self, message: str) -> None:
+        self.report_failure(message)
+        self.failed += 1
+
+
 def run_inference(inputs, model=None, top: int = 3, batch_size: int = 512, fmt: str = "table",
                   recursive: bool = True, workers: int = 1, threads: int | None = None,
                   writer: Writer | None = None) -> Summary:
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise QDError(f"--batch-size must be 1 to {MAX_BATCH_SIZE}, got {batch_size}")
+    if not 1 <= workers <= MAX_WORKERS:
+        raise QDError(f"--workers must be 1 to {MAX_WORKERS}, got {workers}")
     model_path = resolve_model_path(model)
     inputs = [str(i) for i in inputs]
     plan = Plan.of(inputs, recursive)
@@ -73,44 +127,42 @@ def run_inference(inputs, model=None, top: int = 3, batch_size: int = 512, fmt: 
 
 def _classify(plan: Plan, classifier: OnnxClassifier, decoder: ImageDecoder, writer: Writer, bar: ProgressBar,
               top: int, batch_size: int) -> tuple[int, int]:
-    classified = failed = 0
     batcher = Batcher(batch_size)
     # Machine formats are written by a second thread while onnxruntime (which releases the
     # GIL) runs the next batch: with a small model, writing is a large share of the work.
     # One batch in flight keeps memory bounded and the output in order.
-    writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qd-write") if writer.threaded else None
+    writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qd-write") if getattr(writer, "threaded", False) else None
     written = None
 
-    def write(names, index, values):
+    def write_now(names, index, values):
         writer.rows(names, index, values)
         bar.advance(len(names))
 
-    def run(names, bitmaps):
+    def write(names, index, values):
         nonlocal written
-        probs = classifier.probabilities(bitmaps_to_input(bitmaps, classifier.preprocessing))
-        index, values = top_k(probs, top)
         if writing is None:
-            write(names, index, values)
-            return len(names)
+            return write_now(names, index, values)
         if written is not None:
             written.result()  # raises here if writing failed (a closed pipe, a full disk)
-        written = writing.submit(write, names, index, values)
-        return len(names)
+        written = writing.submit(write_now, names, index, values)
 
+    def report_failure(message):
+        writer.failure(message)
+        bar.advance(1)
+
+    runner = BatchRunner(classifier, top, write, report_failure)
     try:
         for event in read_inputs(plan, chunk_rows=batch_size, decoder=decoder):
             if isinstance(event, Failure):
-                writer.failure(event.message)
-                failed += 1
-                bar.advance(1)
+                runner.fail(event.message)
                 continue
             for names, bitmaps in batcher.add(event):
-                classified += run(names, bitmaps)
+                runner.run(names, bitmaps)
         if batcher.count:
-            classified += run(*batcher.flush())
+            runner.run(*batcher.flush())
         if written is not None:
             written.result()
     finally:
         if writing is not None:
             writing.shutdown(wait=True)
-    return classified, failed
+    return runner.classified, runner.failed

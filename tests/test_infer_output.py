@@ -48,7 +48,7 @@ def test_json_lines_are_the_records_json_dumps_would_write(batch):
 def test_csv_is_byte_identical_to_csv_writer(batch):
     index, probs = batch
     expected = io.StringIO()
-    reference = csv.writer(expected, lineterminator="\n")
+    reference = csv.writer(expected, lineterminator="\r\n")  # RFC 4180, so a bare "\r" in a field is quoted
     reference.writerow(["input", "label_1", "probability_1", "label_2", "probability_2", "label_3", "probability_3"])
     for name, row_i, row_p in zip(printable_names(NAMES) + NAMES[:2], index.tolist() * 2, probs.tolist() * 2):
         cells = [name]
