@@ -3,25 +3,16 @@
 import dataclasses
 import json
 import re
-import sys
 
 import onnx
-import pytest
 import torch
 
 from qd.export import formats as export_formats
 from qd.export.api import export_checkpoint
-from qd.export.cli import main
 from qd.export.formats import FORMATS, help_text, markdown_table, parse_formats
 from qd.train.checkpoint import load_checkpoint, save_checkpoint
 
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["qd-export", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code or 0, out, err
+from fixtures_export import run_export_cli
 
 
 def _one_error_line(err: str) -> str:
@@ -37,12 +28,12 @@ class NotAllowed:
 
 def test_cli_writes_default_folder_and_reruns_safely(trained_checkpoint, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("QD_ARTIFACTS", str(tmp_path / "artifacts"))
-    code, out, err = run_cli(monkeypatch, capsys, trained_checkpoint)
+    code, out, err = run_export_cli(monkeypatch, capsys, trained_checkpoint)
     assert code == 0, err
     folder = tmp_path / "artifacts" / "exports" / trained_checkpoint.parent.name
     assert "model.onnx" in out and "vs torch, batch 64" in out and "labels.txt" in out
     first = (folder / "model.onnx").read_bytes()
-    code, out, err = run_cli(monkeypatch, capsys, trained_checkpoint, "--format", "onnx")
+    code, out, err = run_export_cli(monkeypatch, capsys, trained_checkpoint, "--format", "onnx")
     assert code == 0, err
     assert (folder / "model.onnx").read_bytes() == first  # deterministic export, replaced in place
     assert sorted(p.name for p in folder.iterdir()) == ["labels.txt", "model.json", "model.onnx"]
@@ -93,7 +84,7 @@ def test_missing_data_folder_falls_back_clearly(trained_checkpoint, tmp_path):
 
 
 def test_missing_checkpoint(tmp_path, monkeypatch, capsys):
-    code, _, err = run_cli(monkeypatch, capsys, tmp_path / "nope.pt")
+    code, _, err = run_export_cli(monkeypatch, capsys, tmp_path / "nope.pt")
     assert code == 1
     assert _one_error_line(err) == f"error: {tmp_path / 'nope.pt'}: checkpoint not found"
 
@@ -101,7 +92,7 @@ def test_missing_checkpoint(tmp_path, monkeypatch, capsys):
 def test_not_a_checkpoint(tmp_path, monkeypatch, capsys):
     bogus = tmp_path / "notes.pt"
     bogus.write_text("just some text\n")
-    code, _, err = run_cli(monkeypatch, capsys, bogus)
+    code, _, err = run_export_cli(monkeypatch, capsys, bogus)
     assert code == 1
     assert _one_error_line(err).startswith(f"error: {bogus}: not a checkpoint")
 
@@ -109,7 +100,7 @@ def test_not_a_checkpoint(tmp_path, monkeypatch, capsys):
 def test_plain_torch_file_is_not_a_qd_checkpoint(tmp_path, monkeypatch, capsys):
     other = tmp_path / "weights.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, other)
-    code, _, err = run_cli(monkeypatch, capsys, other)
+    code, _, err = run_export_cli(monkeypatch, capsys, other)
     assert code == 1
     assert "not a quickdraw-edge checkpoint" in _one_error_line(err)
 
@@ -119,14 +110,14 @@ def test_checkpoint_needing_pickle_is_refused(trained_checkpoint, tmp_path, monk
     payload["hparams"] = {"extra": NotAllowed()}
     crafted = tmp_path / "pickled.pt"
     torch.save(payload, crafted)
-    code, _, err = run_cli(monkeypatch, capsys, crafted, "--out", tmp_path / "out")
+    code, _, err = run_export_cli(monkeypatch, capsys, crafted, "--out", tmp_path / "out")
     assert code == 1
     assert "refused: not loadable with weights_only=True" in _one_error_line(err)
     assert not (tmp_path / "out").exists()
 
 
 def test_unknown_format(trained_checkpoint, tmp_path, monkeypatch, capsys):
-    code, _, err = run_cli(monkeypatch, capsys, trained_checkpoint, "--format", "onnx,tflite", "--out", tmp_path)
+    code, _, err = run_export_cli(monkeypatch, capsys, trained_checkpoint, "--format", "onnx,tflite", "--out", tmp_path)
     assert code == 1
     line = _one_error_line(err)
     assert "unknown format tflite" in line and "onnx, onnx-int8, coreml" in line
@@ -134,7 +125,7 @@ def test_unknown_format(trained_checkpoint, tmp_path, monkeypatch, capsys):
 
 
 def test_bad_opset(trained_checkpoint, tmp_path, monkeypatch, capsys):
-    code, _, err = run_cli(monkeypatch, capsys, trained_checkpoint, "--opset", "7", "--out", tmp_path)
+    code, _, err = run_export_cli(monkeypatch, capsys, trained_checkpoint, "--opset", "7", "--out", tmp_path)
     assert code == 1
     assert "--opset 7: supported opsets are 13.." in _one_error_line(err)
 

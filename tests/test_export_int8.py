@@ -1,7 +1,6 @@
 """int8 ONNX that is faithful on every CPU: the saturation-safe weights, both kernel paths, the sample-size rule."""
 
 import json
-import sys
 
 import numpy as np
 import onnx
@@ -15,10 +14,11 @@ from qd.data.dataset import BitmapDataset
 from qd.data.preprocess import bitmaps_to_input
 from qd.data.split import SplitSpec
 from qd.export.api import export_checkpoint
-from qd.export.cli import main
 from qd.export.quantize import KERNEL_PATHS
 from qd.export.validate import allowed_changes
 from qd.train.checkpoint import load_checkpoint
+
+from fixtures_export import run_export_cli
 
 # x86 CPUs without VNNI add each pair of u8 x s8 products into a saturating int16.
 INT16_MAX = 32767
@@ -112,18 +112,10 @@ class _ZeroCalibration:
         return next(self._batches, None)
 
 
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["qd-export", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code or 0, out, err
-
-
 def test_an_unfaithful_int8_is_refused_with_the_option_that_loosens_it(trained_checkpoint, tmp_path, monkeypatch,
                                                                        capsys):
     monkeypatch.setattr("qd.export.quantize.DrawingCalibrationReader", _ZeroCalibration)
-    code, _, err = run_cli(monkeypatch, capsys, trained_checkpoint, "--format", "onnx-int8", "--out", tmp_path)
+    code, _, err = run_export_cli(monkeypatch, capsys, trained_checkpoint, "--format", "onnx-int8", "--out", tmp_path)
     assert code == 1
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "model.int8.onnx: validation failed, not written" in errors[0]
@@ -138,7 +130,7 @@ def test_an_unfaithful_int8_is_refused_with_the_option_that_loosens_it(trained_c
 
 @pytest.mark.parametrize("option, value", [("--int8-tolerance", "1.5"), ("--int8-max-dp", "0")])
 def test_out_of_range_tolerances_are_one_line(trained_checkpoint, tmp_path, option, value, monkeypatch, capsys):
-    code, _, err = run_cli(monkeypatch, capsys, trained_checkpoint, "--format", "onnx-int8", "--out", tmp_path,
+    code, _, err = run_export_cli(monkeypatch, capsys, trained_checkpoint, "--format", "onnx-int8", "--out", tmp_path,
                            option, value)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 1 and len(lines) == 1 and option in lines[0] and "Traceback" not in err
