@@ -289,6 +289,13 @@ def _wide_gray(image: Image.Image) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- the algorithm
+#
+# How it runs (the same results as the steps above, with fewer passes over the pixels;
+# tests/test_images_exact.py checks it bit for bit against a direct transcription):
+# S is a monotone function of I (a 256-entry table), so S >= 0.5 is I >= a threshold
+# level, and max-pooling and max-filtering commute with the table. Steps 7-10 therefore
+# run on uint8 levels; only the pooled n x n array becomes float, through the table.
+# Cell medians are selected (np.partition), not counted.
 
 def percentile(hist: np.ndarray, q: float) -> int:
     """Step 3: the smallest grey level v with cumsum(hist)[v] >= q * N."""
@@ -296,32 +303,92 @@ def percentile(hist: np.ndarray, q: float) -> int:
     return int(np.searchsorted(cum, q * float(cum[-1]), side="left"))
 
 
+def histogram(levels: np.ndarray) -> np.ndarray:
+    """Step 2: count[v] for v in 0..255 of a 2-D uint8 array (Pillow's counting loop: 2x numpy's)."""
+    return np.asarray(Image.fromarray(np.ascontiguousarray(levels)).histogram(), dtype=np.int64)
+
+
+def dark_on_light(hist: np.ndarray) -> bool:
+    """Step 4's polarity test: is the far tail dark (ink darker than the paper)?"""
+    m = percentile(hist, 0.5)
+    return m - percentile(hist, 0.001) > percentile(hist, 0.999) - m
+
+
+def background_and_span(hist: np.ndarray) -> tuple[int, int]:
+    """Step 4: b = P(0.5) and span = P(0.999) - b of an ink-high histogram."""
+    b = percentile(hist, 0.5)
+    return b, percentile(hist, 0.999) - b
+
+
 def ink_high(gray: np.ndarray) -> tuple[np.ndarray, int, int]:
     """Step 4: orient so ink is high; return (I, background b, span)."""
-    hist = np.bincount(gray.reshape(-1), minlength=256)
-    m = percentile(hist, 0.5)
-    if m - percentile(hist, 0.001) > percentile(hist, 0.999) - m:
-        gray = 255 - gray
-        hist = hist[::-1]
-    b = percentile(hist, 0.5)
-    return gray, b, percentile(hist, 0.999) - b
+    hist = histogram(gray)
+    if dark_on_light(hist):
+        gray, hist = 255 - gray, hist[::-1]
+    return (gray, *background_and_span(hist))
 
 
-def subtract_local_background(ink: np.ndarray) -> np.ndarray:
-    """Step 5: remove uneven lighting (shadows, gradients) with a coarse background map."""
-    h, w = ink.shape
-    cell = -(-max(h, w) // LOCAL_CELLS)
-    rows, cols = -(-h // cell), -(-w // cell)
-    # One histogram per cell, all at once: key = cell index * 256 + grey level.
-    cell_of_row = (np.arange(h, dtype=np.int64) // cell) * cols
-    cell_of_col = np.arange(w, dtype=np.int64) // cell
-    keys = ((cell_of_row[:, None] + cell_of_col[None, :]) << 8) | ink
-    hists = np.bincount(keys.reshape(-1), minlength=rows * cols * 256).reshape(rows * cols, 256)
-    cum = np.cumsum(hists, axis=1)
-    medians = np.argmax(cum >= 0.5 * cum[:, -1:].astype(np.float64), axis=1).reshape(rows, cols).astype(np.int32)
-    background = _min_filter(medians, LOCAL_RADIUS)
-    per_pixel = np.repeat(np.repeat(background, cell, axis=0), cell, axis=1)[:h, :w]
-    return np.maximum(ink.astype(np.int32) - per_pixel, 0).astype(np.uint8)
+class CellGrid:
+    """Step 5's cells: c = ceil(max(W, H) / 16) pixels square, clipped to the image."""
+
+    def __init__(self, shape: tuple[int, int]):
+        self.height, self.width = shape
+        self.cell = -(-max(shape) // LOCAL_CELLS)
+        self.rows, self.cols = -(-self.height // self.cell), -(-self.width // self.cell)
+
+    def medians(self, levels: np.ndarray, likely: int) -> np.ndarray:
+        """(rows, cols) int32: P(0.5) of each cell of a uint8 (H, W) array.
+
+        `likely` is the level most cells are expected to have as median (the paper's);
+        it is confirmed by counting, and only the other cells are selected exactly.
+        """
+        out = np.empty((self.rows, self.cols), dtype=np.int32)
+        for (r0, r1, nr), (c0, c1, nc) in self._blocks():
+            ch, cw = (r1 - r0) // nr, (c1 - c0) // nc  # cells of one size, one per line:
+            cells = levels[r0:r1, c0:c1].reshape(nr, ch, nc, cw).transpose(0, 2, 1, 3).reshape(nr * nc, ch * cw)
+            i, j = r0 // self.cell, c0 // self.cell
+            out[i:i + nr, j:j + nc] = _row_medians(cells, likely).reshape(nr, nc)
+        return out
+
+    def _blocks(self):
+        """Rectangles of equal-sized cells: the full ones, then the clipped last row/column."""
+        def spans(length):
+            full = length // self.cell
+            out = [(0, full * self.cell, full)] if full else []
+            if length % self.cell:
+                out.append((full * self.cell, length, 1))
+            return out
+        return [(r, c) for r in spans(self.height) for c in spans(self.width)]
+
+    def per_pixel(self, values: np.ndarray) -> np.ndarray:
+        """A (rows, cols) map of levels 0..255 spread over the (H, W) pixels of each cell, as uint8."""
+        spread = np.repeat(np.repeat(values.astype(np.uint8), self.cell, axis=0), self.cell, axis=1)
+        return spread[:self.height, :self.width]
+
+
+def _row_medians(rows: np.ndarray, likely: int) -> np.ndarray:
+    """P(0.5) of each row of a uint8 (M, N) array, as int32."""
+    half = 0.5 * rows.shape[1]
+    # P(0.5) == likely  <=>  count(<= likely) >= N / 2 > count(< likely)
+    is_likely = (rows <= likely).view(np.uint8).sum(axis=1, dtype=np.int64) >= half
+    if likely > 0:
+        is_likely &= (rows < likely).view(np.uint8).sum(axis=1, dtype=np.int64) < half
+    out = np.full(len(rows), likely, dtype=np.int32)
+    others = np.flatnonzero(~is_likely)
+    if others.size:
+        k = -(-rows.shape[1] // 2) - 1  # P(0.5) of N sorted values is the one at index ceil(N / 2) - 1
+        out[others] = np.partition(rows[others], k, axis=1)[:, k]
+    return out
+
+
+def subtract_local_background(ink: np.ndarray, b: int) -> np.ndarray:
+    """Step 5: remove uneven lighting (shadows, gradients) with a coarse background map.
+
+    `b` is the whole image's background level, the likely median of most cells.
+    """
+    grid = CellGrid(ink.shape)
+    background = grid.per_pixel(_min_filter(grid.medians(ink, likely=b), LOCAL_RADIUS))
+    return ink - np.minimum(ink, background)  # max(I - bg, 0) in uint8
 
 
 def _min_filter(a: np.ndarray, radius: int) -> np.ndarray:
@@ -330,28 +397,32 @@ def _min_filter(a: np.ndarray, radius: int) -> np.ndarray:
 
 def gray_to_bitmap(gray: np.ndarray) -> np.ndarray:
     """Steps 2-12: uint8 grey levels (H, W) -> uint8 (28, 28) ink-high bitmap."""
-    gray = np.asarray(gray, dtype=np.uint8)
+    gray = np.ascontiguousarray(gray, dtype=np.uint8)
     if gray.ndim != 2 or gray.size == 0:
         raise BlankImageError(f"expected a non-empty 2-D grey image, got shape {gray.shape}")
     ink, b, span = ink_high(gray)
     if span >= MIN_CONTRAST and max(ink.shape) >= LOCAL_MIN_SIDE:
-        ink = subtract_local_background(ink)
-        hist = np.bincount(ink.reshape(-1), minlength=256)
-        b = percentile(hist, 0.5)
-        span = percentile(hist, 0.999) - b
+        ink = subtract_local_background(ink, b)
+        b, span = background_and_span(histogram(ink))
     if span < MIN_CONTRAST:
         raise BlankImageError(f"no drawing found (blank image or too little contrast: {span} grey levels)")
+    return levels_to_bitmap(ink, stretch_table(b, span))
+
+
+def stretch_table(b: int, span: int) -> np.ndarray:
+    """Step 6 for every level: S = clip((I - lo) / (hi - lo), 0, 1) in float32, (256,)."""
     lo = np.float32(b + STRETCH_LO * span)
     hi = np.float32(b + STRETCH_HI * span)
-    strength = np.clip((ink.astype(np.float32) - lo) / (hi - lo), np.float32(0), np.float32(1))
-    return strength_to_bitmap(strength)
+    return np.clip((np.arange(256, dtype=np.float32) - lo) / (hi - lo), np.float32(0), np.float32(1))
 
 
-def strength_to_bitmap(strength: np.ndarray) -> np.ndarray:
-    """Steps 7-12 on the stretched ink strength S (float32 (H, W) in [0, 1])."""
-    mask = strength >= 0.5
-    col = mask.sum(axis=0, dtype=np.int64)
-    row = mask.sum(axis=1, dtype=np.int64)
+def levels_to_bitmap(ink: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Steps 7-12 on uint8 ink levels I (H, W) whose strength is S = table[I]."""
+    strong = int(np.argmax(table >= 0.5)) if table[-1] >= 0.5 else 256  # S >= 0.5  <=>  I >= strong
+    mask = ink >= strong
+    counted = mask.view(np.uint8)
+    col = counted.sum(axis=0, dtype=np.int64)
+    row = counted.sum(axis=1, dtype=np.int64)
     total = int(col.sum())
     if total == 0:
         raise BlankImageError("no drawing found (no ink after contrast stretch)")
@@ -367,11 +438,12 @@ def strength_to_bitmap(strength: np.ndarray) -> np.ndarray:
     factor = max(1, int(math.floor(frame / WORK_SIDE)))
     n = int(math.ceil((frame + 1.0) / factor))
     left, top = int(math.floor(frame_x)), int(math.floor(frame_y))
-    pooled = _max_pool(_crop_zero_padded(strength, top, left, n * factor), factor)
-    pooled = _thicken(pooled, target=(frame / factor) * LINE_UNITS / FRAME_UNITS)
+    pooled = _max_pool(_crop_zero_padded(ink, top, left, n * factor), factor)  # table[0] == 0: pads stay 0
+    pooled = _thicken(pooled, strong, target=(frame / factor) * LINE_UNITS / FRAME_UNITS)
+    strength = table.astype(np.float64)[pooled]
     wy = area_weights(n, SIDE, (frame_y - top) / factor, frame / factor)
     wx = area_weights(n, SIDE, (frame_x - left) / factor, frame / factor)
-    out = wy @ pooled.astype(np.float64) @ wx.T
+    out = wy @ strength @ wx.T
     return np.floor(out * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
 
 
@@ -394,25 +466,36 @@ def _crop_zero_padded(a: np.ndarray, top: int, left: int, size: int) -> np.ndarr
 
 
 def _max_pool(a: np.ndarray, factor: int) -> np.ndarray:
+    """Maximum over factor x factor blocks of a square array (side a multiple of factor)."""
     if factor == 1:
         return a
-    n = a.shape[0] // factor
-    return a.reshape(n, factor, n, factor).max(axis=(1, 3))
+    # Strided maxima (many times faster than a 4-D reshape reduction): whole rows first,
+    # which reads the array once in order, then columns of the factor-times smaller result.
+    rows = a[0::factor].copy()
+    for k in range(1, factor):
+        np.maximum(rows, a[k::factor], out=rows)
+    out = rows[:, 0::factor].copy()
+    for k in range(1, factor):
+        np.maximum(out, rows[:, k::factor], out=out)
+    return out
 
 
 def stroke_width(mask: np.ndarray) -> float:
     """2 * area / boundary pixels of a boolean ink mask: the width of its strokes (0 if no ink)."""
-    area = int(mask.sum())
+    area = int(np.count_nonzero(mask))
     if area == 0:
         return 0.0
-    padded = np.pad(mask, 1, constant_values=False)
-    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    boundary = area - int((mask & interior).sum())
+    # Pixels on the array's edge always have a neighbour outside it: only inner ones can be interior.
+    inner = mask[1:-1, 1:-1] & mask[:-2, 1:-1]
+    for neighbour in (mask[2:, 1:-1], mask[1:-1, :-2], mask[1:-1, 2:]):
+        inner &= neighbour
+    boundary = area - int(np.count_nonzero(inner))
     return 2.0 * area / boundary
 
 
-def _thicken(q: np.ndarray, target: float) -> np.ndarray:
-    width = stroke_width(q >= 0.5)
+def _thicken(q: np.ndarray, strong: int, target: float) -> np.ndarray:
+    """Step 10 on uint8 levels q, whose mask S >= 0.5 is q >= strong."""
+    width = stroke_width(q >= strong)
     if width == 0.0 or width >= target:
         return q
     radius = int(math.floor((target - width) / 2.0 + 0.5))

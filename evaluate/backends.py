@@ -180,22 +180,29 @@ class BackendRun:
 
 
 def run_backend(name: str, model: ModelInfo, checkpoint: Path | None, bitmaps: np.ndarray,
-                measure_speed: bool = True) -> BackendRun:
+                measure_speed: bool = True, progress=None) -> BackendRun:
+    """`progress`: a qd.data.progress.ProgressBar advanced batch by batch."""
     try:
         runner = BACKENDS[name](model, checkpoint)
     except (Unavailable, QDError) as why:  # a broken int8 file or checkpoint must not sink the other backends
         return BackendRun(name, skipped=str(why))
     run = BackendRun(name, runner.file, file_size(runner.file), note=runner.note)
-    run.probabilities = predict_all(runner, bitmaps)
+    run.probabilities = predict_all(runner, bitmaps, advance=progress.advance if progress else None)
     if len(run.probabilities) and run.probabilities.shape[1] != len(model.labels):
         raise QDError(f"{runner.file}: gives {run.probabilities.shape[1]} classes, the model has {len(model.labels)} labels")
     if measure_speed:
+        if progress is not None:
+            progress.step(f"{name}: measuring speed")
         run.images_per_s, run.p50_ms = measure(runner, bitmaps)
     return run
 
 
-def predict_all(runner: Runner, bitmaps: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
-    chunks = [runner.predict(runner.prepare(bitmaps[i : i + batch_size])) for i in range(0, len(bitmaps), batch_size)]
+def predict_all(runner: Runner, bitmaps: np.ndarray, batch_size: int = EVAL_BATCH, advance=None) -> np.ndarray:
+    chunks = []
+    for i in range(0, len(bitmaps), batch_size):
+        chunks.append(runner.predict(runner.prepare(bitmaps[i : i + batch_size])))
+        if advance is not None:
+            advance(len(chunks[-1]))
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 

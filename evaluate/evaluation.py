@@ -16,6 +16,7 @@ import numpy as np
 from qd.data.errors import QDError
 from qd.data.files import write_json_atomic
 from qd.data.paths import artifacts_root
+from qd.data.progress import ProgressBar
 
 from . import metrics
 from .backends import BackendRun, parse_backends, run_backend
@@ -53,24 +54,24 @@ def evaluate(model_path: str | os.PathLike | None = None, data: str | os.PathLik
              split: str | None = None, backends: list[str] | None = None, out_dir: str | os.PathLike | None = None,
              checkpoint: str | os.PathLike | None = None, ignore_unknown: bool = False,
              max_per_category: int | None = None, measure_speed: bool = True, write_files: bool = True,
-             progress=None) -> Evaluation:
+             progress: ProgressBar | None = None) -> Evaluation:
     """Evaluate one model; write report.json, confusion.png and mistakes.png unless write_files is False.
 
-    `progress(message)` is called before each slow step (the CLI shows it in a status line).
+    `progress` (the CLI's bar on stderr) is stepped through the slow parts: reading, each backend.
     """
-    say = progress or (lambda message: None)
+    bar = progress or ProgressBar("qd-eval", enabled=False)
     names = parse_backends(backends)
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
             raise QDError(f"{checkpoint}: checkpoint not found")
     model = load_model_info(model_path)
-    say(f"loading held-out data for {model.name}")
-    heldout = load_heldout(model, None if data is None else str(data), split, ignore_unknown, max_per_category)
+    bar.step(f"loading held-out data for {model.name}")
+    heldout = load_heldout(model, None if data is None else str(data), split, ignore_unknown, max_per_category, bar)
     runs = []
     for name in names:
-        say(f"{name}: classifying {len(heldout):,} drawings")
-        runs.append(run_backend(name, model, checkpoint, heldout.bitmaps, measure_speed))
+        bar.step(f"{name}: classifying", total=len(heldout))
+        runs.append(run_backend(name, model, checkpoint, heldout.bitmaps, measure_speed, bar))
     ran = [r for r in runs if r.ran]
     if not ran:
         reasons = "; ".join(f"{r.name}: {r.skipped}" for r in runs)
@@ -87,7 +88,7 @@ def evaluate(model_path: str | os.PathLike | None = None, data: str | os.PathLik
         out_dir=Path(out_dir) if out_dir is not None else default_out_dir(model),
     )
     if write_files:
-        say("drawing plots")
+        bar.step("drawing plots")
         write_outputs(result)
     return result
 

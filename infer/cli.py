@@ -6,7 +6,6 @@ the command, so `qd-infer --help` starts fast.
 
 from __future__ import annotations
 
-import os
 from typing import List, Optional
 
 import typer
@@ -18,7 +17,6 @@ from qd.data.limits import MAX_BATCH_SIZE, MAX_THREADS, MAX_WORKERS
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich",
                   context_settings={"help_option_names": ["-h", "--help"]})
 
-DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
 @app.command()
@@ -35,10 +33,11 @@ def infer(
     json_lines: bool = typer.Option(False, "--json", help="JSON lines on stdout (one object per drawing)."),
     csv_out: bool = typer.Option(False, "--csv", help="CSV on stdout."),
     recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Search folders recursively."),
-    workers: int = typer.Option(DEFAULT_WORKERS, "--workers", "-w", min=1, max=MAX_WORKERS,
-                                help="Image decoding threads."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, max=MAX_WORKERS, show_default=False,
+                                          help="Image decoding processes (default: one per CPU)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, max=MAX_THREADS,
-                                          help="onnxruntime intra-op threads (default: onnxruntime decides)."),
+                                          help="onnxruntime intra-op threads (default: 1 while worker processes "
+                                               "decode images, else onnxruntime decides)."),
 ) -> None:
     """Classify drawings with an exported quickdraw-edge model.
 
@@ -47,11 +46,13 @@ def infer(
     """
     if json_lines and csv_out:
         raise QDError("--json and --csv cannot be used together")
+    from qd.data.machine import usable_cpus
+
     from .run import run_inference
 
     fmt = "json" if json_lines else "csv" if csv_out else "table"
     summary = run_inference(inputs, model=model, top=top, batch_size=batch_size, fmt=fmt,
-                            recursive=recursive, workers=workers, threads=threads)
+                            recursive=recursive, workers=workers or usable_cpus(), threads=threads)
     if summary.failed or summary.classified == 0:
         raise typer.Exit(1)
 

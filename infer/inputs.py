@@ -2,26 +2,25 @@
 
 Every input becomes either drawings (names + 28x28 ink-high uint8 bitmaps, handed
 on in chunks) or a Failure (one line: "path: reason"). A bad file never stops the
-others. Images are decoded in a thread pool (Pillow and numpy release the GIL),
-in order, with a bounded look-ahead so memory stays flat on huge folders.
+others. Images are decoded by qd.data.decode (worker processes, in order, a bounded
+look-ahead so memory stays flat on huge folders), the path every command shares.
 """
 
 from __future__ import annotations
 
 import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from qd.data.bitmaps import PIXELS, SIDE, parse_npy_header
 from qd.data.console import describe_unexpected
+from qd.data.decode import ImageDecoder
 from qd.data.errors import QDError, reason_of
 from qd.data.files import open_regular
-from qd.data.images import IMAGE_SUFFIXES, load_image_bitmap
+from qd.data.images import IMAGE_SUFFIXES, is_image_path
 from qd.data.strokes import iter_ndjson
 
 NPY_SUFFIX = ".npy"
@@ -113,17 +112,59 @@ def _walk(root: Path, recursive: bool) -> Iterator[Path | Failure]:
 
 # ----------------------------------------------------------------------------- reading
 
-def read_inputs(paths: Iterable[str | os.PathLike], recursive: bool = True, workers: int = 1,
-                chunk_rows: int = NPY_CHUNK_ROWS) -> Iterator[Event]:
-    """Drawings and Failures from every input, in input order."""
+@dataclass
+class Plan:
+    """Everything discovery found, in order, with the number of images among it."""
+
+    items: list[Path | Failure]
+    images: int
+
+    @classmethod
+    def of(cls, paths: Iterable[str | os.PathLike], recursive: bool = True) -> "Plan":
+        items = list(discover(paths, recursive))
+        return cls(items, sum(1 for i in items if isinstance(i, Path) and is_image_path(i)))
+
+    def drawings(self) -> int:
+        """How many drawings the inputs hold (for a progress bar): images, .npy rows from their
+        headers, .ndjson lines; unreadable files count as one."""
+        total = 0
+        for item in self.items:
+            if isinstance(item, Failure) or is_image_path(item):
+                total += 1
+            elif item.name.lower().endswith(NPY_SUFFIX):
+                try:
+                    with DrawingArray.open(item) as array:
+                        total += array.rows
+                except QDError:
+                    total += 1
+            else:
+                total += max(1, _count_lines(item))
+        return total
+
+
+def read_inputs(paths: Iterable[str | os.PathLike] | Plan, recursive: bool = True, workers: int = 1,
+                chunk_rows: int = NPY_CHUNK_ROWS, decoder: ImageDecoder | None = None) -> Iterator[Event]:
+    """Drawings and Failures from every input, in input order.
+
+    Images go through qd.data.decode's ImageDecoder (`workers` processes), or through
+    `decoder` when the caller has one open (its pool then serves several calls)."""
+    plan = paths if isinstance(paths, Plan) else Plan.of(paths, recursive)
+    if decoder is None:
+        with ImageDecoder(workers, expected=plan.images) as own:
+            yield from _read_plan(plan, own, chunk_rows)
+    else:
+        yield from _read_plan(plan, decoder, chunk_rows)
+
+
+def _read_plan(plan: Plan, decoder: ImageDecoder, chunk_rows: int) -> Iterator[Event]:
     pending_images: list[Path] = []
-    for item in discover(paths, recursive):
-        if isinstance(item, Path) and item.name.lower().endswith(IMAGE_SUFFIXES):
+    for item in plan.items:
+        if isinstance(item, Path) and is_image_path(item):
             pending_images.append(item)
             continue
         # Keep input order: flush queued images before any other kind of input.
         if pending_images:
-            yield from read_images(pending_images, workers)
+            yield from read_images(pending_images, decoder)
             pending_images = []
         if isinstance(item, Failure):
             yield item
@@ -132,7 +173,7 @@ def read_inputs(paths: Iterable[str | os.PathLike], recursive: bool = True, work
         else:
             yield from guarded(item, read_ndjson(item))
     if pending_images:
-        yield from read_images(pending_images, workers)
+        yield from read_images(pending_images, decoder)
 
 
 def guarded(path: Path, events: Iterator[Event]) -> Iterator[Event]:
@@ -148,13 +189,13 @@ def guarded(path: Path, events: Iterator[Event]) -> Iterator[Event]:
         yield Failure(f"{path}: unexpected error ({describe_unexpected(exc)})")
 
 
-def read_images(paths: list[Path], workers: int = 1, group: int = 64) -> Iterator[Event]:
-    """Decode and preprocess images (in parallel when workers > 1), yielded in order, in groups."""
+def read_images(paths: list[Path], decoder: ImageDecoder, group: int = 64) -> Iterator[Event]:
+    """Decoded and preprocessed images, yielded in order, in groups."""
     names: list[str] = []
     bitmaps: list[np.ndarray] = []
-    for path, result in zip(paths, map_ordered(_load_one_image, paths, workers)):
-        if isinstance(result, Failure):
-            yield result
+    for path, result in decoder.decode(paths):
+        if isinstance(result, str):
+            yield Failure(result)
             continue
         names.append(str(path))
         bitmaps.append(result)
@@ -165,30 +206,12 @@ def read_images(paths: list[Path], workers: int = 1, group: int = 64) -> Iterato
         yield Drawings(names, np.stack(bitmaps).reshape(-1, PIXELS))
 
 
-def _load_one_image(path: Path) -> np.ndarray | Failure:
-    """One image's bitmap, or its Failure: the same guard as `guarded`, for a function run in a worker."""
-    for event in guarded(path, _image_events(path)):
-        return event.bitmaps if isinstance(event, Drawings) else event
-
-
-def _image_events(path: Path) -> Iterator[Event]:
-    yield Drawings([str(path)], load_image_bitmap(path))
-
-
-def map_ordered(fn: Callable, items: list, workers: int, window_per_worker: int = 8) -> Iterator:
-    """fn over items, results in order; at most workers * window_per_worker in flight."""
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    window = workers * window_per_worker
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qd-decode") as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+def _count_lines(path: Path, block: int = 1 << 20) -> int:
+    try:
+        with open_regular(path) as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(block), b""))
+    except OSError:
+        return 1
 
 
 def read_ndjson(path: Path, chunk: int = 1024) -> Iterator[Event]:

@@ -10,6 +10,7 @@ characters written as \\u escapes).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 import sys
@@ -39,12 +40,19 @@ class Summary:
 class Writer:
     """Receives rows batch by batch: names, top-k label indices and probabilities."""
 
+    threaded = False  # may rows() run in a thread of its own, beside the model?
+
     def __init__(self, labels: list[str], top: int):
         self.labels = labels
         self.top = top
 
     def rows(self, names: list[str], index: np.ndarray, probs: np.ndarray) -> None:
         raise NotImplementedError
+
+    def emit(self, text: str) -> None:
+        """Machine formats' text for stdout (qd-infer swaps in its progress bar's writer)."""
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
     def failure(self, message: str) -> None:
         fail(message)
@@ -54,38 +62,47 @@ class Writer:
 
 
 class JsonLinesWriter(Writer):
+    """One JSON object per drawing, formatted a whole batch at a time (one % call per batch):
+    with a small model, formatting records one by one cost more than classifying them."""
+
+    threaded = True
+
+    def __init__(self, labels, top):
+        super().__init__(labels, top)
+        self.quoted_labels = np.array([encode_json_string(l) for l in labels], dtype=object)
+        entries = ", ".join(['{"label": %s, "probability": %.6f}'] * top)
+        self.record = '{"input": %s, "label": %s, "probability": %.6f, "top": [' + entries + "]}\n"
+
     def rows(self, names, index, probs):
-        labels = self.labels
-        lines = []
-        for name, row_i, row_p in zip(printable_names(names), index.tolist(), probs.tolist()):
-            top = [{"label": labels[i], "probability": round(p, 6)} for i, p in zip(row_i, row_p)]
-            lines.append(json_line({"input": name, "label": top[0]["label"],
-                                    "probability": top[0]["probability"], "top": top}))
-        sys.stdout.write("\n".join(lines) + "\n")
-        sys.stdout.flush()
+        fields = np.empty((len(names), 3 + 2 * index.shape[1]), dtype=object)
+        fields[:, 0] = json_strings(printable_names(names))
+        fields[:, 1] = self.quoted_labels[index[:, 0]]
+        fields[:, 2] = probs[:, 0]
+        fields[:, 3::2] = self.quoted_labels[index]
+        fields[:, 4::2] = probs
+        self.emit((self.record * len(names)) % tuple(fields.ravel().tolist()))
 
 
 class CsvWriter(Writer):
+    """input, label_1, probability_1, ...: a whole batch formatted with one % call."""
+
+    threaded = True
+
     def __init__(self, labels, top):
         super().__init__(labels, top)
-        # RFC 4180's CRLF: with it csv also quotes a bare "\r" inside a field (with "\n" it would not,
-        # and a label or file name holding one would split its row)
-        self.out = csv.writer(sys.stdout, lineterminator="\r\n")
         header = ["input"]
         for rank in range(1, top + 1):
             header += [f"label_{rank}", f"probability_{rank}"]
-        self.out.writerow(header)
+        self.quoted_labels = np.array([csv_field(l) for l in labels], dtype=object)
+        self.record = "%s" + ",%s,%.6f" * top + CSV_LINE_END
+        self.emit(",".join(header) + CSV_LINE_END)
 
     def rows(self, names, index, probs):
-        labels = self.labels
-        out = []
-        for name, row_i, row_p in zip(printable_names(names), index.tolist(), probs.tolist()):
-            cells = [name]
-            for i, p in zip(row_i, row_p):
-                cells += [labels[i], f"{p:.6f}"]
-            out.append(cells)
-        self.out.writerows(out)
-        sys.stdout.flush()
+        fields = np.empty((len(names), 1 + 2 * index.shape[1]), dtype=object)
+        fields[:, 0] = csv_fields(printable_names(names))
+        fields[:, 1::2] = self.quoted_labels[index]
+        fields[:, 2::2] = probs
+        self.emit((self.record * len(names)) % tuple(fields.ravel().tolist()))
 
 
 class TableWriter(Writer):
@@ -136,7 +153,47 @@ def printable(text: str) -> str:
 
 
 def printable_names(names: list[str]) -> list[str]:
-    return [printable(n) for n in names]
+    try:
+        "".join(names).encode("utf-8")  # the usual case, checked for a whole batch at once
+        return names
+    except UnicodeEncodeError:
+        return [printable(n) for n in names]
+
+
+def encode_json_string(text: str) -> str:
+    """A JSON string literal as json.dumps(text, ensure_ascii=False) writes it, invisible characters as \\u escapes."""
+    return _JSON_INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.encoder.encode_basestring(text))
+
+
+JSON_SPECIAL = re.compile(r'["\\\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]')
+
+
+def json_strings(texts: list[str]) -> list[str]:
+    """JSON string literals of a batch of names: quoted as they are when none needs escaping."""
+    if not JSON_SPECIAL.search("".join(texts)):
+        return ['"' + t + '"' for t in texts]
+    return [encode_json_string(t) for t in texts]
+
+
+CSV_SPECIAL = re.compile(r'[,"\r\n]')
+# RFC 4180's CRLF: with it csv.writer also quotes a bare "\r" inside a field (with "\n" it would not,
+# and a label or file name holding one would split its row)
+CSV_LINE_END = "\r\n"
+
+
+def csv_field(text: str) -> str:
+    """One CSV field exactly as csv.writer writes it (quoted only when it has to be)."""
+    if not CSV_SPECIAL.search(text):
+        return text
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator=CSV_LINE_END).writerow([text, ""])
+    return buffer.getvalue()[:-3]  # without the empty second field's "," and the line end
+
+
+def csv_fields(texts: list[str]) -> list[str]:
+    if not CSV_SPECIAL.search("".join(texts)):
+        return texts
+    return [csv_field(t) for t in texts]
 
 
 def _ordinal(n: int) -> str:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from qd.data.bitmaps import PIXELS
 from qd.data.console import describe_unexpected
+from qd.data.decode import ImageDecoder
 from qd.data.errors import QDError
 from qd.data.limits import MAX_BATCH_SIZE, MAX_WORKERS
 from qd.data.preprocess import bitmaps_to_input
+from qd.data.progress import ProgressBar
 
-from .inputs import Drawings, Failure, read_inputs
+from .inputs import Drawings, Failure, Plan, read_inputs
 from .model import OnnxClassifier, resolve_model_path, top_k
 from .output import Summary, Writer, make_writer
 
@@ -52,8 +55,9 @@ class BatchRunner:
     drawings, so one bad drawing is one failure line and the rest of the batch goes on. After a
     split, later batches are cut to the size that last worked."""
 
-    def __init__(self, classifier: OnnxClassifier, writer: Writer, top: int):
-        self.classifier, self.writer, self.top = classifier, writer, top
+    def __init__(self, classifier: OnnxClassifier, top: int, write, report_failure):
+        self.classifier, self.top = classifier, top
+        self.write, self.report_failure = write, report_failure  # (names, index, probs) and (message)
         self.limit: int | None = None  # batch size known to work, once one has failed
         self.classified = self.failed = 0
 
@@ -84,11 +88,11 @@ class BatchRunner:
             probs = probs[finite]
         if names:
             index, values = top_k(probs, self.top)
-            self.writer.rows(names, index, values)
+            self.write(names, index, values)
             self.classified += len(names)
 
     def fail(self, message: str) -> None:
-        self.writer.failure(message)
+        self.report_failure(message)
         self.failed += 1
 
 
@@ -99,22 +103,66 @@ def run_inference(inputs, model=None, top: int = 3, batch_size: int = 512, fmt: 
         raise QDError(f"--batch-size must be 1 to {MAX_BATCH_SIZE}, got {batch_size}")
     if not 1 <= workers <= MAX_WORKERS:
         raise QDError(f"--workers must be 1 to {MAX_WORKERS}, got {workers}")
-    classifier = OnnxClassifier(resolve_model_path(model), threads=threads)
-    top = min(top, classifier.num_classes)
+    model_path = resolve_model_path(model)
     inputs = [str(i) for i in inputs]
-    base = inputs[0] if len(inputs) == 1 and os.path.isdir(inputs[0]) else None
-    writer = writer or make_writer(fmt, classifier.labels, top, base=base)
-    started = time.perf_counter()
-    runner = BatchRunner(classifier, writer, top)
-    batcher = Batcher(batch_size)
-    for event in read_inputs(inputs, recursive=recursive, workers=workers, chunk_rows=batch_size):
-        if isinstance(event, Failure):
-            runner.fail(event.message)
-            continue
-        for names, bitmaps in batcher.add(event):
-            runner.run(names, bitmaps)
-    if batcher.count:
-        runner.run(*batcher.flush())
-    summary = Summary(classified=runner.classified, failed=runner.failed, seconds=time.perf_counter() - started)
+    plan = Plan.of(inputs, recursive)
+    with ImageDecoder(workers, expected=plan.images) as decoder:
+        # While worker processes decode, the model gets one core's share: a thread pool of
+        # its own on every core would only fight the decoders (onnxruntime threads spin).
+        classifier = OnnxClassifier(model_path, threads=threads or (1 if decoder.parallel else None))
+        top = min(top, classifier.num_classes)
+        base = inputs[0] if len(inputs) == 1 and os.path.isdir(inputs[0]) else None
+        writer = writer or make_writer(fmt, classifier.labels, top, base=base)
+        started = time.perf_counter()
+        bar = ProgressBar("classifying", unit="drawings")
+        if bar.active:  # counting what there is to do reads .npy headers and .ndjson files: only for the bar
+            bar.step("classifying", total=plan.drawings())
+        with bar:
+            writer.emit = bar.write_stdout
+            classified, failed = _classify(plan, classifier, decoder, writer, bar, top, batch_size)
+    summary = Summary(classified=classified, failed=failed, seconds=time.perf_counter() - started)
     writer.finish(summary)
     return summary
+
+
+def _classify(plan: Plan, classifier: OnnxClassifier, decoder: ImageDecoder, writer: Writer, bar: ProgressBar,
+              top: int, batch_size: int) -> tuple[int, int]:
+    batcher = Batcher(batch_size)
+    # Machine formats are written by a second thread while onnxruntime (which releases the
+    # GIL) runs the next batch: with a small model, writing is a large share of the work.
+    # One batch in flight keeps memory bounded and the output in order.
+    writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qd-write") if getattr(writer, "threaded", False) else None
+    written = None
+
+    def write_now(names, index, values):
+        writer.rows(names, index, values)
+        bar.advance(len(names))
+
+    def write(names, index, values):
+        nonlocal written
+        if writing is None:
+            return write_now(names, index, values)
+        if written is not None:
+            written.result()  # raises here if writing failed (a closed pipe, a full disk)
+        written = writing.submit(write_now, names, index, values)
+
+    def report_failure(message):
+        writer.failure(message)
+        bar.advance(1)
+
+    runner = BatchRunner(classifier, top, write, report_failure)
+    try:
+        for event in read_inputs(plan, chunk_rows=batch_size, decoder=decoder):
+            if isinstance(event, Failure):
+                runner.fail(event.message)
+                continue
+            for names, bitmaps in batcher.add(event):
+                runner.run(names, bitmaps)
+        if batcher.count:
+            runner.run(*batcher.flush())
+        if written is not None:
+            written.result()
+    finally:
+        if writing is not None:
+            writing.shutdown(wait=True)
+    return runner.classified, runner.failed

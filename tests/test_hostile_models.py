@@ -95,7 +95,7 @@ def test_a_checkpoint_saying_width_4000_is_refused_before_any_weight_exists(tmp_
     with pytest.raises(QDError, match=r"best.pt: architecture argument width=4000 is not a whole number in 1..256"):
         load_source(path)
     peak = peak_rss_mib(f"from qd.export.source import load_source\ntry:\n    load_source({str(path)!r})\n"
-                         "except Exception as exc:\n    print(exc)")
+                        "except Exception as exc:\n    print(exc)")
     assert peak < 1024, f"{peak:.0f} MiB to refuse a 4000-wide network (it was 17.7 GB)"
 
 
@@ -134,7 +134,7 @@ def test_a_small_checkpoint_declaring_gigabytes_is_refused_unread(tmp_path, monk
             checkpoint.load_checkpoint(bomb)
     assert loads == []  # refused from the directory alone
     peak = peak_rss_mib(f"from qd.train.checkpoint import load_checkpoint\ntry:\n    load_checkpoint({str(bomb)!r})\n"
-                         "except Exception as exc:\n    print(exc)")
+                        "except Exception as exc:\n    print(exc)")
     assert peak < 1024, f"{peak:.0f} MiB to refuse a checkpoint declaring 3 GiB"
 
 
