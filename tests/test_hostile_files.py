@@ -302,6 +302,7 @@ def test_big_and_fortran_npy_files_are_read_in_bounded_memory(tmp_path):
         assert peak - baseline < 64, f"{name}: {peak - baseline:.0f} MiB above the baseline for a 125 MB file"
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's own, before our refusal
 @SETTINGS
 @given(width=st.integers(0, 200_000), height=st.integers(0, 200_000))
 def test_image_pixel_counts_are_checked_from_the_header_before_decoding(tmp_path, width, height):
