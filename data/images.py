@@ -229,9 +229,11 @@ def _looks_like(head: bytes) -> str | None:
     return found
 
 
-def reduce_to_work_size(image: Image.Image, work_pixels: int = WORK_PIXELS) -> Image.Image:
-    """Step 0's memory bound: an image of more than `work_pixels` pixels, box-averaged by the
-    smallest integer factor that brings it under (in a mode whose average means something)."""
+def reduce_to_work_size(image: Image.Image, work_pixels: int | None = None) -> Image.Image:
+    """Step 0's memory bound: an image of more than `work_pixels` (default WORK_PIXELS) pixels,
+    box-averaged by the smallest integer factor that brings it under (in a mode whose average
+    means something)."""
+    work_pixels = WORK_PIXELS if work_pixels is None else work_pixels
     width, height = image.size
     if width * height <= work_pixels:
         return image

@@ -306,26 +306,32 @@ class DrawingArray:
         stop = min(stop, self.rows)
         n, item = stop - start, self.dtype.itemsize
         if not self.header.fortran:
-            data = self._pread(self.header.data_offset + start * PIXELS * item, n * PIXELS * item)
-            return np.frombuffer(data, dtype=self.dtype).reshape(n, PIXELS).copy()
+            out = np.empty((n, PIXELS), dtype=self.dtype)
+            self._read_into(out, self.header.data_offset + start * PIXELS * item)
+            return out
         # Fortran order: pixel column m holds all rows, contiguous; take rows [start, stop) of each.
-        columns = bytearray()
+        columns = np.empty((PIXELS, n), dtype=self.dtype)
         for m in range(PIXELS):
-            columns += self._pread(self.header.data_offset + (m * self.rows + start) * item, n * item)
-        block = np.frombuffer(bytes(columns), dtype=self.dtype).reshape((n, *self._trailing), order="F")
+            self._read_into(columns[m], self.header.data_offset + (m * self.rows + start) * item)
+        block = columns.reshape(-1).reshape((n, *self._trailing), order="F")
         return np.ascontiguousarray(block).reshape(n, PIXELS)
 
-    def _pread(self, offset: int, length: int) -> bytes:
-        parts, got = [], 0
-        while got < length:
-            part = os.pread(self._f.fileno(), length - got, offset + got)
+    def _read_into(self, out: np.ndarray, offset: int) -> None:
+        """Fill `out` with the file's bytes from `offset` (straight into it: no second copy)."""
+        view = memoryview(out).cast("B")
+        fd = self._f.fileno()
+        got = 0
+        while got < len(view):
+            if hasattr(os, "preadv"):
+                part = os.preadv(fd, [view[got:]], offset + got)
+            else:  # macOS: no preadv; this reader is used by one thread at a time
+                os.lseek(fd, offset + got, os.SEEK_SET)
+                part = os.readv(fd, [view[got:]])
             if not part:
                 raise QDError(f"{self.path}: the file shrank while it was read (no bytes at offset "
                               f"{offset + got:,} of the {self.header.data_offset + self.header.data_bytes:,} "
                               "its header promises)")
-            parts.append(part)
-            got += len(part)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+            got += part
 
 
 def _check_drawing_header(path: Path, header, size: int) -> tuple[int, bool]:

@@ -19,7 +19,6 @@ import os
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import warnings
 from pathlib import Path
@@ -31,13 +30,13 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from images_synth import correlation, png_header_only
+from memory_probe import peak_rss_mib
 from qd.data import images
 from qd.data.errors import QDError
 from qd.data.limits import MAX_PIXELS, WORK_PIXELS
 from qd.infer.inputs import DrawingArray, Drawings, Failure, read_inputs
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-REPO = Path(__file__).resolve().parents[1]
 ACCEPTED = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP"}
 
 
@@ -286,14 +285,6 @@ def test_fortran_order_arrays_read_exactly_in_chunks(tmp_path, rows, shape, dtyp
     assert np.array_equal(got, expected)
 
 
-def _peak_rss_mib(code: str) -> float:
-    """Peak resident memory of a fresh Python running `code` (MiB)."""
-    script = code + "\nimport resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert out.returncode == 0, out.stderr
-    return float(out.stdout.strip().splitlines()[-1])
-
-
 def test_big_and_fortran_npy_files_are_read_in_bounded_memory(tmp_path):
     rows = 160_000  # 125 MB each: C order and Fortran order
     chunk = np.random.default_rng(0).integers(0, 256, (10_000, 784), dtype=np.uint8)
@@ -304,13 +295,14 @@ def test_big_and_fortran_npy_files_are_read_in_bounded_memory(tmp_path):
             block = np.tile(chunk, (rows // len(chunk), 1))
             f.write(block.tobytes(order=order))
             del block
-    baseline = _peak_rss_mib("import numpy, qd.infer.inputs")
+    baseline = peak_rss_mib("import numpy, qd.infer.inputs")
     for name in ("c.npy", "f.npy"):
-        peak = _peak_rss_mib(f"from qd.infer.inputs import read_inputs\n"
-                             f"n = sum(len(e.names) for e in read_inputs([{str(tmp_path / name)!r}]))\nassert n == {rows}")
+        peak = peak_rss_mib(f"from qd.infer.inputs import read_inputs\n"
+                            f"n = sum(len(e.names) for e in read_inputs([{str(tmp_path / name)!r}]))\nassert n == {rows}")
         assert peak - baseline < 64, f"{name}: {peak - baseline:.0f} MiB above the baseline for a 125 MB file"
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's own, before our refusal
 @SETTINGS
 @given(width=st.integers(0, 200_000), height=st.integers(0, 200_000))
 def test_image_pixel_counts_are_checked_from_the_header_before_decoding(tmp_path, width, height):
@@ -362,9 +354,9 @@ def test_a_7000_px_png_is_preprocessed_in_bounded_memory(tmp_path):
     ImageDraw.Draw(image).ellipse((1400, 1400, 5600, 5600), outline="black", width=60)
     image.save(path, compress_level=1)
     del image
-    baseline = _peak_rss_mib("import qd.data.images, numpy")
-    peak = _peak_rss_mib(f"from qd.data.images import load_image_bitmap\nb = load_image_bitmap({str(path)!r})\n"
-                         "assert b.max() > 100")
+    baseline = peak_rss_mib("import qd.data.images, numpy")
+    peak = peak_rss_mib(f"from qd.data.images import load_image_bitmap\nb = load_image_bitmap({str(path)!r})\n"
+                        "assert b.max() > 100")
     # decoding 49 M RGB pixels takes 196 MB by itself; the preprocessing used to add 1 GB on top
     assert peak - baseline < 400, f"{peak - baseline:.0f} MiB for one 7000x7000 image"
 

@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fixtures_data import invoke_cli
+from memory_probe import peak_rss_mib
 from onnx_synth import tiny_model
 from qd.data.console import run_app
 from qd.data.errors import QDError
@@ -86,16 +87,6 @@ def _save(payload: dict, path: Path) -> Path:
     return path
 
 
-def _peak_rss_mib(code: str) -> float:
-    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork + exec, so a child of a big pytest process
-    # would report the parent's peak; VmHWM belongs to the child's own address space.
-    script = code + ("\nprint(next(int(line.split()[1]) for line in open('/proc/self/status') "
-                     "if line.startswith('VmHWM:')) / 1024)")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert out.returncode == 0, out.stderr
-    return float(out.stdout.strip().splitlines()[-1])
-
-
 def test_a_checkpoint_saying_width_4000_is_refused_before_any_weight_exists(tmp_path):
     path = _save(_payload(arch={"name": "compact", "kwargs": {"width": 4000, "dropout": 0.2, "stage3": 2}}),
                  tmp_path / "run" / "best.pt")
@@ -103,8 +94,8 @@ def test_a_checkpoint_saying_width_4000_is_refused_before_any_weight_exists(tmp_
 
     with pytest.raises(QDError, match=r"best.pt: architecture argument width=4000 is not a whole number in 1..256"):
         load_source(path)
-    peak = _peak_rss_mib(f"from qd.export.source import load_source\ntry:\n    load_source({str(path)!r})\n"
-                         "except Exception as exc:\n    print(exc)")
+    peak = peak_rss_mib(f"from qd.export.source import load_source\ntry:\n    load_source({str(path)!r})\n"
+                        "except Exception as exc:\n    print(exc)")
     assert peak < 1024, f"{peak:.0f} MiB to refuse a 4000-wide network (it was 17.7 GB)"
 
 
@@ -142,8 +133,8 @@ def test_a_small_checkpoint_declaring_gigabytes_is_refused_unread(tmp_path, monk
         with pytest.raises(QDError, match=r"best.pt: refused: \d+ entries unpacking to 3,221,\d{3},\d{3} bytes"):
             checkpoint.load_checkpoint(bomb)
     assert loads == []  # refused from the directory alone
-    peak = _peak_rss_mib(f"from qd.train.checkpoint import load_checkpoint\ntry:\n    load_checkpoint({str(bomb)!r})\n"
-                         "except Exception as exc:\n    print(exc)")
+    peak = peak_rss_mib(f"from qd.train.checkpoint import load_checkpoint\ntry:\n    load_checkpoint({str(bomb)!r})\n"
+                        "except Exception as exc:\n    print(exc)")
     assert peak < 1024, f"{peak:.0f} MiB to refuse a checkpoint declaring 3 GiB"
 
 

@@ -253,3 +253,50 @@ def test_sigkill_between_format_commits_leaves_the_previous_set_whole(trained_ch
     assert set(card["files"]) == {"onnx", "onnx-int8", "labels"}
     assert all(sha256_path(out / entry["file"]) == entry["sha256"] for entry in card["files"].values())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "other"]  # the killed run's staging is gone
+
+
+def test_a_full_disk_during_int8_is_one_clear_line_and_leaves_no_temp_file(trained_checkpoint, tmp_path, monkeypatch,
+                                                                           capfd):
+    """A real write limit (RLIMIT_FSIZE, as a full disk would) while onnxruntime's quantizer writes: its own
+    C++ writer fails silently and logs a traceback; the user gets one line, and the set keeps model.onnx."""
+    import resource
+
+    import qd.export.quantize as quantize
+    from qd.export.api import export_checkpoint
+
+    real = quantize.quant_pre_process
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+    def on_a_full_disk(*args, **kwargs):
+        previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, limits[1]))
+        try:
+            return real(*args, **kwargs)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+            signal.signal(signal.SIGXFSZ, previous)
+
+    monkeypatch.setattr(quantize, "quant_pre_process", on_a_full_disk)
+    out = tmp_path / "export"
+    report = export_checkpoint(trained_checkpoint, "onnx,onnx-int8", out=out)
+    assert report.errors == [f"{out / 'model.int8.onnx'}: File too large (while writing onnx-int8)"]
+    assert sorted(p.name for p in out.iterdir()) == ["labels.txt", "model.json", "model.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_converter_failing_on_a_nearly_full_disk_says_the_disk_is_full(trained_checkpoint, tmp_path, monkeypatch):
+    import qd.export.api as api
+    import qd.export.quantize as quantize
+
+    def truncated(source, target, **kwargs):
+        Path(target).write_bytes(b"\x08\x07trunc")  # what a C++ writer leaves when the disk fills up
+        raise RuntimeError("[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Protobuf parsing failed.")
+
+    monkeypatch.setattr(quantize, "quant_pre_process", truncated)
+    monkeypatch.setattr(api, "_free_space", lambda folder: 4096)
+    out = tmp_path / "export"
+    report = api.export_checkpoint(trained_checkpoint, "onnx,onnx-int8", out=out)
+    assert report.errors == [f"{out / 'model.int8.onnx'}: No space left on device (while writing onnx-int8: "
+                             "4,096 bytes free; the converter then failed with RuntimeError)"]
+    assert sorted(p.name for p in out.iterdir()) == ["labels.txt", "model.json", "model.onnx"]
