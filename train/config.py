@@ -31,6 +31,7 @@ class TrainConfig:
     schedule: str = "onecycle"
     augment: bool = True                     # random affine per batch (train only)
     label_smoothing: float = 0.0
+    outlier_exposure: float = 0.0            # weight of the loss on synthetic negatives (train/outliers.py); 0 = off
     max_per_category: int | None = None
     steps_per_epoch: int | None = None       # cap on optimizer steps per epoch (huge datasets, smoke runs)
     val_fraction: float = 0.1
@@ -71,6 +72,8 @@ class TrainConfig:
         for name in ("patience", "workers"):
             if getattr(self, name) < 0:
                 raise QDError(f"--{name} must be 0 or more, got {getattr(self, name)}")
+        if not 0.0 <= self.outlier_exposure <= 10.0:  # also refuses NaN
+            raise QDError(f"--outlier-exposure must be between 0 and 10, got {self.outlier_exposure}")
         if not self.lr > 0:
             raise QDError(f"--lr must be positive, got {self.lr}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
