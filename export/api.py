@@ -20,6 +20,8 @@ from qd.data.paths import artifacts_root
 
 from .atomic import clean_stale_temps, commit_dir, commit_file, remove_temp, temp_path_for
 from .card import CARD_NAME, LABELS_NAME, stale_models, write_card, write_labels
+from qd.infer.openset import DEFAULT_KEPT
+
 from .context import DEFAULT_OPSET, Check, ExportContext
 from .formats import DEFAULT_FORMATS, FORMATS, ExportFormat, parse_formats
 from .onnx_export import check_opset
@@ -67,7 +69,7 @@ class ExportReport:
 def export_checkpoint(checkpoint: str | os.PathLike, formats: str | list[ExportFormat] = DEFAULT_FORMATS,
                       out: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET,
                       data_dir: str | os.PathLike | None = None, max_drawings: int = DEFAULT_MAX_DRAWINGS,
-                      on_step: Callable[[str], None] | None = None) -> ExportReport:
+                      kept: float = DEFAULT_KEPT, on_step: Callable[[str], None] | None = None) -> ExportReport:
     chosen = parse_formats(formats) if isinstance(formats, str) else list(formats)
     for fmt in chosen:
         missing = fmt.missing_packages()
@@ -77,6 +79,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | list[ExportF
     check_opset(opset)
     if max_drawings < 1:
         raise QDError(f"--max-drawings must be at least 1, got {max_drawings}")
+    if not 0 < kept < 1:  # also refuses NaN
+        raise QDError(f"--kept must be a share between 0 and 1 (e.g. 0.95), got {kept}")
     source = load_source(checkpoint)
     out_dir = Path(out) if out is not None else default_out_dir(source)
     if out_dir.exists() and not out_dir.is_dir():
@@ -84,7 +88,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | list[ExportF
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(out_dir, [f.filename for f in FORMATS.values()] + [PREP_NAME, CARD_NAME, LABELS_NAME])
     ctx = ExportContext(source=source, out_dir=out_dir, opset=opset,
-                        data_dir=Path(data_dir) if data_dir else None, max_drawings=max_drawings)
+                        data_dir=Path(data_dir) if data_dir else None, max_drawings=max_drawings, kept=kept)
     step = on_step or (lambda message: None)
     results = []
     for fmt in chosen:
@@ -142,6 +146,10 @@ def _describe_data(ctx: ExportContext) -> str:
 
 def _data_notes(ctx: ExportContext) -> list[str]:
     try:
-        return list(ctx.data.notes)
+        notes = list(ctx.data.notes)
+        if ctx.written and not ctx.confidence.fitted:
+            notes.append(f"no temperature or unknown threshold fitted ({ctx.confidence.fitted_on}): these models "
+                         "cannot flag unknown drawings (pass --data DIR with the training categories)")
+        return notes
     except QDError:
         return []

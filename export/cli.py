@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from qd.data.console import EXIT_ERROR, console, fail, run_app
+from qd.infer.openset import DEFAULT_KEPT
 
 try:  # the edge install (no torch/onnx) gets one clear line from main(), not a traceback
     from .api import ExportReport, export_checkpoint
@@ -44,10 +45,13 @@ def export(
              "folder has moved."),
     max_drawings: int = typer.Option(DEFAULT_MAX_DRAWINGS, "--max-drawings",
                                      help="Check on at most this many test-split drawings (evenly spaced)."),
+    kept: float = typer.Option(DEFAULT_KEPT, "--kept", metavar="SHARE",
+                               help="Fit the unknown-drawing threshold so that this share of the known validation "
+                                    "drawings is kept (the rest would be flagged unknown)."),
 ) -> None:
     with console.status("loading checkpoint") as status:
         report = export_checkpoint(checkpoint, format, out=out, opset=opset, data_dir=data,
-                                   max_drawings=max_drawings, on_step=lambda msg: status.update(msg))
+                                   max_drawings=max_drawings, kept=kept, on_step=lambda msg: status.update(msg))
     print_report(report)
     if not report.ok:
         for message in report.errors:

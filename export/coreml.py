@@ -68,7 +68,7 @@ def export_coreml(ctx: ExportContext, path: Path) -> None:
         raise QDError(f"{source.path}: Core ML export expects ink-high preprocessing")
     side = int(source.preprocessing["input_size"])
     scale, bias = image_scaling(source.preprocessing)
-    wrapped = _ProbabilitiesOnly(WithProbabilities(source.model)).eval()
+    wrapped = _ProbabilitiesOnly(WithProbabilities(source.model, ctx.confidence.temperature)).eval()
     with quiet(), contextlib.redirect_stderr(io.StringIO()), torch.no_grad():
         traced = torch.jit.trace(wrapped, torch.zeros(1, 1, side, side))
         mlmodel = ct.convert(
@@ -87,7 +87,7 @@ def export_coreml(ctx: ExportContext, path: Path) -> None:
     mlmodel.input_description["image"] = f"{side}x{side} grayscale drawing, white ink (255) on black (0)"
     mlmodel.output_description[LABEL_OUTPUT] = "most likely class"
     mlmodel.output_description[PROBS_OUTPUT] = "probability of each class"
-    for key, value in source.model_metadata("fp32").items():
+    for key, value in ctx.model_metadata("fp32").items():
         mlmodel.user_defined_metadata[key] = value
     mlmodel.user_defined_metadata["qd.source_checkpoint"] = source.path.name
     path.rmdir()  # coremltools writes the package folder itself
@@ -176,7 +176,7 @@ def check_spec(ctx: ExportContext, path: Path) -> list[Check]:
     ok_head = len(ops) >= 2 and ops[-2:] == ["softmax", "classify"]
     checks.append(Check("softmax head", ok_head, "softmax → classify" if ok_head else f"graph ends {ops[-3:]}"))
     meta = dict(spec.description.metadata.userDefined)
-    ok_meta = all(meta.get(k) == v for k, v in source.model_metadata("fp32").items())
+    ok_meta = all(meta.get(k) == v for k, v in ctx.model_metadata("fp32").items())
     checks.append(Check("metadata", ok_meta and bool(spec.description.metadata.license),
                         "author, description, licence, labels, source checkpoint sha256"))
     return checks
