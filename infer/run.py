@@ -12,6 +12,7 @@ from qd.data.preprocess import bitmaps_to_input
 
 from .inputs import Drawings, Failure, read_inputs
 from .model import OnnxClassifier, resolve_model_path, top_k
+from .openset import PROBABILITIES
 from .output import Summary, Writer, make_writer
 
 
@@ -45,20 +46,30 @@ class Batcher:
 
 def run_inference(inputs, model=None, top: int = 3, batch_size: int = 512, fmt: str = "table",
                   recursive: bool = True, workers: int = 1, threads: int | None = None,
-                  writer: Writer | None = None) -> Summary:
-    classifier = OnnxClassifier(resolve_model_path(model), threads=threads)
+                  writer: Writer | None = None, unknown_threshold: float | None = None,
+                  flag_unknown: bool = True) -> Summary:
+    """`unknown_threshold` replaces the model's open-set threshold; `flag_unknown=False` turns the rule off."""
+    classifier = OnnxClassifier(resolve_model_path(model), threads=threads, unknown_threshold=unknown_threshold,
+                                flag_unknown=flag_unknown)
     top = min(top, classifier.num_classes)
     inputs = [str(i) for i in inputs]
     base = inputs[0] if len(inputs) == 1 and os.path.isdir(inputs[0]) else None
-    writer = writer or make_writer(fmt, classifier.labels, top, base=base)
+    open_set = classifier.open_set is not None
+    writer = writer or make_writer(fmt, classifier.labels, top, base=base, open_set=open_set)
+    if flag_unknown and not open_set:
+        writer.notice(f"{classifier.path}: exported without an open-set rule, so drawings of other categories "
+                      "cannot be flagged unknown (export the checkpoint again with qd-export)")
     started = time.perf_counter()
-    classified = failed = 0
+    classified = failed = flagged = 0
     batcher = Batcher(batch_size)
 
     def run(names, bitmaps):
-        probs = classifier.probabilities(bitmaps_to_input(bitmaps, classifier.preprocessing))
-        index, values = top_k(probs, top)
-        writer.rows(names, index, values)
+        nonlocal flagged
+        outputs = classifier.outputs(bitmaps_to_input(bitmaps, classifier.preprocessing))
+        unknown = classifier.unknown(outputs)
+        index, values = top_k(outputs[PROBABILITIES], top)
+        writer.rows(names, index, values, unknown)
+        flagged += 0 if unknown is None else int(unknown.sum())
         return len(names)
 
     for event in read_inputs(inputs, recursive=recursive, workers=workers, chunk_rows=batch_size):
@@ -70,6 +81,7 @@ def run_inference(inputs, model=None, top: int = 3, batch_size: int = 512, fmt: 
             classified += run(names, bitmaps)
     if batcher.count:
         classified += run(*batcher.flush())
-    summary = Summary(classified=classified, failed=failed, seconds=time.perf_counter() - started)
+    summary = Summary(classified=classified, failed=failed, seconds=time.perf_counter() - started,
+                      unknown=flagged if open_set else None)
     writer.finish(summary)
     return summary
