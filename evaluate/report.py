@@ -51,10 +51,24 @@ def build_report(result) -> dict:
         "confusion": {"labels": result.model.labels, "rows": "true class", "columns": "predicted class",
                       "counts": result.confusion.tolist()},
         "mistakes": mistakes_list(result),
+        "calibration": result.calibration.to_dict() if result.calibration else None,
+        "open_set": open_set_entry(result),
         "backends": [backend_entry(run, result) for run in result.runs],
         "files": {key: str(path.name) for key, path in result.files.items()},
     }
     return _finite(report)
+
+
+def open_set_entry(result) -> dict:
+    """The model's open-set rule at work on the reference backend, or why it could not be applied."""
+    if result.open_set is None:
+        entry = {"available": False, "reason": result.open_set_note}
+    else:
+        entry = {"available": True, **result.open_set.to_dict()}
+    if result.unknown is not None:
+        entry["unknown_data"] = {"paths": result.unknown.paths, "count": len(result.unknown),
+                                 "description": result.unknown.describe(), "notes": result.unknown.notes}
+    return entry
 
 
 def mistakes_list(result, limit: int = MISTAKES_LISTED) -> list[dict]:
@@ -90,7 +104,18 @@ def backend_entry(run, result) -> dict:
         entry["max_abs_probability_diff"] = float(abs(run.probabilities - result.reference.probabilities).max())
         entry["images_per_s_batch256"] = run.images_per_s
         entry["p50_latency_ms_single"] = run.p50_ms
+        entry.update(_flagged_shares(run, result))
     return entry
+
+
+def _flagged_shares(run, result) -> dict:
+    """Share of the known (and --unknown) drawings this backend's outputs flag by the model's rule."""
+    rule = result.model.classifier.model_open_set
+    if rule is None or rule.output not in run.outputs:
+        return {"known_flagged": None, "unknown_flagged": None}
+    unknown = run.unknown_outputs
+    return {"known_flagged": float(rule.unknown(run.outputs).mean()),
+            "unknown_flagged": float(rule.unknown(unknown).mean()) if unknown is not None else None}
 
 
 def _finite(value):
@@ -209,13 +234,42 @@ def backend_table(report: dict) -> Group:
     return Group(table, *lines)
 
 
+def confidence_panel(report: dict) -> Panel:
+    """Calibration (ECE before / after) and the open-set rule at work."""
+    lines = []
+    cal = report.get("calibration")
+    if cal:
+        before = "–" if cal["ece_before"] is None else f"{cal['ece_before']:.2%}"
+        lines.append(Text(f"calibration: expected calibration error {before} before, {cal['ece_after']:.2%} after "
+                          f"temperature scaling (T = {cal['temperature']:.3g})"))
+    o = report["open_set"]
+    if not o["available"]:
+        lines.append(Text(f"unknown drawings: {o['reason']}", style="yellow"))
+    else:
+        known = o["known"]
+        lines.append(Text(f"rule: unknown when {o['rule']} < {o['threshold']:.4g} (fitted to keep "
+                          f"{o['kept_at_export']:.0%} of validation drawings)"))
+        lines.append(Text(f"known drawings flagged unknown: {known['flagged']:.1%} of {known['count']:,}; top-1 of "
+                          f"those accepted {known['top1_accepted']:.1%} (all: {known['top1_all']:.1%})"))
+        if o["unknown"]:
+            u = o["unknown"]
+            lines.append(Text(f"--unknown drawings flagged: {u['flagged']:.1%} of {u['count']:,}   AUROC {u['auroc']:.3f}",
+                              style="bold"))
+    if o.get("unknown_data"):
+        lines.append(Text(f"unknown data: {o['unknown_data']['description']}", style="dim"))
+        lines += [Text(f"note: {n}", style="yellow") for n in o["unknown_data"]["notes"][:3]]
+    return Panel(Group(*lines), title="[bold]how sure it is[/]", box=box.ROUNDED, expand=False)
+
+
 def render(report: dict, console: Console, out_dir=None) -> None:
     console.print(overall_panel(report))
+    console.print(confidence_panel(report))
     console.print(class_table(report))
     console.print(confused_table(report))
     console.print(backend_table(report))
     if out_dir is not None and report["files"]:
-        files = ", ".join(report["files"][k] for k in ("report", "confusion", "mistakes") if k in report["files"])
+        files = ", ".join(report["files"][k] for k in ("report", "confusion", "mistakes", "calibration")
+                          if k in report["files"])
         console.print(f"wrote {files} to [bold]{out_dir}[/]", highlight=False)
 
 
