@@ -17,12 +17,11 @@ from typing import Callable
 
 from qd.data.errors import QDError
 from qd.data.paths import artifacts_root
+from qd.infer.openset import DEFAULT_KEPT
 
 from .atomic import clean_stale_temps, commit_dir, commit_file, remove_temp, temp_path_for
 from .card import CARD_NAME, LABELS_NAME, stale_models, write_card, write_labels
-from qd.infer.openset import DEFAULT_KEPT
-
-from .context import DEFAULT_OPSET, Check, ExportContext
+from .context import DEFAULT_INT8_MAX_PROB_DIFF, DEFAULT_INT8_TOLERANCE, DEFAULT_OPSET, Check, ExportContext
 from .formats import DEFAULT_FORMATS, FORMATS, ExportFormat, parse_formats
 from .onnx_export import check_opset
 from .source import DEFAULT_MAX_DRAWINGS, CheckpointSource, load_source
@@ -69,6 +68,8 @@ class ExportReport:
 def export_checkpoint(checkpoint: str | os.PathLike, formats: str | list[ExportFormat] = DEFAULT_FORMATS,
                       out: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET,
                       data_dir: str | os.PathLike | None = None, max_drawings: int = DEFAULT_MAX_DRAWINGS,
+                      int8_tolerance: float = DEFAULT_INT8_TOLERANCE,
+                      int8_max_prob_diff: float = DEFAULT_INT8_MAX_PROB_DIFF,
                       kept: float = DEFAULT_KEPT, on_step: Callable[[str], None] | None = None) -> ExportReport:
     chosen = parse_formats(formats) if isinstance(formats, str) else list(formats)
     for fmt in chosen:
@@ -79,6 +80,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | list[ExportF
     check_opset(opset)
     if max_drawings < 1:
         raise QDError(f"--max-drawings must be at least 1, got {max_drawings}")
+    if not 0 <= int8_tolerance < 1:
+        raise QDError(f"--int8-tolerance must be a share from 0 to below 1, got {int8_tolerance}")
+    if not 0 < int8_max_prob_diff <= 1:
+        raise QDError(f"--int8-max-dp must be above 0 and at most 1, got {int8_max_prob_diff}")
     if not 0 < kept < 1:  # also refuses NaN
         raise QDError(f"--kept must be a share between 0 and 1 (e.g. 0.95), got {kept}")
     source = load_source(checkpoint)
@@ -88,7 +93,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | list[ExportF
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(out_dir, [f.filename for f in FORMATS.values()] + [PREP_NAME, CARD_NAME, LABELS_NAME])
     ctx = ExportContext(source=source, out_dir=out_dir, opset=opset,
-                        data_dir=Path(data_dir) if data_dir else None, max_drawings=max_drawings, kept=kept)
+                        data_dir=Path(data_dir) if data_dir else None, max_drawings=max_drawings,
+                        int8_tolerance=int8_tolerance, int8_max_prob_diff=int8_max_prob_diff, kept=kept)
     step = on_step or (lambda message: None)
     results = []
     for fmt in chosen:
@@ -120,6 +126,8 @@ def _export_one(ctx: ExportContext, fmt: ExportFormat) -> FormatResult:
         failed = [c for c in result.checks if not c.passed]
         if failed:
             result.error = f"{final}: validation failed, not written: {failed[0].name}: {failed[0].detail}"
+            if failed[0].hint:
+                result.error += f" ({failed[0].hint})"
         else:
             (commit_dir if fmt.is_dir else commit_file)(tmp, final)
             ctx.written[fmt.name] = final

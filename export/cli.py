@@ -14,13 +14,14 @@ from qd.infer.openset import DEFAULT_KEPT
 try:  # the edge install (no torch/onnx) gets one clear line from main(), not a traceback
     from .api import ExportReport, export_checkpoint
     from .card import LABELS_NAME
-    from .context import DEFAULT_OPSET
+    from .context import DEFAULT_INT8_MAX_PROB_DIFF, DEFAULT_INT8_TOLERANCE, DEFAULT_OPSET
     from .formats import DEFAULT_FORMATS, help_text
     from .source import DEFAULT_MAX_DRAWINGS
     MISSING = None
 except ImportError as exc:  # pragma: no cover - exercised only without the export extra
     MISSING = exc.name or str(exc)
     DEFAULT_OPSET, DEFAULT_FORMATS, DEFAULT_MAX_DRAWINGS, ExportReport = 18, "onnx", 10_000, None
+    DEFAULT_INT8_TOLERANCE, DEFAULT_INT8_MAX_PROB_DIFF = 0.01, 0.25
     LABELS_NAME = "labels.txt"
 
     def help_text() -> str:
@@ -45,13 +46,21 @@ def export(
              "folder has moved."),
     max_drawings: int = typer.Option(DEFAULT_MAX_DRAWINGS, "--max-drawings",
                                      help="Check on at most this many test-split drawings (evenly spaced)."),
+    int8_tolerance: float = typer.Option(
+        DEFAULT_INT8_TOLERANCE, "--int8-tolerance",
+        help="onnx-int8: the share of test drawings whose top-1 may differ from fp32 (0.01: agreement ≥ 99%)."),
+    int8_max_dp: float = typer.Option(
+        DEFAULT_INT8_MAX_PROB_DIFF, "--int8-max-dp",
+        help="onnx-int8: the largest change of any probability of any test drawing against fp32."),
     kept: float = typer.Option(DEFAULT_KEPT, "--kept", metavar="SHARE",
                                help="Fit the unknown-drawing threshold so that this share of the known validation "
                                     "drawings is kept (the rest would be flagged unknown)."),
 ) -> None:
     with console.status("loading checkpoint") as status:
         report = export_checkpoint(checkpoint, format, out=out, opset=opset, data_dir=data,
-                                   max_drawings=max_drawings, kept=kept, on_step=lambda msg: status.update(msg))
+                                   max_drawings=max_drawings, int8_tolerance=int8_tolerance,
+                                   int8_max_prob_diff=int8_max_dp, kept=kept,
+                                   on_step=lambda msg: status.update(msg))
     print_report(report)
     if not report.ok:
         for message in report.errors:

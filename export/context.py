@@ -14,6 +14,8 @@ from .confidence import Confidence, fit_confidence, unfitted
 from .source import DEFAULT_MAX_DRAWINGS, CheckpointSource, ValidationData, load_validation_data, torch_outputs
 
 DEFAULT_OPSET = 18
+DEFAULT_INT8_TOLERANCE = 0.01  # share of test drawings whose top-1 int8 may change (qd.export.validate.allowed_changes)
+DEFAULT_INT8_MAX_PROB_DIFF = 0.25  # largest change of any probability of any test drawing
 
 
 @dataclass
@@ -22,6 +24,7 @@ class Check:
     passed: bool
     detail: str
     values: dict = field(default_factory=dict)  # numbers for model.json
+    hint: str = ""  # what the user can do if this check refuses the file
 
     def to_dict(self) -> dict:
         return {"check": self.name, "passed": self.passed, "detail": self.detail, **self.values}
@@ -34,6 +37,8 @@ class ExportContext:
     opset: int = DEFAULT_OPSET
     data_dir: Path | None = None
     max_drawings: int = DEFAULT_MAX_DRAWINGS
+    int8_tolerance: float = DEFAULT_INT8_TOLERANCE
+    int8_max_prob_diff: float = DEFAULT_INT8_MAX_PROB_DIFF
     kept: float = DEFAULT_KEPT  # share of known validation drawings the open-set threshold keeps
     written: dict[str, Path] = field(default_factory=dict)  # format name -> committed file
 

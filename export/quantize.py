@@ -1,11 +1,20 @@
 """int8 ONNX: onnxruntime static quantization (QDQ), calibrated on training-split drawings.
 
-Weights are int8 per output channel, activations int8 with MinMax ranges from the
-calibration drawings. The softmax stays in float, so "probabilities" is a real
-softmax of the (dequantized) logits rather than a 1/256-step approximation.
-The validator reports size ratio, top-1 of both models on the test split and
-images/s of both at batch 256 measured side by side, and fails if top-1 drops by
-more than one point.
+Settings, chosen by measurement (docs/export.md has the table):
+- QDQ, int8 activations with MinMax ranges from the calibration drawings, int8 weights per
+  output channel; the softmax stays in float, so "probabilities" is a real softmax of the
+  dequantized logits.
+- reduce_range: weights use 7 bits. x86 CPUs without VNNI (AVX2, AVX-512 without VNNI)
+  multiply u8 activations by s8 weights with VPMADDUBSW, which adds each pair of products
+  into a saturating int16: 2 x 255 x 127 overflows it, and on such a CPU the int8 model then
+  agreed with fp32 on only 92-94% of the test split. With weights within +-64 no pair can
+  overflow (2 x 255 x 64 < 32767), so the model computes the same on every CPU. CPUs with
+  VNNI, AMX or ARM dot products never saturate; the 7th bit costs them nothing measurable.
+
+The validator compares int8 with fp32 twice: under this CPU's int8 kernels, and under exact
+integer arithmetic (onnxruntime with graph optimizations off runs every DequantizeLinear ->
+float op -> QuantizeLinear unfused, which is what a CPU with VNNI computes). A model that
+passes is faithful on both kinds of CPU, whichever one exported it.
 """
 
 from __future__ import annotations
@@ -15,19 +24,33 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from qd.data.errors import QDError
+from qd.data.machine import cpu
 
 from .atomic import remove_temp, temp_path_for
 from .context import Check, ExportContext
 from .onnx_export import quiet, set_metadata
-from .validate import INPUT_NAME, check_contract, check_onnx_file, interleaved_throughput, ort_session, run_batched, top1_accuracy
+from .validate import (INPUT_NAME, allowed_changes, check_contract, check_onnx_file, interleaved_throughput,
+                       ort_session, run_batched)
 
-MAX_TOP1_DROP = 0.01  # one percentage point
+QUANTIZATION = dict(
+    quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+    per_channel=True, reduce_range=True, calibrate_method=CalibrationMethod.MinMax,
+)
+MAX_SIZE_RATIO = 0.30
+# The options that loosen the rule, named when int8 is refused (declared in export/cli.py).
+TOLERANCE_OPTION, MAX_PROB_DIFF_OPTION = "--int8-tolerance", "--int8-max-dp"
 BENCH_BATCH = 256
 CALIBRATION_BATCH = 64
+# Check name -> the onnxruntime graph optimization level that selects those kernels.
+KERNEL_PATHS = {
+    "this CPU's int8 kernels": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "exact int8 arithmetic (as CPUs with VNNI compute)": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+}
 
 
 class DrawingCalibrationReader(CalibrationDataReader):
@@ -56,11 +79,8 @@ def export_int8(ctx: ExportContext, path: Path) -> None:
         with quiet():
             quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
             softmax = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Softmax"]
-            quantize_static(
-                str(prepared), str(path), DrawingCalibrationReader(ctx.data.calibration),
-                quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                per_channel=True, calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=softmax,
-            )
+            quantize_static(str(prepared), str(path), DrawingCalibrationReader(ctx.data.calibration),
+                            nodes_to_exclude=softmax, **QUANTIZATION)
     finally:
         remove_temp(prepared)
     model = onnx.load(str(path))
@@ -74,24 +94,67 @@ def validate_int8(ctx: ExportContext, path: Path) -> list[Check]:
         return checks
     fp32_path = _fp32_model(ctx)
     ratio = os.path.getsize(path) / os.path.getsize(fp32_path)
-    checks.append(Check("size", True, f"{ratio:.2f}× the fp32 file", {"size_ratio": ratio}))
-    sessions = {"fp32": ort_session(fp32_path, threads=1), "int8": ort_session(path, threads=1)}
+    checks.append(Check("size", ratio <= MAX_SIZE_RATIO, f"{ratio:.2f}× the fp32 file (limit {MAX_SIZE_RATIO:.2f}×)",
+                        {"size_ratio": ratio}))
+    fp32_probs = run_batched(ort_session(fp32_path, threads=1), ctx.data.inputs, BENCH_BATCH)[0]
+    int8_probs = {kernels: run_batched(ort_session(path, threads=1, optimization=level), ctx.data.inputs,
+                                       BENCH_BATCH)[0] for kernels, level in KERNEL_PATHS.items()}
+    for kernels, probs in int8_probs.items():
+        checks.append(agreement_check(kernels, fp32_probs, probs, ctx.int8_tolerance, ctx.int8_max_prob_diff))
     if ctx.data.labels is not None:
-        top1 = {name: top1_accuracy(run_batched(s, ctx.data.inputs, BENCH_BATCH)[0], ctx.data.labels)
-                for name, s in sessions.items()}
-        drop = top1["fp32"] - top1["int8"]
-        checks.append(Check(
-            "top-1 (test split)", drop <= MAX_TOP1_DROP + 1e-9,
-            f"fp32 {top1['fp32']:.2%}, int8 {top1['int8']:.2%} (drop {drop * 100:.2f} points, limit 1.00)",
-            {"top1_fp32": top1["fp32"], "top1_int8": top1["int8"]}))
-    speed = interleaved_throughput(sessions, ctx.data.inputs, BENCH_BATCH)
+        on_this_cpu = int8_probs[next(iter(KERNEL_PATHS))]
+        checks.append(top1_check(fp32_probs, on_this_cpu, ctx.data.labels, ctx.int8_tolerance))
+    checks.append(speed_check(fp32_path, path, ctx.data.inputs))
+    return checks
+
+
+def agreement_check(kernels: str, fp32: np.ndarray, int8: np.ndarray, tolerance: float,
+                    max_prob_diff: float) -> Check:
+    """Top-1 agreement with fp32 (the rule: validate.allowed_changes) and the largest probability change."""
+    drawings = len(fp32)
+    changed = int((fp32.argmax(1) != int8.argmax(1)).sum())
+    allowed = allowed_changes(drawings, tolerance)
+    diff = float(np.abs(fp32 - int8).max())
+    agreement = 1 - changed / drawings
+    hints = []
+    if changed > allowed:
+        hints.append(f"{TOLERANCE_OPTION} SHARE accepts more changed drawings, now {tolerance}")
+    if diff > max_prob_diff:
+        hints.append(f"{MAX_PROB_DIFF_OPTION} P accepts larger changes, now {max_prob_diff}")
+    return Check(
+        f"vs fp32, {kernels}", not hints,
+        f"top-1 agrees on {agreement:.2%} ({changed} of {drawings:,} differ, {allowed} allowed); "
+        f"max |Δp| {diff:.3f} (≤ {max_prob_diff})",
+        {"agreement": agreement, "top1_changed": changed, "top1_changes_allowed": allowed,
+         "max_abs_prob_diff": diff, "drawings": drawings, "tolerance": tolerance, "max_prob_diff": max_prob_diff},
+        hint="; ".join(hints))
+
+
+def top1_check(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray, tolerance: float) -> Check:
+    """Test-split accuracy: int8 may lose at most as many drawings as the agreement rule lets change."""
+    right = {"fp32": fp32.argmax(1) == labels, "int8": int8.argmax(1) == labels}
+    top1 = {name: float(r.mean()) for name, r in right.items()}
+    lost = int(right["fp32"].sum()) - int(right["int8"].sum())
+    allowed = allowed_changes(len(labels), tolerance)
+    return Check(
+        "top-1 (test split)", lost <= allowed,
+        f"fp32 {top1['fp32']:.2%}, int8 {top1['int8']:.2%} ({lost:+d} drawings lost, {allowed} allowed)",
+        {"top1_fp32": top1["fp32"], "top1_int8": top1["int8"], "drawings_lost": lost,
+         "drawings_lost_allowed": allowed},
+        hint=f"{TOLERANCE_OPTION} SHARE accepts more lost drawings, now {tolerance}")
+
+
+def speed_check(fp32_path: Path, int8_path: Path, inputs: np.ndarray) -> Check:
+    """Images/s of both models side by side, on this CPU, named: what int8 gains here, honestly."""
+    sessions = {"fp32": ort_session(fp32_path, threads=1), "int8": ort_session(int8_path, threads=1)}
+    speed = interleaved_throughput(sessions, inputs, BENCH_BATCH)
     speedup = speed["int8"] / speed["fp32"]
     if speedup >= 1.05:
-        verdict = f"int8 is {speedup:.2f}× as fast on this CPU"
+        verdict = f"int8 is {speedup:.2f}× as fast"
     else:
-        verdict = f"int8 is NOT faster on this CPU ({speedup:.2f}×); keep it for its size"
-    checks.append(Check(
+        verdict = f"int8 is NOT faster ({speedup:.2f}×); keep it for its size"
+    machine = cpu().summary()
+    return Check(
         "speed (batch 256, 1 thread)", True,
-        f"fp32 {speed['fp32']:,.0f} img/s, int8 {speed['int8']:,.0f} img/s: {verdict}",
-        {"images_per_s_fp32": speed["fp32"], "images_per_s_int8": speed["int8"], "speedup": speedup}))
-    return checks
+        f"fp32 {speed['fp32']:,.0f} img/s, int8 {speed['int8']:,.0f} img/s: {verdict} on {machine}",
+        {"images_per_s_fp32": speed["fp32"], "images_per_s_int8": speed["int8"], "speedup": speedup, "cpu": machine})

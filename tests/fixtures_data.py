@@ -56,6 +56,8 @@ class BitmapServer:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self._lock = threading.Lock()
+        self._no_requests_in_flight = threading.Condition(self._lock)
+        self._in_flight = 0
         self._cache: dict[Path, bytes] = {}
         self.reset()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -86,8 +88,14 @@ class BitmapServer:
         return f"{self.base_url}/{urllib.parse.quote(category + '.npy', safe='')}"
 
     # -- content and faults -------------------------------------------------------------
-    def reset(self) -> None:
+    def reset(self, wait_s: float = 30.0) -> None:
+        """Clear faults and the request log, once the requests still being answered are done.
+
+        A handler records its hit after writing the body, so on a busy machine a client can
+        be done (and its test over) before the hit lands; waiting keeps a previous test's
+        late hit out of the next test's log."""
         with self._lock:
+            self._no_requests_in_flight.wait_for(lambda: self._in_flight == 0, timeout=wait_s)
             self.files: dict[str, Path] = {p.stem: p for p in sorted(self.folder.glob("*.npy"))}
             self.hits: list[Hit] = []
             self._drops: dict[str, list] = {}  # category -> [file offset, times left, reset?]
@@ -175,6 +183,15 @@ class BitmapServer:
         with self._lock:
             self.hits.append(hit)
 
+    def _request_started(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
+    def _request_done(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self._no_requests_in_flight.notify_all()
+
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "qd-test-bitmaps/1.0"
@@ -183,10 +200,18 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_HEAD(self):
-        self._serve(send_body=False)
+        self._serve_counted(send_body=False)
 
     def do_GET(self):
-        self._serve(send_body=True)
+        self._serve_counted(send_body=True)
+
+    def _serve_counted(self, send_body: bool) -> None:
+        owner: BitmapServer = self.server.owner  # type: ignore[attr-defined]
+        owner._request_started()
+        try:
+            self._serve(send_body)
+        finally:
+            owner._request_done()
 
     def _serve(self, send_body: bool) -> None:
         owner: BitmapServer = self.server.owner  # type: ignore[attr-defined]
