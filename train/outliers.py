@@ -19,6 +19,7 @@ TrainConfig.outlier_exposure.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -29,8 +30,9 @@ FRAME_UNITS, INK_UNITS, LINE_UNITS = 304.0, 272.0, 16.0
 
 
 def exposure_loss(logits: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy between softmax(logits) and the uniform distribution (minus log C)."""
-    return (torch.logsumexp(logits, dim=1) - logits.mean(dim=1)).mean()
+    """Mean cross-entropy between softmax(logits) and the uniform distribution, minus its minimum
+    log C: 0 for a flat softmax, growing as the network grows sure of any class."""
+    return (torch.logsumexp(logits, dim=1) - logits.mean(dim=1)).mean() - math.log(logits.shape[1])
 
 
 @dataclass(frozen=True)
