@@ -128,11 +128,16 @@ def open_coreml(model: ModelInfo, checkpoint: Path | None) -> Runner:
         return [Image.fromarray(np.ascontiguousarray(b, dtype=np.uint8).reshape(28, 28)) for b in bitmaps]
 
     def predict(images: list) -> dict[str, np.ndarray]:
-        rows = []
+        rows, logits = [], []
         for image in images:  # the package's input shape is fixed at one image
-            probs = mlmodel.predict({input_name: image})[probs_name]
-            rows.append([probs[name] for name in labels])
-        return {PROBABILITIES: np.asarray(rows, dtype=np.float32)}
+            out = mlmodel.predict({input_name: image})
+            rows.append([out[probs_name][name] for name in labels])
+            if LOGITS in out:  # packages exported before the open-set rule have no logits
+                logits.append(np.asarray(out[LOGITS], dtype=np.float32).reshape(-1))
+        outputs = {PROBABILITIES: np.asarray(rows, dtype=np.float32)}
+        if len(logits) == len(rows):
+            outputs[LOGITS] = np.stack(logits) if logits else np.zeros((0, len(labels)), np.float32)
+        return outputs
 
     return Runner(path, prepare, predict)
 

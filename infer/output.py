@@ -33,9 +33,9 @@ class Summary:
 
     def line(self) -> str:
         failed = f"; {self.failed} input{'s' if self.failed != 1 else ''} failed" if self.failed else ""
-        unknown = f", {self.unknown:,} of them unknown" if self.unknown is not None else ""
-        return (f"{self.classified:,} drawing{'s' if self.classified != 1 else ''} classified{unknown} in "
-                f"{self.seconds:.2f} s ({self.rate:,.0f} images/s){failed}")
+        unknown = f", {self.unknown:,} unknown" if self.unknown is not None else ""
+        return (f"{self.classified:,} drawing{'s' if self.classified != 1 else ''} classified in "
+                f"{self.seconds:.2f} s ({self.rate:,.0f} images/s){unknown}{failed}")
 
 
 class Writer:
@@ -57,7 +57,7 @@ class Writer:
         err_console.print(f"[yellow]note:[/] {_escape(printable(message))}", highlight=False, soft_wrap=True)
 
     def finish(self, summary: Summary) -> None:
-        err_console.print(summary.line(), highlight=False)
+        err_console.print(summary.line(), highlight=False, soft_wrap=True)
 
 
 def _answers(unknown: np.ndarray | None, n: int) -> list:
@@ -139,7 +139,7 @@ class TableWriter(Writer):
         self.printed_header = True
 
     def finish(self, summary: Summary) -> None:
-        console.print(summary.line(), highlight=False)
+        console.print(summary.line(), highlight=False, soft_wrap=True)
 
 
 def printable(text: str) -> str:

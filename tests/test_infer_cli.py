@@ -144,7 +144,8 @@ def test_cli_json_lines(exported_model, inputs_folder):
     assert result.returncode == 0, result.stderr
     lines = [json.loads(l) for l in result.stdout.splitlines()]
     assert len(lines) == 25 + 4 + 6
-    assert {"input", "label", "probability", "top"} <= set(lines[0])
+    assert {"input", "label", "probability", "unknown", "top"} <= set(lines[0])
+    assert all(isinstance(l["unknown"], bool) for l in lines)
     assert all(len(l["top"]) == 2 and l["top"][0]["label"] == l["label"] for l in lines)
     assert "35 drawings classified" in result.stderr and "images/s" in result.stderr
 
@@ -153,8 +154,10 @@ def test_cli_csv_and_table(exported_model, inputs_folder):
     result = run_cli(inputs_folder / "rows.npy", "--model", exported_model, "--csv", "--top", "3")
     assert result.returncode == 0, result.stderr
     table = list(csv.reader(io.StringIO(result.stdout)))
-    assert table[0] == ["input", "label_1", "probability_1", "label_2", "probability_2", "label_3", "probability_3"]
+    assert table[0] == ["input", "label_1", "probability_1", "label_2", "probability_2", "label_3", "probability_3",
+                        "unknown"]
     assert len(table) == 7 and table[1][0].endswith("rows.npy[0]")
+    assert {row[-1] for row in table[1:]} <= {"true", "false"}
     result = run_cli(inputs_folder / "photos", "--model", exported_model, "--top", "2")
     assert result.returncode == 0, result.stderr
     assert "1st" in result.stdout and "2nd" in result.stdout and "drawing 0.jpg" in result.stdout
