@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from qd.data.machine import cpu
 from qd.data.paths import artifacts_root
 from qd.data.preprocess import bitmaps_to_input
 from qd.export.validate import interleaved_throughput, ort_session
@@ -41,16 +40,6 @@ def inputs_for(model_path: Path, count: int = 512) -> np.ndarray:
     return bitmaps_to_input(bitmaps, prep)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", nargs="?", type=Path, default=None)
@@ -60,7 +49,7 @@ def main() -> None:
     fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
     x = inputs_for(fp32)
     print(f"{folder}: int8 file is {int8.stat().st_size / fp32.stat().st_size:.2f}x the fp32 file")
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} logical cores (shared machine: compare ratios)")
+    print(f"CPU: {cpu().summary()} (shared machine: compare ratios)")
     print(f"{'threads':>8} {'batch':>6} {'fp32 img/s':>12} {'int8 img/s':>12} {'int8/fp32':>10}")
     for threads in (1, None):
         sessions = {"fp32": ort_session(fp32, threads=threads), "int8": ort_session(int8, threads=threads)}

@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from qd.data.machine import cpu
 from qd.train.checkpoint import load_checkpoint
 from qd.train.config import TrainConfig
 from qd.train.loop import train
@@ -84,6 +85,7 @@ def main() -> None:
                         help="also the seed arch with the seed script's recipe (constant LR 1e-3, no augmentation)")
     args = parser.parse_args()
 
+    print(f"CPU: {cpu().summary()}")
     print(f"data {args.data_dir}, max {args.max_per_category} per category, budget = {args.budget} time of "
           f"{DEFAULT_ARCH} x {args.epochs} epochs")
     with tempfile.TemporaryDirectory(prefix="qd-train-accuracy-") as tmp:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qd.data.machine import cpu
+
 SHARED = Path(os.environ.get("QD_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "quickdraw" / "bitmaps"
 ROW_BYTES = 784
 LIMIT_BYTES = 2 * 1024**3
@@ -118,6 +120,7 @@ def main() -> None:
         fit = (free - 2 * 1024**3 + have) // ROW_BYTES
         print(f"only {free / 1e9:.1f} GB free at {args.dir}: using {fit:,} drawings instead of {args.drawings:,}")
         args.drawings = int(fit)
+    print(f"CPU: {cpu().summary()}")
     print(f"synthetic set: {args.drawings:,} drawings in {args.categories} files under {args.dir} "
           f"({args.drawings * ROW_BYTES / 1e9:.1f} GB)")
     t0 = time.perf_counter()

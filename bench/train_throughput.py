@@ -24,6 +24,7 @@ median over rounds; ratios are between figures of the same run.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import statistics
 import time
@@ -34,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from qd.data.dataset import BitmapDataset
+from qd.data.machine import cpu
 from qd.data.preprocess import DEFAULT_PREPROCESSING
 from qd.data.split import SplitSpec
 from qd.train.augment import AffineAugment
@@ -106,6 +108,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4096, help="drawings timed per variant and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also try torch.compile (slow to compile)")
+    parser.add_argument("--core", action="store_true",
+                        help="only the variants behind the two targets (about 4x quicker on a slow CPU)")
     args = parser.parse_args()
     # Reusing one batch drives its loss, and then the gradients, into denormal floats that
     # run 10x slower on x86 (measured here: "compute-only" was 10x slower than training);
@@ -115,6 +119,7 @@ def main() -> None:
     dataset = BitmapDataset(args.data_dir)
     train_idx = dataset.split_indices(SplitSpec())["train"]
     n_classes = dataset.num_classes
+    print(f"CPU: {cpu().summary()}")
     print(f"{len(train_idx):,} train drawings, {n_classes} classes, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} cpus")
 
@@ -169,6 +174,10 @@ def main() -> None:
         f"{d}, b256: compute-only, 1 thread": lambda s: with_threads(1, lambda: time_steps(
             model(d), compute_only(256), s)),
     }
+    if args.core:
+        core = ("seed arch, b100: seed-style pipeline, fp32", "seed arch, b256: ours", "seed arch, b256: compute-only",
+                f"{d}, b256: ours", f"{d}, b256: compute-only")
+        variants = {name: variants[name] for name in core}
     if args.compile:
         variants[f"{d}, b256: compute-only, torch.compile"] = lambda s: time_steps(
             torch.compile(model(d)), compute_only(256), s)
@@ -189,7 +198,7 @@ def main() -> None:
     for name, value in med.items():
         print(f"{name:<{width}}  {value:>10,.0f}")
     print(f"\nratios (bf16 autocast where native: {resolve_precision('auto', torch.device('cpu'))} on this CPU)")
-    m = med
+    m = collections.defaultdict(lambda: float("nan"), med)  # --core leaves some variants out
 
     def ratio(a, b):
         return m[a] / m[b]

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qd.data import __version__
+from qd.data.machine import cpu
 
 from . import metrics
 
@@ -31,7 +32,8 @@ def build_report(result) -> dict:
         "format": FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
-        "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()},
+        "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
+                    "cpu": cpu().to_dict()},
         "model": {
             "name": result.model.name,
             "path": str(result.model.path.resolve()),
@@ -230,7 +232,7 @@ def backend_table(report: dict) -> Group:
         if b["note"]:
             lines.append(Text(f"{b['name']}: {b['note']}", style="yellow"))
     lines.append(Text("* reference; agrees = same top-1 class as the reference; speed = model call only, "
-                      "median of repeated runs", style="dim"))
+                      f"median of repeated runs, on {report.get('machine', {}).get('cpu', {}).get('summary', 'this CPU')}", style="dim"))
     return Group(table, *lines)
 
 

@@ -26,6 +26,20 @@ def test_auto_precision_is_bf16_only_where_native():
     assert resolve_precision("auto", torch.device("meta")) == "fp32"
 
 
+@pytest.mark.parametrize("amx, expected", [(True, "bf16"), (False, "fp32"), (None, "fp32")])
+def test_auto_precision_on_cpus_with_and_without_native_bf16(monkeypatch, amx, expected):
+    """Both paths, forced, whatever this machine is: AMX (Intel) -> bf16; AVX2 only (AMD EPYC) -> fp32."""
+    import qd.train.compute as compute
+
+    if amx is None:  # a torch without the private probe
+        monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    else:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert compute.native_bf16(CPU) is (expected == "bf16")
+    assert resolve_precision("auto", CPU) == expected
+    assert resolve_precision("fp32", CPU) == "fp32" and resolve_precision("bf16", CPU) == "bf16"
+
+
 def test_unknown_or_unsupported_precision_is_a_clear_error():
     with pytest.raises(QDError, match="unknown precision 'fp8'"):
         resolve_precision("fp8", CPU)
