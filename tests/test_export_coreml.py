@@ -30,7 +30,7 @@ def test_package_is_an_ios16_ml_program_classifier(spec, trained_checkpoint):
     assert inp.name == "image"
     assert (inp.type.imageType.width, inp.type.imageType.height) == (28, 28)
     assert inp.type.imageType.colorSpace == ct.proto.FeatureTypes_pb2.ImageFeatureType.GRAYSCALE
-    assert [o.name for o in spec.description.output] == ["classLabel", "classLabel_probs"]
+    assert [o.name for o in spec.description.output] == ["classLabel", "classLabel_probs", "logits"]
     assert spec.description.predictedProbabilitiesName == "classLabel_probs"
     main = spec.mlProgram.functions["main"]
     ops = main.block_specializations[main.opset].operations
