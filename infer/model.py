@@ -86,11 +86,11 @@ class OnnxClassifier:
     def _effective_rule(self, threshold: float | None, enabled: bool) -> OpenSetRule | None:
         if not enabled:
             return None
-        if threshold is None or self.model_open_set is None:
-            if threshold is not None:
-                raise QDError(f"{self.path}: --unknown-threshold needs a model with an open-set rule "
-                              "(this one was exported without one; export it again with qd-export)")
+        if threshold is None:
             return self.model_open_set
+        if self.model_open_set is None:
+            raise QDError(f"{self.path}: --unknown-threshold needs a model with an open-set rule "
+                          "(this one was exported without one; export it again with qd-export)")
         return self.model_open_set.with_threshold(threshold)
 
     @property

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from images_synth import bitmap_as_paper, off_centre
+from model_files import model_with_metadata
 from qd.data.bitmaps import open_bitmaps
 from qd.data.errors import QDError
 from qd.data.images import image_to_bitmap
@@ -92,19 +93,6 @@ def test_newest_export_is_the_default(tmp_path, exported_model, monkeypatch):
         resolve_model_path(None)
 
 
-def _model_with_metadata(src, dst, change):
-    import onnx
-
-    model = onnx.load(str(src))
-    props = {p.key: p.value for p in model.metadata_props}
-    change(props)
-    del model.metadata_props[:]
-    for key, value in props.items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(dst))
-    return dst
-
-
 @pytest.mark.parametrize("change,reason", [
     (lambda p: p.pop("qd.labels"), "has no qd.labels"),
     (lambda p: p.update({"qd.labels": "[not json"}), "qd.labels is not valid JSON"),
@@ -115,7 +103,7 @@ def _model_with_metadata(src, dst, change):
     (lambda p: p.pop("qd.preprocessing"), "has no qd.preprocessing"),
 ])
 def test_bad_model_metadata_is_refused(exported_model, tmp_path, change, reason):
-    path = _model_with_metadata(exported_model / "model.onnx", tmp_path / "m.onnx", change)
+    path = model_with_metadata(exported_model / "model.onnx", tmp_path / "m.onnx", change)
     with pytest.raises(QDError, match=reason):
         OnnxClassifier(path)
 

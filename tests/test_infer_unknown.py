@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import numpy as np
-import onnx
 import pytest
 
+from model_files import model_with_metadata
 from qd.data.bitmaps import open_bitmaps
 from qd.data.dataset import BitmapDataset
 from qd.data.errors import QDError
@@ -49,17 +49,6 @@ def folder(tmp_path_factory, test_split, unseen):
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "qd.infer.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=120)
-
-
-def strip_metadata(src, dst, change):
-    model = onnx.load(str(src))
-    props = {p.key: p.value for p in model.metadata_props}
-    change(props)
-    del model.metadata_props[:]
-    for key, value in props.items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(dst))
-    return dst
 
 
 def test_the_graph_applies_the_temperature_in_the_metadata(classifier, test_split):
@@ -125,7 +114,7 @@ def test_cli_no_unknown_prints_null_and_empty_cells(exported_model, folder):
 
 
 def test_a_model_exported_before_the_rule_still_works_with_one_notice(exported_model, folder, tmp_path):
-    old = strip_metadata(exported_model / "model.onnx", tmp_path / "old.onnx",
+    old = model_with_metadata(exported_model / "model.onnx", tmp_path / "old.onnx",
                          lambda p: (p.pop(OPEN_SET_KEY), p.pop(TEMPERATURE_KEY)))
     result = run_cli(folder, "--model", old, "--json")
     assert result.returncode == 0, result.stderr
@@ -146,7 +135,7 @@ def test_a_model_exported_before_the_rule_still_works_with_one_notice(exported_m
     (TEMPERATURE_KEY, "-2", "must be a finite number above 0"),
 ])
 def test_malformed_open_set_metadata_is_refused_in_one_line(exported_model, folder, tmp_path, key, value, reason):
-    bad = strip_metadata(exported_model / "model.onnx", tmp_path / "bad.onnx", lambda p: p.update({key: value}))
+    bad = model_with_metadata(exported_model / "model.onnx", tmp_path / "bad.onnx", lambda p: p.update({key: value}))
     with pytest.raises(QDError, match=reason):
         OnnxClassifier(bad)
     result = run_cli(folder, "--model", bad)
