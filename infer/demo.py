@@ -3,10 +3,11 @@
 The server only hands out static files on 127.0.0.1: the page (infer/web/), the
 onnxruntime-web runtime (from infer/web/node_modules, installed by `npm ci`) and the
 exported model. Everything else happens in the page: it reads the labels, the
-preprocessing spec and the open-set rule from the model's own metadata_props (parsed from the ONNX
-protobuf in web/onnx-metadata.js, because onnxruntime-web does not expose custom
-metadata), applies the qd.data.images algorithm (ported in web/preprocess.js) and
-runs the model with onnxruntime-web's WebAssembly backend.
+preprocessing spec and the open-set rule from the model's own metadata_props (parsed
+from the ONNX protobuf in web/onnx-metadata.js, because onnxruntime-web does not
+expose custom metadata), applies the qd.data.images algorithm (ported in
+web/preprocess.js), runs the model with onnxruntime-web's WebAssembly backend and
+asks instead of guessing when the rule (web/openset.js) says unknown.
 
 Before serving, the model is opened once with onnxruntime here, so a wrong file is a
 one-line error at start-up rather than a broken page. No torch, no network.
