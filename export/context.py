@@ -51,7 +51,7 @@ class ExportContext:
         """Temperature and open-set threshold, fitted once per run on the validation split."""
         data = self.data
         if data.synthetic or data.fit_inputs is None:
-            return unfitted(data.fit_description or data.description)
+            return unfitted(data.fit_description)
         _, logits = torch_outputs(self.source, data.fit_inputs)
         return fit_confidence(logits, data.fit_labels, self.kept, fitted_on=data.fit_description)
 

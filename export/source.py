@@ -171,6 +171,7 @@ def _synthetic(source: CheckpointSource, why: str) -> ValidationData:
         description=f"{SYNTHETIC_DRAWINGS} seeded random bitmaps ({why}; pass --data DIR to check on real drawings)",
         synthetic=True, calibration=None,
         calibration_problem=f"int8 calibration needs the checkpoint's training drawings: {why} (pass --data DIR)",
+        fit_description=f"no validation drawings: {why}",
     )
 
 
