@@ -1,253 +1,213 @@
-"""qd-infer throughput, side by side in one run (the machine is shared: compare ratios).
+"""qd-infer against the bare loops it must keep up with, side by side in one run (compare the ratios).
 
-Prints:
-  1. raw onnxruntime images/s on pre-batched float32 tensors (the limit);
-  2. qd-infer end to end on a .npy of N drawings (default 100,000), as a fraction of (1);
-  3. qd-infer on a folder of PNGs (default 2,000) with --workers 1 vs 2;
-  4. torch eager vs onnxruntime fp32 vs onnxruntime int8 (torch only if importable and the
-     export's source checkpoint exists);
-  5. cold start of `qd-infer --help`;
-  6. peak RSS of qd-infer over N drawings and over 10,000 small PNGs;
-  7. images/s over the first vs the last 10% of the 10,000-PNG run (no slow-down over time).
+Every figure is the wall time of a whole process (start-up included), the two sides of a
+ratio run alternately, `--rounds` times, and each keeps its median, so load on a shared
+machine hits both alike.
 
-    python bench/infer_throughput.py [--model artifacts/exports/<run>] [--drawings 100000]
-                                     [--pngs 2000] [--rss-pngs 10000] [--work DIR]
+  1. `.npy` path, per model: qd-infer --json and --csv (stdout to /dev/null) against a bare
+     onnxruntime loop over the same array (memory-mapped rows -> float32 batches of 512 ->
+     session.run), for N drawings (default 100,000). Target >= 0.9x.
+  2. Image folders: qd-infer --csv --workers P against a bare Pillow loop in P processes
+     (open, decode, convert to L, resize to 28x28) over the same files, for P = 1 and P =
+     every CPU. The folder: the shared bitmaps as 254 px and 1024 px grey-on-white PNGs
+     (bench/image_folder.py). Target >= 0.5x with every CPU.
+  3. Peak memory: qd-infer over N drawings (.npy) and over 10,000 PNGs, as the largest
+     sampled sum of resident memory over qd-infer and its decode workers (and the main
+     process's own peak).
+  4. Cold start of `qd-infer --help` (target < 1 s).
+
+    python bench/infer_throughput.py --model artifacts/exports/<default> --model artifacts/exports/<seed>
+                                     [--drawings 100000] [--pngs 2000] [--rss-pngs 10000] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from image_folder import make_folder, shared_rows
+from qd.data.machine import cpu, usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("QD_SHARED", REPO.parent / "shared")) / "quickdraw"
 QD_INFER = [sys.executable, "-m", "qd.infer.cli"]
 BATCH = 512  # qd-infer's default --batch-size
+
+BARE_ONNXRUNTIME = """
+import sys, numpy as np, onnxruntime as ort
+rows = np.load(sys.argv[2], mmap_mode="r")
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+for start in range(0, len(rows), 512):
+    batch = np.asarray(rows[start:start + 512]).reshape(-1, 1, 28, 28).astype(np.float32) / np.float32(255)
+    session.run(["probabilities"], {"image": batch})
+"""
+
+BARE_PILLOW = """
+import os, sys
+from multiprocessing import Pool
+from PIL import Image
+
+def load(path):
+    with Image.open(path) as image:
+        return image.convert("L").resize((28, 28)).tobytes()
+
+if __name__ == "__main__":
+    folder, processes = sys.argv[1], int(sys.argv[2])
+    paths = sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".png"))
+    if processes == 1:
+        out = [load(p) for p in paths]
+    else:
+        with Pool(processes) as pool:
+            out = pool.map(load, paths, chunksize=8)
+    assert len(out) == len(paths)
+"""
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="model.onnx or export folder (default: newest export)")
+    ap.add_argument("--model", action="append", type=Path, required=True,
+                    help="export folder or model.onnx (repeat: the default network and the seed one)")
     ap.add_argument("--drawings", type=int, default=100_000)
     ap.add_argument("--pngs", type=int, default=2_000)
     ap.add_argument("--rss-pngs", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: npy, images, memory")
     ap.add_argument("--work", type=Path, default=REPO / "artifacts" / "bench-infer")
     args = ap.parse_args()
-
-    from qd.infer.model import OnnxClassifier, resolve_model_path
-
-    model_path = resolve_model_path(args.model)
-    classifier = OnnxClassifier(model_path)
-    print(f"model: {model_path} ({len(classifier.labels)} classes, {classifier.metadata.get('qd.arch', '?')})")
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    skip = set(filter(None, args.skip.split(",")))
+    models = [m / "model.onnx" if m.is_dir() else m for m in args.model]
     args.work.mkdir(parents=True, exist_ok=True)
-    rows = real_rows(args.drawings)
+    print(f"CPU: {cpu().summary()}; {usable_cpus()} usable; load average {os.getloadavg()[0]:.1f} "
+          f"(shared machine: compare the ratios)")
     npy = args.work / f"drawings-{args.drawings}.npy"
-    np.save(npy, rows)
+    if not npy.exists():
+        np.save(npy, shared_rows(args.drawings))
 
-    # The limit is measured just before and just after the end-to-end run (the machine is shared).
-    before = raw_onnxruntime_rate(classifier, rows)
-    e2e = run_qd_infer([npy, "--model", model_path, "--csv", "--batch-size", BATCH])
-    after = raw_onnxruntime_rate(classifier, rows)
-    limit = (before + after) / 2
-    print(f"\n1. raw onnxruntime, batch {BATCH}, pre-batched tensors: {limit:,.0f} images/s (the limit; "
-          f"{before:,.0f} before and {after:,.0f} after run 2)")
-    print(f"2. qd-infer on {args.drawings:,} drawings (.npy, --csv > /dev/null): "
-          f"{e2e['rate']:,.0f} images/s inside the command, {args.drawings / e2e['wall']:,.0f} images/s "
-          f"including start-up ({e2e['wall']:.1f} s wall) -> {e2e['rate'] / limit:.0%} of the limit "
-          f"(target >= 80%); peak RSS {e2e['rss_mib']:.0f} MiB")
+    if "npy" not in skip:
+        print(f"\n1. .npy path, {args.drawings:,} drawings, batch {BATCH} (median wall s of {args.rounds}, "
+              "start-up included):")
+        for model in models:
+            bare = [sys.executable, "-c", BARE_ONNXRUNTIME, model, npy]
+            for mode in ("--json", "--csv"):
+                ours = [*QD_INFER, npy, "--model", model, mode]
+                t_bare, t_ours = side_by_side(bare, ours, args.rounds)
+                print(f"   {arch_of(model):8s} {mode:6s}  bare onnxruntime {t_bare:6.2f} s "
+                      f"({args.drawings / t_bare:7,.0f}/s)  qd-infer {t_ours:6.2f} s ({args.drawings / t_ours:7,.0f}/s)"
+                      f"  -> {t_bare / t_ours:.2f}x (target >= 0.9x)")
 
-    folder = make_pngs(args.work / f"pngs-{args.pngs}", rows, args.pngs, sizes=(128, 256, 512))
-    print(f"3. qd-infer on a folder of {args.pngs:,} PNGs (128-512 px):")
-    rates = {}
-    for workers in (1, 2):
-        run = run_qd_infer([folder, "--model", model_path, "--csv", "--workers", workers])
-        rates[workers] = run["rate"]
-        print(f"   --workers {workers}: {run['rate']:,.0f} images/s ({run['wall']:.1f} s wall)")
-    print(f"   speed-up of 2 workers over 1: {rates[2] / rates[1]:.2f}x")
+    if "images" not in skip:
+        folder = make_folder(args.work / f"pngs-{args.pngs}", args.pngs, sizes=(254, 1024))
+        print(f"\n2. a folder of {args.pngs:,} PNGs (254 px and 1024 px, grey on white), model {arch_of(models[0])}:")
+        for processes in sorted({1, usable_cpus()}):
+            bare = [sys.executable, "-c", BARE_PILLOW, folder, processes]
+            ours = [*QD_INFER, folder, "--model", models[0], "--csv", "--workers", processes]
+            t_bare, t_ours = side_by_side(bare, ours, args.rounds)
+            print(f"   {processes} process{'es' if processes > 1 else '  '}  bare Pillow loop {t_bare:6.2f} s "
+                  f"({args.pngs / t_bare:5,.0f} images/s)  qd-infer {t_ours:6.2f} s "
+                  f"({args.pngs / t_ours:5,.0f} images/s)  -> {t_bare / t_ours:.2f}x (target >= 0.5x)")
 
-    print("4. backends, batch 256, same drawings:")
-    compare_backends(model_path, rows[:20_000])
+    if "memory" not in skip:
+        small = make_folder(args.work / f"pngs-{args.rss_pngs}", args.rss_pngs, sizes=(254,))
+        print("\n3. peak memory (resident, sampled every 20 ms; workers included):")
+        for label, target in ((f"{args.drawings:,} drawings (.npy)", npy), (f"{args.rss_pngs:,} PNGs (254 px)", small)):
+            total, main_peak, wall = peak_memory([*QD_INFER, target, "--model", models[0], "--csv"])
+            print(f"   {label:28s} {total / 2**20:6.0f} MiB in all, main process {main_peak / 2**20:5.0f} MiB "
+                  f"({wall:.1f} s)")
 
-    cold = cold_start()
-    print(f"5. cold start of `qd-infer --help`: median {cold:.2f} s over 5 runs (target < 1 s)")
-
-    small = make_pngs(args.work / f"pngs-small-{args.rss_pngs}", rows, args.rss_pngs, sizes=(64,))
-    run = run_qd_infer([small, "--model", model_path, "--csv"])
-    print(f"6. peak RSS: {e2e['rss_mib']:.0f} MiB for {args.drawings:,} drawings (.npy); "
-          f"{run['rss_mib']:.0f} MiB for {args.rss_pngs:,} PNGs ({run['rate']:,.0f} images/s)")
-
-    first, last = steadiness(model_path, [small])
-    print(f"7. no slow-down over time ({args.rss_pngs:,} PNGs, in process): first 10% {first:,.0f} images/s, "
-          f"last 10% {last:,.0f} images/s (ratio {last / first:.2f})")
-
-
-def steadiness(model_path: Path, inputs: list) -> tuple[float, float]:
-    """images/s over the first and the last 10% of a qd-infer run (batch timestamps)."""
-    from qd.infer.output import Writer
-    from qd.infer.run import run_inference
-
-    class Clock(Writer):
-        def __init__(self):
-            self.marks = [(time.perf_counter(), 0)]
-
-        def rows(self, names, index, probs):
-            self.marks.append((time.perf_counter(), self.marks[-1][1] + len(names)))
-
-        def failure(self, message):
-            pass
-
-        def finish(self, summary):
-            pass
-
-    clock = Clock()
-    run_inference(inputs, model=model_path, writer=clock, workers=2)
-    marks = clock.marks
-    tenth = max(1, (len(marks) - 1) // 10)
-
-    def rate(a, b):
-        (t0, n0), (t1, n1) = marks[a], marks[b]
-        return (n1 - n0) / (t1 - t0)
-
-    return rate(0, tenth), rate(len(marks) - 1 - tenth, len(marks) - 1)
-
-
-def real_rows(n: int) -> np.ndarray:
-    """n real drawings: every shared category, cycled (memory-mapped reads)."""
-    from qd.data.bitmaps import open_bitmaps
-
-    files = sorted((SHARED / "bitmaps").glob("*.npy"))
-    parts = [np.asarray(open_bitmaps(f)) for f in files]
-    allrows = np.concatenate(parts)
-    reps = -(-n // len(allrows))
-    return np.tile(allrows, (reps, 1))[:n]
-
-
-def raw_onnxruntime_rate(classifier, rows: np.ndarray, seconds: float = 5.0) -> float:
-    from qd.data.preprocess import bitmaps_to_input
-
-    batches = [bitmaps_to_input(rows[i:i + BATCH], classifier.preprocessing) for i in range(0, 8 * BATCH, BATCH)]
-    classifier.probabilities(batches[0])  # warm-up
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        for batch in batches:
-            classifier.probabilities(batch)
-            done += len(batch)
-    return done / (time.perf_counter() - started)
-
-
-def run_qd_infer(args: list) -> dict:
-    """Run qd-infer in a child; wall time, its own images/s (closing line) and peak RSS."""
-    wrapper = ("import resource, subprocess, sys\n"
-               "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)\n"
-               "print(r.returncode); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(r.stderr)")
-    started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", wrapper, *QD_INFER, *map(str, args)], capture_output=True,
-                         text=True, check=True)
-    wall = time.perf_counter() - started
-    code, rss_kib, stderr = out.stdout.split("\n", 2)
-    match = re.search(r"([\d,]+) drawings? classified in ([\d.]+) s", stderr)
-    if code.strip() != "0" or not match:
-        sys.exit(f"qd-infer failed ({code.strip()}): {stderr.strip()[-500:]}")
-    count, seconds = int(match.group(1).replace(",", "")), float(match.group(2))
-    return {"wall": wall, "rate": count / seconds, "rss_mib": int(rss_kib) / 1024}
-
-
-def make_pngs(folder: Path, rows: np.ndarray, n: int, sizes=(256,)) -> Path:
-    """n black-on-white PNG drawings of the given sizes (reused between runs)."""
-    done = folder / ".complete"
-    if done.exists():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        size = sizes[i % len(sizes)]
-        image = Image.fromarray(255 - rows[i % len(rows)].reshape(28, 28)).resize((size, size), Image.BILINEAR)
-        image.save(folder / f"{i:05d}.png", optimize=False)
-    done.touch()
-    return folder
-
-
-def compare_backends(model_path: Path, rows: np.ndarray) -> None:
-    from qd.infer.model import OnnxClassifier
-
-    results = {}
-    fp32 = OnnxClassifier(model_path)
-    results["onnxruntime fp32"] = time_backend(lambda x: fp32.predict_bitmaps(x, batch_size=256), rows)
-    int8_path = model_path.with_name("model.int8.onnx")
-    if int8_path.exists():
-        int8 = OnnxClassifier(int8_path)
-        results["onnxruntime int8"] = time_backend(lambda x: int8.predict_bitmaps(x, batch_size=256), rows)
-    else:
-        print(f"   onnxruntime int8: skipped ({int8_path.name} not found)")
-    torch_predict = torch_backend(model_path, fp32.preprocessing)
-    if torch_predict is not None:
-        results["torch eager"] = time_backend(torch_predict, rows)
-    reference = results["onnxruntime fp32"][1]
-    for name, (rate, probs) in results.items():
-        agree = (probs.argmax(1) == reference.argmax(1)).mean()
-        print(f"   {name:18s} {rate:9,.0f} images/s  ({rate / results['onnxruntime fp32'][0]:.2f}x fp32; "
-              f"top-1 agreement with fp32 {agree:.2%})")
-
-
-def time_backend(predict, rows: np.ndarray, repeats: int = 2):
-    predict(rows[:256])
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        probs = predict(rows)
-        best = min(best, time.perf_counter() - started)
-    return len(rows) / best, probs
-
-
-def torch_backend(model_path: Path, preprocessing: dict):
-    try:
-        import torch
-
-        from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
-    except ImportError:
-        print("   torch eager: skipped (torch not installed: the edge install)")
-        return None
-    card = model_path.with_name("model.json")
-    try:
-        checkpoint = Path(json.loads(card.read_text())["source"]["checkpoint"])
-    except (OSError, ValueError, KeyError):
-        checkpoint = None
-    if checkpoint is None or not checkpoint.exists():
-        print(f"   torch eager: skipped (source checkpoint not found via {card})")
-        return None
-    model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
-    from qd.data.preprocess import bitmaps_to_input
-
-    def predict(rows):
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(rows), 256):
-                x = torch.from_numpy(bitmaps_to_input(rows[i:i + 256], preprocessing))
-                out.append(torch.softmax(model(x), dim=1).numpy())
-        return np.concatenate(out)
-
-    return predict
+    print(f"\n4. cold start of `qd-infer --help`: median {cold_start():.2f} s over 5 runs (target < 1 s)")
 
 
 def cold_start(runs: int = 5) -> float:
-    exe = Path(sys.executable).with_name("qd-infer")
-    command = [str(exe)] if exe.exists() else QD_INFER
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        subprocess.run([*command, "--help"], capture_output=True, check=True)
+        subprocess.run([*QD_INFER, "--help"], capture_output=True, check=True)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def arch_of(model: Path) -> str:
+    import json
+
+    from qd.infer.model import OnnxClassifier
+
+    arch = OnnxClassifier(model).metadata.get("qd.arch", "?")
+    try:
+        return json.loads(arch)["name"]
+    except (ValueError, KeyError, TypeError):
+        return arch
+
+
+def side_by_side(a: list, b: list, rounds: int) -> tuple[float, float]:
+    """Median wall seconds of commands a and b, run alternately."""
+    times = {0: [], 1: []}
+    for _ in range(rounds):
+        for side, command in enumerate((a, b)):
+            started = time.perf_counter()
+            done = subprocess.run([str(c) for c in command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True)
+            times[side].append(time.perf_counter() - started)
+            if done.returncode != 0:
+                sys.exit(f"{' '.join(map(str, command))[:200]} failed: {done.stderr.strip()[-500:]}")
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def peak_memory(command: list) -> tuple[int, int, float]:
+    """(peak of the summed RSS of the process and its descendants, peak of the process alone, wall s)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([str(c) for c in command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peaks = [0, 0]
+
+    def sample():
+        while proc.poll() is None:
+            tree = _descendants(proc.pid)
+            sizes = {pid: _rss(pid) for pid in tree}
+            peaks[0] = max(peaks[0], sum(sizes.values()))
+            peaks[1] = max(peaks[1], sizes.get(proc.pid, 0))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    _, err = proc.communicate()
+    sampler.join()
+    if proc.returncode != 0:
+        sys.exit(f"qd-infer failed: {err.decode()[-500:]}")
+    return peaks[0], peaks[1], time.perf_counter() - started
+
+
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, stack = {root}, [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def _rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ from rich.filesize import decimal as human_size
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
 from rich.table import Table
+from rich.text import Text
 
 from .bitmaps import read_bitmap_header
 from .categories import category_path, list_categories
-from .console import console, err_console, fail, run_app
+from .console import console, err_console, fail, run_app, shown
 from .errors import BitmapFileError, QDError
 from .fetch import FetchOptions, FetchResult, fetch_categories
 from .paths import default_data_dir
@@ -34,7 +35,7 @@ class RichProgress:
 
     def begin(self, category: str, total: int, completed: int) -> None:
         if self.task is None:
-            self.task = self.progress.add_task(category, total=total, completed=completed)
+            self.task = self.progress.add_task(shown(category).plain, total=total, completed=completed)
         else:
             self.progress.update(self.task, total=total, completed=completed)
 
@@ -71,11 +72,11 @@ def fetch(
     out = out if out is not None else default_data_dir()
     options = FetchOptions(max_rows=max_per_category, retries=retries)
 
-    console.print(f"fetching {len(names)} categor{'y' if len(names) == 1 else 'ies'} from {src} into {out}",
-                  highlight=False, soft_wrap=True)
+    console.print(Text.assemble(f"fetching {len(names)} categor{'y' if len(names) == 1 else 'ies'} from ",
+                                shown(src), " into ", shown(out)), highlight=False, soft_wrap=True)
     counts: dict[str, int] = {}
     failures: list[str] = []
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())
     # Bars only on a terminal; logs (make demo, CI) get one line per category.
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
@@ -85,21 +86,22 @@ def fetch(
 
         def on_failure(category: str, message: str) -> None:
             failures.append(message)
-            progress.console.print(f"  [red]✗[/] {category}: failed", highlight=False, soft_wrap=True)
+            progress.console.print(Text.assemble("  ", ("✗", "red"), " ", shown(category), ": failed"),
+                                   highlight=False, soft_wrap=True)
 
         report = fetch_categories(src, names, out, options, RichProgress(progress), on_result, on_failure)
 
     done = ", ".join(f"{n} {action}" for action, n in counts.items()) or "nothing fetched"
-    console.print(f"{len(report.results)} of {len(names)} categor{'y' if len(names) == 1 else 'ies'} in {out} ({done})", highlight=False,
-                  soft_wrap=True)
+    console.print(Text.assemble(f"{len(report.results)} of {len(names)} categor{'y' if len(names) == 1 else 'ies'} in ",
+                                shown(out), f" ({done})"), highlight=False, soft_wrap=True)
     for message in failures:
         fail(message)
     if report.stopped_early:
         tried = {r.category for r in report.results} | {name for name, _ in report.failures}
         left = [name for name in names if name not in tried]
         if left:
-            err_console.print(f"note: stopped early; not tried: {', '.join(left)}", highlight=False,
-                              soft_wrap=True)
+            err_console.print(Text.assemble("note: stopped early; not tried: ", shown(", ".join(left))),
+                              highlight=False, soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -114,12 +116,12 @@ def list_(
     names = list_categories(data_dir)
     partial = sorted(p.name for p in data_dir.glob(".*.npy.part"))
     if not names:
-        console.print(f"no <category>.npy files in {data_dir} (get some with: qd-data fetch CATEGORY...)",
-                      highlight=False, soft_wrap=True)
+        console.print(Text.assemble("no <category>.npy files in ", shown(data_dir),
+                                    " (get some with: qd-data fetch CATEGORY...)"), highlight=False, soft_wrap=True)
         _note_partial(partial)
         return
 
-    table = Table(box=box.SIMPLE_HEAD, show_footer=True, title=str(data_dir), title_justify="left")
+    table = Table(box=box.SIMPLE_HEAD, show_footer=True, title=shown(data_dir), title_justify="left")
     table.add_column("category", footer=f"{len(names)} categor{'y' if len(names) == 1 else 'ies'}")
     table.add_column("drawings", justify="right")
     table.add_column("size", justify="right")
@@ -133,10 +135,10 @@ def list_(
             rows = read_bitmap_header(path).rows
         except BitmapFileError as exc:
             broken.append(str(exc))
-            table.add_row(f"[red]{name}[/]", f"[red]invalid: {exc.problem}[/]", human_size(size))
+            table.add_row(shown(name, "red"), shown(f"invalid: {exc.problem}", "red"), human_size(size))
             continue
         total_rows += rows
-        table.add_row(name, f"{rows:,}", human_size(size))
+        table.add_row(shown(name), f"{rows:,}", human_size(size))
     table.columns[1].footer = f"{total_rows:,}"
     table.columns[2].footer = human_size(total_bytes)
     console.print(table)
@@ -167,26 +169,27 @@ def _wanted(categories: list[str], all_categories: bool, src) -> list[str]:
     return names
 
 
-def _result_line(result: FetchResult) -> str:
+def _result_line(result: FetchResult) -> Text:
     if result.action == "skipped":
         why = f", {result.note}" if result.note else ""
-        return f"  [dim]=[/] {result.category}: already present ({result.rows:,} drawings{why})"
+        return Text.assemble("  ", ("=", "dim"), " ", shown(result.category),
+                             f": already present ({result.rows:,} drawings{why})")
     how = result.action
     if result.action == "resumed":
         how = f"resumed at {human_size(result.resumed_from)}"
     note = f", {result.note}" if result.note else ""
-    return (f"  [green]✓[/] {result.category}: {result.rows:,} drawings, {human_size(result.size)} "
-            f"({how}{note})")
+    return Text.assemble("  ", ("✓", "green"), " ", shown(result.category),
+                         f": {result.rows:,} drawings, {human_size(result.size)} ({how}{note})")
 
 
 def _note_partial(partial: list[str]) -> None:
     if partial:
-        err_console.print(f"note: {len(partial)} unfinished download(s) ({', '.join(partial)}); "
-                          "rerun qd-data fetch to resume", highlight=False, soft_wrap=True)
+        err_console.print(Text.assemble(f"note: {len(partial)} unfinished download(s) (", shown(", ".join(partial)),
+                                        "); rerun qd-data fetch to resume"), highlight=False, soft_wrap=True)
 
 
 def main() -> None:
-    run_app(app)
+    run_app(app, interrupted_hint="unfinished downloads are kept; run the same command again to resume")
 
 
 if __name__ == "__main__":

@@ -15,3 +15,12 @@ class BitmapFileError(QDError):
         self.path = path
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+
+def reason_of(exc: BaseException) -> str:
+    """An exception's reason on one line: an OS error's strerror, else the first line of its message."""
+    strerror = getattr(exc, "strerror", None)
+    if strerror:
+        return strerror
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__

@@ -5,8 +5,11 @@ For each category:
    category fails at once with nothing written (an HTML error page never lands on disk);
 2. skip it if the destination already holds a valid file with the wanted drawings;
 3. stream the needed bytes into `.<category>.npy.part` beside the destination. An
-   interrupted download stays there, and the next run resumes it with an HTTP Range
-   request (a server that ignores Range is detected and the file restarted);
+   interrupted download stays there, with the version it belongs to (ETag, Last-Modified)
+   in `.<category>.npy.part.json`, and the next run resumes it with an HTTP Range request
+   and If-Range, only if the source still serves that version (else it starts over: a
+   file that changed is never spliced; a server that ignores Range is detected and the
+   file restarted);
 4. verify the finished part (header, dtype, 784 columns, exact size), and only then
    rename it into place atomically. `--max-per-category N` downloads just the header and
    the first N rows, and writes a valid (N, 784) file with a rewritten header.
@@ -18,6 +21,7 @@ at any moment leaves at most a hidden `.part` (resumed later) or `.tmp` (removed
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import time
@@ -29,7 +33,9 @@ from typing import Callable, Iterable, Protocol
 from .bitmaps import PIXELS, bitmap_header_bytes, parse_bitmap_header, read_bitmap_header
 from .categories import category_path
 from .errors import BitmapFileError, QDError
-from .sources import Body, FolderSource, Remote, SourceUnreachable, TransientError, UrlSource
+from .files import read_regular, write_json_atomic
+from .sources import (Body, FolderSource, Remote, RemoteChanged, SourceUnreachable, TransientError, UrlSource,
+                      Version)
 
 CHUNK_BYTES = 1 << 20
 # Out of disk or quota: every later category would fail the same way.
@@ -85,6 +91,11 @@ def part_path(out_dir: str | os.PathLike, category: str) -> Path:
     return Path(out_dir) / f".{category}.npy.part"
 
 
+def version_path(part: Path) -> Path:
+    """Which version of the source file an unfinished download holds the start of."""
+    return part.with_name(part.name + ".json")
+
+
 def tmp_path(out_dir: str | os.PathLike, category: str) -> Path:
     """Scratch file for a capped (`--max-per-category`) file before its rename."""
     return Path(out_dir) / f".{category}.npy.tmp"
@@ -103,26 +114,32 @@ def fetch_categories(source: FolderSource | UrlSource, categories: Iterable[str]
     for category in categories:
         try:
             result = fetch_category(source, category, out_dir, options, progress)
-        except DiskError as exc:
-            report.failures.append((category, str(exc)))
-            if on_failure:
-                on_failure(category, str(exc))
-            if exc.fatal:
-                report.stopped_early = True
-                break
-            continue
-        except QDError as exc:
-            report.failures.append((category, str(exc)))
-            if on_failure:
-                on_failure(category, str(exc))
-            if isinstance(exc, SourceUnreachable):
-                report.stopped_early = True
+        except Exception as exc:  # one category's failure, expected or not, must not end the others
+            if not isinstance(exc, QDError):
+                exc = QDError(f"{category}: unexpected error ({_describe_unexpected(exc)})")
+            if _record_failure(report, category, exc, on_failure):
                 break
             continue
         report.results.append(result)
         if on_result:
             on_result(result)
     return report
+
+
+def _record_failure(report: FetchReport, category: str, exc: QDError, on_failure) -> bool:
+    """Note a failed category; True if the run must stop (a full disk, a source that cannot be reached)."""
+    report.failures.append((category, str(exc)))
+    if on_failure:
+        on_failure(category, str(exc))
+    fatal = (isinstance(exc, DiskError) and exc.fatal) or isinstance(exc, SourceUnreachable)
+    report.stopped_early = report.stopped_early or fatal
+    return fatal
+
+
+def _describe_unexpected(exc: BaseException) -> str:
+    from .console import describe_unexpected
+
+    return describe_unexpected(exc)
 
 
 def fetch_category(source: FolderSource | UrlSource, category: str, out_dir: str | os.PathLike,
@@ -137,11 +154,18 @@ def fetch_category(source: FolderSource | UrlSource, category: str, out_dir: str
     # One writer per folder at a time: a second `qd-data fetch` into the same folder waits,
     # then finds the files the first one finished and skips them.
     with _folder_lock(out_dir):
-        return _fetch_locked(source, category, out_dir, options, progress)
+        try:
+            return _fetch_locked(source, category, out_dir, options, progress)
+        except RemoteChanged:
+            # The file changed under the download: its part is gone; start again from a new probe.
+            try:
+                return _fetch_locked(source, category, out_dir, options, progress, restarted_because="changed")
+            except RemoteChanged as exc:
+                raise QDError(f"{exc} (twice in a row; try again later)") from None
 
 
 def _fetch_locked(source, category: str, out_dir: Path, options: FetchOptions,
-                  progress: ProgressHook | None) -> FetchResult:
+                  progress: ProgressHook | None, restarted_because: str = "") -> FetchResult:
     dest, part, tmp = category_path(out_dir, category), part_path(out_dir, category), tmp_path(out_dir, category)
     with _disk_errors(category, out_dir):
         tmp.unlink(missing_ok=True)  # left by a run killed while finishing a capped file
@@ -165,20 +189,26 @@ def _fetch_locked(source, category: str, out_dir: Path, options: FetchOptions,
         return FetchResult(category, dest, present, dest.stat().st_size, "skipped", note=note)
 
     with _disk_errors(category, out_dir):
-        resumed_from = _usable_part(part, remote, capped, want_bytes)
+        resumed_from, discarded = _usable_part(part, remote, capped, want_bytes)
         _check_free_space(category, out_dir, want_bytes - min(resumed_from, want_bytes)
                           + (remote.header.data_offset + want_rows * PIXELS if capped else 0))
-        received, restarted = _download(source, category, part, want_bytes, options, progress)
+        if not resumed_from:
+            write_json_atomic(version_path(part), {"source": source.location(category),
+                                                   "version": remote.version.to_dict()})
+        received, restarted = _download(source, category, part, want_bytes, options, progress, remote.version)
         if restarted:
             resumed_from = 0  # the server ignored Range: the kept bytes were fetched again
         if capped:
             _finish_capped(category, part, tmp, dest, remote, want_rows)
             if resumed_from <= want_bytes:  # a longer part belongs to an unfinished full download
-                part.unlink(missing_ok=True)
+                _discard_part(part)
         else:
             _finish_whole(category, part, dest, remote)
     action = "copied" if isinstance(source, FolderSource) else ("resumed" if resumed_from else "downloaded")
-    note = f"first {want_rows} of {remote.header.rows} drawings" if capped else ""
+    notes = [f"first {want_rows} of {remote.header.rows} drawings" if capped else "",
+             "restarted: the source file changed during the download" if restarted_because else "",
+             discarded]
+    note = "; ".join(n for n in notes if n)
     return FetchResult(category, dest, want_rows, dest.stat().st_size, action, received=received,
                        resumed_from=min(resumed_from, want_bytes), note=note)
 
@@ -214,28 +244,56 @@ def _valid_rows(path: Path) -> int | None:
         return None  # a broken file is replaced, never trusted
 
 
-def _usable_part(part: Path, remote: Remote, capped: bool, want_bytes: int) -> int:
-    """Bytes of `part` that can be kept (0 after discarding a part that belongs to another file)."""
+def _usable_part(part: Path, remote: Remote, capped: bool, want_bytes: int) -> tuple[int, str]:
+    """(bytes of `part` that can be kept, why any were discarded). A part is kept only if it
+    provably belongs to the version the source serves now: same ETag (or Last-Modified)
+    as recorded when it was started, same header bytes, not too long."""
     if not part.is_file():
-        return 0
+        _discard_part(part)  # a stray version record
+        return 0, ""
     size = part.stat().st_size
-    keep = size
-    if size > remote.size or (size > want_bytes and not capped):
-        keep = 0  # longer than the file it claims to be a prefix of
+    kept = _mb(size)
+    recorded = _recorded_version(part)
+    why = ""
+    if not remote.version.known:
+        why = f"the {kept} kept could not be verified (the source sends no ETag or Last-Modified)"
+    elif recorded is None:
+        why = f"no record of which version of the file the {kept} kept belong to"
+    elif not recorded.same_as(remote.version):
+        why = f"the source file changed since the {kept} were kept"
+    elif size > remote.size or (size > want_bytes and not capped):
+        why = f"the {kept} kept are longer than the file"
     elif size >= remote.header.data_offset:
         with open(part, "rb") as f:
             if f.read(remote.header.data_offset) != remote.header_bytes:
-                keep = 0  # a different file (or version) was being downloaded
+                why = f"the {kept} kept belong to another file"
     elif remote.header_bytes[:size] != part.read_bytes():
-        keep = 0
-    if keep == 0:
-        part.unlink()
-    return keep
+        why = f"the {kept} kept belong to another file"
+    if why:
+        _discard_part(part)
+        return 0, f"restarted: {why}" if size else ""
+    return size, ""
+
+
+def _recorded_version(part: Path) -> Version | None:
+    """The version recorded for an unfinished download; None without a readable record."""
+    try:
+        record = json.loads(read_regular(version_path(part), 64 * 1024))
+    except (OSError, QDError, ValueError):
+        return None
+    return Version.from_dict(record.get("version") if isinstance(record, dict) else None)
+
+
+def _discard_part(part: Path) -> None:
+    """Remove an unfinished download and the record of its version."""
+    part.unlink(missing_ok=True)
+    version_path(part).unlink(missing_ok=True)
 
 
 def _download(source, category: str, part: Path, want_bytes: int, options: FetchOptions,
-              progress: ProgressHook | None) -> tuple[int, bool]:
-    """Grow `part` to at least `want_bytes`, resuming and retrying.
+              progress: ProgressHook | None, version: Version = Version()) -> tuple[int, bool]:
+    """Grow `part` to at least `want_bytes` with bytes of `version` of the file, resuming and retrying.
+    RemoteChanged (with the part discarded) if the source serves another version.
 
     Returns (bytes received, whether the server ignored a Range request and restarted the file).
     """
@@ -251,7 +309,10 @@ def _download(source, category: str, part: Path, want_bytes: int, options: Fetch
         while have < want_bytes:
             before = have
             try:
-                with source.open(category, have, want_bytes) as body:
+                with source.open(category, have, want_bytes, version) as body:
+                    if version.contradicts(body.version):  # sent whole, but it is another version
+                        raise RemoteChanged(f"{category}: {source.location(category)} changed since it was "
+                                            "first probed")
                     if body.start != have:  # Range ignored: the server restarted the file
                         have = body.start
                         restarted = True
@@ -262,6 +323,9 @@ def _download(source, category: str, part: Path, want_bytes: int, options: Fetch
                 if have < want_bytes:
                     raise TransientError(f"{category}: {source.location(category)}: connection closed "
                                          f"after {have} of {want_bytes} bytes")
+            except RemoteChanged:
+                _discard_part(part)
+                raise
             except TransientError as exc:
                 # Bytes written before a mid-chunk failure are a valid prefix too: keep them.
                 have = part.stat().st_size if part.exists() else 0
@@ -269,7 +333,7 @@ def _download(source, category: str, part: Path, want_bytes: int, options: Fetch
                 if failures > options.retries:
                     kept = f"{have} bytes kept, rerun to resume" if have else ""
                     if not have:
-                        part.unlink(missing_ok=True)
+                        _discard_part(part)
                     why = "; ".join(filter(None, [_gave_up(options), kept]))
                     raise type(exc)(f"{exc} ({why})" if why else str(exc)) from None
                 # Back off only when the last attempt got nowhere; a drop mid-file resumes at once.
@@ -307,12 +371,13 @@ def _finish_whole(category: str, part: Path, dest: Path, remote: Remote) -> None
         with open(part, "rb") as f:
             same_header = f.read(header.data_offset) == remote.header_bytes
     except BitmapFileError as exc:
-        part.unlink(missing_ok=True)  # never resume from a poisoned part
+        _discard_part(part)  # never resume from a poisoned part
         raise QDError(f"{category}: downloaded file failed verification ({exc.problem}); discarded it") from None
     if not same_header or header.rows != remote.header.rows:
-        part.unlink(missing_ok=True)
+        _discard_part(part)
         raise QDError(f"{category}: downloaded file's header differs from the one first served; discarded it")
     os.replace(part, dest)
+    version_path(part).unlink(missing_ok=True)
     _fsync_dir(dest.parent)
 
 
@@ -323,10 +388,10 @@ def _finish_capped(category: str, part: Path, tmp: Path, dest: Path, remote: Rem
         try:
             header = parse_bitmap_header(src, part)
         except BitmapFileError as exc:
-            part.unlink(missing_ok=True)
+            _discard_part(part)
             raise QDError(f"{category}: downloaded data failed verification ({exc.problem}); discarded it") from None
         if header != remote.header:
-            part.unlink(missing_ok=True)
+            _discard_part(part)
             raise QDError(f"{category}: downloaded file's header differs from the one first served; discarded it")
         src.seek(offset)
         try:

@@ -81,3 +81,12 @@ def cpu() -> CpuInfo:
     except OSError:
         text = ""
     return parse_cpuinfo(text, os.cpu_count() or 1)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one): the default
+    number of decode worker processes."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)

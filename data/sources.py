@@ -6,9 +6,15 @@ answers three questions, so that fetch.py can treat them all alike:
 
 - `probe(category)`: the file's bitmap header and total size, from its first bytes only,
   so a bad file (an HTML error page, a wrong dtype) is refused before anything is written;
-- `open(category, start, end)`: a stream of bytes [start, end) of the file. An HTTP server
-  that ignores Range answers from byte 0; the stream's `start` says where it really begins;
+- `open(category, start, end, version)`: a stream of bytes [start, end) of the file. An HTTP
+  server that ignores Range answers from byte 0; the stream's `start` says where it really
+  begins, and its `version` which version of the file it is;
 - `list_categories()`: every category the source offers (`--all`).
+
+A `Version` (the HTTP ETag and Last-Modified, or a local file's inode, size and mtime) says
+which version of a file bytes belong to, so a download resumed after a kill is never spliced
+from two versions: a resumed request carries `If-Range`, and a response of another version
+raises `RemoteChanged`.
 
 Network errors worth retrying (timeouts, dropped connections, 5xx, 429) raise
 `TransientError`; everything else raises `QDError`. Only the standard library's urllib is used.
@@ -35,6 +41,7 @@ from . import __version__
 from .bitmaps import BitmapHeader, parse_bitmap_header, read_bitmap_header
 from .categories import SUFFIX, category_path, list_categories
 from .errors import BitmapFileError, QDError
+from .files import open_regular
 
 DEFAULT_SOURCE = "https://storage.googleapis.com/quickdraw_dataset/full/numpy_bitmap"
 SOURCE_ENV = "QD_DATA_SOURCE"
@@ -58,6 +65,65 @@ class CategoryNotFound(QDError):
     """The source has no file for this category."""
 
 
+class RemoteChanged(TransientError):
+    """The file at the source is not the version the download started with."""
+
+
+@dataclass(frozen=True)
+class Version:
+    """Which version of a file: a strong ETag, else Last-Modified (HTTP); a local file's stat."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    @property
+    def known(self) -> bool:
+        return bool(self.etag or self.last_modified)
+
+    @property
+    def if_range(self) -> str | None:
+        """The If-Range value that makes a server send the rest only of this version."""
+        return self.etag or self.last_modified
+
+    def same_as(self, other: "Version") -> bool:
+        """True only if both name a version and it is provably the same one."""
+        if self.etag and other.etag:
+            return self.etag == other.etag
+        if self.last_modified and other.last_modified and not (self.etag or other.etag):
+            return self.last_modified == other.last_modified
+        return False
+
+    def contradicts(self, other: "Version") -> bool:
+        """True if `other` names a version that is provably not this one (missing validators do not)."""
+        if self.etag and other.etag:
+            return self.etag != other.etag
+        if self.last_modified and other.last_modified:
+            return self.last_modified != other.last_modified
+        return False
+
+    def to_dict(self) -> dict:
+        return {"etag": self.etag, "last_modified": self.last_modified}
+
+    @classmethod
+    def from_dict(cls, d: object) -> "Version":
+        if not isinstance(d, dict):
+            return cls()
+        etag, modified = d.get("etag"), d.get("last_modified")
+        return cls(etag if isinstance(etag, str) else None, modified if isinstance(modified, str) else None)
+
+    @classmethod
+    def from_headers(cls, headers) -> "Version":
+        etag = (headers.get("ETag") or "").strip()
+        modified = (headers.get("Last-Modified") or "").strip()
+        # A weak ETag (W/"...") may name the same version for different bytes: useless for Range.
+        return cls(etag if etag and not etag.startswith("W/") else None, modified or None)
+
+    @classmethod
+    def of_file(cls, path: Path) -> "Version":
+        st = path.stat()
+        return cls(etag=f"file:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
+
+
 @dataclass(frozen=True)
 class Remote:
     """What a probe learnt about one category's file."""
@@ -65,17 +131,19 @@ class Remote:
     header: BitmapHeader
     header_bytes: bytes  # the file's first `header.data_offset` bytes, exactly
     size: int  # total file size in bytes (from the header when the server does not say)
+    version: Version = Version()
 
 
 class Body:
-    """Bytes of one file from offset `start`, at most `length` of them."""
+    """Bytes of one file from offset `start`, at most `length` of them, of `version`."""
 
-    def __init__(self, stream: BinaryIO, start: int, length: int, label: str):
+    def __init__(self, stream: BinaryIO, start: int, length: int, label: str, version: Version = Version()):
         self._stream = stream
         self.start = start
         self.length = length
         self._left = length
         self._label = label
+        self.version = version
 
     def read(self, n: int) -> bytes:
         if self._left <= 0:
@@ -153,25 +221,32 @@ class FolderSource:
 
     def probe(self, category: str) -> Remote:
         path = category_path(self.root, category)
-        if not path.is_file():
+        if not path.exists():  # present but not a regular file (a FIFO): read_bitmap_header says so
             hint = did_you_mean(category, self.list_categories())
             raise CategoryNotFound(f"{category}: no {path.name} in {self.root}{hint}")
         try:
             header = read_bitmap_header(path)
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 header_bytes = f.read(header.data_offset)
+            version = Version.of_file(path)
         except BitmapFileError as exc:
             raise QDError(f"{category}: source file {exc}") from None
-        return Remote(header=header, header_bytes=header_bytes, size=header.file_size)
-
-    def open(self, category: str, start: int, end: int) -> Body:
-        path = category_path(self.root, category)
-        try:
-            f = open(path, "rb")
         except OSError as exc:
             raise QDError(f"{category}: cannot read {path}: {_reason(exc)}") from None
+        return Remote(header=header, header_bytes=header_bytes, size=header.file_size, version=version)
+
+    def open(self, category: str, start: int, end: int, version: Version = Version()) -> Body:
+        path = category_path(self.root, category)
+        try:
+            f = open_regular(path)
+            current = Version.of_file(path)
+        except OSError as exc:
+            raise QDError(f"{category}: cannot read {path}: {_reason(exc)}") from None
+        if version.contradicts(current):
+            f.close()
+            raise RemoteChanged(f"{category}: {path} changed since the copy started")
         f.seek(start)
-        return Body(f, start=start, length=end - start, label=f"{category}: {path}")
+        return Body(f, start=start, length=end - start, label=f"{category}: {path}", version=current)
 
 
 class UrlSource:
@@ -204,7 +279,8 @@ class UrlSource:
             total = _total_size(resp)
             first = _read_upto(resp, PROBE_BYTES, category, url)
             content_type = resp.headers.get("Content-Type", "")
-        return self._remote_from_prefix(category, url, first, total, content_type)
+            version = Version.from_headers(resp.headers)
+        return self._remote_from_prefix(category, url, first, total, content_type, version)
 
     def _probe_whole(self, category: str) -> Remote:
         url = self.location(category)
@@ -212,10 +288,11 @@ class UrlSource:
             total = _total_size(resp)
             first = _read_upto(resp, PROBE_BYTES, category, url)
             content_type = resp.headers.get("Content-Type", "")
-        return self._remote_from_prefix(category, url, first, total, content_type)
+            version = Version.from_headers(resp.headers)
+        return self._remote_from_prefix(category, url, first, total, content_type, version)
 
     def _remote_from_prefix(self, category: str, url: str, first: bytes, total: int | None,
-                            content_type: str) -> Remote:
+                            content_type: str, version: Version) -> Remote:
         try:
             header = parse_bitmap_header(io.BytesIO(first), url)
         except BitmapFileError as exc:
@@ -225,11 +302,22 @@ class UrlSource:
         if total is not None and total != header.file_size:
             raise QDError(f"{category}: {url} is {total} bytes but its header promises "
                           f"{header.file_size} ({header.rows} drawings)")
-        return Remote(header=header, header_bytes=first[: header.data_offset], size=header.file_size)
+        return Remote(header=header, header_bytes=first[: header.data_offset], size=header.file_size,
+                      version=version)
 
-    def open(self, category: str, start: int, end: int) -> Body:
+    def open(self, category: str, start: int, end: int, version: Version = Version()) -> Body:
+        """Bytes [start, end) of `version` of the file. With If-Range, a server whose file changed
+        sends the new version whole (200); that, or a 206 of another version, raises RemoteChanged."""
         url = self.location(category)
-        resp = self._request(category, {"Range": f"bytes={start}-{end - 1}"})
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        if start and version.if_range:
+            headers["If-Range"] = version.if_range
+        resp = self._request(category, headers)
+        got_version = Version.from_headers(resp.headers)
+        if version.contradicts(got_version):  # a 206 of another version, or the new version whole (200)
+            resp.close()
+            raise RemoteChanged(f"{category}: {url} changed since the download started "
+                                f"(ETag/Last-Modified {version.if_range} -> {got_version.if_range})")
         if resp.status == 206:
             got = _content_range(resp)
             if got is None or got[0] != start:
@@ -244,7 +332,7 @@ class UrlSource:
         if declared is not None and declared.isdigit() and int(declared) < length:
             resp.close()
             raise QDError(f"{category}: {url} sent Content-Length {declared}, expected at least {length} bytes")
-        return Body(resp, start=begin, length=length, label=f"{category}: {url}")
+        return Body(resp, start=begin, length=length, label=f"{category}: {url}", version=got_version)
 
     def _request(self, category: str, headers: dict[str, str], allow_416: bool = False):
         url = self.location(category)

@@ -25,14 +25,16 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .bitmaps import SIDE
-from .errors import QDError
+from .errors import QDError, reason_of
+from .files import open_regular
+from .limits import MAX_COORDINATE, MAX_NDJSON_LINE_BYTES, MAX_STROKE_POINTS
 
 ORIGINAL_SIDE = 256.0
 LINE_DIAMETER = 16.0  # in the 256-unit drawing space
 PADDING = 16.0  # per side, in the 256-unit drawing space
 SUPERSAMPLE = 16
-MAX_LINE_BYTES = 1 << 20  # one drawing per line; real ones are a few KiB
-MAX_POINTS = 100_000
+MAX_LINE_BYTES = MAX_NDJSON_LINE_BYTES
+MAX_POINTS = MAX_STROKE_POINTS
 
 
 def render_strokes(strokes, side: int = SIDE, line_diameter: float = LINE_DIAMETER,
@@ -84,14 +86,17 @@ def validate_strokes(strokes) -> list[tuple[np.ndarray, np.ndarray]]:
             raise ValueError(f"more than {MAX_POINTS} points")
         if not all(_is_number(v) for v in xs) or not all(_is_number(v) for v in ys):
             raise ValueError(f"stroke {i} has non-numeric coordinates")
-        ax = np.asarray(xs, dtype=np.float64)
-        ay = np.asarray(ys, dtype=np.float64)
-        if not (np.all(np.isfinite(ax)) and np.all(np.isfinite(ay))):
+        # Checked on the Python numbers, before numpy: a 400-digit integer is a number too,
+        # and would overflow float64 (comparisons of ints with floats are exact).
+        if any(v != v or v in _INFINITIES for v in (*xs, *ys)):
             raise ValueError(f"stroke {i} has non-finite coordinates")
-        if ax.min() < -1 or ay.min() < -1 or ax.max() > 1000 or ay.max() > 1000:
+        if not all(-1 <= v <= MAX_COORDINATE for v in (*xs, *ys)):
             raise ValueError(f"stroke {i} has coordinates outside the simplified 0..255 range")
-        out.append((ax, ay))
+        out.append((np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)))
     return out
+
+
+_INFINITIES = (float("inf"), float("-inf"))
 
 
 def _is_number(v) -> bool:
@@ -118,14 +123,15 @@ def iter_ndjson(path: str | os.PathLike) -> Iterator[tuple[int, str | None, np.n
     """Yield (line_number, word, bitmap, error) per non-blank line of a simplified .ndjson file.
 
     A broken line yields an error string instead of a bitmap; the rest are still rendered.
+    Only a regular file is read, and only as many bytes as it had when it was opened.
     """
     path = Path(path)
     try:
-        f = open(path, "rb")
+        f = open_regular(path)
     except OSError as exc:
-        raise QDError(f"{path}: {exc.strerror or exc}") from None
+        raise QDError(f"{path}: {reason_of(exc)}") from None
     with f:
-        for number, raw in enumerate(_bounded_lines(f), start=1):
+        for number, raw in enumerate(_bounded_lines(f, os.fstat(f.fileno()).st_size), start=1):
             if raw is None:
                 yield number, None, None, f"line longer than {MAX_LINE_BYTES} bytes"
                 continue
@@ -140,15 +146,19 @@ def iter_ndjson(path: str | os.PathLike) -> Iterator[tuple[int, str | None, np.n
             yield number, word, bitmap, None
 
 
-def _bounded_lines(f) -> Iterator[bytes | None]:
-    """Lines of a binary file, never holding more than MAX_LINE_BYTES; None for an over-long line."""
-    while True:
-        line = f.readline(MAX_LINE_BYTES + 1)
+def _bounded_lines(f, size: int) -> Iterator[bytes | None]:
+    """Lines of the first `size` bytes of a binary file, never holding more than MAX_LINE_BYTES;
+    None for an over-long line."""
+    left = size
+    while left > 0:
+        line = f.readline(min(MAX_LINE_BYTES + 1, left))
         if not line:
             return
+        left -= len(line)
         if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-            while line and not line.endswith(b"\n"):  # skip the rest of the monster line
-                line = f.readline(MAX_LINE_BYTES)
+            while line and not line.endswith(b"\n") and left > 0:  # skip the rest of the monster line
+                line = f.readline(min(MAX_LINE_BYTES, left))
+                left -= len(line)
             yield None
             continue
         yield line

@@ -70,6 +70,7 @@ def open_onnx_int8(model: ModelInfo, checkpoint: Path | None) -> Runner:
     if not path.is_file():
         raise Unavailable(f"no {path.name} beside {model.path.name}")
     classifier = OnnxClassifier(path)
+    model.check_member(path, classifier.metadata.get("qd.source_sha256"))
     if classifier.labels != model.labels:
         raise QDError(f"{path}: its labels differ from {model.path.name}'s")
     return Runner(path, tensor_input(classifier.preprocessing), onnx_predict(classifier))
@@ -120,6 +121,7 @@ def open_coreml(model: ModelInfo, checkpoint: Path | None) -> Runner:
         raise Unavailable("coremltools is not installed (pip install 'quickdraw-edge[export]')") from None
     from PIL import Image
 
+    model.check_member(path)
     input_name, probs_name = coreml_io_names(ct, path)
     mlmodel = ct.models.MLModel(str(path))
     labels = list(model.labels)
@@ -205,22 +207,30 @@ class BackendRun:
 
 
 def run_backend(name: str, model: ModelInfo, checkpoint: Path | None, bitmaps: np.ndarray,
-                measure_speed: bool = True) -> BackendRun:
+                measure_speed: bool = True, progress=None) -> BackendRun:
+    """`progress`: a qd.data.progress.ProgressBar advanced batch by batch."""
     try:
         runner = BACKENDS[name](model, checkpoint)
     except (Unavailable, QDError) as why:  # a broken int8 file or checkpoint must not sink the other backends
         return BackendRun(name, skipped=str(why))
     run = BackendRun(name, runner.file, file_size(runner.file), note=runner.note, runner=runner)
-    run.outputs = predict_all(runner, bitmaps)
+    run.outputs = predict_all(runner, bitmaps, advance=progress.advance if progress else None)
     if len(run.probabilities) and run.probabilities.shape[1] != len(model.labels):
         raise QDError(f"{runner.file}: gives {run.probabilities.shape[1]} classes, the model has {len(model.labels)} labels")
     if measure_speed:
+        if progress is not None:
+            progress.step(f"{name}: measuring speed")
         run.images_per_s, run.p50_ms = measure(runner, bitmaps)
     return run
 
 
-def predict_all(runner: Runner, bitmaps: np.ndarray, batch_size: int = EVAL_BATCH) -> dict[str, np.ndarray]:
-    chunks = [runner.predict(runner.prepare(bitmaps[i : i + batch_size])) for i in range(0, len(bitmaps), batch_size)]
+def predict_all(runner: Runner, bitmaps: np.ndarray, batch_size: int = EVAL_BATCH,
+                advance=None) -> dict[str, np.ndarray]:
+    chunks = []
+    for i in range(0, len(bitmaps), batch_size):
+        chunks.append(runner.predict(runner.prepare(bitmaps[i : i + batch_size])))
+        if advance is not None:
+            advance(len(chunks[-1][PROBABILITIES]))
     return {name: np.concatenate([c[name] for c in chunks]).astype(np.float32, copy=False) for name in chunks[0]}
 
 

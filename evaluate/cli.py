@@ -9,6 +9,7 @@ import typer
 
 from qd.data.console import console, run_app
 from qd.data.errors import QDError
+from qd.data.progress import ProgressBar
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich")
 
@@ -58,17 +59,17 @@ def evaluate_command(
         raise QDError("--model: the same model is given twice")
     results = []
     for path in models:
-        with console.status("qd-eval", spinner="dots") as status:
+        with ProgressBar("qd-eval", unit="drawings") as bar:
             result = evaluate(path, data=data, split=split, backends=backend, out_dir=out,
                               checkpoint=checkpoint, ignore_unknown=ignore_unknown,
                               max_per_category=max_per_category, measure_speed=speed, unknown=unknown,
-                              write_files=False, progress=lambda m: status.update(f"qd-eval: {m}"))
+                              write_files=False, progress=bar)
             if out is not None and len(models) > 1:
                 result.out_dir = out / result.model.name
             if any(r.out_dir.resolve() == result.out_dir.resolve() for r in results):
                 raise QDError(f"{result.model.path}: another model given has the same name "
                               f"{result.model.name!r}; evaluate them one at a time with --out")
-            status.update("qd-eval: drawing plots")
+            bar.step("drawing plots")
             write_outputs(result)
         render(build_report(result), console, result.out_dir)
         results.append(result)

@@ -17,6 +17,7 @@ import numpy as np
 from qd.data.errors import QDError
 from qd.data.files import write_json_atomic
 from qd.data.paths import artifacts_root
+from qd.data.progress import ProgressBar
 
 from . import metrics
 from .backends import BackendRun, parse_backends, predict_all, run_backend
@@ -59,29 +60,29 @@ def evaluate(model_path: str | os.PathLike | None = None, data: str | os.PathLik
              split: str | None = None, backends: list[str] | None = None, out_dir: str | os.PathLike | None = None,
              checkpoint: str | os.PathLike | None = None, ignore_unknown: bool = False,
              max_per_category: int | None = None, measure_speed: bool = True, write_files: bool = True,
-             progress=None, unknown: list[str | os.PathLike] | None = None) -> Evaluation:
+             progress: ProgressBar | None = None, unknown: list[str | os.PathLike] | None = None) -> Evaluation:
     """Evaluate one model; write report.json, confusion.png, mistakes.png and calibration.png unless
     write_files is False. `unknown`: paths of drawings of categories outside the model.
 
-    `progress(message)` is called before each slow step (the CLI shows it in a status line).
+    `progress` (the CLI's bar on stderr) is stepped through the slow parts: reading, each backend.
     """
-    say = progress or (lambda message: None)
+    bar = progress or ProgressBar("qd-eval", enabled=False)
     names = parse_backends(backends)
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
             raise QDError(f"{checkpoint}: checkpoint not found")
     model = load_model_info(model_path)
-    say(f"loading held-out data for {model.name}")
-    heldout = load_heldout(model, None if data is None else str(data), split, ignore_unknown, max_per_category)
+    bar.step(f"loading held-out data for {model.name}")
+    heldout = load_heldout(model, None if data is None else str(data), split, ignore_unknown, max_per_category, bar)
     unknown_set = None
     if unknown:
-        say("loading the --unknown drawings")
-        unknown_set = load_unknown(unknown)
+        bar.step("loading the --unknown drawings")
+        unknown_set = load_unknown(unknown, progress=bar)
     runs = []
     for name in names:
-        say(f"{name}: classifying {len(heldout):,} drawings")
-        runs.append(run_backend(name, model, checkpoint, heldout.bitmaps, measure_speed))
+        bar.step(f"{name}: classifying", total=len(heldout))
+        runs.append(run_backend(name, model, checkpoint, heldout.bitmaps, measure_speed, bar))
     ran = [r for r in runs if r.ran]
     if not ran:
         reasons = "; ".join(f"{r.name}: {r.skipped}" for r in runs)
@@ -89,8 +90,8 @@ def evaluate(model_path: str | os.PathLike | None = None, data: str | os.PathLik
     reference = ran[0]
     if unknown_set is not None:
         for run in ran:
-            say(f"{run.name}: classifying {len(unknown_set):,} unknown drawings")
-            run.unknown_outputs = predict_all(run.runner, unknown_set.bitmaps)
+            bar.step(f"{run.name}: classifying the --unknown drawings", total=len(unknown_set))
+            run.unknown_outputs = predict_all(run.runner, unknown_set.bitmaps, advance=bar.advance)
     predicted = reference.probabilities.argmax(axis=1)
     confusion = metrics.confusion_matrix(heldout.labels, predicted, len(model.labels))
     scores = metrics.per_class_scores(confusion, model.labels)
@@ -105,7 +106,7 @@ def evaluate(model_path: str | os.PathLike | None = None, data: str | os.PathLik
     )
     result.open_set, result.open_set_note = _open_set(model, reference, heldout)
     if write_files:
-        say("drawing plots")
+        bar.step("drawing plots")
         write_outputs(result)
     return result
 

@@ -26,11 +26,12 @@ import numpy as np
 
 from qd.data.categories import SUFFIX, category_path, list_categories
 from qd.data.dataset import BitmapDataset
+from qd.data.machine import usable_cpus
 from qd.data.errors import QDError
+from qd.data.progress import ProgressBar
 from qd.data.split import SPLITS, SplitSpec
 
 ALL = "all"
-DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 MAX_DRAWINGS = 500_000  # held in memory with one probability row per backend; ~2 GB at 345 classes
 SPLIT_CHOICES = (*SPLITS, ALL)
 
@@ -122,28 +123,33 @@ def from_npy_dir(data_dir: Path, model, split: str, ignore_unknown: bool,
     return HeldOut(bitmaps.reshape(-1, 784), to_model[data_labels], source, origins, notes)
 
 
-def from_class_folders(data_dir: Path, model, ignore_unknown: bool, workers: int = DEFAULT_WORKERS) -> HeldOut:
+def from_class_folders(data_dir: Path, model, ignore_unknown: bool, workers: int | None = None,
+                       progress: ProgressBar | None = None) -> HeldOut:
     """Class-named subfolders of drawings, read exactly as qd-infer reads them (images through
-    qd.data.images, also .npy arrays and .ndjson strokes); unreadable files become notes."""
-    from qd.infer.inputs import Drawings, read_inputs
+    qd.data.decode, the shared parallel path; also .npy arrays and .ndjson strokes), all folders
+    in one pass; unreadable files become notes."""
+    from qd.infer.inputs import Drawings, Plan, read_inputs
 
     folders = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     known, unknown = map_to_model([p.name for p in folders], model.labels, str(data_dir), ignore_unknown)
+    plan = Plan.of([data_dir / f.name for f in folders if f.name in known], recursive=True)
+    if progress is not None and progress.active:
+        progress.step(f"reading {data_dir}", total=plan.drawings())
     bitmaps, labels, origins, failed = [], [], [], []
     prefix = f"{data_dir}{os.sep}"
-    for folder in folders:
-        if folder.name not in known:
-            continue
-        for event in read_inputs([data_dir / folder.name], recursive=True, workers=workers):
-            if isinstance(event, Drawings):
-                bitmaps.append(event.bitmaps.reshape(-1, 784))
-                labels += [known[folder.name]] * len(event.bitmaps)
-                origins += [name[len(prefix):] if name.startswith(prefix) else name for name in event.names]
-                if len(labels) > MAX_DRAWINGS:
-                    raise QDError(f"{data_dir}: more than {MAX_DRAWINGS:,} drawings in its class folders, more than "
-                                  "fit comfortably in memory; evaluate a sample of them")
-            else:
-                failed.append(event.message)
+    for event in read_inputs(plan, workers=workers or usable_cpus()):
+        if isinstance(event, Drawings):
+            names = [name[len(prefix):] if name.startswith(prefix) else name for name in event.names]
+            bitmaps.append(event.bitmaps.reshape(-1, 784))
+            labels += [known[name.split(os.sep, 1)[0]] for name in names]
+            origins += names
+            if len(labels) > MAX_DRAWINGS:
+                raise QDError(f"{data_dir}: more than {MAX_DRAWINGS:,} drawings in its class folders, more than "
+                              "fit comfortably in memory; evaluate a sample of them")
+        else:
+            failed.append(event.message)
+        if progress is not None:
+            progress.advance(len(event.names) if isinstance(event, Drawings) else 1)
     if not labels:
         raise QDError(f"{data_dir}: no readable drawings in its class folders")
     labels = np.array(labels, dtype=np.int64)
@@ -157,7 +163,7 @@ def from_class_folders(data_dir: Path, model, ignore_unknown: bool, workers: int
 
 
 def load_heldout(model, data_dir: str | None, split: str | None, ignore_unknown: bool,
-                 max_per_category: int | None = None) -> HeldOut:
+                 max_per_category: int | None = None, progress: ProgressBar | None = None) -> HeldOut:
     """Pick the source: the model's own data (default: test split) or --data DIR.
 
     max_per_category caps a --data folder of .npy files at its first N rows per category
@@ -185,7 +191,7 @@ def load_heldout(model, data_dir: str | None, split: str | None, ignore_unknown:
     if any(p.is_dir() and not p.name.startswith(".") for p in data_dir.iterdir()):
         if split not in (None, ALL):
             raise QDError(f"{data_dir}: --split applies to a folder of <category>.npy files; class folders are evaluated whole")
-        return from_class_folders(data_dir, model, ignore_unknown)
+        return from_class_folders(data_dir, model, ignore_unknown, progress=progress)
     raise QDError(f"{data_dir}: no <category>.npy files and no class-named subfolders of drawings")
 
 
@@ -213,16 +219,20 @@ class UnknownDrawings:
         return f"{len(self):,} drawings from {where}"
 
 
-def load_unknown(paths: list[str | os.PathLike], workers: int = DEFAULT_WORKERS) -> UnknownDrawings:
+def load_unknown(paths: list[str | os.PathLike], workers: int | None = None,
+                 progress: ProgressBar | None = None) -> UnknownDrawings:
     """Folders, images, .npy and .ndjson files read exactly as qd-infer reads them; unreadable ones become notes."""
-    from qd.infer.inputs import Drawings, read_inputs
+    from qd.infer.inputs import Drawings, Plan, read_inputs
 
     paths = [str(p) for p in paths]
     for path in paths:
         if not os.path.exists(path):
             raise QDError(f"--unknown {path}: no such file or directory")
+    plan = Plan.of(paths, recursive=True)
+    if progress is not None and progress.active:
+        progress.step("reading the --unknown drawings", total=plan.drawings())
     bitmaps, origins, notes = [], [], []
-    for event in read_inputs(paths, recursive=True, workers=workers):
+    for event in read_inputs(plan, workers=workers or usable_cpus()):
         if isinstance(event, Drawings):
             bitmaps.append(event.bitmaps.reshape(-1, 784))
             origins += event.names
@@ -231,6 +241,8 @@ def load_unknown(paths: list[str | os.PathLike], workers: int = DEFAULT_WORKERS)
                               "comfortably in memory; evaluate a sample of them")
         else:
             notes.append(f"skipped (--unknown): {event.message}")
+        if progress is not None:
+            progress.advance(len(event.names) if isinstance(event, Drawings) else 1)
     if not bitmaps:
         raise QDError(f"--unknown {' '.join(paths)}: no readable drawings")
     return UnknownDrawings(np.concatenate(bitmaps).astype(np.uint8, copy=False), origins, paths, notes)

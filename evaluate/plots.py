@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qd.data.console import shown
 from qd.data.files import atomic_target
 from .metrics import normalize_rows
 
@@ -21,6 +22,10 @@ def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
+    # Class names and file names are untrusted: "$\frac{$" in a label must be drawn as
+    # written, not parsed as TeX (which fails, or draws something else); their control
+    # characters are drawn made visible (_plain), as on a terminal.
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt
@@ -35,6 +40,7 @@ def plot_confusion(confusion: np.ndarray, labels: list[str], path: Path, title: 
     plt = _pyplot()
     from matplotlib.colors import PowerNorm
 
+    labels, title = [_plain(label) for label in labels], _plain(title)
     rates = normalize_rows(confusion)
     n = len(labels)
     cell = 0.42 if n <= 40 else max(0.12, 17.0 / n)  # inches; big sets shrink towards ~17 inches
@@ -88,6 +94,8 @@ def plot_mistakes(bitmaps: np.ndarray, labels: np.ndarray, probabilities: np.nda
     """A grid of misclassified drawings, dark ink on white, captioned true -> predicted (p)
     and, under the drawing, where it came from (file#row or image path)."""
     plt = _pyplot()
+    classes, title = [_plain(name) for name in classes], _plain(title)
+    origins = [_plain(origin) for origin in origins] if origins else origins
     chosen = pick_mistakes(labels, probabilities)
     if len(chosen) == 0:
         fig, ax = plt.subplots(figsize=(6, 2), dpi=110)
@@ -114,6 +122,11 @@ def plot_mistakes(bitmaps: np.ndarray, labels: np.ndarray, probabilities: np.nda
     return _save(fig, plt, path)
 
 
+def _plain(text: str) -> str:
+    """Untrusted text as it is shown on a terminal: control characters made visible."""
+    return shown(text).plain
+
+
 def _short(name: str, width: int = 16) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
 
@@ -135,6 +148,7 @@ def plot_reliability(calibration, path: Path, title: str) -> Path:
     """Reliability diagram: accuracy against top-1 probability per bin, before and after
     temperature scaling, with the diagonal of perfect calibration and the share of drawings per bin."""
     plt = _pyplot()
+    title = _plain(title)
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.6, 6.2), dpi=110, sharex=True,
                                    gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], color="#9e9e9e", linestyle="--", linewidth=1, label="perfectly calibrated")

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qd.data import __version__
+from qd.data.console import shown
 from qd.data.machine import cpu
 
 from . import metrics
@@ -164,18 +165,18 @@ def overall_panel(report: dict) -> Panel:
     grid.add_row(*(Text(t, style="bold") for t in ("top-1", "top-3", "MAP@3", "macro F1", "drawings")))
     grid.add_row(_pct(o["top1"]), _pct(o["top3"]), _pct(o["map3"]), _pct(o["macro_f1"]),
                  Text(f"{o['count']:,}  ({o['errors']:,} wrong)"))
-    lines = [grid, Text(""), Text(f"data: {report['data']['description']}", style="dim"),
+    lines = [grid, Text(""), shown(f"data: {report['data']['description']}", "dim"),
              Text(f"figures from the {report['reference_backend']} backend", style="dim")]
-    lines += [Text(f"note: {n}", style="yellow") for n in report["notes"][:6]]
+    lines += [shown(f"note: {n}", "yellow") for n in report["notes"][:6]]
     if len(report["notes"]) > 6:
         lines.append(Text(f"... and {len(report['notes']) - 6} more notes in report.json", style="yellow"))
-    return Panel(Group(*lines), title=f"[bold]{report['model']['name']}[/]", box=box.ROUNDED, expand=False)
+    return Panel(Group(*lines), title=shown(report["model"]["name"], "bold"), box=box.ROUNDED, expand=False)
 
 
 def class_table(report: dict) -> Table:
     rows = report["per_class"]
-    shown = rows[:TERMINAL_CLASSES]
-    title = "per class, worst first" + (f" ({len(shown)} of {len(rows)}; all in report.json)" if len(rows) > len(shown) else "")
+    listed = rows[:TERMINAL_CLASSES]
+    title = "per class, worst first" + (f" ({len(listed)} of {len(rows)}; all in report.json)" if len(rows) > len(listed) else "")
     table = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left")
     table.add_column("class")
     for name in ("precision", "recall", "F1"):
@@ -183,9 +184,9 @@ def class_table(report: dict) -> Table:
     table.add_column("support", justify="right")
     table.add_column("mistaken for", style="dim")
     worst_target = _worst_target(report)
-    for row in shown:
-        table.add_row(row["class"], _pct(row["precision"]), _pct(row["recall"]), _pct(row["f1"]),
-                      f"{row['support']:,}", worst_target.get(row["class"], ""))
+    for row in listed:
+        table.add_row(shown(row["class"]), _pct(row["precision"]), _pct(row["recall"]), _pct(row["f1"]),
+                      f"{row['support']:,}", shown(worst_target.get(row["class"], "")))
     return table
 
 
@@ -210,7 +211,7 @@ def confused_table(report: dict) -> Table | Text:
     table.add_column("count", justify="right")
     table.add_column("of true class", justify="right")
     for p in pairs:
-        table.add_row(p["true"], p["predicted"], f"{p['count']:,}", f"{p['share']:.1%}")
+        table.add_row(shown(p["true"]), shown(p["predicted"]), f"{p['count']:,}", f"{p['share']:.1%}")
     return table
 
 
@@ -222,7 +223,7 @@ def backend_table(report: dict) -> Group:
     lines = []
     for b in report["backends"]:
         if b["status"] != "ok":
-            lines.append(Text(f"{b['name']} skipped: {b['reason']}", style="yellow"))
+            lines.append(shown(f"{b['name']} skipped: {b['reason']}", "yellow"))
             continue
         speed = f"{b['images_per_s_batch256']:,.0f}" if b.get("images_per_s_batch256") else "–"
         latency = f"{b['p50_latency_ms_single']:.2f} ms" if b.get("p50_latency_ms_single") else "–"
@@ -230,10 +231,14 @@ def backend_table(report: dict) -> Group:
         table.add_row(name, _pct(b["top1"], style=False), _pct(b["map3"], style=False),
                       _pct(b["agreement_with_reference"], style=False), _size(b["size_bytes"]), speed, latency)
         if b["note"]:
-            lines.append(Text(f"{b['name']}: {b['note']}", style="yellow"))
+            lines.append(shown(f"{b['name']}: {b['note']}", "yellow"))
     lines.append(Text("* reference; agrees = same top-1 class as the reference; speed = model call only, "
                       f"median of repeated runs, on {report.get('machine', {}).get('cpu', {}).get('summary', 'this CPU')}", style="dim"))
     return Group(table, *lines)
+
+
+def _share(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:.{digits}%}"
 
 
 def confidence_panel(report: dict) -> Panel:
@@ -241,26 +246,26 @@ def confidence_panel(report: dict) -> Panel:
     lines = []
     cal = report.get("calibration")
     if cal:
-        before = "–" if cal["ece_before"] is None else f"{cal['ece_before']:.2%}"
-        lines.append(Text(f"calibration: expected calibration error {before} before, {cal['ece_after']:.2%} after "
-                          f"temperature scaling (T = {cal['temperature']:.3g})"))
+        lines.append(Text(f"calibration: expected calibration error {_share(cal['ece_before'], 2)} before, "
+                          f"{_share(cal['ece_after'], 2)} after temperature scaling (T = {cal['temperature']:.3g})"))
     o = report["open_set"]
     if not o["available"]:
-        lines.append(Text(f"unknown drawings: {o['reason']}", style="yellow"))
+        lines.append(shown(f"unknown drawings: {o['reason']}", "yellow"))
     else:
         known = o["known"]
         lines.append(Text(f"rule: unknown when {o['rule']} < {o['threshold']:.4g} (fitted to keep "
                           f"{o['kept_at_export']:.0%} of validation drawings)"))
-        lines.append(Text(f"known drawings flagged unknown: {known['flagged']:.1%} of {known['count']:,}; top-1 of "
-                          f"those accepted {known['top1_accepted']:.1%} (all: {known['top1_all']:.1%})"))
+        lines.append(Text(f"known drawings flagged unknown: {_share(known['flagged'])} of {known['count']:,}; "
+                          f"top-1 of those accepted {_share(known['top1_accepted'])} (all: {_share(known['top1_all'])})"))
         if o["unknown"]:
             u = o["unknown"]
-            lines.append(Text(f"--unknown drawings flagged: {u['flagged']:.1%} of {u['count']:,}   AUROC {u['auroc']:.3f}",
+            auroc = "–" if u["auroc"] is None else f"{u['auroc']:.3f}"
+            lines.append(Text(f"--unknown drawings flagged: {_share(u['flagged'])} of {u['count']:,}   AUROC {auroc}",
                               style="bold"))
     if o.get("unknown_data"):
-        lines.append(Text(f"unknown data: {o['unknown_data']['description']}", style="dim"))
-        lines += [Text(f"note: {n}", style="yellow") for n in o["unknown_data"]["notes"][:3]]
-    return Panel(Group(*lines), title="[bold]how sure it is[/]", box=box.ROUNDED, expand=False)
+        lines.append(shown(f"unknown data: {o['unknown_data']['description']}", "dim"))
+        lines += [shown(f"note: {n}", "yellow") for n in o["unknown_data"]["notes"][:3]]
+    return Panel(Group(*lines), title=Text("how sure it is", style="bold"), box=box.ROUNDED, expand=False)
 
 
 def render(report: dict, console: Console, out_dir=None) -> None:
@@ -270,9 +275,8 @@ def render(report: dict, console: Console, out_dir=None) -> None:
     console.print(confused_table(report))
     console.print(backend_table(report))
     if out_dir is not None and report["files"]:
-        files = ", ".join(report["files"][k] for k in ("report", "confusion", "mistakes", "calibration")
-                          if k in report["files"])
-        console.print(f"wrote {files} to [bold]{out_dir}[/]", highlight=False)
+        files = ", ".join(report["files"][k] for k in ("report", "confusion", "mistakes", "calibration") if k in report["files"])
+        console.print(Text.assemble(f"wrote {files} to ", shown(out_dir, "bold")), highlight=False)
 
 
 def models_table(results) -> Table:
@@ -282,6 +286,6 @@ def models_table(results) -> Table:
                           ("macro F1", "right"), ("drawings", "right"), ("data", "left")):
         table.add_column(name, justify=justify)
     for r in results:
-        table.add_row(r.model.name, _pct(r.summary.top1), _pct(r.summary.top3), _pct(r.summary.map3),
-                      _pct(metrics.macro_f1(r.scores)), f"{len(r.heldout):,}", Text(r.heldout.describe(), style="dim"))
+        table.add_row(shown(r.model.name), _pct(r.summary.top1), _pct(r.summary.top3), _pct(r.summary.map3),
+                      _pct(metrics.macro_f1(r.scores)), f"{len(r.heldout):,}", shown(r.heldout.describe(), "dim"))
     return table

@@ -3,8 +3,10 @@
 model.json records what the models are (classes, preprocessing, architecture, split,
 source checkpoint and its metrics), the temperature and open-set rule fitted at export
 (the same as in each model's metadata), every file with its sha256, and the validation
-results. Entries for formats not re-exported in this run are kept from the previous
-card only if they come from the same checkpoint and still match their checksum.
+results: it is the manifest of the set, which readers check files against
+(qd.evaluate.exports). Entries for formats not re-exported in this run are kept from
+the previous card only if they come from the same checkpoint and still match their
+checksum; such files are carried into the new set, other models are not.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from qd.data import __version__ as QD_VERSION
-
-from qd.data.files import write_text_atomic
+from qd.data.errors import QDError
+from qd.data.files import read_regular, sha256_path, write_text_atomic
+from qd.data.limits import MAX_CARD_BYTES
 from .context import Check, ExportContext
-from .source import LICENSE_NOTE, sha256_path
+from .source import LICENSE_NOTE
 
 CARD_NAME = "model.json"
 LABELS_NAME = "labels.txt"
@@ -31,12 +34,13 @@ def write_labels(ctx: ExportContext) -> Path:
     return path
 
 
-def _previous_files(ctx: ExportContext) -> dict:
-    """Entries of the existing card for files this run did not rewrite, if provably still valid:
-    same source checkpoint, file present, checksum unchanged."""
+def previous_files(ctx: ExportContext) -> dict:
+    """Entries of the previous set's card for files this run did not rewrite, if provably still
+    valid: same source checkpoint, file present, checksum unchanged."""
+    folder = ctx.previous_dir or ctx.out_dir
     try:
-        card = json.loads((ctx.out_dir / CARD_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        card = json.loads(read_regular(folder / CARD_NAME, MAX_CARD_BYTES, what="model.json"))
+    except (OSError, QDError, ValueError, RecursionError):
         return {}
     source = card.get("source") if isinstance(card, dict) else None
     files = card.get("files") if isinstance(card, dict) else None
@@ -46,24 +50,26 @@ def _previous_files(ctx: ExportContext) -> dict:
     for name, entry in files.items():
         if name in ctx.written or name == "labels" or not isinstance(entry, dict):
             continue
-        path = ctx.out_dir / str(entry.get("file", ""))
-        if path.parent == ctx.out_dir and path.exists() and sha256_path(path) == entry.get("sha256"):
+        path = folder / str(entry.get("file", ""))
+        if path.parent == folder and path.exists() and sha256_path(path) == entry.get("sha256"):
             kept[name] = entry
     return kept
 
 
 def stale_models(ctx: ExportContext, filenames: list[str]) -> list[Path]:
-    """Model files in the folder that this run did not write and cannot vouch for (another
-    checkpoint's, or changed since): kept, never deleted, but reported."""
-    vouched = {ctx.out_dir / str(e.get("file")) for e in _previous_files(ctx).values()}
-    written = set(ctx.written.values())
-    return [ctx.out_dir / name for name in filenames
-            if (ctx.out_dir / name).exists() and ctx.out_dir / name not in written | vouched]
+    """Model files of the previous set that this run did not write and cannot vouch for (another
+    checkpoint's, or changed since): they are not part of the new set."""
+    folder = ctx.previous_dir or ctx.out_dir
+    vouched = {str(e.get("file")) for e in previous_files(ctx).values()}
+    written = {path.name for path in ctx.written.values()}
+    return [folder / name for name in filenames
+            if (folder / name).exists() and name not in written | vouched]
 
 
-def write_card(ctx: ExportContext, results: dict[str, list[Check]]) -> Path:
+def write_card(ctx: ExportContext, results: dict[str, list[Check]], kept: dict | None = None) -> Path:
+    """model.json in ctx.out_dir: this run's files, plus `kept` (entries of files carried over)."""
     payload = ctx.source.payload
-    files = _previous_files(ctx)
+    files = dict(kept if kept is not None else previous_files(ctx))
     for name, path in ctx.written.items():
         files[name] = {
             "file": path.name,

@@ -7,8 +7,9 @@ from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from qd.data.console import EXIT_ERROR, console, fail, run_app
+from qd.data.console import EXIT_ERROR, console, fail, run_app, shown
 from qd.infer.openset import DEFAULT_KEPT
 
 try:  # the edge install (no torch/onnx) gets one clear line from main(), not a traceback
@@ -73,32 +74,33 @@ def _size(path: Path) -> str:
     return f"{size:,} B" if size < 10_000 else f"{size / 1024:,.1f} KiB"
 
 
-def _mark(check) -> str:
+def _mark(check) -> tuple[str, str]:
     if check.values.get("skipped"):
-        return "[yellow]–[/]"
-    return "[green]✓[/]" if check.passed else "[red]✗[/]"
+        return ("–", "yellow")
+    return ("✓", "green") if check.passed else ("✗", "red")
 
 
 def print_report(report: "ExportReport") -> None:
-    console.print(f"checkpoint  [bold]{report.source.path}[/] ({len(report.source.classes)} classes, "
-                  f"sha256 {report.source.sha256[:12]})", highlight=False)
-    console.print(f"export to   [bold]{report.out_dir}[/]", highlight=False)
-    console.print(f"checked on  {report.validation_data}", highlight=False)
+    console.print(Text.assemble("checkpoint  ", shown(report.source.path, "bold"),
+                                f" ({len(report.source.classes)} classes, sha256 {report.source.sha256[:12]})"),
+                  highlight=False)
+    console.print(Text.assemble("export to   ", shown(report.out_dir, "bold")), highlight=False)
+    console.print(Text.assemble("checked on  ", shown(report.validation_data)), highlight=False)
     for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(Text.assemble(("note:", "yellow"), " ", shown(note)), highlight=False)
     table = Table(title="qd-export", title_justify="left")
     table.add_column("format", no_wrap=True)
     table.add_column("file", no_wrap=True)
     table.add_column("checks")
     for result in report.results:
         if result.ok:
-            file_cell = f"{result.path.name}\n{_size(result.path)}"
+            file_cell = Text(f"{result.path.name}\n{_size(result.path)}")
         else:
-            file_cell = f"[red]{result.path.name}\nnot written[/]"
-        lines = [f"{_mark(check)} {check.name}: {check.detail}" for check in result.checks]
+            file_cell = Text(f"{result.path.name}\nnot written", style="red")
+        lines = [Text.assemble(_mark(check), " ", shown(f"{check.name}: {check.detail}")) for check in result.checks]
         if result.error and (not result.checks or all(c.passed for c in result.checks)):
-            lines.append(f"[red]✗[/] {result.error}")
-        table.add_row(result.format.name, file_cell, "\n".join(lines))
+            lines.append(Text.assemble(("✗", "red"), " ", shown(result.error)))
+        table.add_row(result.format.name, file_cell, Text("\n").join(lines))
     for extra in (report.labels, report.card):
         if extra is not None:
             label = "labels" if extra.name == LABELS_NAME else "card"

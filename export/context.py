@@ -33,7 +33,8 @@ class Check:
 @dataclass
 class ExportContext:
     source: CheckpointSource
-    out_dir: Path
+    out_dir: Path  # where this run writes (the staging folder)
+    previous_dir: Path | None = None  # the export folder being replaced (its previous set), if any
     opset: int = DEFAULT_OPSET
     data_dir: Path | None = None
     max_drawings: int = DEFAULT_MAX_DRAWINGS

@@ -50,10 +50,12 @@ class WithProbabilities(torch.nn.Module):
 @contextlib.contextmanager
 def quiet():
     """Silence the exporters' progress prints, deprecation warnings and log lines."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
+    # onnxruntime's quantizer logs its own failures with a traceback (to stderr); we report them in one line
+    names = ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "onnxruntime")
+    loggers = [logging.getLogger(name) for name in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")

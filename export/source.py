@@ -10,7 +10,6 @@ says so; int8 calibration cannot be faked and fails with a clear message.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -32,17 +31,6 @@ ONNX_FORMAT_TAG = "qd-onnx-v1"
 DEFAULT_MAX_DRAWINGS = 10_000
 CALIBRATION_DRAWINGS = 512
 SYNTHETIC_DRAWINGS = 512
-
-
-def sha256_path(path: Path) -> str:
-    """sha256 of a file; for a folder, of its sorted relative paths and file contents."""
-    if not path.is_dir():
-        return sha256_file(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        digest.update(bytes.fromhex(sha256_file(file)))
-    return digest.hexdigest()
 
 
 @dataclass

@@ -11,12 +11,19 @@ asks instead of guessing when the rule (web/openset.js) says unknown.
 
 Before serving, the model is opened once with onnxruntime here, so a wrong file is a
 one-line error at start-up rather than a broken page. No torch, no network.
+
+The server answers only requests whose Host is this machine's loopback name (a page on
+another site that rebinds its DNS name to 127.0.0.1 cannot read the model), closes a
+connection idle for IDLE_TIMEOUT_S, serves at most MAX_CONNECTIONS at once, and a client
+that goes away mid-response is not an error worth a traceback.
 """
 
 from __future__ import annotations
 
 import mimetypes
 import os
+import socket
+import sys
 import threading
 from dataclasses import dataclass
 from functools import partial
@@ -26,14 +33,19 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import typer
+from rich.text import Text
 
-from qd.data.console import console, run_app
+from qd.data.console import console, describe_unexpected, err_console, run_app, shown
 from qd.data.errors import QDError
 
 from .model import OnnxClassifier, resolve_model_path
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+# Host header names (any port: an ssh -L tunnel may use another) that mean this server.
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+IDLE_TIMEOUT_S = 30.0
+MAX_CONNECTIONS = 32
 WEB_DIR = Path(__file__).resolve().parent / "web"
 ORT_PACKAGE = "onnxruntime-web"
 # The only runtime files the page needs: the WebAssembly build's ES module and its
@@ -89,6 +101,7 @@ class DemoHandler(BaseHTTPRequestHandler):
 
     server_version = "qd-demo"
     routes: dict[str, Path] = {}
+    timeout = IDLE_TIMEOUT_S  # every read and write on the connection (StreamRequestHandler)
 
     def do_GET(self):  # noqa: N802 (http.server naming)
         self._serve(send_body=True)
@@ -97,6 +110,9 @@ class DemoHandler(BaseHTTPRequestHandler):
         self._serve(send_body=False)
 
     def _serve(self, send_body: bool) -> None:
+        if not host_is_loopback(self.headers.get("Host")):
+            self.send_error(HTTPStatus.FORBIDDEN, "this server answers only to 127.0.0.1 and localhost")
+            return
         route = unquote(urlsplit(self.path).path)
         if route == "/":
             route = "/index.html"
@@ -125,6 +141,48 @@ class DemoHandler(BaseHTTPRequestHandler):
         pass
 
 
+def host_is_loopback(host: str | None) -> bool:
+    """True for a Host header naming this machine's loopback interface, with or without a port."""
+    if not host:
+        return False
+    host = host.strip().lower()
+    name = host[: host.index("]") + 1] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+    return name in LOOPBACK_NAMES
+
+
+class DemoServer(ThreadingHTTPServer):
+    """A thread per connection, at most MAX_CONNECTIONS of them; clients that vanish are not errors."""
+
+    daemon_threads = True
+
+    def __init__(self, *args, **kwargs):
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # too many at once: refuse this one, keep serving the others
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
+            return  # the browser closed the tab, or a connection idled out: nothing went wrong here
+        err_console.print(Text.assemble("qd-demo: a request failed (", shown(describe_unexpected(exc)), ")"),
+                          highlight=False, soft_wrap=True)
+
+
 def build_routes(model: DemoModel, ort_dist: Path) -> dict[str, Path]:
     routes = {f"/{name}": WEB_DIR / name for name in PAGE_FILES}
     routes.update({f"/ort/{name}": ort_dist / name for name in ORT_FILES})
@@ -132,17 +190,16 @@ def build_routes(model: DemoModel, ort_dist: Path) -> dict[str, Path]:
     return routes
 
 
-def make_server(model_path: str | os.PathLike | None, port: int = DEFAULT_PORT) -> tuple[ThreadingHTTPServer, DemoModel]:
+def make_server(model_path: str | os.PathLike | None, port: int = DEFAULT_PORT) -> tuple[DemoServer, DemoModel]:
     """A ready (not yet serving) server on 127.0.0.1:port; port 0 picks a free one.
 
     `model_path`: a model.onnx, an export folder, or None for the newest export."""
     model = check_model(model_path)
     handler = type("BoundDemoHandler", (DemoHandler,), {"routes": build_routes(model, ort_dist_dir())})
     try:
-        server = ThreadingHTTPServer((HOST, port), handler)
+        server = DemoServer((HOST, port), handler)
     except OSError as exc:
         raise QDError(f"{HOST}:{port}: cannot listen ({exc.strerror or exc}); try --port with another number") from None
-    server.daemon_threads = True
     return server, model
 
 
@@ -169,8 +226,10 @@ def demo(
     """Serve the demo page on 127.0.0.1 until Ctrl+C."""
     server, info = make_server(model, port)
     url = server_url(server)
-    console.print(f"qd-demo: model {info.path} ({len(info.labels)} classes, {info.precision})", highlight=False, soft_wrap=True)
-    console.print(f"qd-demo: open [bold]{url}[/] in your browser and draw (Ctrl+C to stop)", highlight=False, soft_wrap=True)
+    console.print(Text.assemble("qd-demo: model ", shown(info.path), f" ({len(info.labels)} classes, ",
+                                shown(info.precision), ")"), highlight=False, soft_wrap=True)
+    console.print(Text.assemble("qd-demo: open ", (url, "bold"), " in your browser and draw (Ctrl+C to stop)"),
+                  highlight=False, soft_wrap=True)
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:

@@ -2,32 +2,32 @@
 
 Every input becomes either drawings (names + 28x28 ink-high uint8 bitmaps, handed
 on in chunks) or a Failure (one line: "path: reason"). A bad file never stops the
-others. Images are decoded in a thread pool (Pillow and numpy release the GIL),
-in order, with a bounded look-ahead so memory stays flat on huge folders.
+others. Images are decoded by qd.data.decode (worker processes, in order, a bounded
+look-ahead so memory stays flat on huge folders), the path every command shares.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from qd.data.bitmaps import PIXELS, SIDE
-from qd.data.errors import QDError
-from qd.data.images import IMAGE_SUFFIXES, load_image_bitmap
+from qd.data.bitmaps import PIXELS, SIDE, parse_npy_header
+from qd.data.console import describe_unexpected
+from qd.data.decode import ImageDecoder
+from qd.data.errors import QDError, reason_of
+from qd.data.files import open_regular
+from qd.data.images import IMAGE_SUFFIXES, is_image_path
 from qd.data.strokes import iter_ndjson
 
 NPY_SUFFIX = ".npy"
 NDJSON_SUFFIX = ".ndjson"
 SUPPORTED_SUFFIXES = IMAGE_SUFFIXES + (NPY_SUFFIX, NDJSON_SUFFIX)
-MAX_NPY_HEADER = 64 * 1024
 NPY_CHUNK_ROWS = 4096
+FLOAT_CHECK_ROWS = 65536
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
@@ -59,7 +59,7 @@ def discover(paths: Iterable[str | os.PathLike], recursive: bool = True) -> Iter
             is_dir = path.is_dir()
             exists = is_dir or path.exists()
         except OSError as exc:
-            yield Failure(f"{path}: {exc.strerror or exc}")
+            yield Failure(f"{path}: {reason_of(exc)}")
             continue
         if not exists:
             yield Failure(f"{path}: no such file or directory" if not path.is_symlink()
@@ -88,7 +88,7 @@ def _walk(root: Path, recursive: bool) -> Iterator[Path | Failure]:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            yield Failure(f"{folder}: {exc.strerror or exc}")
+            yield Failure(f"{folder}: {reason_of(exc)}")
             continue
         subfolders = []
         for entry in entries:
@@ -112,35 +112,90 @@ def _walk(root: Path, recursive: bool) -> Iterator[Path | Failure]:
 
 # ----------------------------------------------------------------------------- reading
 
-def read_inputs(paths: Iterable[str | os.PathLike], recursive: bool = True, workers: int = 1,
-                chunk_rows: int = NPY_CHUNK_ROWS) -> Iterator[Event]:
-    """Drawings and Failures from every input, in input order."""
+@dataclass
+class Plan:
+    """Everything discovery found, in order, with the number of images among it."""
+
+    items: list[Path | Failure]
+    images: int
+
+    @classmethod
+    def of(cls, paths: Iterable[str | os.PathLike], recursive: bool = True) -> "Plan":
+        items = list(discover(paths, recursive))
+        return cls(items, sum(1 for i in items if isinstance(i, Path) and is_image_path(i)))
+
+    def drawings(self) -> int:
+        """How many drawings the inputs hold (for a progress bar): images, .npy rows from their
+        headers, .ndjson lines; unreadable files count as one."""
+        total = 0
+        for item in self.items:
+            if isinstance(item, Failure) or is_image_path(item):
+                total += 1
+            elif item.name.lower().endswith(NPY_SUFFIX):
+                try:
+                    with DrawingArray.open(item) as array:
+                        total += array.rows
+                except QDError:
+                    total += 1
+            else:
+                total += max(1, _count_lines(item))
+        return total
+
+
+def read_inputs(paths: Iterable[str | os.PathLike] | Plan, recursive: bool = True, workers: int = 1,
+                chunk_rows: int = NPY_CHUNK_ROWS, decoder: ImageDecoder | None = None) -> Iterator[Event]:
+    """Drawings and Failures from every input, in input order.
+
+    Images go through qd.data.decode's ImageDecoder (`workers` processes), or through
+    `decoder` when the caller has one open (its pool then serves several calls)."""
+    plan = paths if isinstance(paths, Plan) else Plan.of(paths, recursive)
+    if decoder is None:
+        with ImageDecoder(workers, expected=plan.images) as own:
+            yield from _read_plan(plan, own, chunk_rows)
+    else:
+        yield from _read_plan(plan, decoder, chunk_rows)
+
+
+def _read_plan(plan: Plan, decoder: ImageDecoder, chunk_rows: int) -> Iterator[Event]:
     pending_images: list[Path] = []
-    for item in discover(paths, recursive):
-        if isinstance(item, Path) and item.name.lower().endswith(IMAGE_SUFFIXES):
+    for item in plan.items:
+        if isinstance(item, Path) and is_image_path(item):
             pending_images.append(item)
             continue
         # Keep input order: flush queued images before any other kind of input.
         if pending_images:
-            yield from read_images(pending_images, workers)
+            yield from read_images(pending_images, decoder)
             pending_images = []
         if isinstance(item, Failure):
             yield item
         elif item.name.lower().endswith(NPY_SUFFIX):
-            yield from read_npy(item, chunk_rows)
+            yield from guarded(item, read_npy(item, chunk_rows))
         else:
-            yield from read_ndjson(item)
+            yield from guarded(item, read_ndjson(item))
     if pending_images:
-        yield from read_images(pending_images, workers)
+        yield from read_images(pending_images, decoder)
 
 
-def read_images(paths: list[Path], workers: int = 1, group: int = 64) -> Iterator[Event]:
-    """Decode and preprocess images (in parallel when workers > 1), yielded in order, in groups."""
+def guarded(path: Path, events: Iterator[Event]) -> Iterator[Event]:
+    """The events of one input; anything unexpected it raises (a bug, a library failing on
+    hostile bytes, memory) ends that input with one Failure line, and the next input goes on."""
+    try:
+        yield from events
+    except QDError as exc:
+        yield Failure(str(exc))
+    except OSError as exc:
+        yield Failure(f"{path}: {reason_of(exc)}")
+    except Exception as exc:  # MemoryError included
+        yield Failure(f"{path}: unexpected error ({describe_unexpected(exc)})")
+
+
+def read_images(paths: list[Path], decoder: ImageDecoder, group: int = 64) -> Iterator[Event]:
+    """Decoded and preprocessed images, yielded in order, in groups."""
     names: list[str] = []
     bitmaps: list[np.ndarray] = []
-    for path, result in zip(paths, map_ordered(_load_one_image, paths, workers)):
-        if isinstance(result, Failure):
-            yield result
+    for path, result in decoder.decode(paths):
+        if isinstance(result, str):
+            yield Failure(result)
             continue
         names.append(str(path))
         bitmaps.append(result)
@@ -151,31 +206,12 @@ def read_images(paths: list[Path], workers: int = 1, group: int = 64) -> Iterato
         yield Drawings(names, np.stack(bitmaps).reshape(-1, PIXELS))
 
 
-def _load_one_image(path: Path) -> np.ndarray | Failure:
+def _count_lines(path: Path, block: int = 1 << 20) -> int:
     try:
-        return load_image_bitmap(path)
-    except QDError as exc:
-        return Failure(str(exc))
-    except MemoryError:
-        return Failure(f"{path}: out of memory while decoding")
-    except Exception as exc:  # a decoder bug on a hostile file must not end the run
-        return Failure(f"{path}: cannot decode image ({type(exc).__name__}: {_first_line(exc)})")
-
-
-def map_ordered(fn: Callable, items: list, workers: int, window_per_worker: int = 8) -> Iterator:
-    """fn over items, results in order; at most workers * window_per_worker in flight."""
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    window = workers * window_per_worker
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qd-decode") as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        with open_regular(path) as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(block), b""))
+    except OSError:
+        return 1
 
 
 def read_ndjson(path: Path, chunk: int = 1024) -> Iterator[Event]:
@@ -198,7 +234,7 @@ def read_ndjson(path: Path, chunk: int = 1024) -> Iterator[Event]:
         yield Failure(str(exc))
         return
     except OSError as exc:
-        yield Failure(f"{path}: {exc.strerror or exc}")
+        yield Failure(f"{path}: {reason_of(exc)}")
         return
     if names:
         total += len(names)
@@ -208,71 +244,104 @@ def read_ndjson(path: Path, chunk: int = 1024) -> Iterator[Event]:
 
 
 def read_npy(path: Path, chunk_rows: int = NPY_CHUNK_ROWS) -> Iterator[Event]:
-    """Rows of a validated drawing array, memory-mapped, in chunks converted to uint8."""
+    """Rows of a validated drawing array, read in chunks (never mapped) and converted to uint8."""
     try:
-        rows, single = open_drawing_array(path)
+        array = DrawingArray.open(path)
     except QDError as exc:
         yield Failure(str(exc))
         return
-    for start in range(0, len(rows), chunk_rows):
-        chunk = np.asarray(rows[start:start + chunk_rows])
-        if chunk.dtype != np.uint8:
-            chunk = np.floor(chunk.astype(np.float32) * np.float32(255) + np.float32(0.5)).astype(np.uint8)
-        names = [str(path)] if single else [f"{path}[{i}]" for i in range(start, start + len(chunk))]
-        yield Drawings(names, np.ascontiguousarray(chunk))
+    with array:
+        try:
+            if array.dtype != np.uint8:
+                for start in range(0, array.rows, FLOAT_CHECK_ROWS):
+                    _check_float_range(path, array.read(start, start + FLOAT_CHECK_ROWS))
+            for start in range(0, array.rows, chunk_rows):
+                chunk = array.read(start, start + chunk_rows)
+                if chunk.dtype != np.uint8:
+                    chunk = np.floor(chunk.astype(np.float32) * np.float32(255) + np.float32(0.5)).astype(np.uint8)
+                names = [str(path)] if array.single else [f"{path}[{i}]" for i in range(start, start + len(chunk))]
+                yield Drawings(names, chunk)
+        except QDError as exc:
+            yield Failure(str(exc))
 
 
-def open_drawing_array(path: Path) -> tuple[np.ndarray, bool]:
-    """A `.npy` of drawings as an (N, 784) array (memmap), checked from header and size; never pickle.
+class DrawingArray:
+    """A `.npy` of drawings, checked from its header and size, read row chunk by row chunk with
+    pread: never pickle, never a memory map (so a file truncated while it is read is one error
+    line, not SIGBUS, and resident memory stays at one chunk however big the file is).
 
-    The flag is True for a file holding one bare drawing ((28, 28) or (784,)).
+    C-ordered rows are one read per chunk; a Fortran-ordered array, one read per pixel column.
     """
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            try:
-                version = np.lib.format.read_magic(f)
-            except ValueError:
-                raise QDError(f"{path}: not a .npy file (bad magic bytes)") from None
-            try:
-                if version == (1, 0):
-                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=MAX_NPY_HEADER)
-                elif version in ((2, 0), (3, 0)):
-                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=MAX_NPY_HEADER)
-                else:
-                    raise QDError(f"{path}: unsupported .npy version {version[0]}.{version[1]}")
-            except QDError:
-                raise
-            except Exception as exc:  # numpy's header parser raises many types on hostile headers
-                raise QDError(f"{path}: corrupt .npy header ({_first_line(exc)})") from None
-            offset = f.tell()
-    except QDError:
-        raise
-    except OSError as exc:
-        raise QDError(f"{path}: {exc.strerror or exc}") from None
-    if dtype.hasobject:
-        raise QDError(f"{path}: array holds Python objects (needs pickle); refused")
+
+    def __init__(self, path: Path, f, header, rows: int, single: bool):
+        self.path, self._f, self.header = path, f, header
+        self.rows, self.single = rows, single
+        self.dtype = header.dtype
+        # The array as (rows, *trailing): a bare drawing ((28, 28) or (784,)) is one row.
+        self._trailing = tuple(header.shape[1:]) if not single else tuple(header.shape)
+
+    @classmethod
+    def open(cls, path: Path) -> "DrawingArray":
+        try:
+            f = open_regular(path)
+        except OSError as exc:
+            raise QDError(f"{path}: {reason_of(exc)}") from None
+        try:
+            size = os.fstat(f.fileno()).st_size
+            header = parse_npy_header(f, path)
+            rows, single = _check_drawing_header(path, header, size)
+            return cls(path, f, header, rows, single)
+        except BaseException:
+            f.close()
+            raise
+
+    def __enter__(self) -> "DrawingArray":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._f.close()
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as a fresh C-ordered (n, 784) array of the file's dtype."""
+        stop = min(stop, self.rows)
+        n, item = stop - start, self.dtype.itemsize
+        if not self.header.fortran:
+            data = self._pread(self.header.data_offset + start * PIXELS * item, n * PIXELS * item)
+            return np.frombuffer(data, dtype=self.dtype).reshape(n, PIXELS).copy()
+        # Fortran order: pixel column m holds all rows, contiguous; take rows [start, stop) of each.
+        columns = bytearray()
+        for m in range(PIXELS):
+            columns += self._pread(self.header.data_offset + (m * self.rows + start) * item, n * item)
+        block = np.frombuffer(bytes(columns), dtype=self.dtype).reshape((n, *self._trailing), order="F")
+        return np.ascontiguousarray(block).reshape(n, PIXELS)
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        parts, got = [], 0
+        while got < length:
+            part = os.pread(self._f.fileno(), length - got, offset + got)
+            if not part:
+                raise QDError(f"{self.path}: the file shrank while it was read (no bytes at offset "
+                              f"{offset + got:,} of the {self.header.data_offset + self.header.data_bytes:,} "
+                              "its header promises)")
+            parts.append(part)
+            got += len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _check_drawing_header(path: Path, header, size: int) -> tuple[int, bool]:
+    """(rows, single drawing?) for a drawing array's header, or one QDError naming the file."""
+    dtype, shape = header.dtype, header.shape
     if not (dtype == np.uint8 or dtype.type in FLOAT_DTYPES) or dtype.fields is not None:
         raise QDError(f"{path}: dtype is {dtype}, expected uint8 (0-255) or float (0-1)")
     rows = _rows_of(shape)
     if rows is None:
         raise QDError(f"{path}: shape is {shape}, expected (N, 784), (N, 28, 28), (28, 28) or (784,)")
-    if any(not isinstance(d, int) or d < 0 for d in shape):
-        raise QDError(f"{path}: corrupt .npy header (shape {shape})")
-    expected = offset + math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+    expected = header.data_offset + header.data_bytes
     if size != expected:
         raise QDError(f"{path}: size is {size} bytes, header promises {expected} (truncated or padded)")
     if rows == 0:
         raise QDError(f"{path}: the array holds no drawings")
-    try:
-        array = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape),
-                          order="F" if fortran else "C")
-    except (OSError, ValueError) as exc:
-        raise QDError(f"{path}: cannot map the array ({_first_line(exc)})") from None
-    flat = array.reshape(rows, PIXELS) if not fortran else np.ascontiguousarray(array).reshape(rows, PIXELS)
-    if dtype != np.uint8:
-        _check_float_range(path, flat)
-    return flat, (len(shape) < 2 or shape == (SIDE, SIDE))
+    return rows, (len(shape) < 2 or shape == (SIDE, SIDE))
 
 
 def _rows_of(shape: tuple) -> int | None:
@@ -286,14 +355,13 @@ def _rows_of(shape: tuple) -> int | None:
 
 
 def _check_float_range(path: Path, flat: np.ndarray) -> None:
-    for start in range(0, len(flat), 65536):
-        chunk = np.asarray(flat[start:start + 65536], dtype=np.float64)
-        if not np.isfinite(chunk).all():
-            raise QDError(f"{path}: float array holds NaN or infinity")
-        low, high = float(chunk.min()), float(chunk.max())
-        if low < 0.0 or high > 1.0:
-            raise QDError(f"{path}: float values must be in 0..1 (found {low:g}..{high:g}); "
-                          "save uint8 0-255 or divide by 255")
+    chunk = np.asarray(flat, dtype=np.float64)
+    if not np.isfinite(chunk).all():
+        raise QDError(f"{path}: float array holds NaN or infinity")
+    low, high = float(chunk.min()), float(chunk.max())
+    if low < 0.0 or high > 1.0:
+        raise QDError(f"{path}: float values must be in 0..1 (found {low:g}..{high:g}); "
+                      "save uint8 0-255 or divide by 255")
 
 
 def _first_line(exc: BaseException) -> str:

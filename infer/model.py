@@ -18,15 +18,15 @@ import numpy as np
 
 from qd.data.errors import QDError
 from qd.data.paths import artifacts_root
-from qd.data.preprocess import bitmaps_to_input
+from qd.data.files import read_regular
+from qd.data.limits import MAX_LABEL_CHARS, MAX_LABELS, MAX_MODEL_BYTES, MAX_THREADS
+from qd.data.preprocess import REQUIRED_KEYS as PREPROCESSING_KEYS, bitmaps_to_input, check_preprocessing
 
 from .openset import PROBABILITIES, OpenSetRule, parse_open_set, parse_temperature
 
 MODEL_FORMAT = "qd-onnx-v1"
 MODEL_FILE = "model.onnx"
 INPUT = "image"
-MAX_LABELS = 100_000
-PREPROCESSING_KEYS = ("input_size", "scale")
 
 
 def newest_export(root: str | os.PathLike | None = None) -> Path:
@@ -191,12 +191,19 @@ def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def _open_session(path: Path, threads: int | None):
     import onnxruntime as ort
 
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise QDError(f"--threads must be 1 to {MAX_THREADS}, got {threads}")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # onnxruntime warnings are not the user's business
     if threads:
         options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        # The bytes of the regular file checked here, so a FIFO or a swapped file is never opened by onnxruntime.
+        model = read_regular(path, MAX_MODEL_BYTES, what="model")
+    except OSError as exc:
+        raise QDError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise QDError(f"{path}: not a loadable ONNX model ({first[:160]})") from None
@@ -212,8 +219,9 @@ def _parse_labels(path: Path, meta: dict[str, str]) -> list[str]:
     except (ValueError, RecursionError):
         raise QDError(f"{path}: model metadata qd.labels is not valid JSON") from None
     if (not isinstance(labels, list) or not labels or len(labels) > MAX_LABELS
-            or not all(isinstance(l, str) and l for l in labels)):
-        raise QDError(f"{path}: model metadata qd.labels must be a non-empty JSON list of names")
+            or not all(isinstance(l, str) and 0 < len(l) <= MAX_LABEL_CHARS for l in labels)):
+        raise QDError(f"{path}: model metadata qd.labels must be a non-empty JSON list of names "
+                      f"(at most {MAX_LABELS:,}, each 1 to {MAX_LABEL_CHARS} characters)")
     if len(set(labels)) != len(labels):
         raise QDError(f"{path}: model metadata qd.labels has duplicate names")
     return labels
@@ -229,13 +237,10 @@ def _parse_preprocessing(path: Path, meta: dict[str, str]) -> dict:
     if not isinstance(spec, dict) or any(k not in spec for k in PREPROCESSING_KEYS):
         raise QDError(f"{path}: model metadata qd.preprocessing must be a JSON object with "
                       f"{', '.join(PREPROCESSING_KEYS)}")
-    for key in ("input_size", "scale", "mean", "std"):
-        if key in spec and (isinstance(spec[key], bool) or not isinstance(spec[key], (int, float))):
-            raise QDError(f"{path}: model metadata qd.preprocessing[{key!r}] is not a number")
-    if spec["input_size"] != 28:
-        raise QDError(f"{path}: model expects {spec['input_size']}px input; qd-infer renders 28px drawings")
-    if spec.get("std", 1.0) == 0:
-        raise QDError(f"{path}: model metadata qd.preprocessing has std 0")
+    try:
+        spec = check_preprocessing(spec)
+    except ValueError as exc:
+        raise QDError(f"{path}: model metadata qd.{exc} (qd-infer renders 28px ink-high drawings)") from None
     if spec.get("polarity", "ink-high") != "ink-high":
         raise QDError(f"{path}: model expects polarity {spec.get('polarity')!r}; qd-infer produces 'ink-high'")
     return spec

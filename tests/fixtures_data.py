@@ -12,8 +12,16 @@ request) that serves the shared bitmaps in Google's layout,
         qd_server.ignore_range()                    # answer every Range request with a full 200
         qd_server.stall("bird", seconds=2.0, after=4096)  # pause mid-body (timeouts, SIGKILL tests)
         qd_server.add("The Eiffel Tower", some_path)  # serve another file under any name
+        qd_server.validators("etag")                # send only an ETag (or "last_modified", or none)
+        qd_server.honour_if_range(False)            # answer Range with 206 whatever If-Range says
+        qd_server.change_after("cat", other_path, requests=1)  # the file changes after the first request
+        qd_server.fail_with("cat", 404, reason="Not [/] here")  # any reason phrase
         ... fetch from qd_server.base_url ...
         qd_server.hits_for("cat")  # [Hit(method, category, range, status, sent), ...]
+
+Every file is served with an ETag and a Last-Modified derived from its content (so a
+file replaced by another has new ones), and If-Range is honoured (RFC 9110: a Range
+request whose If-Range does not match gets the whole current file, 200).
 
 One server runs for the whole session; the function-scoped `qd_server` clears faults,
 extra names and the request log before and after each test.
@@ -21,6 +29,8 @@ extra names and the request log before and after each test.
 
 from __future__ import annotations
 
+import email.utils
+import hashlib
 import re
 import socket
 import struct
@@ -103,6 +113,10 @@ class BitmapServer:
             self._status: dict[str, list[int]] = {}  # category -> [status, times left]
             self._stalls: dict[str, tuple[float, int]] = {}
             self._ignore_range = False
+            self._validators = {"etag", "last_modified"}
+            self._honour_if_range = True
+            self._reasons: dict[str, str] = {}
+            self._changes: dict[str, list] = {}  # category -> [requests left before the change, new path]
 
     def add(self, category: str, path: Path) -> None:
         """Serve `path` as `<category>.npy` (any name, e.g. with spaces)."""
@@ -126,9 +140,26 @@ class BitmapServer:
         with self._lock:
             self._html.add(category)
 
-    def fail_with(self, category: str, status: int, times: int = 1) -> None:
+    def fail_with(self, category: str, status: int, times: int = 1, reason: str | None = None) -> None:
         with self._lock:
             self._status[category] = [status, times]
+            if reason is not None:
+                self._reasons[category] = reason
+
+    def validators(self, *names: str) -> None:
+        """Which validators responses carry: "etag", "last_modified" (both by default), or none."""
+        with self._lock:
+            self._validators = set(names)
+
+    def honour_if_range(self, honour: bool = True) -> None:
+        with self._lock:
+            self._honour_if_range = honour
+
+    def change_after(self, category: str, path: Path, requests: int = 1) -> None:
+        """Serve `path` as `category` from its (requests + 1)th request on: a file replaced mid-download."""
+        with self._lock:
+            self._changes[category] = [requests, Path(path)]
+            self._cache.pop(Path(path), None)
 
     def stall(self, category: str, seconds: float, after: int = 0) -> None:
         """Pause `seconds` after sending `after` body bytes of each response for `category`."""
@@ -158,9 +189,16 @@ class BitmapServer:
     def _plan(self, category: str) -> dict:
         """Decide, under the lock, which faults this request gets (consuming one-shot ones)."""
         with self._lock:
+            change = self._changes.get(category)
+            if change is not None:
+                if change[0] <= 0:
+                    self.files[category] = change[1]
+                    del self._changes[category]
+                change[0] -= 1
             plan = {"path": self.files.get(category), "html": category in self._html,
                     "status": None, "drop": None, "stall": self._stalls.get(category),
-                    "ignore_range": self._ignore_range}
+                    "ignore_range": self._ignore_range, "validators": set(self._validators),
+                    "honour_if_range": self._honour_if_range, "reason": self._reasons.get(category)}
             if category in self._status:
                 status, left = self._status[category]
                 plan["status"] = status
@@ -223,7 +261,7 @@ class _Handler(BaseHTTPRequestHandler):
         category = urllib.parse.unquote(path[len(prefix):-len(".npy")])
         plan = owner._plan(category)
         if plan["status"] is not None:
-            return self._error(owner, category, range_header, plan["status"])
+            return self._error(owner, category, range_header, plan["status"], plan["reason"])
         if plan["html"]:
             return self._send(owner, category, range_header, 200, HTML_PAGE, 0, len(HTML_PAGE),
                               {"Content-Type": "text/html; charset=UTF-8"}, send_body, plan)
@@ -231,8 +269,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(owner, category, range_header, 404)
         data = owner._read(plan["path"])
         total = len(data)
-        headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+        headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes",
+                   **_validators_of(data, plan["validators"])}
         span = None if plan["ignore_range"] else _parse_range(range_header, total)
+        if_range = self.headers.get("If-Range")
+        if span is not None and if_range and plan["honour_if_range"] and if_range not in headers.values():
+            span = None  # the file changed since the client's copy: the whole current file, 200
         if span == "unsatisfiable":
             self.send_response(416)
             self.send_header("Content-Range", f"bytes */{total}")
@@ -294,15 +336,26 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def _error(self, owner, category, range_header, status: int) -> None:
+    def _error(self, owner, category, range_header, status: int, reason: str | None = None) -> None:
         body = f"<html><body><h1>{status}</h1></body></html>".encode()
-        self.send_response(status)
+        self.send_response(status, reason)
         self.send_header("Content-Type", "text/html")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
         owner._record(Hit(self.command, category, range_header, status, len(body)))
+
+
+def _validators_of(data: bytes, which: set[str]) -> dict[str, str]:
+    """ETag and Last-Modified as a server derives them, here from the content itself."""
+    digest = hashlib.sha1(data).hexdigest()
+    headers = {}
+    if "etag" in which:
+        headers["ETag"] = f'"{digest[:20]}"'
+    if "last_modified" in which:
+        headers["Last-Modified"] = email.utils.formatdate(1_500_000_000 + int(digest[:7], 16), usegmt=True)
+    return headers
 
 
 def _parse_range(header: str | None, total: int):

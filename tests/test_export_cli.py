@@ -163,14 +163,17 @@ def test_one_table_drives_parsing_help_and_readme():
     assert export_formats.DEFAULT_FORMATS == "onnx"
 
 
-def test_rerun_keeps_vouched_siblings_and_flags_another_checkpoints(trained_checkpoint, exported_model, tmp_path):
+def test_rerun_keeps_vouched_siblings_and_drops_another_checkpoints(trained_checkpoint, exported_model, tmp_path):
+    """The folder is one set: a sibling from the same checkpoint stays, one from another checkpoint goes."""
     import shutil
 
     folder = shutil.copytree(exported_model, tmp_path / "export")
+    (folder / "notes.txt").write_text("mine\n")
     report = export_checkpoint(trained_checkpoint, "onnx", out=folder)
     assert report.ok and not report.notes
     card = json.loads((folder / "model.json").read_text())
     assert set(card["files"]) == {"onnx", "onnx-int8", "labels"}  # int8 still from this checkpoint: kept
+    assert (folder / "model.int8.onnx").read_bytes() == (exported_model / "model.int8.onnx").read_bytes()
 
     payload = load_checkpoint(trained_checkpoint)
     payload["hparams"] = {**payload["hparams"], "note": "retrained"}
@@ -180,4 +183,5 @@ def test_rerun_keeps_vouched_siblings_and_flags_another_checkpoints(trained_chec
     assert len(report.notes) == 1 and report.notes[0].startswith(f"{folder / 'model.int8.onnx'}: not from this")
     card = json.loads((folder / "model.json").read_text())
     assert set(card["files"]) == {"onnx", "labels"}
-    assert (folder / "model.int8.onnx").exists()  # reported, never deleted
+    assert not (folder / "model.int8.onnx").exists()  # another checkpoint's model is not part of the set
+    assert (folder / "notes.txt").read_text() == "mine\n"  # files that are not ours travel with the folder

@@ -10,7 +10,7 @@ from PIL import Image
 from images_synth import bitmap_as_paper, png_header_only
 from qd.data.bitmaps import open_bitmaps
 from qd.data.images import image_to_bitmap
-from qd.infer.inputs import Drawings, discover, open_drawing_array, read_inputs
+from qd.infer.inputs import DrawingArray, Drawings, discover, read_inputs
 from qd.infer.run import Batcher
 
 
@@ -83,10 +83,18 @@ def test_npy_passes_through_unchanged_in_every_shape_and_dtype(tmp_path, rows):
     assert collect([tmp_path / "n784.npy"])[0][3] == f"{tmp_path / 'n784.npy'}[3]"
 
 
-def test_npy_is_memory_mapped(tmp_path, rows):
-    np.save(tmp_path / "big.npy", np.tile(rows, (4, 1)))
-    array, single = open_drawing_array(tmp_path / "big.npy")
-    assert isinstance(array, np.memmap) and not single and array.shape == (200, 784)
+def test_npy_is_read_in_chunks_and_never_mapped(tmp_path, rows):
+    """Chunks by pread, never a memory map: resident memory stays at one chunk, and a file cut
+    while it is read is an error line, not SIGBUS (tests/test_hostile_inputs.py)."""
+    path = tmp_path / "big.npy"
+    np.save(path, np.tile(rows, (4, 1)))
+    with DrawingArray.open(path) as array:
+        assert array.rows == 200 and not array.single
+        assert np.array_equal(array.read(150, 400), np.tile(rows, (4, 1))[150:])
+        with open("/proc/self/maps") as maps:
+            assert str(path) not in maps.read()
+    chunks = [event for event in read_inputs([path], chunk_rows=64)]
+    assert [len(c.names) for c in chunks] == [64, 64, 64, 8]
 
 
 def test_images_are_preprocessed_like_the_shared_function(tmp_path, rows):
@@ -202,14 +210,14 @@ def test_permission_denied_even_as_root(tmp_path, rows, monkeypatch):
     secret = tmp_path / "secret.png"
     bitmap_as_paper(rows[0], 80).save(good)
     bitmap_as_paper(rows[1], 80).save(secret)
-    real_open = open
+    real_open = images.open_regular
 
-    def guarded_open(path, *args, **kwargs):
+    def guarded_open(path):
         if str(path) == str(secret):
             raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, *args, **kwargs)
+        return real_open(path)
 
-    monkeypatch.setattr(images, "open", guarded_open, raising=False)
+    monkeypatch.setattr(images, "open_regular", guarded_open)
     names, _, failures = collect([tmp_path])
     assert names == [str(good)] and failures == [f"{secret}: Permission denied"]
 

@@ -24,10 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _wait_for_temp(folder: Path, process: subprocess.Popen, timeout: float = 120.0) -> Path:
-    """The in-progress temp model, as soon as it exists (export + validation take seconds)."""
+    """The in-progress temp model, as soon as it exists (export + validation take seconds). It is
+    written in the staging folder beside the export folder (`.<name>.*.tmp/`)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for temp in folder.glob(".model.onnx.*.tmp"):
+        for temp in folder.parent.glob(f".{folder.name}.*.tmp/.model.onnx.*.tmp"):
             return temp
         if process.poll() is not None:
             pytest.fail(f"qd-export finished before it could be killed (rc {process.returncode})")
@@ -56,6 +57,7 @@ def test_sigkill_mid_export_keeps_the_finished_model_and_rerun_completes(trained
     report = export_checkpoint(trained_checkpoint, "onnx", out=out)
     assert report.ok, report.errors
     assert sorted(p.name for p in out.iterdir()) == ["labels.txt", "model.json", "model.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # the killed run's staging folder is gone
     onnx.checker.check_model(str(out / "model.onnx"))
 
 
@@ -111,6 +113,7 @@ def test_full_disk_gives_one_clear_error_and_keeps_earlier_files(trained_checkpo
     assert not report.ok
     assert report.errors == [f"{out / 'model.onnx'}: No space left on device (while writing onnx)"]
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no staging folder left behind
     assert (out / "model.onnx").read_bytes() == previous
 
 

@@ -122,8 +122,8 @@ def test_disk_full_while_writing_a_capped_file(shared_bitmaps, tmp_path, monkeyp
     result = invoke_cli(main, "fetch", "star", "-n", "100", "--source", shared_bitmaps, "--out", tmp_path)
     assert result.exit_code == 1 and "No space left on device" in result.stderr
     assert ".star.npy.tmp" in result.stderr
-    # The downloaded rows wait in the part file; the scratch file is gone.
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".star.npy.part"]
+    # The downloaded rows wait in the part file (with the version they belong to); the scratch file is gone.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".star.npy.part", ".star.npy.part.json"]
     monkeypatch.undo()
     rerun = invoke_cli(main, "fetch", "star", "-n", "100", "--source", shared_bitmaps, "--out", tmp_path)
     assert rerun.exit_code == 0, rerun.output

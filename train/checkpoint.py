@@ -12,15 +12,18 @@ Keys (format "qd-checkpoint-v1"):
 
 from __future__ import annotations
 
-import math
+import io
 import os
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
 
 from qd.data.errors import QDError
-from qd.data.files import atomic_target
+from qd.data.files import atomic_target, open_regular
+from qd.data.limits import MAX_CHECKPOINT_BYTES, MAX_CHECKPOINT_ENTRIES, MAX_LABEL_CHARS, MAX_LABELS
+from qd.data.preprocess import check_preprocessing
 from qd.data.split import SplitSpec
 
 from .models import build_model
@@ -30,27 +33,36 @@ REQUIRED_KEYS = ("format", "classes", "arch", "preprocessing", "split", "state_d
 
 
 def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
-    """Write atomically: a temp file in the same folder, fsync, then rename."""
-    with atomic_target(path) as tmp:
-        torch.save(payload, tmp)
-    return Path(path)
+    """Write atomically: a temp file in the same folder, fsync, then rename.
+
+    torch.save writes into memory first (checkpoints are a few MB): its own file writer turns
+    a full disk into a RuntimeError, a plain write gives the OSError (ENOSPC) naming the file."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    try:
+        with atomic_target(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(buffer.getbuffer())
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+    return path
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
-    """Load and check a checkpoint; refuse anything that would need pickle."""
+    """Load and check a checkpoint; refuse anything that would need pickle.
+
+    Only a regular file, only a torch zip archive, and only one whose directory promises at most
+    MAX_CHECKPOINT_BYTES once unpacked: the sizes are read before a single tensor is."""
     path = Path(path)
     if not path.exists():
         raise QDError(f"{path}: checkpoint not found")
     if path.is_dir():
         raise QDError(f"{path}: is a directory, expected a checkpoint file")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise QDError(f"{path}: refused: not loadable with weights_only=True ({_first_line(exc)})") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise QDError(f"{path}: not a checkpoint ({_first_line(exc)})") from None
-    except Exception as exc:  # junk bytes can make torch's loader raise anything (KeyError, ...)
-        raise QDError(f"{path}: not a checkpoint (unreadable: {type(exc).__name__})") from None
+    with open_regular(path) as f:
+        _check_archive(path, f)
+        f.seek(0)
+        payload = _torch_load(path, f, map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise QDError(f"{path}: not a quickdraw-edge checkpoint (expected format {FORMAT!r})")
     missing = [k for k in REQUIRED_KEYS if k not in payload]
@@ -60,25 +72,48 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
     return payload
 
 
+def _check_archive(path: Path, f) -> None:
+    """The zip directory, read before torch.load: how many entries, and how many bytes they unpack to."""
+    try:
+        with zipfile.ZipFile(f) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as exc:
+        raise QDError(f"{path}: not a checkpoint (not a torch zip archive: {_first_line(exc)})") from None
+    unpacked = sum(e.file_size for e in entries)
+    if len(entries) > MAX_CHECKPOINT_ENTRIES or unpacked > MAX_CHECKPOINT_BYTES:
+        raise QDError(f"{path}: refused: {len(entries):,} entries unpacking to {unpacked:,} bytes; a checkpoint may "
+                      f"hold at most {MAX_CHECKPOINT_ENTRIES:,} entries and {MAX_CHECKPOINT_BYTES:,} bytes")
+
+
+def _torch_load(path: Path, f, map_location: str) -> object:
+    try:
+        return torch.load(f, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise QDError(f"{path}: refused: not loadable with weights_only=True ({_first_line(exc)})") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise QDError(f"{path}: not a checkpoint ({_first_line(exc)})") from None
+    except Exception as exc:  # junk bytes can make torch's loader raise anything (KeyError, ...)
+        raise QDError(f"{path}: not a checkpoint (unreadable: {type(exc).__name__})") from None
+
+
 def check_fields(path: Path, payload: dict) -> None:
     """The fields later stages rely on, with the right types: a damaged checkpoint fails here, clearly."""
     def bad(field: str, why: str) -> QDError:
         return QDError(f"{path}: damaged checkpoint: {field} {why}")
 
     classes = payload["classes"]
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
-        raise bad("classes", "is not a non-empty list of names")
+    if (not isinstance(classes, list) or not 0 < len(classes) <= MAX_LABELS
+            or not all(isinstance(c, str) and 0 < len(c) <= MAX_LABEL_CHARS for c in classes)):
+        raise bad("classes", f"is not a list of 1 to {MAX_LABELS:,} names of 1 to {MAX_LABEL_CHARS} characters")
     if len(set(classes)) != len(classes):
         raise bad("classes", "has duplicates")
     arch = payload["arch"]
     if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or not isinstance(arch.get("kwargs", {}), dict):
         raise bad("arch", "is not {name, kwargs}")
-    prep = payload["preprocessing"]
-    numbers = ("scale", "mean", "std")
-    if (not isinstance(prep, dict) or prep.get("input_size") != 28
-            or not all(isinstance(prep.get(k, 0.0), (int, float)) and math.isfinite(prep.get(k, 0.0)) for k in numbers)
-            or not prep.get("scale") or not prep.get("std", 1.0)):
-        raise bad("preprocessing", "is not a 28x28 spec with finite, non-zero scale and std")
+    try:
+        check_preprocessing(payload["preprocessing"])
+    except ValueError as exc:
+        raise bad("preprocessing", f"is invalid ({exc})") from None
     if not isinstance(payload["split"], dict):
         raise bad("split", "is not a dict")
     try:

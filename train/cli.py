@@ -68,7 +68,7 @@ def train_command(
 
 def main() -> None:
     """Console-script entry point: errors become one line and a non-zero exit."""
-    run_app(app)
+    run_app(app, interrupted_hint="continue with --resume RUN/last.pt (written at every epoch end)")
 
 
 if __name__ == "__main__":  # `python -m qd.train.cli`, e.g. under torchrun -m

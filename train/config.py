@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from qd.data.errors import QDError
+from qd.data.limits import MAX_WORKERS
 
 from .compute import PRECISIONS
 from .models import ARCHITECTURES, DEFAULT_ARCH
@@ -74,6 +75,8 @@ class TrainConfig:
                 raise QDError(f"--{name} must be 0 or more, got {getattr(self, name)}")
         if not 0.0 <= self.outlier_exposure <= 10.0:  # also refuses NaN
             raise QDError(f"--outlier-exposure must be between 0 and 10, got {self.outlier_exposure}")
+        if self.workers > MAX_WORKERS:
+            raise QDError(f"--workers must be at most {MAX_WORKERS}, got {self.workers}")
         if not self.lr > 0:
             raise QDError(f"--lr must be positive, got {self.lr}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:

@@ -7,6 +7,9 @@ import inspect
 import torch
 from torch import nn
 
+from qd.data.errors import QDError
+from qd.data.limits import ARCH_KWARG_BOUNDS, MAX_LABELS, MAX_PARAMETERS
+
 
 class SeedCNN(nn.Module):
     """The original Lightning script's network, with its output bug fixed:
@@ -61,14 +64,48 @@ ARCHITECTURES = {
 DEFAULT_ARCH = "compact"
 
 
-def build_model(arch: str, num_classes: int, **kwargs) -> nn.Module:
+def build_model(arch: str, num_classes: int, /, **kwargs) -> nn.Module:
+    """The network, after its description is checked: kwargs within qd.data.limits, and the
+    parameter count (from a copy built on the meta device, which allocates nothing) within
+    MAX_PARAMETERS. A checkpoint saying `width=4000` is refused here, before any weight exists."""
     try:
         cls = ARCHITECTURES[arch]
-    except KeyError:
-        from qd.data.errors import QDError
-
+    except (KeyError, TypeError):
         raise QDError(f"unknown architecture {arch!r} (choose from {', '.join(ARCHITECTURES)})") from None
+    if type(num_classes) is not int or not 1 <= num_classes <= MAX_LABELS:
+        raise QDError(f"number of classes must be 1 to {MAX_LABELS:,}, got {num_classes!r}")
+    check_arch_kwargs(arch, kwargs)
+    with torch.device("meta"):
+        params = count_parameters(cls(num_classes, **kwargs))
+    if params > MAX_PARAMETERS:
+        raise QDError(f"architecture {arch!r} with {_describe(kwargs)} and {num_classes:,} classes has "
+                      f"{params:,} parameters, more than {MAX_PARAMETERS:,}; refused")
     return cls(num_classes, **kwargs)
+
+
+def check_arch_kwargs(arch: str, kwargs: dict) -> None:
+    """Each keyword must be a parameter of the architecture, of its default's type, within its bounds."""
+    params = inspect.signature(ARCHITECTURES[arch]).parameters
+    for name, value in kwargs.items():
+        if name not in params or name == "num_classes" or name not in ARCH_KWARG_BOUNDS:
+            raise QDError(f"architecture {arch!r} has no argument {_short(name)}")
+        low, high = ARCH_KWARG_BOUNDS[name]
+        if isinstance(params[name].default, int):
+            ok = type(value) is int
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or not low <= value <= high:  # NaN fails the comparison too
+            raise QDError(f"architecture argument {name}={_short(value)} is not a "
+                          f"{'whole ' if isinstance(params[name].default, int) else ''}number in {low}..{high}")
+
+
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _describe(kwargs: dict) -> str:
+    return ", ".join(f"{k}={_short(v)}" for k, v in kwargs.items()) or "default arguments"
 
 
 def full_kwargs(arch: str, kwargs: dict) -> dict:

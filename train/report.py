@@ -12,8 +12,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from qd.data.console import console as default_console
+from qd.data.console import shown
 
 
 def fmt_duration(seconds: float) -> str:
@@ -39,9 +41,10 @@ class Reporter:
             return
         where = f"{device}" + (f" x {world_size} ranks" if world_size > 1 else "")
         where += " (bf16 autocast)" if precision == "bf16" else ""
-        self.print(f"[bold]qd-train[/] {arch}, {params:,} parameters, {classes} classes, on {where}", highlight=False)
+        self.print(Text.assemble(("qd-train", "bold"), " ", shown(arch),
+                                 f", {params:,} parameters, {classes} classes, on {where}"), highlight=False)
         self.print(f"drawings: {train:,} train / {val:,} val / {test:,} test", highlight=False)
-        self.print(f"run folder: {run_dir}", highlight=False)
+        self.print(Text.assemble("run folder: ", shown(run_dir)), highlight=False)
         if resumed_from is not None:
             self.print(f"resumed after epoch {resumed_from}")
 
@@ -91,5 +94,5 @@ class Reporter:
         table.add_row("val / test loss", f"{best['val_loss']:.4f} / {test['loss']:.4f}")
         table.add_row("time", fmt_duration(seconds))
         table.add_row("parameters", f"{params:,} ({size_bytes / 1024:.0f} KiB fp32)")
-        table.add_row("best checkpoint", str(run_dir / "best.pt"))
+        table.add_row("best checkpoint", shown(run_dir / "best.pt"))
         self.console.print(table)

@@ -1,0 +1,66 @@
+"""A folder of test PNGs: the shared Quick, Draw! bitmaps rendered grey-on-white at several sizes.
+
+Used by bench/infer_throughput.py (never committed: the folder lands under artifacts/).
+
+    python bench/image_folder.py OUT_DIR [--count 2000] [--sizes 254,1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("QD_SHARED", REPO.parent / "shared")) / "quickdraw"
+INK_GREY = 60  # grey ink on white paper, like a pencil scan
+
+
+def shared_rows(n: int) -> np.ndarray:
+    """n real drawings (N, 784) uint8: every shared category, cycled."""
+    from qd.data.bitmaps import open_bitmaps
+
+    files = sorted((SHARED / "bitmaps").glob("*.npy"))
+    if not files:
+        raise SystemExit(f"no shared bitmaps in {SHARED / 'bitmaps'} (set QD_SHARED)")
+    allrows = np.concatenate([np.asarray(open_bitmaps(f)) for f in files])
+    return np.tile(allrows, (-(-n // len(allrows)), 1))[:n]
+
+
+def grey_on_white(bitmap: np.ndarray, size: int) -> Image.Image:
+    """An ink-high 28x28 bitmap as a size x size grey-on-white picture."""
+    ink = bitmap.reshape(28, 28).astype(np.float32) / 255.0
+    paper = np.round(255.0 - ink * (255.0 - INK_GREY)).astype(np.uint8)
+    return Image.fromarray(paper).resize((size, size), Image.BILINEAR)
+
+
+def make_folder(folder: Path, count: int, sizes=(254, 1024)) -> Path:
+    """count PNGs, sizes cycled; reused when a complete folder of the same recipe is there."""
+    stamp = folder / ".complete"
+    recipe = f"{count} {','.join(map(str, sizes))} {INK_GREY}\n"
+    if stamp.exists() and stamp.read_text() == recipe:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = shared_rows(count)
+    for i in range(count):
+        size = sizes[i % len(sizes)]
+        grey_on_white(rows[i], size).save(folder / f"{i:05d}-{size}.png", optimize=False)
+    stamp.write_text(recipe)
+    return folder
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--count", type=int, default=2000)
+    ap.add_argument("--sizes", default="254,1024")
+    args = ap.parse_args()
+    folder = make_folder(args.out, args.count, tuple(int(s) for s in args.sizes.split(",")))
+    print(f"{folder}: {args.count:,} PNGs")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The fast qd.data.images gives exactly the bitmaps of a direct transcription of its spec.
+
+The speed-ups (a strength table instead of per-pixel floats, pooling uint8 levels, cell
+medians selected rather than counted) must not move a single grey level.
+"""
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+import images_reference as reference
+from images_synth import bitmap_as_paper, off_centre, photo_of_paper
+from qd.data.bitmaps import open_bitmaps
+from qd.data.images import BlankImageError, gray_to_bitmap, image_to_gray
+from qd.data.strokes import draw_strokes_image, parse_ndjson_line
+
+
+def strokes_images(shared_strokes):
+    out = []
+    for i, category in enumerate(["cat", "bicycle", "house"]):
+        line = next(l for l in (shared_strokes / f"{category}.ndjson").read_bytes().splitlines() if l.strip())
+        strokes = parse_ndjson_line(line)[1]
+        size, pen = [(256, 2), (1024, 3), (1024, 12)][i]
+        out.append(draw_strokes_image(strokes, size=size, line_width=pen, offset=(size * 0.05, size * 0.2),
+                                      drawing_side=size * 0.6))
+    return out
+
+
+def cases(shared_bitmaps, shared_strokes):
+    rows = open_bitmaps(shared_bitmaps / "star.npy")[:4]
+    paper = [bitmap_as_paper(row, size) for row, size in zip(rows, (254, 300, 1024, 127))]
+    images = paper + [off_centre(paper[1], canvas=(900, 700), at=(40, 380)), photo_of_paper(paper[2], seed=1),
+                      Image.fromarray(255 - np.asarray(paper[0])), Image.fromarray(np.asarray(rows[0]).reshape(28, 28))]
+    images += strokes_images(shared_strokes)
+    grey_paper = Image.new("L", (333, 517), 180)  # odd sizes: clipped cells on both edges
+    ImageDraw.Draw(grey_paper).line([(20, 30), (300, 480), (40, 470)], fill=120, width=5)
+    images.append(grey_paper)
+    gradient = Image.fromarray(np.tile(np.linspace(90, 250, 640), (200, 1)).astype(np.uint8))
+    ImageDraw.Draw(gradient).ellipse((200, 40, 400, 160), outline=30, width=3)
+    images.append(gradient)  # shadow as strong as the ink: most cells' medians are not the paper's
+    rng = np.random.default_rng(7)
+    images.append(Image.fromarray(np.where(rng.random((150, 150)) < 0.6, 0, 255).astype(np.uint8)))  # mostly ink
+    images.append(Image.fromarray(np.where(rng.random((3, 700)) < 0.2, 0, 255).astype(np.uint8)))  # a strip
+    images.append(Image.new("L", (200, 200), 255))  # blank
+    return images
+
+
+def outcome(fn, gray):
+    try:
+        return fn(gray)
+    except BlankImageError as exc:
+        return str(exc)
+
+
+def test_fast_preprocessing_equals_the_direct_transcription(shared_bitmaps, shared_strokes):
+    for i, image in enumerate(cases(shared_bitmaps, shared_strokes)):
+        gray = image_to_gray(image)
+        fast, spec = outcome(gray_to_bitmap, gray), outcome(reference.gray_to_bitmap, gray)
+        if isinstance(spec, str):
+            assert fast == spec, i
+        else:
+            assert isinstance(fast, np.ndarray) and np.array_equal(fast, spec), (i, image.size)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_scribbles_on_random_paper_are_identical(seed):
+    rng = np.random.default_rng(seed)
+    w, h = (int(v) for v in rng.integers(20, 700, 2))
+    image = Image.new("L", (w, h), int(rng.integers(120, 256)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(1, 5))):
+        points = [tuple(p) for p in (rng.random((5, 2)) * [w, h]).tolist()]
+        draw.line(points, fill=int(rng.integers(0, 110)), width=int(rng.integers(1, 1 + max(w, h) // 20)))
+    gray = np.clip(np.asarray(image, np.float64) + rng.normal(0, rng.uniform(0, 12), (h, w)), 0, 255).astype(np.uint8)
+    fast, spec = outcome(gray_to_bitmap, gray), outcome(reference.gray_to_bitmap, gray)
+    assert type(fast) is type(spec) and (np.array_equal(fast, spec) if isinstance(spec, np.ndarray) else fast == spec)
