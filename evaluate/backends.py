@@ -1,9 +1,11 @@
 """The runtimes a model can be evaluated with, in one table.
 
 Each backend opens its own file (found beside the reference model.onnx, or the
-source checkpoint for torch) and turns the held-out bitmaps into probabilities. One
-that cannot run here is skipped with a reason rather than failing the report.
-torch and coremltools are imported only inside their backends.
+source checkpoint for torch) and turns the held-out bitmaps into its outputs:
+calibrated probabilities (softmax(logits / T), T from the model's metadata), and the
+raw logits where the backend has them (the open-set rule and the "before calibration"
+figures read them). One that cannot run here is skipped with a reason rather than
+failing the report. torch and coremltools are imported only inside their backends.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from qd.data.files import sha256_file
 from qd.data.preprocess import bitmaps_to_input
 
 from qd.infer.model import OnnxClassifier
+from qd.infer.openset import LOGITS, PROBABILITIES, softmax
 
 from .exports import COREML_SUFFIX, INT8_SUFFIX, ModelInfo
 
@@ -44,7 +47,7 @@ class Runner:
 
     file: Path
     prepare: Callable[[np.ndarray], object]     # (B, 784) uint8 ink-high bitmaps -> the backend's input
-    predict: Callable[[object], np.ndarray]     # that input -> (B, C) probabilities
+    predict: Callable[[object], dict[str, np.ndarray]]  # that input -> {"probabilities": (B, C), "logits": ...}
     note: str | None = None
 
 
@@ -52,9 +55,14 @@ def tensor_input(preprocessing: dict) -> Callable[[np.ndarray], np.ndarray]:
     return lambda bitmaps: bitmaps_to_input(bitmaps, preprocessing)
 
 
+def onnx_predict(classifier: OnnxClassifier) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    names = [name for name in (PROBABILITIES, LOGITS) if name in {o.name for o in classifier.session.get_outputs()}]
+    return lambda inputs: classifier.outputs(inputs, names)
+
+
 def open_onnx(model: ModelInfo, checkpoint: Path | None) -> Runner:
     note = "the model given is the int8 one" if model.classifier.precision == "int8" else None
-    return Runner(model.path, tensor_input(model.preprocessing), model.classifier.probabilities, note)
+    return Runner(model.path, tensor_input(model.preprocessing), onnx_predict(model.classifier), note)
 
 
 def open_onnx_int8(model: ModelInfo, checkpoint: Path | None) -> Runner:
@@ -65,7 +73,7 @@ def open_onnx_int8(model: ModelInfo, checkpoint: Path | None) -> Runner:
     model.check_member(path, classifier.metadata.get("qd.source_sha256"))
     if classifier.labels != model.labels:
         raise QDError(f"{path}: its labels differ from {model.path.name}'s")
-    return Runner(path, tensor_input(classifier.preprocessing), classifier.probabilities)
+    return Runner(path, tensor_input(classifier.preprocessing), onnx_predict(classifier))
 
 
 def open_torch(model: ModelInfo, checkpoint: Path | None) -> Runner:
@@ -88,9 +96,13 @@ def open_torch(model: ModelInfo, checkpoint: Path | None) -> Runner:
     if model.source_sha256 and sha256_file(checkpoint) != model.source_sha256:
         note = "not the checkpoint this ONNX model was exported from"
 
-    def predict(inputs: np.ndarray) -> np.ndarray:
+    temperature = model.classifier.temperature  # as the exported graphs apply it
+
+    def predict(inputs: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
-            return torch.softmax(network(torch.from_numpy(inputs)), dim=1).numpy()
+            logits = network(torch.from_numpy(inputs))
+            probabilities = torch.softmax(logits / temperature, dim=1)
+        return {PROBABILITIES: probabilities.numpy(), LOGITS: logits.numpy()}
 
     return Runner(checkpoint, tensor_input(payload["preprocessing"]), predict, note)
 
@@ -117,12 +129,17 @@ def open_coreml(model: ModelInfo, checkpoint: Path | None) -> Runner:
     def prepare(bitmaps: np.ndarray) -> list:
         return [Image.fromarray(np.ascontiguousarray(b, dtype=np.uint8).reshape(28, 28)) for b in bitmaps]
 
-    def predict(images: list) -> np.ndarray:
-        rows = []
+    def predict(images: list) -> dict[str, np.ndarray]:
+        rows, logits = [], []
         for image in images:  # the package's input shape is fixed at one image
-            probs = mlmodel.predict({input_name: image})[probs_name]
-            rows.append([probs[name] for name in labels])
-        return np.asarray(rows, dtype=np.float32)
+            out = mlmodel.predict({input_name: image})
+            rows.append([out[probs_name][name] for name in labels])
+            if LOGITS in out:  # packages exported before the open-set rule have no logits
+                logits.append(np.asarray(out[LOGITS], dtype=np.float32).reshape(-1))
+        outputs = {PROBABILITIES: np.asarray(rows, dtype=np.float32)}
+        if len(logits) == len(rows):
+            outputs[LOGITS] = np.stack(logits) if logits else np.zeros((0, len(labels)), np.float32)
+        return outputs
 
     return Runner(path, prepare, predict)
 
@@ -170,13 +187,23 @@ class BackendRun:
     size_bytes: int | None = None
     skipped: str | None = None              # the reason, when it did not run
     note: str | None = None
-    probabilities: np.ndarray | None = None
+    outputs: dict[str, np.ndarray] | None = None  # on the held-out drawings: probabilities, logits if it has them
     images_per_s: float | None = None       # at batch BENCH_BATCH
     p50_ms: float | None = None             # single-image latency
+    runner: Runner | None = None            # to classify more drawings (the --unknown ones)
+    unknown_outputs: dict[str, np.ndarray] | None = None  # on the --unknown drawings
 
     @property
     def ran(self) -> bool:
-        return self.probabilities is not None
+        return self.outputs is not None
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        return None if self.outputs is None else self.outputs[PROBABILITIES]
+
+    @property
+    def logits(self) -> np.ndarray | None:
+        return None if self.outputs is None else self.outputs.get(LOGITS)
 
 
 def run_backend(name: str, model: ModelInfo, checkpoint: Path | None, bitmaps: np.ndarray,
@@ -186,8 +213,8 @@ def run_backend(name: str, model: ModelInfo, checkpoint: Path | None, bitmaps: n
         runner = BACKENDS[name](model, checkpoint)
     except (Unavailable, QDError) as why:  # a broken int8 file or checkpoint must not sink the other backends
         return BackendRun(name, skipped=str(why))
-    run = BackendRun(name, runner.file, file_size(runner.file), note=runner.note)
-    run.probabilities = predict_all(runner, bitmaps, advance=progress.advance if progress else None)
+    run = BackendRun(name, runner.file, file_size(runner.file), note=runner.note, runner=runner)
+    run.outputs = predict_all(runner, bitmaps, advance=progress.advance if progress else None)
     if len(run.probabilities) and run.probabilities.shape[1] != len(model.labels):
         raise QDError(f"{runner.file}: gives {run.probabilities.shape[1]} classes, the model has {len(model.labels)} labels")
     if measure_speed:
@@ -197,13 +224,14 @@ def run_backend(name: str, model: ModelInfo, checkpoint: Path | None, bitmaps: n
     return run
 
 
-def predict_all(runner: Runner, bitmaps: np.ndarray, batch_size: int = EVAL_BATCH, advance=None) -> np.ndarray:
+def predict_all(runner: Runner, bitmaps: np.ndarray, batch_size: int = EVAL_BATCH,
+                advance=None) -> dict[str, np.ndarray]:
     chunks = []
     for i in range(0, len(bitmaps), batch_size):
         chunks.append(runner.predict(runner.prepare(bitmaps[i : i + batch_size])))
         if advance is not None:
-            advance(len(chunks[-1]))
-    return np.concatenate(chunks).astype(np.float32, copy=False)
+            advance(len(chunks[-1][PROBABILITIES]))
+    return {name: np.concatenate([c[name] for c in chunks]).astype(np.float32, copy=False) for name in chunks[0]}
 
 
 def measure(runner: Runner, bitmaps: np.ndarray, min_seconds: float = 0.5) -> tuple[float, float]:

@@ -35,13 +35,19 @@ def evaluate_command(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", metavar="PATH",
         help="Checkpoint for the torch backend. Default: the source named in the export's model.json."),
     speed: bool = typer.Option(True, "--speed/--no-speed", help="Measure images/s and single-image latency."),
+    unknown: Optional[List[Path]] = typer.Option(None, "--unknown", "-u", metavar="PATH",
+        help="Drawings of categories the model does not know (folders, images, .npy, .ndjson); repeat for "
+             "several. Reports the share the model flags unknown and the AUROC against the held-out drawings."),
 ) -> None:
     """Evaluate exported models on held-out drawings: top-1, top-3, MAP@3, per-class scores, the most
-    confused pairs and every backend side by side. Writes report.json, confusion.png and mistakes.png.
+    confused pairs, calibration, the open-set rule and every backend side by side. Writes report.json,
+    confusion.png, mistakes.png and calibration.png.
 
     [dim]qd-eval -m artifacts/exports/RUN --backend onnx,onnx-int8[/]
 
     [dim]qd-eval -m artifacts/exports/RUN --data my_drawings/ --ignore-unknown[/]
+
+    [dim]qd-eval -m artifacts/exports/RUN --unknown other_things/ --unknown moons.ndjson[/]
     """
     from .evaluation import evaluate, write_outputs
     from .report import build_report, render
@@ -56,7 +62,7 @@ def evaluate_command(
         with ProgressBar("qd-eval", unit="drawings") as bar:
             result = evaluate(path, data=data, split=split, backends=backend, out_dir=out,
                               checkpoint=checkpoint, ignore_unknown=ignore_unknown,
-                              max_per_category=max_per_category, measure_speed=speed,
+                              max_per_category=max_per_category, measure_speed=speed, unknown=unknown,
                               write_files=False, progress=bar)
             if out is not None and len(models) > 1:
                 result.out_dir = out / result.model.name

@@ -1,8 +1,9 @@
 """The evaluation itself, as an API: model + held-out data + backends -> figures and files.
 
     from qd.evaluate.evaluation import evaluate
-    result = evaluate("artifacts/exports/compact-20260101-120000", backends=["onnx", "onnx-int8"])
-    result.summary.top1, result.files["report"]
+    result = evaluate("artifacts/exports/compact-20260101-120000", backends=["onnx", "onnx-int8"],
+                      unknown=["drawings-of-other-things/"])
+    result.summary.top1, result.open_set.unknown_flagged, result.calibration.after.ece, result.files["report"]
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from qd.data.paths import artifacts_root
 from qd.data.progress import ProgressBar
 
 from . import metrics
-from .backends import BackendRun, parse_backends, run_backend
+from .backends import BackendRun, parse_backends, predict_all, run_backend
+from .confidence import Calibration, OpenSetFigures, measure_calibration, open_set_figures
 from .exports import ModelInfo, load_model_info
-from .heldout import HeldOut, load_heldout
-from .plots import plot_confusion, plot_mistakes
+from .heldout import HeldOut, UnknownDrawings, load_heldout, load_unknown
+from .plots import plot_confusion, plot_mistakes, plot_reliability
 from .report import build_report
 
 CONFUSED_PAIRS = 10
@@ -39,6 +41,10 @@ class Evaluation:
     scores: list[metrics.ClassScore]
     confused: list[metrics.ConfusedPair]
     out_dir: Path
+    calibration: Calibration | None = None
+    open_set: OpenSetFigures | None = None
+    open_set_note: str | None = None    # why there are no open-set figures
+    unknown: UnknownDrawings | None = None
     files: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -54,8 +60,9 @@ def evaluate(model_path: str | os.PathLike | None = None, data: str | os.PathLik
              split: str | None = None, backends: list[str] | None = None, out_dir: str | os.PathLike | None = None,
              checkpoint: str | os.PathLike | None = None, ignore_unknown: bool = False,
              max_per_category: int | None = None, measure_speed: bool = True, write_files: bool = True,
-             progress: ProgressBar | None = None) -> Evaluation:
-    """Evaluate one model; write report.json, confusion.png and mistakes.png unless write_files is False.
+             progress: ProgressBar | None = None, unknown: list[str | os.PathLike] | None = None) -> Evaluation:
+    """Evaluate one model; write report.json, confusion.png, mistakes.png and calibration.png unless
+    write_files is False. `unknown`: paths of drawings of categories outside the model.
 
     `progress` (the CLI's bar on stderr) is stepped through the slow parts: reading, each backend.
     """
@@ -68,6 +75,10 @@ def evaluate(model_path: str | os.PathLike | None = None, data: str | os.PathLik
     model = load_model_info(model_path)
     bar.step(f"loading held-out data for {model.name}")
     heldout = load_heldout(model, None if data is None else str(data), split, ignore_unknown, max_per_category, bar)
+    unknown_set = None
+    if unknown:
+        bar.step("loading the --unknown drawings")
+        unknown_set = load_unknown(unknown, progress=bar)
     runs = []
     for name in names:
         bar.step(f"{name}: classifying", total=len(heldout))
@@ -77,6 +88,10 @@ def evaluate(model_path: str | os.PathLike | None = None, data: str | os.PathLik
         reasons = "; ".join(f"{r.name}: {r.skipped}" for r in runs)
         raise QDError(f"{model.path}: no backend could run ({reasons})")
     reference = ran[0]
+    if unknown_set is not None:
+        for run in ran:
+            bar.step(f"{run.name}: classifying the --unknown drawings", total=len(unknown_set))
+            run.unknown_outputs = predict_all(run.runner, unknown_set.bitmaps, advance=bar.advance)
     predicted = reference.probabilities.argmax(axis=1)
     confusion = metrics.confusion_matrix(heldout.labels, predicted, len(model.labels))
     scores = metrics.per_class_scores(confusion, model.labels)
@@ -86,15 +101,28 @@ def evaluate(model_path: str | os.PathLike | None = None, data: str | os.PathLik
         confusion=confusion, scores=scores,
         confused=metrics.most_confused(confusion, model.labels, CONFUSED_PAIRS),
         out_dir=Path(out_dir) if out_dir is not None else default_out_dir(model),
+        calibration=measure_calibration(reference, heldout.labels, model.classifier.temperature),
+        unknown=unknown_set,
     )
+    result.open_set, result.open_set_note = _open_set(model, reference, heldout)
     if write_files:
         bar.step("drawing plots")
         write_outputs(result)
     return result
 
 
+def _open_set(model: ModelInfo, reference: BackendRun, heldout: HeldOut) -> tuple[OpenSetFigures | None, str | None]:
+    """The model's own rule on the reference backend's outputs, or why it cannot be applied."""
+    rule = model.classifier.model_open_set
+    if rule is None:
+        return None, f"{model.path.name} was exported without an open-set rule: it cannot flag unknown drawings"
+    if rule.output not in reference.outputs:
+        return None, f"the {reference.name} backend gives no {rule.output}, which the open-set rule {rule.rule} reads"
+    return open_set_figures(rule, reference.outputs, heldout.labels, reference.unknown_outputs), None
+
+
 def write_outputs(result: Evaluation) -> dict[str, Path]:
-    """confusion.png, mistakes.png, then report.json (which lists them), each written atomically."""
+    """confusion.png, mistakes.png, calibration.png, then report.json (which lists them), each written atomically."""
     out = result.out_dir
     title = f"{result.model.name}: top-1 {result.summary.top1:.1%} on {len(result.heldout):,} drawings ({result.reference.name})"
     result.files["confusion"] = plot_confusion(result.confusion, result.model.labels, out / "confusion.png", title)
@@ -102,6 +130,9 @@ def write_outputs(result: Evaluation) -> dict[str, Path]:
                                              result.model.labels, out / "mistakes.png",
                                              f"{result.model.name}: misclassified drawings (true → predicted)",
                                              result.heldout.origins)
+    result.files["calibration"] = plot_reliability(result.calibration, out / "calibration.png",
+                                                   f"{result.model.name}: calibration on {len(result.heldout):,} "
+                                                   f"drawings ({result.reference.name})")
     result.files["report"] = out / "report.json"
     write_json_atomic(result.files["report"], build_report(result))
     return result.files

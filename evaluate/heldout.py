@@ -10,6 +10,9 @@ Three sources:
 Data categories are matched to the model's labels by name, ignoring case and
 treating spaces, hyphens and underscores alike ("House Plant" = "house_plant").
 A category the model does not know is an error unless ignore_unknown is set.
+
+Drawings of categories outside the model (`--unknown PATH`: folders, images, .npy,
+.ndjson) are read the same way, unlabelled: the open-set rule should flag them.
 """
 
 from __future__ import annotations
@@ -197,3 +200,49 @@ def _same_dir(a: str, b: Path) -> bool:
         return Path(a).resolve() == b.resolve()
     except OSError:
         return False
+
+
+@dataclass
+class UnknownDrawings:
+    """Drawings of categories outside the model (--unknown): what the open-set rule should flag."""
+
+    bitmaps: np.ndarray        # (N, 784) uint8, ink high on 0
+    origins: list[str]         # per drawing: its file (and row or line)
+    paths: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.bitmaps)
+
+    def describe(self) -> str:
+        where = ", ".join(self.paths[:3]) + (f" and {len(self.paths) - 3} more" if len(self.paths) > 3 else "")
+        return f"{len(self):,} drawings from {where}"
+
+
+def load_unknown(paths: list[str | os.PathLike], workers: int | None = None,
+                 progress: ProgressBar | None = None) -> UnknownDrawings:
+    """Folders, images, .npy and .ndjson files read exactly as qd-infer reads them; unreadable ones become notes."""
+    from qd.infer.inputs import Drawings, Plan, read_inputs
+
+    paths = [str(p) for p in paths]
+    for path in paths:
+        if not os.path.exists(path):
+            raise QDError(f"--unknown {path}: no such file or directory")
+    plan = Plan.of(paths, recursive=True)
+    if progress is not None and progress.active:
+        progress.step("reading the --unknown drawings", total=plan.drawings())
+    bitmaps, origins, notes = [], [], []
+    for event in read_inputs(plan, workers=workers or usable_cpus()):
+        if isinstance(event, Drawings):
+            bitmaps.append(event.bitmaps.reshape(-1, 784))
+            origins += event.names
+            if len(origins) > MAX_DRAWINGS:
+                raise QDError(f"{', '.join(paths)}: more than {MAX_DRAWINGS:,} unknown drawings, more than fit "
+                              "comfortably in memory; evaluate a sample of them")
+        else:
+            notes.append(f"skipped (--unknown): {event.message}")
+        if progress is not None:
+            progress.advance(len(event.names) if isinstance(event, Drawings) else 1)
+    if not bitmaps:
+        raise QDError(f"--unknown {' '.join(paths)}: no readable drawings")
+    return UnknownDrawings(np.concatenate(bitmaps).astype(np.uint8, copy=False), origins, paths, notes)

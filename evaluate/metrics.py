@@ -161,3 +161,50 @@ def agreement(predicted_a: np.ndarray, predicted_b: np.ndarray) -> float:
     if len(predicted_a) == 0:
         return float("nan")
     return float((predicted_a == predicted_b).mean())
+
+
+# ---------------------------------------------------------------- open set and calibration
+
+
+def auroc(known_scores: np.ndarray, unknown_scores: np.ndarray) -> float:
+    """Area under the ROC curve of telling known from unknown drawings by a score that is
+    higher for known ones: P(known score > unknown score), ties counting half (Mann-Whitney U)."""
+    known = np.asarray(known_scores, dtype=np.float64)
+    unknown = np.asarray(unknown_scores, dtype=np.float64)
+    if len(known) == 0 or len(unknown) == 0:
+        return float("nan")
+    both = np.concatenate([known, unknown])
+    _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
+    average_rank = np.cumsum(counts) - (counts - 1) / 2.0  # ranks from 1, ties share their mean rank
+    ranks = average_rank[inverse]
+    u = ranks[: len(known)].sum() - len(known) * (len(known) + 1) / 2.0
+    return float(u / (len(known) * len(unknown)))
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """Confidence vs accuracy in equal-width confidence bins (for the reliability diagram)."""
+
+    edges: np.ndarray       # (bins + 1,)
+    confidence: np.ndarray  # (bins,) mean top-1 probability per bin (nan where empty)
+    accuracy: np.ndarray    # (bins,) share correct per bin (nan where empty)
+    counts: np.ndarray      # (bins,)
+    ece: float              # expected calibration error: sum over bins of count/N * |accuracy - confidence|
+
+
+def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> Reliability:
+    """Top-1 confidence binned into `bins` equal-width bins over (0, 1] (Guo et al., 2017)."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels)
+    confidence = probabilities.max(axis=1) if len(labels) else np.zeros(0)
+    correct = (probabilities.argmax(axis=1) == labels) if len(labels) else np.zeros(0, dtype=bool)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(which, weights=confidence, minlength=bins) / counts
+        mean_acc = np.bincount(which, weights=correct.astype(np.float64), minlength=bins) / counts
+    filled = counts > 0
+    ece = float(np.sum(counts[filled] * np.abs(mean_acc[filled] - mean_conf[filled])) / max(len(labels), 1)) \
+        if len(labels) else float("nan")
+    return Reliability(edges, mean_conf, mean_acc, counts, ece)

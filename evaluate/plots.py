@@ -1,4 +1,4 @@
-"""confusion.png and mistakes.png, drawn with matplotlib's Agg backend (no display).
+"""confusion.png, mistakes.png and calibration.png, drawn with matplotlib's Agg backend (no display).
 
 matplotlib is imported inside the functions: `qd-eval --help` and the edge
 install's other commands never pay for it.
@@ -142,3 +142,40 @@ def _save(fig, plt, path: Path) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def plot_reliability(calibration, path: Path, title: str) -> Path:
+    """Reliability diagram: accuracy against top-1 probability per bin, before and after
+    temperature scaling, with the diagonal of perfect calibration and the share of drawings per bin."""
+    plt = _pyplot()
+    title = _plain(title)
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.6, 6.2), dpi=110, sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="#9e9e9e", linestyle="--", linewidth=1, label="perfectly calibrated")
+    after = calibration.after
+    centres = (after.edges[:-1] + after.edges[1:]) / 2
+    width = after.edges[1] - after.edges[0]
+    curves = [(calibration.before, "#d95f02", "before (softmax of the logits)"),
+              (after, "#1b6ca8", f"after (temperature {calibration.temperature:.3g})")]
+    for offset, (curve, colour, label) in zip((-0.25, 0.25), curves):
+        if curve is None:
+            continue
+        filled = curve.counts > 0
+        share = curve.counts / max(curve.counts.sum(), 1)
+        ax.plot(curve.confidence[filled], curve.accuracy[filled], color=colour, linewidth=1.2,
+                label=f"{label}: ECE {curve.ece:.2%}")
+        # marker area by the bin's share of drawings: a bin of three drawings should not look like a trend
+        ax.scatter(curve.confidence[filled], curve.accuracy[filled], s=8 + 400 * share[filled], color=colour,
+                   alpha=0.8, linewidths=0)
+        hist.bar(centres + offset * width, share, width=width / 2, color=colour, alpha=0.7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    ax.set_title(title, fontsize=10)
+    ax.grid(color="#eeeeee", linewidth=0.5)
+    hist.set_xlabel("top-1 probability")
+    hist.set_ylabel("drawings")
+    hist.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+    fig.tight_layout()
+    return _save(fig, plt, path)

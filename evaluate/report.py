@@ -54,10 +54,24 @@ def build_report(result) -> dict:
         "confusion": {"labels": result.model.labels, "rows": "true class", "columns": "predicted class",
                       "counts": result.confusion.tolist()},
         "mistakes": mistakes_list(result),
+        "calibration": result.calibration.to_dict() if result.calibration else None,
+        "open_set": open_set_entry(result),
         "backends": [backend_entry(run, result) for run in result.runs],
         "files": {key: str(path.name) for key, path in result.files.items()},
     }
     return _finite(report)
+
+
+def open_set_entry(result) -> dict:
+    """The model's open-set rule at work on the reference backend, or why it could not be applied."""
+    if result.open_set is None:
+        entry = {"available": False, "reason": result.open_set_note}
+    else:
+        entry = {"available": True, **result.open_set.to_dict()}
+    if result.unknown is not None:
+        entry["unknown_data"] = {"paths": result.unknown.paths, "count": len(result.unknown),
+                                 "description": result.unknown.describe(), "notes": result.unknown.notes}
+    return entry
 
 
 def mistakes_list(result, limit: int = MISTAKES_LISTED) -> list[dict]:
@@ -93,7 +107,18 @@ def backend_entry(run, result) -> dict:
         entry["max_abs_probability_diff"] = float(abs(run.probabilities - result.reference.probabilities).max())
         entry["images_per_s_batch256"] = run.images_per_s
         entry["p50_latency_ms_single"] = run.p50_ms
+        entry.update(_flagged_shares(run, result))
     return entry
+
+
+def _flagged_shares(run, result) -> dict:
+    """Share of the known (and --unknown) drawings this backend's outputs flag by the model's rule."""
+    rule = result.model.classifier.model_open_set
+    if rule is None or rule.output not in run.outputs:
+        return {"known_flagged": None, "unknown_flagged": None}
+    unknown = run.unknown_outputs
+    return {"known_flagged": float(rule.unknown(run.outputs).mean()),
+            "unknown_flagged": float(rule.unknown(unknown).mean()) if unknown is not None else None}
 
 
 def _finite(value):
@@ -212,13 +237,45 @@ def backend_table(report: dict) -> Group:
     return Group(table, *lines)
 
 
+def _share(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:.{digits}%}"
+
+
+def confidence_panel(report: dict) -> Panel:
+    """Calibration (ECE before / after) and the open-set rule at work."""
+    lines = []
+    cal = report.get("calibration")
+    if cal:
+        lines.append(Text(f"calibration: expected calibration error {_share(cal['ece_before'], 2)} before, "
+                          f"{_share(cal['ece_after'], 2)} after temperature scaling (T = {cal['temperature']:.3g})"))
+    o = report["open_set"]
+    if not o["available"]:
+        lines.append(shown(f"unknown drawings: {o['reason']}", "yellow"))
+    else:
+        known = o["known"]
+        lines.append(Text(f"rule: unknown when {o['rule']} < {o['threshold']:.4g} (fitted to keep "
+                          f"{o['kept_at_export']:.0%} of validation drawings)"))
+        lines.append(Text(f"known drawings flagged unknown: {_share(known['flagged'])} of {known['count']:,}; "
+                          f"top-1 of those accepted {_share(known['top1_accepted'])} (all: {_share(known['top1_all'])})"))
+        if o["unknown"]:
+            u = o["unknown"]
+            auroc = "–" if u["auroc"] is None else f"{u['auroc']:.3f}"
+            lines.append(Text(f"--unknown drawings flagged: {_share(u['flagged'])} of {u['count']:,}   AUROC {auroc}",
+                              style="bold"))
+    if o.get("unknown_data"):
+        lines.append(shown(f"unknown data: {o['unknown_data']['description']}", "dim"))
+        lines += [shown(f"note: {n}", "yellow") for n in o["unknown_data"]["notes"][:3]]
+    return Panel(Group(*lines), title=Text("how sure it is", style="bold"), box=box.ROUNDED, expand=False)
+
+
 def render(report: dict, console: Console, out_dir=None) -> None:
     console.print(overall_panel(report))
+    console.print(confidence_panel(report))
     console.print(class_table(report))
     console.print(confused_table(report))
     console.print(backend_table(report))
     if out_dir is not None and report["files"]:
-        files = ", ".join(report["files"][k] for k in ("report", "confusion", "mistakes") if k in report["files"])
+        files = ", ".join(report["files"][k] for k in ("report", "confusion", "mistakes", "calibration") if k in report["files"])
         console.print(Text.assemble(f"wrote {files} to ", shown(out_dir, "bold")), highlight=False)
 
 

@@ -22,6 +22,7 @@ from typing import Callable
 
 from qd.data.errors import QDError
 from qd.data.paths import artifacts_root
+from qd.infer.openset import DEFAULT_KEPT
 
 from . import folder
 from .atomic import commit_dir, commit_file, remove_temp, temp_path_for
@@ -76,7 +77,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | list[ExportF
                       data_dir: str | os.PathLike | None = None, max_drawings: int = DEFAULT_MAX_DRAWINGS,
                       int8_tolerance: float = DEFAULT_INT8_TOLERANCE,
                       int8_max_prob_diff: float = DEFAULT_INT8_MAX_PROB_DIFF,
-                      on_step: Callable[[str], None] | None = None) -> ExportReport:
+                      kept: float = DEFAULT_KEPT, on_step: Callable[[str], None] | None = None) -> ExportReport:
     chosen = parse_formats(formats) if isinstance(formats, str) else list(formats)
     for fmt in chosen:
         missing = fmt.missing_packages()
@@ -90,6 +91,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | list[ExportF
         raise QDError(f"--int8-tolerance must be a share from 0 to below 1, got {int8_tolerance}")
     if not 0 < int8_max_prob_diff <= 1:
         raise QDError(f"--int8-max-dp must be above 0 and at most 1, got {int8_max_prob_diff}")
+    if not 0 < kept < 1:  # also refuses NaN
+        raise QDError(f"--kept must be a share between 0 and 1 (e.g. 0.95), got {kept}")
     source = load_source(checkpoint)
     out_dir = Path(out) if out is not None else default_out_dir(source)
     if out_dir.exists() and not out_dir.is_dir():
@@ -99,7 +102,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | list[ExportF
     try:
         ctx = ExportContext(source=source, out_dir=staging.work, previous_dir=staging.final, opset=opset,
                             data_dir=Path(data_dir) if data_dir else None, max_drawings=max_drawings,
-                            int8_tolerance=int8_tolerance, int8_max_prob_diff=int8_max_prob_diff)
+                            int8_tolerance=int8_tolerance, int8_max_prob_diff=int8_max_prob_diff, kept=kept)
         return _export_into(staging, ctx, chosen, on_step or (lambda message: None))
     finally:
         if staging.work.exists():
@@ -192,6 +195,10 @@ def _describe_data(ctx: ExportContext) -> str:
 
 def _data_notes(ctx: ExportContext) -> list[str]:
     try:
-        return list(ctx.data.notes)
+        notes = list(ctx.data.notes)
+        if ctx.written and not ctx.confidence.fitted:
+            notes.append(f"no temperature or unknown threshold fitted ({ctx.confidence.fitted_on}): these models "
+                         "cannot flag unknown drawings (pass --data DIR with the training categories)")
+        return notes
     except QDError:
         return []

@@ -1,7 +1,8 @@
 """The export folder's small companions: labels.txt and the model.json card.
 
 model.json records what the models are (classes, preprocessing, architecture, split,
-source checkpoint and its metrics), every file with its sha256, and the validation
+source checkpoint and its metrics), the temperature and open-set rule fitted at export
+(the same as in each model's metadata), every file with its sha256, and the validation
 results: it is the manifest of the set, which readers check files against
 (qd.evaluate.exports). Entries for formats not re-exported in this run are kept from
 the previous card only if they come from the same checkpoint and still match their
@@ -97,6 +98,7 @@ def write_card(ctx: ExportContext, results: dict[str, list[Check]], kept: dict |
         },
         "exported_with": _tool_versions(),
         "validation_data": ctx.data.description,
+        "confidence": ctx.confidence.card(),
         "license": LICENSE_NOTE,
         "files": files,
     }

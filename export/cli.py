@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qd.data.console import EXIT_ERROR, console, fail, run_app, shown
+from qd.infer.openset import DEFAULT_KEPT
 
 try:  # the edge install (no torch/onnx) gets one clear line from main(), not a traceback
     from .api import ExportReport, export_checkpoint
@@ -52,11 +53,15 @@ def export(
     int8_max_dp: float = typer.Option(
         DEFAULT_INT8_MAX_PROB_DIFF, "--int8-max-dp",
         help="onnx-int8: the largest change of any probability of any test drawing against fp32."),
+    kept: float = typer.Option(DEFAULT_KEPT, "--kept", metavar="SHARE",
+                               help="Fit the unknown-drawing threshold so that this share of the known validation "
+                                    "drawings is kept (the rest would be flagged unknown)."),
 ) -> None:
     with console.status("loading checkpoint") as status:
         report = export_checkpoint(checkpoint, format, out=out, opset=opset, data_dir=data,
                                    max_drawings=max_drawings, int8_tolerance=int8_tolerance,
-                                   int8_max_prob_diff=int8_max_dp, on_step=lambda msg: status.update(msg))
+                                   int8_max_prob_diff=int8_max_dp, kept=kept,
+                                   on_step=lambda msg: status.update(msg))
     print_report(report)
     if not report.ok:
         for message in report.errors:

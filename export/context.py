@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from qd.infer.openset import DEFAULT_KEPT
+
+from .confidence import Confidence, fit_confidence, unfitted
 from .source import DEFAULT_MAX_DRAWINGS, CheckpointSource, ValidationData, load_validation_data, torch_outputs
 
 DEFAULT_OPSET = 18
@@ -37,6 +40,7 @@ class ExportContext:
     max_drawings: int = DEFAULT_MAX_DRAWINGS
     int8_tolerance: float = DEFAULT_INT8_TOLERANCE
     int8_max_prob_diff: float = DEFAULT_INT8_MAX_PROB_DIFF
+    kept: float = DEFAULT_KEPT  # share of known validation drawings the open-set threshold keeps
     written: dict[str, Path] = field(default_factory=dict)  # format name -> committed file
 
     @cached_property
@@ -44,6 +48,19 @@ class ExportContext:
         return load_validation_data(self.source, self.data_dir, self.max_drawings)
 
     @cached_property
+    def confidence(self) -> Confidence:
+        """Temperature and open-set threshold, fitted once per run on the validation split."""
+        data = self.data
+        if data.synthetic or data.fit_inputs is None:
+            return unfitted(data.fit_description)
+        _, logits = torch_outputs(self.source, data.fit_inputs)
+        return fit_confidence(logits, data.fit_labels, self.kept, fitted_on=data.fit_description)
+
+    def model_metadata(self, precision: str = "fp32") -> dict[str, str]:
+        """Every exported model's metadata: the checkpoint's card plus what this run fitted."""
+        return {**self.source.model_metadata(precision), **self.confidence.metadata()}
+
+    @cached_property
     def reference(self) -> tuple[np.ndarray, np.ndarray]:
-        """torch (probabilities, logits) on the validation inputs, computed once per run."""
-        return torch_outputs(self.source, self.data.inputs)
+        """torch (calibrated probabilities, logits) on the validation inputs, computed once per run."""
+        return torch_outputs(self.source, self.data.inputs, self.confidence.temperature)

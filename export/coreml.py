@@ -4,7 +4,9 @@ The input is a 28x28 grayscale image in the dataset's polarity: white ink on bla
 as in Google's bitmaps (an app drawing dark strokes on white must invert first).
 Core ML computes pixel * scale + bias, so scale = preprocessing scale / std and
 bias = -mean / std reproduce training preprocessing exactly. The network ends in a
-softmax, so the classifier's `classLabel_probs` are probabilities.
+softmax of logits / T (the temperature fitted at export), so the classifier's
+`classLabel_probs` are calibrated probabilities; a third output, `logits`, carries the
+raw logits the open-set rule in the metadata (qd.open_set) reads.
 
 Precision is float32 (`compute_precision=FLOAT32`) so the model stays faithful to
 the checkpoint; the network is tiny, so float16's saving would not matter.
@@ -29,6 +31,7 @@ import torch
 
 from qd.data import __version__ as QD_VERSION
 from qd.data.errors import QDError
+from qd.infer.openset import LOGITS
 
 from .context import Check, ExportContext
 from .onnx_export import WithProbabilities, quiet
@@ -68,7 +71,7 @@ def export_coreml(ctx: ExportContext, path: Path) -> None:
         raise QDError(f"{source.path}: Core ML export expects ink-high preprocessing")
     side = int(source.preprocessing["input_size"])
     scale, bias = image_scaling(source.preprocessing)
-    wrapped = _ProbabilitiesOnly(WithProbabilities(source.model)).eval()
+    wrapped = WithProbabilities(source.model, ctx.confidence.temperature).eval()
     with quiet(), contextlib.redirect_stderr(io.StringIO()), torch.no_grad():
         traced = torch.jit.trace(wrapped, torch.zeros(1, 1, side, side))
         mlmodel = ct.convert(
@@ -87,21 +90,14 @@ def export_coreml(ctx: ExportContext, path: Path) -> None:
     mlmodel.input_description["image"] = f"{side}x{side} grayscale drawing, white ink (255) on black (0)"
     mlmodel.output_description[LABEL_OUTPUT] = "most likely class"
     mlmodel.output_description[PROBS_OUTPUT] = "probability of each class"
-    for key, value in source.model_metadata("fp32").items():
+    mlmodel.output_description[LOGITS] = ("raw logits, in label order; the drawing is unknown when the "
+                                          "qd.open_set rule's score of them is below its threshold")
+    for key, value in ctx.model_metadata("fp32").items():
         mlmodel.user_defined_metadata[key] = value
     mlmodel.user_defined_metadata["qd.source_checkpoint"] = source.path.name
     path.rmdir()  # coremltools writes the package folder itself
     with contextlib.redirect_stderr(io.StringIO()):
         mlmodel.save(str(path))
-
-
-class _ProbabilitiesOnly(torch.nn.Module):
-    def __init__(self, net: WithProbabilities):
-        super().__init__()
-        self.net = net
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.net(image)[0]
 
 
 def _program_block(spec):
@@ -157,7 +153,7 @@ def check_spec(ctx: ExportContext, path: Path) -> list[Check]:
                 and image.height == side and image.colorSpace == ct.proto.FeatureTypes_pb2.ImageFeatureType.GRAYSCALE)
     checks.append(Check("input", ok_input, f"image {side}x{side} grayscale" if ok_input else f"unexpected input {desc.input}"))
     outputs = [o.name for o in desc.output]
-    ok_outputs = (outputs == [LABEL_OUTPUT, PROBS_OUTPUT] and desc.predictedFeatureName == LABEL_OUTPUT
+    ok_outputs = (outputs == [LABEL_OUTPUT, PROBS_OUTPUT, LOGITS] and desc.predictedFeatureName == LABEL_OUTPUT
                   and desc.predictedProbabilitiesName == PROBS_OUTPUT)
     checks.append(Check("outputs", ok_outputs, f"{', '.join(outputs)}"))
     block = _program_block(spec)
@@ -176,7 +172,7 @@ def check_spec(ctx: ExportContext, path: Path) -> list[Check]:
     ok_head = len(ops) >= 2 and ops[-2:] == ["softmax", "classify"]
     checks.append(Check("softmax head", ok_head, "softmax → classify" if ok_head else f"graph ends {ops[-3:]}"))
     meta = dict(spec.description.metadata.userDefined)
-    ok_meta = all(meta.get(k) == v for k, v in source.model_metadata("fp32").items())
+    ok_meta = all(meta.get(k) == v for k, v in ctx.model_metadata("fp32").items())
     checks.append(Check("metadata", ok_meta and bool(spec.description.metadata.license),
                         "author, description, licence, labels, source checkpoint sha256"))
     return checks

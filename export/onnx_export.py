@@ -16,29 +16,35 @@ import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
 from qd.data import __version__ as QD_VERSION
 from qd.data.errors import QDError
+from qd.infer.openset import LOGITS, PROBABILITIES
 
-from .context import ExportContext
-from .validate import INPUT_NAME, OUTPUT_NAMES, check_contract, check_fidelity, check_onnx_file
+from .context import Check, ExportContext
+from .validate import INPUT_NAME, OUTPUT_NAMES, check_contract, check_fidelity, check_onnx_file, ort_session, run_batched
 
 MIN_OPSET = 13
 DYNAMO_MIN_OPSET = 18
+DECISION_MARGIN = 1e-4  # open-set scores this close to the threshold may fall either side between runtimes
 
 
 class WithProbabilities(torch.nn.Module):
-    """(probabilities, logits) from a logits network, as the ONNX contract names them."""
+    """(probabilities, logits) from a logits network, as the ONNX contract names them:
+    probabilities = softmax(logits / temperature), the temperature fitted at export."""
 
-    def __init__(self, net: torch.nn.Module):
+    def __init__(self, net: torch.nn.Module, temperature: float = 1.0):
         super().__init__()
         self.net = net
+        self.temperature = float(temperature)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.net(image)
-        return torch.softmax(logits, dim=1), logits
+        scaled = logits if self.temperature == 1.0 else logits / self.temperature
+        return torch.softmax(scaled, dim=1), logits
 
 
 @contextlib.contextmanager
@@ -66,8 +72,8 @@ def check_opset(opset: int) -> int:
     return opset
 
 
-def to_onnx_proto(net: torch.nn.Module, opset: int, side: int = 28) -> onnx.ModelProto:
-    wrapped = WithProbabilities(net).eval()
+def to_onnx_proto(net: torch.nn.Module, opset: int, side: int = 28, temperature: float = 1.0) -> onnx.ModelProto:
+    wrapped = WithProbabilities(net, temperature).eval()
     example = (torch.zeros(2, 1, side, side),)
     with quiet():
         if opset >= DYNAMO_MIN_OPSET:
@@ -111,13 +117,35 @@ def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
 
 
 def export_onnx(ctx: ExportContext, path: Path) -> None:
-    model = to_onnx_proto(ctx.source.model, ctx.opset, int(ctx.source.preprocessing["input_size"]))
-    set_metadata(model, ctx.source.model_metadata("fp32"))
+    model = to_onnx_proto(ctx.source.model, ctx.opset, int(ctx.source.preprocessing["input_size"]),
+                          ctx.confidence.temperature)
+    set_metadata(model, ctx.model_metadata("fp32"))
     onnx.save_model(model, str(path))
 
 
 def validate_onnx(ctx: ExportContext, path: Path) -> list:
-    checks = [check_onnx_file(path), check_contract(path, ctx.source.model_metadata("fp32"))]
+    checks = [check_onnx_file(path), check_contract(path, ctx.model_metadata("fp32"))]
     if not all(c.passed for c in checks):
         return checks
-    return checks + check_fidelity(ctx, path)
+    return checks + check_fidelity(ctx, path) + [check_open_set(ctx, path)]
+
+
+def check_open_set(ctx: ExportContext, path: Path) -> Check:
+    """onnxruntime flags the same test-split drawings as torch (calibrated as the metadata says)."""
+    confidence = ctx.confidence
+    if not confidence.fitted:
+        return Check("open set", True, f"not fitted ({confidence.fitted_on}): the model cannot flag unknown "
+                     "drawings", {"skipped": "no validation drawings"})
+    rule = confidence.rule
+    probs, logits = run_batched(ort_session(path), ctx.data.inputs, 256)
+    ref_probs, ref_logits = ctx.reference
+    ours = rule.scores({PROBABILITIES: probs, LOGITS: logits})
+    torch_scores = rule.scores({PROBABILITIES: ref_probs, LOGITS: ref_logits})
+    clear = np.abs(torch_scores - rule.threshold) > DECISION_MARGIN * max(1.0, abs(rule.threshold))
+    differ = int(((ours < rule.threshold) != (torch_scores < rule.threshold))[clear].sum())
+    flagged = float((ours < rule.threshold).mean())
+    detail = (f"{rule.rule} < {rule.threshold:.4g} flags {flagged:.1%} of the test split (validation: "
+              f"{1 - rule.validation['kept']:.1%}); temperature {confidence.temperature:.3f}; "
+              f"decisions differ from torch on {differ} of {len(ours)}")
+    return Check("open set", differ == 0, detail,
+                 {"rule": rule.rule, "threshold": rule.threshold, "test_flagged": flagged, "decisions_differ": differ})

@@ -84,12 +84,12 @@ def export_int8(ctx: ExportContext, path: Path) -> None:
     finally:
         remove_temp(prepared)
     model = onnx.load(str(path))
-    set_metadata(model, ctx.source.model_metadata("int8"))
+    set_metadata(model, ctx.model_metadata("int8"))
     onnx.save_model(model, str(path))
 
 
 def validate_int8(ctx: ExportContext, path: Path) -> list[Check]:
-    checks = [check_onnx_file(path), check_contract(path, ctx.source.model_metadata("int8"))]
+    checks = [check_onnx_file(path), check_contract(path, ctx.model_metadata("int8"))]
     if not all(c.passed for c in checks):
         return checks
     fp32_path = _fp32_model(ctx)

@@ -1,7 +1,8 @@
 """What an export starts from: the checkpoint (loaded safely) and the drawings to check with.
 
 Classes, preprocessing, split and data location all come from the checkpoint.
-Validation uses the checkpoint's own test split; int8 calibration its train split.
+Validation uses the checkpoint's own test split; int8 calibration its train split;
+the temperature and the open-set threshold are fitted on its validation split.
 If the data folder recorded in the checkpoint is gone (and no `--data` is given),
 ONNX/Core ML fidelity is checked on seeded random bitmaps instead, and every report
 says so; int8 calibration cannot be faked and fails with a clear message.
@@ -94,6 +95,9 @@ class ValidationData:
     synthetic: bool
     calibration: np.ndarray | None = None  # float32 train-split inputs for int8
     calibration_problem: str = ""
+    fit_inputs: np.ndarray | None = None  # float32 validation-split inputs: temperature and open-set threshold
+    fit_labels: np.ndarray | None = None
+    fit_description: str = ""
     notes: list[str] = field(default_factory=list)
 
 
@@ -132,8 +136,16 @@ def load_validation_data(source: CheckpointSource, data_dir: str | os.PathLike |
         calibration = bitmaps_to_input(calib_bitmaps, prep)
     else:
         problem = f"the train split of {folder} is empty"
+    fit_inputs = fit_labels = None
+    val = _evenly_spaced(splits["val"], max_drawings)
+    if len(val):
+        fit_bitmaps, fit_labels = dataset.take(val)
+        fit_inputs = bitmaps_to_input(fit_bitmaps, prep)
     return ValidationData(inputs=bitmaps_to_input(bitmaps, prep), labels=labels, description=described,
-                          synthetic=False, calibration=calibration, calibration_problem=problem, notes=notes)
+                          synthetic=False, calibration=calibration, calibration_problem=problem, notes=notes,
+                          fit_inputs=fit_inputs, fit_labels=fit_labels,
+                          fit_description=(f"{len(val)} of {len(splits['val'])} validation-split drawings from {folder}"
+                                           if len(val) else f"the validation split of {folder} is empty"))
 
 
 def _synthetic(source: CheckpointSource, why: str) -> ValidationData:
@@ -147,15 +159,17 @@ def _synthetic(source: CheckpointSource, why: str) -> ValidationData:
         description=f"{SYNTHETIC_DRAWINGS} seeded random bitmaps ({why}; pass --data DIR to check on real drawings)",
         synthetic=True, calibration=None,
         calibration_problem=f"int8 calibration needs the checkpoint's training drawings: {why} (pass --data DIR)",
+        fit_description=f"no validation drawings: {why}",
     )
 
 
-def torch_outputs(source: CheckpointSource, inputs: np.ndarray, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Reference (probabilities, logits) from the checkpoint's own network."""
+def torch_outputs(source: CheckpointSource, inputs: np.ndarray, temperature: float = 1.0,
+                  batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Reference (probabilities, logits) from the checkpoint's own network: softmax(logits / temperature)."""
     probs, logits = [], []
     with torch.inference_mode():
         for start in range(0, len(inputs), batch):
             out = source.model(torch.from_numpy(inputs[start : start + batch]))
             logits.append(out.numpy())
-            probs.append(torch.softmax(out, dim=1).numpy())
+            probs.append(torch.softmax(out / temperature, dim=1).numpy())
     return np.concatenate(probs), np.concatenate(logits)

@@ -38,21 +38,29 @@ def infer(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, max=MAX_THREADS,
                                           help="onnxruntime intra-op threads (default: 1 while worker processes "
                                                "decode images, else onnxruntime decides)."),
+    unknown_threshold: Optional[float] = typer.Option(None, "--unknown-threshold", metavar="X",
+                                                      help="Flag drawings whose open-set score is below X instead "
+                                                           "of the model's own threshold (docs/open-set.md)."),
+    no_unknown: bool = typer.Option(False, "--no-unknown", help="Do not flag any drawing unknown."),
 ) -> None:
     """Classify drawings with an exported quickdraw-edge model.
 
-    Unreadable inputs are reported one line each on stderr while the rest are
-    classified; the exit code is 1 if any input failed.
+    Each drawing the model's open-set rule does not recognise is marked unknown (with its
+    closest classes still listed). Unreadable inputs are reported one line each on stderr
+    while the rest are classified; the exit code is 1 if any input failed.
     """
     if json_lines and csv_out:
         raise QDError("--json and --csv cannot be used together")
+    if no_unknown and unknown_threshold is not None:
+        raise QDError("--no-unknown and --unknown-threshold cannot be used together")
     from qd.data.machine import usable_cpus
 
     from .run import run_inference
 
     fmt = "json" if json_lines else "csv" if csv_out else "table"
     summary = run_inference(inputs, model=model, top=top, batch_size=batch_size, fmt=fmt,
-                            recursive=recursive, workers=workers or usable_cpus(), threads=threads)
+                            recursive=recursive, workers=workers or usable_cpus(), threads=threads,
+                            unknown_threshold=unknown_threshold, flag_unknown=not no_unknown)
     if summary.failed or summary.classified == 0:
         raise typer.Exit(1)
 

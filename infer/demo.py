@@ -2,11 +2,12 @@
 
 The server only hands out static files on 127.0.0.1: the page (infer/web/), the
 onnxruntime-web runtime (from infer/web/node_modules, installed by `npm ci`) and the
-exported model. Everything else happens in the page: it reads the labels and the
-preprocessing spec from the model's own metadata_props (parsed from the ONNX
-protobuf in web/onnx-metadata.js, because onnxruntime-web does not expose custom
-metadata), applies the qd.data.images algorithm (ported in web/preprocess.js) and
-runs the model with onnxruntime-web's WebAssembly backend.
+exported model. Everything else happens in the page: it reads the labels, the
+preprocessing spec and the open-set rule from the model's own metadata_props (parsed
+from the ONNX protobuf in web/onnx-metadata.js, because onnxruntime-web does not
+expose custom metadata), applies the qd.data.images algorithm (ported in
+web/preprocess.js), runs the model with onnxruntime-web's WebAssembly backend and
+asks instead of guessing when the rule (web/openset.js) says unknown.
 
 Before serving, the model is opened once with onnxruntime here, so a wrong file is a
 one-line error at start-up rather than a broken page. No torch, no network.
@@ -50,7 +51,7 @@ ORT_PACKAGE = "onnxruntime-web"
 # The only runtime files the page needs: the WebAssembly build's ES module and its
 # wasm binary (single-threaded, so no cross-origin isolation is required).
 ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
-PAGE_FILES = ("index.html", "app.js", "preprocess.js", "onnx-metadata.js", "style.css", "favicon.svg")
+PAGE_FILES = ("index.html", "app.js", "preprocess.js", "onnx-metadata.js", "openset.js", "style.css", "favicon.svg")
 
 # Nothing outside this server may be loaded, and wasm needs its own CSP keyword.
 CONTENT_SECURITY_POLICY = (

@@ -1,14 +1,17 @@
 """An exported quickdraw-edge ONNX model, run with onnxruntime.
 
-Labels and preprocessing come from the model's metadata_props (contracts.md),
-parsed as data and validated: a model that is not ONNX, lacks the labels, or
-whose label count differs from its output width is refused with one line.
+Labels, preprocessing, temperature and open-set rule come from the model's
+metadata_props (contracts.md, infer/openset.py), parsed as data and validated: a
+model that is not ONNX, lacks the labels, whose label count differs from its output
+width, or whose open-set metadata is malformed is refused with one line. A model
+exported before the open-set rule existed still works; it just cannot flag unknowns.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +22,11 @@ from qd.data.files import read_regular
 from qd.data.limits import MAX_LABEL_CHARS, MAX_LABELS, MAX_MODEL_BYTES, MAX_THREADS
 from qd.data.preprocess import REQUIRED_KEYS as PREPROCESSING_KEYS, bitmaps_to_input, check_preprocessing
 
+from .openset import PROBABILITIES, OpenSetRule, parse_open_set, parse_temperature
+
 MODEL_FORMAT = "qd-onnx-v1"
 MODEL_FILE = "model.onnx"
 INPUT = "image"
-PROBABILITIES = "probabilities"
 
 
 def newest_export(root: str | os.PathLike | None = None) -> Path:
@@ -53,17 +57,41 @@ def resolve_model_path(model: str | os.PathLike | None) -> Path:
     return path
 
 
-class OnnxClassifier:
-    """float32 (B, 1, 28, 28) -> probabilities (B, C), with labels and preprocessing from metadata."""
+@dataclass
+class Predictions:
+    probabilities: np.ndarray          # (N, C), calibrated as the model's metadata says
+    unknown: np.ndarray | None         # (N,) bool: the open-set rule's answer; None if it was not applied
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+
+class OnnxClassifier:
+    """float32 (B, 1, 28, 28) -> probabilities (B, C), with labels and preprocessing from metadata.
+
+    `open_set` is the rule that marks drawings unknown: the model's own (None for models
+    exported without one), with `unknown_threshold` instead of its threshold if given, or
+    None if `flag_unknown` is False."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None,
+                 unknown_threshold: float | None = None, flag_unknown: bool = True):
         self.path = Path(path)
         self.session = _open_session(self.path, threads)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.labels: list[str] = _parse_labels(self.path, self.metadata)
         self.preprocessing: dict = _parse_preprocessing(self.path, self.metadata)
         self.precision: str = self.metadata.get("qd.precision", "fp32")
+        self.temperature: float = parse_temperature(self.path, self.metadata)
+        self.model_open_set: OpenSetRule | None = parse_open_set(self.path, self.metadata)
         self._check_io()
+        self.open_set = self._effective_rule(unknown_threshold, flag_unknown)
+
+    def _effective_rule(self, threshold: float | None, enabled: bool) -> OpenSetRule | None:
+        if not enabled:
+            return None
+        if threshold is None:
+            return self.model_open_set
+        if self.model_open_set is None:
+            raise QDError(f"{self.path}: --unknown-threshold needs a model with an open-set rule "
+                          "(this one was exported without one; export it again with qd-export)")
+        return self.model_open_set.with_threshold(threshold)
 
     @property
     def num_classes(self) -> int:
@@ -83,13 +111,45 @@ class OnnxClassifier:
         if isinstance(width, int) and width != len(self.labels):
             raise QDError(f"{self.path}: metadata names {len(self.labels)} labels but the model outputs "
                           f"{width} classes")
+        rule = self.model_open_set
+        if rule is not None and rule.output not in outputs:
+            raise QDError(f"{self.path}: model metadata qd.open_set rule {rule.rule!r} needs output "
+                          f"{rule.output!r}, which the model does not have")
+
+    def outputs(self, inputs: np.ndarray, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """One session run on a float32 (B, 1, 28, 28) batch: `names` (default: probabilities, and the
+        output the open-set rule reads), each (B, C)."""
+        if names is None:
+            names = [PROBABILITIES]
+            if self.open_set is not None and self.open_set.output != PROBABILITIES:
+                names.append(self.open_set.output)
+        values = dict(zip(names, self.session.run(names, {INPUT: inputs})))
+        for name, value in values.items():
+            if value.ndim != 2 or value.shape != (len(inputs), len(self.labels)):
+                raise QDError(f"{self.path}: model returned {name} of shape {value.shape}, expected "
+                              f"({len(inputs)}, {len(self.labels)})")
+        return values
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """One session run on a float32 (B, 1, 28, 28) batch."""
-        probs = self.session.run([PROBABILITIES], {INPUT: inputs})[0]
-        if probs.ndim != 2 or probs.shape[1] != len(self.labels):
-            raise QDError(f"{self.path}: model returned shape {probs.shape}, expected (batch, {len(self.labels)})")
-        return probs
+        return self.outputs(inputs)[PROBABILITIES]
+
+    def unknown(self, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+        """Which drawings the open-set rule marks unknown (None when no rule applies)."""
+        return None if self.open_set is None else self.open_set.unknown(outputs)
+
+    def predict(self, bitmaps: np.ndarray, batch_size: int = 512) -> Predictions:
+        """uint8 ink-high (N, 784) or (N, 28, 28) bitmaps -> calibrated probabilities and the unknown answer."""
+        bitmaps = np.asarray(bitmaps)
+        probs = np.empty((len(bitmaps), len(self.labels)), dtype=np.float32)
+        unknown = np.zeros(len(bitmaps), dtype=bool) if self.open_set is not None else None
+        for start in range(0, len(bitmaps), batch_size):
+            batch = bitmaps[start:start + batch_size]
+            outputs = self.outputs(bitmaps_to_input(batch, self.preprocessing))
+            probs[start:start + len(batch)] = outputs[PROBABILITIES]
+            if unknown is not None:
+                unknown[start:start + len(batch)] = self.unknown(outputs)
+        return Predictions(probs, unknown)
 
     def predict_bitmaps(self, bitmaps: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """uint8 ink-high (N, 784) or (N, 28, 28) bitmaps -> probabilities (N, C), in batches."""

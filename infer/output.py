@@ -5,6 +5,10 @@ stderr, so `qd-infer ... --csv > out.csv` stays a clean file. The table and ever
 failure line show names and labels through qd.data.console.shown (escape codes made
 visible); CSV carries them exactly, JSON exactly too (strict JSON, with invisible
 characters written as \\u escapes).
+
+Each row carries the open-set answer: `unknown` is true or false when the model's rule
+was applied, null (JSON) or empty (CSV) when it was not (a model exported without one,
+or --no-unknown). The table shows "unknown ·" before the closest class.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
+from rich.text import Text
 
 from qd.data.console import console, err_console, fail, shown
 
@@ -26,6 +31,7 @@ class Summary:
     classified: int
     failed: int
     seconds: float
+    unknown: int | None = None  # drawings flagged unknown; None when the open-set rule was not applied
 
     @property
     def rate(self) -> float:
@@ -33,20 +39,23 @@ class Summary:
 
     def line(self) -> str:
         failed = f"; {self.failed} input{'s' if self.failed != 1 else ''} failed" if self.failed else ""
+        unknown = f", {self.unknown:,} unknown" if self.unknown is not None else ""
         return (f"{self.classified:,} drawing{'s' if self.classified != 1 else ''} classified in "
-                f"{self.seconds:.2f} s ({self.rate:,.0f} images/s){failed}")
+                f"{self.seconds:.2f} s ({self.rate:,.0f} images/s){unknown}{failed}")
 
 
 class Writer:
-    """Receives rows batch by batch: names, top-k label indices and probabilities."""
+    """Receives rows batch by batch: names, top-k label indices and probabilities, and the
+    open-set answer per row (None for the whole batch when no rule was applied)."""
 
     threaded = False  # may rows() run in a thread of its own, beside the model?
 
-    def __init__(self, labels: list[str], top: int):
+    def __init__(self, labels: list[str], top: int, open_set: bool = False):
         self.labels = labels
         self.top = top
+        self.open_set = open_set  # whether rows come with an unknown answer
 
-    def rows(self, names: list[str], index: np.ndarray, probs: np.ndarray) -> None:
+    def rows(self, names: list[str], index: np.ndarray, probs: np.ndarray, unknown: np.ndarray | None = None) -> None:
         raise NotImplementedError
 
     def emit(self, text: str) -> None:
@@ -58,7 +67,22 @@ class Writer:
         fail(message)
 
     def finish(self, summary: Summary) -> None:
-        err_console.print(summary.line(), highlight=False)
+        err_console.print(summary.line(), highlight=False, soft_wrap=True)
+
+
+def notice(message: str) -> None:
+    """One `note: ...` line on stderr (plain text, never markup), whatever the output format."""
+    err_console.print(Text.assemble(("note:", "yellow"), " ", shown(message)), highlight=False, soft_wrap=True)
+
+
+# The unknown answer as each machine format writes it: True, False, or None (no rule applied).
+JSON_ANSWERS = np.array(["false", "true", "null"], dtype=object)
+CSV_ANSWERS = np.array(["false", "true", ""], dtype=object)
+
+
+def answers(unknown: np.ndarray | None, n: int) -> np.ndarray:
+    """0/1/2 per row (False/True/None), to index JSON_ANSWERS or CSV_ANSWERS with."""
+    return np.full(n, 2) if unknown is None else unknown.astype(np.int64)
 
 
 class JsonLinesWriter(Writer):
@@ -67,19 +91,21 @@ class JsonLinesWriter(Writer):
 
     threaded = True
 
-    def __init__(self, labels, top):
-        super().__init__(labels, top)
+    def __init__(self, labels, top, open_set=False):
+        super().__init__(labels, top, open_set)
         self.quoted_labels = np.array([encode_json_string(l) for l in labels], dtype=object)
         entries = ", ".join(['{"label": %s, "probability": %.6f}'] * top)
-        self.record = '{"input": %s, "label": %s, "probability": %.6f, "top": [' + entries + "]}\n"
+        self.record = ('{"input": %s, "label": %s, "probability": %.6f, "unknown": %s, "top": ['
+                       + entries + "]}\n")
 
-    def rows(self, names, index, probs):
-        fields = np.empty((len(names), 3 + 2 * index.shape[1]), dtype=object)
+    def rows(self, names, index, probs, unknown=None):
+        fields = np.empty((len(names), 4 + 2 * index.shape[1]), dtype=object)
         fields[:, 0] = json_strings(printable_names(names))
         fields[:, 1] = self.quoted_labels[index[:, 0]]
         fields[:, 2] = probs[:, 0]
-        fields[:, 3::2] = self.quoted_labels[index]
-        fields[:, 4::2] = probs
+        fields[:, 3] = JSON_ANSWERS[answers(unknown, len(names))]
+        fields[:, 4::2] = self.quoted_labels[index]
+        fields[:, 5::2] = probs
         self.emit((self.record * len(names)) % tuple(fields.ravel().tolist()))
 
 
@@ -88,46 +114,54 @@ class CsvWriter(Writer):
 
     threaded = True
 
-    def __init__(self, labels, top):
-        super().__init__(labels, top)
+    def __init__(self, labels, top, open_set=False):
+        super().__init__(labels, top, open_set)
         header = ["input"]
         for rank in range(1, top + 1):
             header += [f"label_{rank}", f"probability_{rank}"]
         self.quoted_labels = np.array([csv_field(l) for l in labels], dtype=object)
-        self.record = "%s" + ",%s,%.6f" * top + CSV_LINE_END
-        self.emit(",".join(header) + CSV_LINE_END)
+        self.record = "%s" + ",%s,%.6f" * top + ",%s" + CSV_LINE_END
+        self.emit(",".join(header + ["unknown"]) + CSV_LINE_END)
 
-    def rows(self, names, index, probs):
-        fields = np.empty((len(names), 1 + 2 * index.shape[1]), dtype=object)
+    def rows(self, names, index, probs, unknown=None):
+        fields = np.empty((len(names), 2 + 2 * index.shape[1]), dtype=object)
         fields[:, 0] = csv_fields(printable_names(names))
-        fields[:, 1::2] = self.quoted_labels[index]
-        fields[:, 2::2] = probs
+        fields[:, 1:-1:2] = self.quoted_labels[index]
+        fields[:, 2:-1:2] = probs
+        fields[:, -1] = CSV_ANSWERS[answers(unknown, len(names))]
         self.emit((self.record * len(names)) % tuple(fields.ravel().tolist()))
 
 
 class TableWriter(Writer):
-    """A rich table, printed batch by batch (same column widths, header once)."""
+    """A rich table, printed batch by batch (same column widths, header once).
 
-    def __init__(self, labels, top, base: str | None = None):
-        super().__init__(labels, top)
+    A drawing the open-set rule marks unknown shows "unknown ·" before its closest class."""
+
+    UNKNOWN = "unknown · "
+
+    def __init__(self, labels, top, base: str | None = None, open_set: bool = False):
+        super().__init__(labels, top, open_set)
         self.printed_header = False
         self.prefix = base.rstrip("/") + "/" if base else None  # names shown relative to this folder
         self.prediction_width = max(12, min(40, max(len(l) for l in labels)) + 8)  # "label  99.9%"
+        self.first_width = self.prediction_width + (len(self.UNKNOWN) if open_set else 0)
 
-    def rows(self, names, index, probs):
+    def rows(self, names, index, probs, unknown=None):
         from rich import box
         from rich.table import Table
-        from rich.text import Text
 
-        input_width = max(16, console.width - self.top * (self.prediction_width + 2) - 2)
+        widths = [self.first_width] + [self.prediction_width] * (self.top - 1)
+        input_width = max(16, console.width - sum(w + 2 for w in widths) - 2)
         table = Table(box=box.SIMPLE_HEAD, show_header=not self.printed_header, show_edge=False,
                       pad_edge=False, header_style="bold")
         heading = Text.assemble("input (in ", shown(self.prefix), ")") if self.prefix else "input"
         table.add_column(heading, width=input_width, overflow="fold", no_wrap=False)
-        for rank in range(1, self.top + 1):
-            table.add_column(_ordinal(rank), width=self.prediction_width, no_wrap=True, overflow="ellipsis")
-        for name, row_i, row_p in zip(names, index.tolist(), probs.tolist()):
-            cells = [Text.assemble(shown(self.labels[row_i[0]], "bold"), f" {row_p[0]:6.1%}")]
+        for rank, width in enumerate(widths, start=1):
+            table.add_column(_ordinal(rank), width=width, no_wrap=True, overflow="ellipsis")
+        flags = [False] * len(names) if unknown is None else unknown.tolist()
+        for name, row_i, row_p, flagged in zip(names, index.tolist(), probs.tolist(), flags):
+            first = [shown(self.labels[row_i[0]], "bold"), f" {row_p[0]:6.1%}"]
+            cells = [Text.assemble(*([("unknown", "bold yellow"), " · "] if flagged else []), *first)]
             cells += [Text.assemble(shown(self.labels[i]), " ", (f"{p:6.1%}", "dim"))
                       for i, p in zip(row_i[1:], row_p[1:])]
             if self.prefix and name.startswith(self.prefix):
@@ -137,7 +171,7 @@ class TableWriter(Writer):
         self.printed_header = True
 
     def finish(self, summary: Summary) -> None:
-        console.print(summary.line(), highlight=False)
+        console.print(summary.line(), highlight=False, soft_wrap=True)
 
 
 def printable(text: str) -> str:
@@ -210,8 +244,9 @@ def json_line(record: dict) -> str:
     return _JSON_INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-def make_writer(fmt: str, labels: list[str], top: int, base: str | None = None) -> Writer:
-    """`base`: a folder the table shows names relative to (machine formats keep full paths)."""
+def make_writer(fmt: str, labels: list[str], top: int, base: str | None = None, open_set: bool = False) -> Writer:
+    """`base`: a folder the table shows names relative to (machine formats keep full paths);
+    `open_set`: whether rows will come with the unknown answer."""
     if fmt == "table":
-        return TableWriter(labels, top, base)
-    return {"json": JsonLinesWriter, "csv": CsvWriter}[fmt](labels, top)
+        return TableWriter(labels, top, base, open_set)
+    return {"json": JsonLinesWriter, "csv": CsvWriter}[fmt](labels, top, open_set)

@@ -18,7 +18,8 @@ from qd.data.progress import ProgressBar
 
 from .inputs import Drawings, Failure, Plan, read_inputs
 from .model import OnnxClassifier, resolve_model_path, top_k
-from .output import Summary, Writer, make_writer
+from .openset import PROBABILITIES
+from .output import Summary, Writer, make_writer, notice
 
 
 class Batcher:
@@ -57,9 +58,9 @@ class BatchRunner:
 
     def __init__(self, classifier: OnnxClassifier, top: int, write, report_failure):
         self.classifier, self.top = classifier, top
-        self.write, self.report_failure = write, report_failure  # (names, index, probs) and (message)
+        self.write, self.report_failure = write, report_failure  # (names, index, probs, unknown) and (message)
         self.limit: int | None = None  # batch size known to work, once one has failed
-        self.classified = self.failed = 0
+        self.classified = self.failed = self.unknown = 0
 
     def run(self, names: list[str], bitmaps: np.ndarray) -> None:
         step = self.limit or len(names)
@@ -68,7 +69,7 @@ class BatchRunner:
 
     def _run(self, names: list[str], bitmaps: np.ndarray) -> None:
         try:
-            probs = self.classifier.probabilities(bitmaps_to_input(bitmaps, self.classifier.preprocessing))
+            outputs = self.classifier.outputs(bitmaps_to_input(bitmaps, self.classifier.preprocessing))
         except QDError:
             raise  # the model itself is wrong (output shape): every batch would fail alike
         except Exception as exc:
@@ -80,16 +81,18 @@ class BatchRunner:
             self._run(names[:half], bitmaps[:half])
             self._run(names[half:], bitmaps[half:])
             return
-        finite = np.isfinite(probs).all(axis=1)
+        finite = np.all([np.isfinite(v).all(axis=1) for v in outputs.values()], axis=0)
         if not finite.all():
             for i in np.flatnonzero(~finite).tolist():
                 self.fail(f"{names[i]}: not classified (the model gave NaN or infinite probabilities)")
             names = [n for n, ok in zip(names, finite.tolist()) if ok]
-            probs = probs[finite]
+            outputs = {name: value[finite] for name, value in outputs.items()}
         if names:
-            index, values = top_k(probs, self.top)
-            self.write(names, index, values)
+            unknown = self.classifier.unknown(outputs)
+            index, values = top_k(outputs[PROBABILITIES], self.top)
+            self.write(names, index, values, unknown)
             self.classified += len(names)
+            self.unknown += 0 if unknown is None else int(unknown.sum())
 
     def fail(self, message: str) -> None:
         self.report_failure(message)
@@ -98,7 +101,9 @@ class BatchRunner:
 
 def run_inference(inputs, model=None, top: int = 3, batch_size: int = 512, fmt: str = "table",
                   recursive: bool = True, workers: int = 1, threads: int | None = None,
-                  writer: Writer | None = None) -> Summary:
+                  writer: Writer | None = None, unknown_threshold: float | None = None,
+                  flag_unknown: bool = True) -> Summary:
+    """`unknown_threshold` replaces the model's open-set threshold; `flag_unknown=False` turns the rule off."""
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise QDError(f"--batch-size must be 1 to {MAX_BATCH_SIZE}, got {batch_size}")
     if not 1 <= workers <= MAX_WORKERS:
@@ -109,24 +114,30 @@ def run_inference(inputs, model=None, top: int = 3, batch_size: int = 512, fmt: 
     with ImageDecoder(workers, expected=plan.images) as decoder:
         # While worker processes decode, the model gets one core's share: a thread pool of
         # its own on every core would only fight the decoders (onnxruntime threads spin).
-        classifier = OnnxClassifier(model_path, threads=threads or (1 if decoder.parallel else None))
+        classifier = OnnxClassifier(model_path, threads=threads or (1 if decoder.parallel else None),
+                                    unknown_threshold=unknown_threshold, flag_unknown=flag_unknown)
         top = min(top, classifier.num_classes)
         base = inputs[0] if len(inputs) == 1 and os.path.isdir(inputs[0]) else None
-        writer = writer or make_writer(fmt, classifier.labels, top, base=base)
+        open_set = classifier.open_set is not None
+        writer = writer or make_writer(fmt, classifier.labels, top, base=base, open_set=open_set)
+        if flag_unknown and not open_set:
+            notice(f"{classifier.path}: exported without an open-set rule, so drawings of other categories "
+                          "cannot be flagged unknown (export the checkpoint again with qd-export)")
         started = time.perf_counter()
         bar = ProgressBar("classifying", unit="drawings")
         if bar.active:  # counting what there is to do reads .npy headers and .ndjson files: only for the bar
             bar.step("classifying", total=plan.drawings())
         with bar:
             writer.emit = bar.write_stdout
-            classified, failed = _classify(plan, classifier, decoder, writer, bar, top, batch_size)
-    summary = Summary(classified=classified, failed=failed, seconds=time.perf_counter() - started)
+            runner = _classify(plan, classifier, decoder, writer, bar, top, batch_size)
+    summary = Summary(classified=runner.classified, failed=runner.failed, seconds=time.perf_counter() - started,
+                      unknown=runner.unknown if open_set else None)
     writer.finish(summary)
     return summary
 
 
 def _classify(plan: Plan, classifier: OnnxClassifier, decoder: ImageDecoder, writer: Writer, bar: ProgressBar,
-              top: int, batch_size: int) -> tuple[int, int]:
+              top: int, batch_size: int) -> BatchRunner:
     batcher = Batcher(batch_size)
     # Machine formats are written by a second thread while onnxruntime (which releases the
     # GIL) runs the next batch: with a small model, writing is a large share of the work.
@@ -134,17 +145,17 @@ def _classify(plan: Plan, classifier: OnnxClassifier, decoder: ImageDecoder, wri
     writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qd-write") if getattr(writer, "threaded", False) else None
     written = None
 
-    def write_now(names, index, values):
-        writer.rows(names, index, values)
+    def write_now(names, index, values, unknown):
+        writer.rows(names, index, values, unknown)
         bar.advance(len(names))
 
-    def write(names, index, values):
+    def write(names, index, values, unknown):
         nonlocal written
         if writing is None:
-            return write_now(names, index, values)
+            return write_now(names, index, values, unknown)
         if written is not None:
             written.result()  # raises here if writing failed (a closed pipe, a full disk)
-        written = writing.submit(write_now, names, index, values)
+        written = writing.submit(write_now, names, index, values, unknown)
 
     def report_failure(message):
         writer.failure(message)
@@ -165,4 +176,4 @@ def _classify(plan: Plan, classifier: OnnxClassifier, decoder: ImageDecoder, wri
     finally:
         if writing is not None:
             writing.shutdown(wait=True)
-    return runner.classified, runner.failed
+    return runner

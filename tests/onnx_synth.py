@@ -18,7 +18,8 @@ def tiny_model(path: Path, labels: list[str], preprocessing: dict | str | None =
     """image (batch, 1, 28, 28) -> Flatten -> Gemm -> (probabilities, logits), qd.* metadata set.
 
     `preprocessing` may be a dict (JSON-encoded here) or the raw metadata string itself.
-    Extra keyword arguments are more metadata (qd_source_sha256="..." for `qd.source_sha256`).
+    Extra keyword arguments are more metadata (qd_source_sha256="..." for `qd.source_sha256`);
+    the open-set rule given by default flags no drawing (its threshold is far below any logit).
     """
     rng = np.random.default_rng(seed)
     weights = numpy_helper.from_array(rng.normal(0, 0.05, (784, len(labels))).astype(np.float32), "w")
@@ -36,7 +37,8 @@ def tiny_model(path: Path, labels: list[str], preprocessing: dict | str | None =
     model.ir_version = 8
     spec = DEFAULT_PREPROCESSING if preprocessing is None else preprocessing
     meta = {"qd.format": "qd-onnx-v1", "qd.labels": json.dumps(labels),
-            "qd.preprocessing": spec if isinstance(spec, str) else json.dumps(spec), "qd.precision": "fp32"}
+            "qd.preprocessing": spec if isinstance(spec, str) else json.dumps(spec), "qd.precision": "fp32",
+            "qd.temperature": "1.0", "qd.open_set": json.dumps({"rule": "max_logit", "threshold": -1e6, "kept": 0.95})}
     meta.update({key.replace("qd_", "qd.", 1): value for key, value in metadata.items()})
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=value)

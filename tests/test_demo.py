@@ -244,3 +244,35 @@ def test_javascript_preprocessing_matches_python(tmp_path, shared_bitmaps):
         assert diff.max() <= 1, (i, int(diff.max()))  # the float64 area average may round one level apart
         total_off += int((diff > 0).sum())
     assert total_off <= 5, f"{total_off} pixels differ by one grey level"
+
+
+@needs_node
+def test_javascript_open_set_rule_matches_python(tmp_path):
+    """openset.js scores, decides and refuses as qd.infer.openset does, rule by rule."""
+    from qd.infer.openset import OPEN_SET_KEY, SCORES, OpenSetRule, parse_open_set, softmax
+
+    rng = np.random.default_rng(0)
+    cases, expected = [], []
+    for rule in SCORES:
+        for _ in range(6):
+            logits = (rng.normal(0, 3, size=7)).astype(np.float32)
+            outputs = {"logits": logits.tolist(), "probabilities": softmax(logits[None], 1.3)[0].tolist()}
+            threshold = float(SCORES[rule](np.asarray([outputs[SCORES[rule].output]]))[0] + rng.normal(0, 0.5))
+            record = OpenSetRule(rule, threshold)
+            cases.append({"metadata": {OPEN_SET_KEY: record.to_json()}, "outputs": outputs})
+            py = {name: np.asarray([v], dtype=np.float32) for name, v in outputs.items()}
+            expected.append((rule, float(record.scores(py)[0]), bool(record.unknown(py)[0])))
+    malformed = ['{"rule": "max_logit", "threshold": NaN}', '{"rule": "telepathy", "threshold": 1}', "[", "[]"]
+    for raw in malformed:
+        cases.append({"metadata": {OPEN_SET_KEY: raw}, "outputs": {}})
+    cases.append({"metadata": {}, "outputs": {}})
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    got = run_node("openset", str(tmp_path / "cases.json"))
+    for (rule, score, unknown), js in zip(expected, got):
+        assert js["rule"] == rule and js["score"] == pytest.approx(score, rel=1e-5, abs=1e-5)
+        assert js["unknown"] == unknown  # thresholds sit far (~0.5) from the scores, beyond rounding
+    for raw, js in zip(malformed, got[len(expected):]):
+        with pytest.raises(QDError):
+            parse_open_set(Path("model.onnx"), {OPEN_SET_KEY: raw})
+        assert "model metadata qd.open_set" in js["error"]
+    assert got[-1] == {"rule": None, "unknown": False}

@@ -235,14 +235,20 @@ def test_guesses_update_while_a_stroke_is_drawn_and_clear_resets(browser, demo_u
         demo_page.close()
 
 
-def qd_infer_probabilities(model: Path, pngs: list[Path]) -> dict[str, dict[str, float]]:
-    """Run the real `qd-infer --json` on image files: {file name: {label: probability}}."""
+def qd_infer_json(model: Path, pngs: list[Path]) -> dict[str, dict]:
+    """Run the real `qd-infer --json` on image files: {file name: its JSON record, every class in "top"}."""
     num_classes = len(json.loads(ort.InferenceSession(str(model)).get_modelmeta().custom_metadata_map["qd.labels"]))
     result = subprocess.run([sys.executable, "-m", "qd.infer.cli", "--json", "--top", str(num_classes),
                              "--model", str(model), *map(str, pngs)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-    return {Path(row["input"]).name: {item["label"]: item["probability"] for item in row["top"]} for row in rows}
+    return {Path(row["input"]).name: row for row in rows}
+
+
+def qd_infer_probabilities(model: Path, pngs: list[Path]) -> dict[str, dict[str, float]]:
+    """{file name: {label: probability}} from `qd-infer --json`."""
+    return {name: {item["label"]: item["probability"] for item in row["top"]}
+            for name, row in qd_infer_json(model, pngs).items()}
 
 
 def test_browser_and_qd_infer_agree_on_the_same_drawings(drawn_shapes, browser, demo_url, demo_model, tmp_path):
@@ -261,13 +267,15 @@ def test_browser_and_qd_infer_agree_on_the_same_drawings(drawn_shapes, browser, 
         png = tmp_path / f"{name}.png"
         png.write_bytes(base64.b64decode(snap["png"].split(",", 1)[1]))
         pngs.append(png)
-    python = qd_infer_probabilities(demo_model, pngs)
+    records = qd_infer_json(demo_model, pngs)
     for name, snap in snapshots.items():
+        record = records[f"{name}.png"]
         browser_probs = np.asarray(snap["probabilities"])
-        python_probs = np.asarray([python[f"{name}.png"][label] for label in snap["labels"]])
+        python_probs = np.asarray([{i["label"]: i["probability"] for i in record["top"]}[label] for label in snap["labels"]])
         assert int(np.argmax(browser_probs)) == int(np.argmax(python_probs)), name
         gap = float(np.abs(browser_probs - python_probs).max())
         assert gap < 1e-3, (name, gap)
+        assert snap["unknown"] is record["unknown"], name  # the same open-set answer as qd-infer
 
 
 def test_int8_model_runs_in_the_page_and_agrees_with_qd_infer(browser, exported_int8_model, tmp_path):
@@ -285,6 +293,47 @@ def test_int8_model_runs_in_the_page_and_agrees_with_qd_infer(browser, exported_
         gap = max(abs(python[label] - p) for label, p in zip(snap["labels"], snap["probabilities"]))
         assert gap < 1e-3, gap
         assert "int8" in demo_page.page.inner_text("#model-info")
+    finally:
+        demo_page.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_page_asks_with_the_closest_classes_when_the_rule_says_unknown(browser, demo_model, tmp_path):
+    """A copy of the model whose threshold no drawing reaches: the page asks instead of guessing,
+    still listing the closest classes, as qd-infer marks the same PNG unknown."""
+    import onnx
+
+    model = onnx.load(str(demo_model))
+    for prop in model.metadata_props:
+        if prop.key == "qd.open_set":
+            rule = json.loads(prop.value)
+            rule["threshold"] = 1e9
+            prop.value = json.dumps(rule)
+    strict = tmp_path / "strict.onnx"
+    onnx.save(model, str(strict))
+    server, _ = demo.make_server(strict, port=0)
+    demo.serve_in_thread(server)
+    demo_page = DemoPage(browser, demo.server_url(server), DESKTOP)
+    try:
+        page = demo_page.page
+        assert "says when it is not sure" in page.inner_text("#model-info")
+        demo_page.stroke(shape_points("circle"))
+        snap = demo_page.snapshot()
+        page.wait_for_function("() => document.body.classList.contains('unknown')", timeout=10_000)
+        assert snap["unknown"] is True
+        assert page.inner_text("#guesses-title") == "Not sure — is it one of these?"
+        shown = demo_page.shown_top3()
+        assert [label for label, _ in shown] == top3_of(snap["probabilities"], snap["labels"])
+        assert "does not look much like any" in page.inner_text("#status")
+        save_screenshot(page, "desktop-not-sure")
+        png = tmp_path / "circle.png"
+        png.write_bytes(base64.b64decode(snap["png"].split(",", 1)[1]))
+        assert qd_infer_json(strict, [png])["circle.png"]["unknown"] is True
+        page.click("#clear")
+        page.wait_for_function(NO_GUESS_SHOWN, timeout=10_000)
+        assert page.inner_text("#guesses-title") == "Top guesses"
+        assert demo_page.errors == []
     finally:
         demo_page.close()
         server.shutdown()

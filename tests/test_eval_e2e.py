@@ -104,3 +104,53 @@ def test_coreml_package_names_what_the_backend_reads(coreml_report):
 def test_the_int8_model_given_directly_says_so(exported_int8_model):
     result = evaluate(exported_int8_model, backends=["onnx"], write_files=False, measure_speed=False)
     assert result.runs[0].ran and result.runs[0].note == "the model given is the int8 one"
+
+
+@pytest.fixture(scope="module")
+def unknown_drawings(tmp_path_factory, shared_bitmaps, shared_strokes):
+    """Drawings of categories the fixture model (apple, circle, square, star) never saw: bitmaps and strokes."""
+    import numpy as np
+
+    from qd.data.bitmaps import open_bitmaps
+
+    root = tmp_path_factory.mktemp("unknown")
+    np.save(root / "animals.npy", np.concatenate([np.asarray(open_bitmaps(shared_bitmaps / f"{c}.npy")[-100:])
+                                                  for c in ("cat", "dog", "horse")]))
+    shutil.copy(shared_strokes / "bicycle.ndjson", root / "bicycle.ndjson")
+    (root / "notes.txt").write_text("not a drawing")  # skipped in a folder, as qd-infer skips it
+    return root
+
+
+def test_unknown_drawings_are_flagged_and_reported(exported_model, unknown_drawings, tmp_path):
+    from qd.evaluate.metrics import auroc
+
+    result = evaluate(exported_model, backends=["onnx", "onnx-int8"], out_dir=tmp_path, measure_speed=False,
+                      unknown=[unknown_drawings / "animals.npy", unknown_drawings / "bicycle.ndjson"])
+    o = result.open_set
+    assert result.unknown is not None and len(result.unknown) == 300 + 25 == o.unknown_count
+    rule = result.model.classifier.model_open_set
+    known_scores = rule.scores(result.reference.outputs)
+    unknown_scores = rule.scores(result.reference.unknown_outputs)
+    assert o.known_flagged == pytest.approx((known_scores < rule.threshold).mean())
+    assert o.unknown_flagged == pytest.approx((unknown_scores < rule.threshold).mean())
+    assert o.auroc == pytest.approx(auroc(known_scores, unknown_scores)) and o.auroc > 0.6
+    assert o.unknown_flagged > o.known_flagged and o.top1_accepted >= o.top1_all
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["open_set"]["available"] and report["open_set"]["unknown"]["count"] == 325
+    assert report["open_set"]["unknown_data"]["paths"][0].endswith("animals.npy")
+    int8 = {b["name"]: b for b in report["backends"]}["onnx-int8"]
+    assert 0 <= int8["known_flagged"] <= 1 and abs(int8["unknown_flagged"] - o.unknown_flagged) < 0.1
+    cal = report["calibration"]
+    assert cal["temperature"] == result.model.classifier.temperature != 1.0
+    assert 0 <= cal["ece_after"] < 0.2 and 0 <= cal["ece_before"] < 0.3
+    assert (tmp_path / "calibration.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_unknown_option_in_the_terminal_report(exported_model, unknown_drawings, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "qd.evaluate.cli", "-m", str(exported_model), "--backend", "onnx",
+                             "--no-speed", "--out", str(tmp_path), "--unknown", str(unknown_drawings)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert "--unknown drawings flagged:" in out and "AUROC" in out and "of 325" in out
+    assert "known drawings flagged unknown:" in out and "expected calibration error" in out

@@ -31,8 +31,9 @@ def result(export, tmp_path_factory):
 
 def test_writes_report_and_plots_atomically(result):
     out = result.out_dir
-    assert sorted(p.name for p in out.iterdir()) == ["confusion.png", "mistakes.png", "report.json"]  # no temp files
-    for name in ("confusion.png", "mistakes.png"):
+    assert sorted(p.name for p in out.iterdir()) == ["calibration.png", "confusion.png", "mistakes.png",
+                                                     "report.json"]  # no temp files
+    for name in ("calibration.png", "confusion.png", "mistakes.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
 
 
@@ -83,7 +84,22 @@ def test_terminal_report_shows_the_figures(result):
         assert name in text
     assert "per class, worst first" in text and "most confused pairs" in text and "backends, side by side" in text
     assert "onnx-int8 skipped: no model.int8.onnx beside model.onnx" in text
-    assert "wrote report.json, confusion.png, mistakes.png" in text
+    assert "wrote report.json, confusion.png, mistakes.png, calibration.png" in text
+    # the template model carries no qd-export confidence metadata: uncalibrated, cannot flag unknowns
+    assert "model.onnx was exported without an open-set rule" in text and "T = 1" in text
+
+
+def test_calibration_figures_without_a_temperature(result):
+    report = json.loads((result.out_dir / "report.json").read_text())
+    cal = report["calibration"]
+    probs, labels = result.reference.probabilities, result.heldout.labels
+    assert cal["temperature"] == 1.0 and cal["ece_before"] == pytest.approx(cal["ece_after"], abs=1e-6)
+    assert cal["ece_after"] == pytest.approx(metrics.reliability(probs, labels, cal["bins"]).ece)
+    assert sum(cal["reliability_after"]["counts"]) == len(labels)
+    assert report["open_set"] == {"available": False,
+                                  "reason": "model.onnx was exported without an open-set rule: "
+                                            "it cannot flag unknown drawings"}
+    assert report["files"]["calibration"] == "calibration.png"
 
 
 def test_speed_is_measured_for_backends_that_ran(export, tmp_path):
@@ -190,6 +206,8 @@ def _bad_npy(tmp_path, shared_bitmaps):
     (lambda t, s, e: ["--model", e, "--data", _bad_npy(t, s)], "star.npy: dtype is float32, expected uint8"),
     (lambda t, s, e: ["--model", e, "--backend", "tflite"], "unknown backend 'tflite'"),
     (lambda t, s, e: ["--model", e, "--checkpoint", t / "none.pt"], "none.pt: checkpoint not found"),
+    (lambda t, s, e: ["--model", e, "--unknown", t / "moons"], "--unknown " ),
+    (lambda t, s, e: ["--model", e, "--unknown", (t / "e").mkdir() or t / "e"], "no readable drawings"),
 ])
 def test_cli_bad_input_is_one_clear_line(export, shared_bitmaps, tmp_path, monkeypatch, capsys, args, expected):
     code, out, err = run_cli(monkeypatch, capsys, *args(tmp_path, shared_bitmaps, export), "--no-speed")

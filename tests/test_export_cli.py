@@ -81,6 +81,17 @@ def test_missing_data_folder_falls_back_clearly(trained_checkpoint, tmp_path):
     assert onnx_result.ok and (tmp_path / "out" / "model.onnx").exists()
     assert not int8_result.ok and "int8 calibration needs the checkpoint's training drawings" in int8_result.error
     assert not (tmp_path / "out" / "model.int8.onnx").exists()
+    # no validation drawings, so nothing fitted: the model is written like an older one, and says so
+    meta = {p.key for p in onnx.load(str(tmp_path / "out" / "model.onnx")).metadata_props}
+    assert not {"qd.temperature", "qd.open_set"} & meta
+    assert any("cannot flag unknown drawings" in note for note in report.notes)
+    assert any(c.name == "open set" and c.values.get("skipped") for c in onnx_result.checks)
+
+
+@pytest.mark.parametrize("kept", ["1", "0", "nan", "1.5"])
+def test_kept_must_be_a_share(trained_checkpoint, tmp_path, monkeypatch, capsys, kept):
+    code, _, err = run_cli(monkeypatch, capsys, trained_checkpoint, "--kept", kept, "--out", tmp_path)
+    assert code == 1 and _one_error_line(err).startswith("error: --kept must be a share between 0 and 1")
 
 
 def test_missing_checkpoint(tmp_path, monkeypatch, capsys):

@@ -30,7 +30,7 @@ def test_package_is_an_ios16_ml_program_classifier(spec, trained_checkpoint):
     assert inp.name == "image"
     assert (inp.type.imageType.width, inp.type.imageType.height) == (28, 28)
     assert inp.type.imageType.colorSpace == ct.proto.FeatureTypes_pb2.ImageFeatureType.GRAYSCALE
-    assert [o.name for o in spec.description.output] == ["classLabel", "classLabel_probs"]
+    assert [o.name for o in spec.description.output] == ["classLabel", "classLabel_probs", "logits"]
     assert spec.description.predictedProbabilitiesName == "classLabel_probs"
     main = spec.mlProgram.functions["main"]
     ops = main.block_specializations[main.opset].operations
@@ -51,6 +51,8 @@ def test_package_metadata(spec, trained_checkpoint):
     assert json.loads(user["qd.labels"]) == checkpoint["classes"]
     assert json.loads(user["qd.preprocessing"]) == checkpoint["preprocessing"]
     assert user["qd.source_checkpoint"] == trained_checkpoint.name
+    assert json.loads(user["qd.open_set"])["rule"] == "max_logit" and json.loads(user["qd.temperature"]) > 0
+    assert [o.name for o in spec.description.output] == ["classLabel", "classLabel_probs", "logits"]
 
 
 def test_report_lists_each_linux_check_and_the_macos_skip(coreml_report):
@@ -73,13 +75,16 @@ def test_predictions_match_torch_on_macos(package, trained_checkpoint):
     model = ct.models.MLModel(str(package), compute_units=ct.ComputeUnit.CPU_ONLY)
     rng = np.random.default_rng(0)
     bitmaps = np.where(rng.random((16, 28, 28)) < 0.15, 255, 0).astype(np.uint8)
+    temperature = json.loads(model.user_defined_metadata["qd.temperature"])
     with torch.inference_mode():
         x = torch.from_numpy(bitmaps[:, None].astype(np.float32) / 255.0)
-        ref = torch.softmax(model_from_checkpoint(checkpoint)(x), 1).numpy()
-    for bitmap, expected in zip(bitmaps, ref):
-        probs = model.predict({"image": Image.fromarray(bitmap)})["classLabel_probs"]
-        got = np.array([probs[name] for name in checkpoint["classes"]])
+        logits = model_from_checkpoint(checkpoint)(x)
+        ref = torch.softmax(logits / temperature, 1).numpy()
+    for bitmap, expected, expected_logits in zip(bitmaps, ref, logits.numpy()):
+        out = model.predict({"image": Image.fromarray(bitmap)})
+        got = np.array([out["classLabel_probs"][name] for name in checkpoint["classes"]])
         assert np.abs(got - expected).max() <= 1e-4
+        assert np.abs(np.asarray(out["logits"]).reshape(-1) - expected_logits).max() <= 1e-3
 
 
 def test_directory_commit_replaces_a_previous_package(tmp_path):

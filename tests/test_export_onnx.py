@@ -20,12 +20,16 @@ def _metadata(path):
     return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
 
 
-def _test_split(checkpoint):
+def _test_split(checkpoint, split="test"):
     data = checkpoint["data"]
     ds = BitmapDataset(data["dir"], data["categories"], data["max_per_category"])
-    idx = ds.split_indices(SplitSpec.from_dict(checkpoint["split"]))["test"]
+    idx = ds.split_indices(SplitSpec.from_dict(checkpoint["split"]))[split]
     x, y = ds.take(idx)
     return bitmaps_to_input(x, checkpoint["preprocessing"]), y
+
+
+def _temperature(path) -> float:
+    return json.loads(_metadata(path)["qd.temperature"])
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,8 @@ def test_graph_carries_no_exporter_debug_records(exported_model):
 def test_metadata_is_exactly_the_contract(exported_model, trained_checkpoint, checkpoint):
     meta = _metadata(exported_model / "model.onnx")
     assert set(meta) == {"qd.format", "qd.labels", "qd.preprocessing", "qd.arch", "qd.split", "qd.data",
-                         "qd.source_sha256", "qd.version", "qd.license", "qd.precision"}
+                         "qd.source_sha256", "qd.version", "qd.license", "qd.precision", "qd.temperature",
+                         "qd.open_set"}
     assert meta["qd.format"] == "qd-onnx-v1"
     assert json.loads(meta["qd.labels"]) == checkpoint["classes"]
     assert json.loads(meta["qd.preprocessing"]) == checkpoint["preprocessing"]
@@ -81,10 +86,31 @@ def test_onnx_matches_torch_on_the_test_split(exported_model, checkpoint):
     session = ort.InferenceSession(str(exported_model / "model.onnx"), providers=["CPUExecutionProvider"])
     probs, onnx_logits = session.run(None, {"image": x})
     np.testing.assert_allclose(onnx_logits, logits, atol=1e-4)
-    ref = torch.softmax(torch.from_numpy(logits), 1).numpy()
+    temperature = _temperature(exported_model / "model.onnx")
+    ref = torch.softmax(torch.from_numpy(logits) / temperature, 1).numpy()
     assert np.abs(probs - ref).max() <= 1e-4
     assert (probs.argmax(1) == ref.argmax(1)).all()
     assert (probs.argmax(1) == y).mean() == pytest.approx(checkpoint["test"]["top1"], abs=1e-6)
+
+
+def test_temperature_and_open_set_threshold_are_fitted_on_the_validation_split(exported_model, checkpoint):
+    """Refit by hand from torch's validation logits: the same temperature (lowest NLL) and a threshold
+    on the largest logit that keeps 95% of the validation drawings."""
+    x, y = _test_split(checkpoint, "val")
+    with torch.inference_mode():
+        logits = model_from_checkpoint(checkpoint)(torch.from_numpy(x)).double()
+    meta = _metadata(exported_model / "model.onnx")
+    temperature = json.loads(meta["qd.temperature"])
+    nll = {t: torch.nn.functional.cross_entropy(logits / t, torch.from_numpy(y)).item()
+           for t in (temperature * 0.9, temperature, temperature * 1.1)}
+    assert nll[temperature] <= min(nll.values()) + 1e-9
+    rule = json.loads(meta["qd.open_set"])
+    assert rule["rule"] == "max_logit" and rule["kept"] == 0.95
+    kept = (logits.max(1).values.float().numpy() >= rule["threshold"]).mean()
+    assert 0.95 <= kept <= 0.95 + 2 / len(y)
+    assert rule["validation"]["drawings"] == len(y)
+    card = json.loads((exported_model / "model.json").read_text())["confidence"]
+    assert card["temperature"] == temperature and card["open_set"] == rule
 
 
 def test_int8_is_smaller_and_as_accurate(exported_model, exported_int8_model, checkpoint, exported_report):
@@ -116,4 +142,6 @@ def test_labels_and_card(exported_model, trained_checkpoint, checkpoint):
     checks = card["files"]["onnx"]["validation"]
     assert [c["batch"] for c in checks if "batch" in c] == [1, 64]
     assert all(c["passed"] for c in checks)
+    (open_set,) = [c for c in checks if c["check"] == "open set"]
+    assert open_set["decisions_differ"] == 0 and 0 < open_set["test_flagged"] < 0.2
     assert not list(exported_model.glob(".*"))  # no temp files left behind

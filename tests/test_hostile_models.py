@@ -260,7 +260,7 @@ class Collect:
     def __init__(self):
         self.names, self.failures = [], []
 
-    def rows(self, names, index, probs):
+    def rows(self, names, index, probs, unknown=None):
         assert np.isfinite(probs).all()
         self.names += names
 
@@ -285,20 +285,20 @@ def test_batches_onnxruntime_cannot_run_are_split_down_to_the_drawings_that_fail
     rows[sorted(bad), 1] = 255  # marks the drawings the "runtime" fails on
     np.save(tmp_path / "rows.npy", rows)
     model = tiny_model(tmp_path / "model.onnx", ["a", "b", "c"])
-    real = model_module.OnnxClassifier.probabilities
+    real = model_module.OnnxClassifier.outputs
 
-    def flaky(self, inputs):
+    def flaky(self, inputs, names=None):
         marked = inputs[:, 0, 0, 1] > 0.5
         if limit is not None and len(inputs) > limit:
             raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory")
         if marked.any() and not nan:
             raise RuntimeError("kernel failed")
-        probs = real(self, inputs)
-        probs[marked] = np.nan
-        return probs
+        outputs = real(self, inputs, names)
+        outputs["probabilities"][marked] = np.nan
+        return outputs
 
     with monkeypatch.context() as patch:
-        patch.setattr(model_module.OnnxClassifier, "probabilities", flaky)
+        patch.setattr(model_module.OnnxClassifier, "outputs", flaky)
         writer = Collect()
         summary = run_inference([tmp_path / "rows.npy"], model=model, batch_size=batch, writer=writer)
     expected_bad = [f"{tmp_path / 'rows.npy'}[{i}]" for i in sorted(bad)]
@@ -314,14 +314,14 @@ def test_json_output_is_strict_even_when_a_model_gives_nan(tmp_path, monkeypatch
 
     model = tiny_model(tmp_path / "model.onnx", ["a", "b"])
     np.save(tmp_path / "x.npy", np.zeros((4, 784), np.uint8))
-    real = model_module.OnnxClassifier.probabilities
+    real = model_module.OnnxClassifier.outputs
 
-    def half_nan(self, inputs):
-        probs = real(self, inputs)
-        probs[::2] = np.nan
-        return probs
+    def half_nan(self, inputs, names=None):
+        outputs = real(self, inputs, names)
+        outputs["probabilities"][::2] = np.nan
+        return outputs
 
-    monkeypatch.setattr(model_module.OnnxClassifier, "probabilities", half_nan)
+    monkeypatch.setattr(model_module.OnnxClassifier, "outputs", half_nan)
     result = invoke_cli(main, tmp_path / "x.npy", "--model", model, "--json")
     records = [json.loads(line) for line in result.stdout.splitlines()]  # strict: json.loads refuses nothing here
     assert [r["input"] for r in records] == [f"{tmp_path / 'x.npy'}[1]", f"{tmp_path / 'x.npy'}[3]"]

@@ -135,7 +135,7 @@ def test_qd_infer_shows_hostile_names_and_labels_safely_and_machine_formats_exac
 
     as_csv = invoke_cli(main, inputs, "--model", model, "--csv", "--top", "2")
     rows = list(csv.reader(io.StringIO(as_csv.stdout, newline="")))
-    assert rows[0] == ["input", "label_1", "probability_1", "label_2", "probability_2"]
+    assert rows[0] == ["input", "label_1", "probability_1", "label_2", "probability_2", "unknown"]
     assert sorted(r[0] for r in rows[1:]) == sorted(good) and all(r[1] in labels for r in rows[1:])
 
 

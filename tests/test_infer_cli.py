@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from images_synth import bitmap_as_paper, off_centre
+from model_files import model_with_metadata
 from qd.data.bitmaps import open_bitmaps
 from qd.data.errors import QDError
 from qd.data.images import image_to_bitmap
@@ -92,19 +93,6 @@ def test_newest_export_is_the_default(tmp_path, exported_model, monkeypatch):
         resolve_model_path(None)
 
 
-def _model_with_metadata(src, dst, change):
-    import onnx
-
-    model = onnx.load(str(src))
-    props = {p.key: p.value for p in model.metadata_props}
-    change(props)
-    del model.metadata_props[:]
-    for key, value in props.items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(dst))
-    return dst
-
-
 @pytest.mark.parametrize("change,reason", [
     (lambda p: p.pop("qd.labels"), "has no qd.labels"),
     (lambda p: p.update({"qd.labels": "[not json"}), "qd.labels is not valid JSON"),
@@ -115,7 +103,7 @@ def _model_with_metadata(src, dst, change):
     (lambda p: p.pop("qd.preprocessing"), "has no qd.preprocessing"),
 ])
 def test_bad_model_metadata_is_refused(exported_model, tmp_path, change, reason):
-    path = _model_with_metadata(exported_model / "model.onnx", tmp_path / "m.onnx", change)
+    path = model_with_metadata(exported_model / "model.onnx", tmp_path / "m.onnx", change)
     with pytest.raises(QDError, match=reason):
         OnnxClassifier(path)
 
@@ -144,7 +132,8 @@ def test_cli_json_lines(exported_model, inputs_folder):
     assert result.returncode == 0, result.stderr
     lines = [json.loads(l) for l in result.stdout.splitlines()]
     assert len(lines) == 25 + 4 + 6
-    assert {"input", "label", "probability", "top"} <= set(lines[0])
+    assert {"input", "label", "probability", "unknown", "top"} <= set(lines[0])
+    assert all(isinstance(l["unknown"], bool) for l in lines)
     assert all(len(l["top"]) == 2 and l["top"][0]["label"] == l["label"] for l in lines)
     assert "35 drawings classified" in result.stderr and "images/s" in result.stderr
 
@@ -153,8 +142,10 @@ def test_cli_csv_and_table(exported_model, inputs_folder):
     result = run_cli(inputs_folder / "rows.npy", "--model", exported_model, "--csv", "--top", "3")
     assert result.returncode == 0, result.stderr
     table = list(csv.reader(io.StringIO(result.stdout)))
-    assert table[0] == ["input", "label_1", "probability_1", "label_2", "probability_2", "label_3", "probability_3"]
+    assert table[0] == ["input", "label_1", "probability_1", "label_2", "probability_2", "label_3", "probability_3",
+                        "unknown"]
     assert len(table) == 7 and table[1][0].endswith("rows.npy[0]")
+    assert {row[-1] for row in table[1:]} <= {"true", "false"}
     result = run_cli(inputs_folder / "photos", "--model", exported_model, "--top", "2")
     assert result.returncode == 0, result.stderr
     assert "1st" in result.stdout and "2nd" in result.stdout and "drawing 0.jpg" in result.stdout

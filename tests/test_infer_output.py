@@ -41,7 +41,7 @@ def test_json_lines_are_the_records_json_dumps_would_write(batch):
     for line, name, row_i, row_p in zip(lines, printable_names(NAMES) + NAMES[:2], index.tolist() * 2, probs.tolist() * 2):
         top = [{"label": LABELS[i], "probability": round(p, 6)} for i, p in zip(row_i, row_p)]
         assert json.loads(line) == {"input": name, "label": top[0]["label"], "probability": top[0]["probability"],
-                                    "top": top}
+                                    "unknown": None, "top": top}  # no rule applied: null
         assert "e-" not in line  # probabilities with six decimals, as in the CSV
 
 
@@ -49,13 +49,28 @@ def test_csv_is_byte_identical_to_csv_writer(batch):
     index, probs = batch
     expected = io.StringIO()
     reference = csv.writer(expected, lineterminator="\r\n")  # RFC 4180, so a bare "\r" in a field is quoted
-    reference.writerow(["input", "label_1", "probability_1", "label_2", "probability_2", "label_3", "probability_3"])
+    reference.writerow(["input", "label_1", "probability_1", "label_2", "probability_2", "label_3", "probability_3",
+                        "unknown"])
     for name, row_i, row_p in zip(printable_names(NAMES) + NAMES[:2], index.tolist() * 2, probs.tolist() * 2):
         cells = [name]
         for i, p in zip(row_i, row_p):
             cells += [LABELS[i], f"{p:.6f}"]
-        reference.writerow(cells)
+        reference.writerow(cells + [""])  # no rule applied: an empty cell
     assert written(CsvWriter, index, probs) == expected.getvalue()
+
+
+def test_the_unknown_answer_in_both_formats(batch):
+    index, probs = batch
+    unknown = np.arange(len(NAMES)) % 3 == 0
+    for writer_class in (JsonLinesWriter, CsvWriter):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            writer_class(LABELS, 3, open_set=True).rows(NAMES, index, probs, unknown)
+        if writer_class is JsonLinesWriter:
+            assert [json.loads(line)["unknown"] for line in out.getvalue().splitlines()] == unknown.tolist()
+        else:
+            rows = list(csv.reader(io.StringIO(out.getvalue(), newline="")))
+            assert rows[0][-1] == "unknown" and [r[-1] for r in rows[1:]] == ["true" if u else "false" for u in unknown]
 
 
 def test_one_label_and_an_empty_batch(batch):

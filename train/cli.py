@@ -50,6 +50,9 @@ def train_command(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run from its last.pt (its own settings and data folder, unless --data-dir is given)."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random affine augmentation per batch."),
     schedule: str = typer.Option("onecycle", "--schedule", help="Learning-rate schedule: onecycle, cosine or constant."),
+    outlier_exposure: float = typer.Option(0.0, "--outlier-exposure", metavar="WEIGHT",
+                                           help="Weight of the outlier-exposure loss on synthetic negatives "
+                                                "(scribbles, halves and overlays of drawings); 0: off."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     config = TrainConfig(
@@ -58,7 +61,7 @@ def train_command(
         arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, max_per_category=max_per_category,
         steps_per_epoch=steps_per_epoch, val_fraction=val_fraction, test_fraction=test_fraction,
         patience=patience, seed=seed, device=device, precision=precision, workers=workers, out=out, resume=resume,
-        augment=augment, schedule=schedule, quiet=quiet,
+        augment=augment, schedule=schedule, outlier_exposure=outlier_exposure, quiet=quiet,
     )
     train(config)
 

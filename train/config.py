@@ -32,6 +32,7 @@ class TrainConfig:
     schedule: str = "onecycle"
     augment: bool = True                     # random affine per batch (train only)
     label_smoothing: float = 0.0
+    outlier_exposure: float = 0.0            # weight of the loss on synthetic negatives (train/outliers.py); 0 = off
     max_per_category: int | None = None
     steps_per_epoch: int | None = None       # cap on optimizer steps per epoch (huge datasets, smoke runs)
     val_fraction: float = 0.1
@@ -72,6 +73,8 @@ class TrainConfig:
         for name in ("patience", "workers"):
             if getattr(self, name) < 0:
                 raise QDError(f"--{name} must be 0 or more, got {getattr(self, name)}")
+        if not 0.0 <= self.outlier_exposure <= 10.0:  # also refuses NaN
+            raise QDError(f"--outlier-exposure must be between 0 and 10, got {self.outlier_exposure}")
         if self.workers > MAX_WORKERS:
             raise QDError(f"--workers must be at most {MAX_WORKERS}, got {self.workers}")
         if not self.lr > 0:

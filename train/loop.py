@@ -37,6 +37,7 @@ from .compute import autocast, input_layout, plain_state_dict, resolve_precision
 from .config import TrainConfig
 from .distributed import Distributed
 from .models import build_model, count_parameters, full_kwargs
+from .outliers import SyntheticOutliers, exposure_loss
 from .report import Reporter
 
 BEST, LAST = "best.pt", "last.pt"
@@ -157,6 +158,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = self._scheduler(steps_per_epoch=len(self.train_loader))
         self.augment = AffineAugment() if config.augment else None
+        self.outliers = SyntheticOutliers() if config.outlier_exposure > 0 else None
 
         self.metrics: list[dict] = []
         self.best: dict | None = None
@@ -238,6 +240,7 @@ class Trainer:
         torch.manual_seed(epoch_seed(cfg.seed, epoch, 1, self.dist.rank))  # dropout
         aug_rng = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 2, self.dist.rank))
         background = (0.0 - self.preprocessing.get("mean", 0.0)) / self.preprocessing.get("std", 1.0)
+        ink = (255 * self.preprocessing["scale"] - self.preprocessing.get("mean", 0.0)) / self.preprocessing.get("std", 1.0)
         self.net.train()
         loss_sum, seen = 0.0, 0
         start = time.perf_counter()
@@ -247,7 +250,7 @@ class Trainer:
                 if self.augment is not None:
                     x = self.augment(x, aug_rng, background)
                 with autocast(cfg.precision, dev):
-                    loss = F.cross_entropy(self.net(input_layout(x)), y, label_smoothing=cfg.label_smoothing)
+                    loss = self._loss(x, y, aug_rng, background, ink)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -267,6 +270,15 @@ class Trainer:
             "samples_per_s": seen_all / train_seconds if train_seconds > 0 else 0.0,
             "seconds": time.perf_counter() - start,
         }
+
+    def _loss(self, x, y, rng: torch.Generator, background: float, ink: float) -> torch.Tensor:
+        cfg = self.config
+        if self.outliers is None:
+            return F.cross_entropy(self.net(input_layout(x)), y, label_smoothing=cfg.label_smoothing)
+        negatives = self.outliers(x, y, rng, background, ink)
+        logits = self.net(input_layout(torch.cat([x, negatives])))
+        known = F.cross_entropy(logits[: len(x)], y, label_smoothing=cfg.label_smoothing)
+        return known + cfg.outlier_exposure * exposure_loss(logits[len(x):])
 
     def _epochs_since_best(self) -> int:
         return 0 if self.best is None else len(self.metrics) - self.best["epoch"]

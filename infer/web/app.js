@@ -1,18 +1,22 @@
 // The qd-demo page: a drawing pad, live top-3 guesses from the exported ONNX model.
 //
-// Flow: fetch model.onnx -> labels + preprocessing spec from its metadata_props ->
-// onnxruntime-web session (WebAssembly, single thread). Each time the drawing
-// changes, the canvas pixels go through preprocess.js (the JavaScript port of
-// qd.data.images) and the model; one inference runs at a time, and the latest
-// drawing is always the one classified next.
+// Flow: fetch model.onnx -> labels, preprocessing spec and open-set rule from its
+// metadata_props -> onnxruntime-web session (WebAssembly, single thread). Each time the
+// drawing changes, the canvas pixels go through preprocess.js (the JavaScript port of
+// qd.data.images) and the model; one inference runs at a time, and the latest drawing
+// is always the one classified next. When the rule (openset.js, as qd-infer applies it)
+// says the drawing is none of the known things, the page asks instead of guessing.
 
 import * as ort from "./ort/ort.wasm.min.mjs";
 import { readMetadataProps } from "./onnx-metadata.js";
+import { isUnknown, parseOpenSet } from "./openset.js";
 import { preprocessImageData } from "./preprocess.js";
 
 const MODEL_URL = "model.onnx";
 const MODEL_FORMAT = "qd-onnx-v1";
 const TOP_K = 3;
+const GUESSES_TITLE = "Top guesses";
+const NOT_SURE = "Not sure — is it one of these?";
 const INK = "#000000";
 const PAPER = "#ffffff";
 // Quick, Draw! strokes are 16 units wide in a 256-unit frame; a doodle filling most of
@@ -27,12 +31,13 @@ const undoButton = document.getElementById("undo");
 const clearButton = document.getElementById("clear");
 const statusLine = document.getElementById("status");
 const guessRows = [...document.querySelectorAll("#top3 .guess")];
+const guessesTitle = document.getElementById("guesses-title");
 const classList = document.getElementById("classes");
 
 const strokes = []; // finished and in-progress strokes: arrays of [x, y] in pad pixels
 const activeStrokes = new Map(); // pointerId -> stroke being drawn
 
-let model = null; // { session, labels, spec, inputName }
+let model = null; // { session, labels, spec, openSet, meta }
 let busy = false;
 let dirty = false;
 let frameRequested = false;
@@ -151,6 +156,7 @@ async function loadModel() {
   }
   const labels = JSON.parse(meta.get("qd.labels"));
   const spec = JSON.parse(meta.get("qd.preprocessing"));
+  const openSet = parseOpenSet(meta, MODEL_URL);
 
   ort.env.wasm.wasmPaths = new URL("ort/", document.baseURI).href;
   ort.env.wasm.numThreads = 1; // no SharedArrayBuffer needed; a 28x28 CNN is fast on one thread
@@ -158,7 +164,10 @@ async function loadModel() {
     executionProviders: ["wasm"],
     graphOptimizationLevel: "all",
   });
-  return { session, labels, spec, meta };
+  if (openSet && !session.outputNames.includes(openSet.output)) {
+    throw new Error(`${MODEL_URL}: its open-set rule ${openSet.rule} needs output ${openSet.output}, which it lacks`);
+  }
+  return { session, labels, spec, openSet, meta };
 }
 
 function classifyPixels(imageData) {
@@ -166,11 +175,15 @@ function classifyPixels(imageData) {
   if (prepared === null) return Promise.resolve({ empty: true });
   const side = model.spec.input_size;
   const tensor = new ort.Tensor("float32", prepared.input, [1, 1, side, side]);
-  return model.session.run({ image: tensor }).then((outputs) => ({
-    empty: false,
-    bitmap: prepared.bitmap,
-    probabilities: Array.from(outputs.probabilities.data),
-  }));
+  return model.session.run({ image: tensor }).then((outputs) => {
+    const values = Object.fromEntries(Object.entries(outputs).map(([name, t]) => [name, Array.from(t.data)]));
+    return {
+      empty: false,
+      bitmap: prepared.bitmap,
+      probabilities: values.probabilities,
+      unknown: model.openSet ? isUnknown(model.openSet, values) : null,
+    };
+  });
 }
 
 function currentPixels() {
@@ -199,11 +212,16 @@ function showResult(result) {
     row.dataset.label = guess ? model.labels[guess.index] : "";
     row.dataset.probability = guess ? String(guess.p) : "";
   });
-  for (const chip of classList.children) chip.classList.toggle("top", best.length > 0 && chip.dataset.label === model.labels[best[0].index]);
+  const unknown = !result.empty && result.unknown === true;
+  for (const chip of classList.children) {
+    chip.classList.toggle("top", best.length > 0 && !unknown && chip.dataset.label === model.labels[best[0].index]);
+  }
   drawModelView(result.empty ? null : result.bitmap);
-  statusLine.textContent = result.empty
-    ? `Draw something: ${model.labels.length} things to guess from.`
-    : `I think it's ${withArticle(prettyLabel(model.labels[best[0].index]))}.`;
+  document.body.classList.toggle("unknown", unknown);
+  guessesTitle.textContent = unknown ? NOT_SURE : GUESSES_TITLE;
+  if (result.empty) statusLine.textContent = `Draw something: ${model.labels.length} things to guess from.`;
+  else if (unknown) statusLine.textContent = `It does not look much like any of the ${model.labels.length} things I know.`;
+  else statusLine.textContent = `I think it's ${withArticle(prettyLabel(model.labels[best[0].index]))}.`;
 }
 
 function withArticle(noun) {
@@ -255,8 +273,9 @@ function showModelInfo(meta) {
   document.getElementById("class-count").textContent = `(${model.labels.length})`;
   const precision = meta.get("qd.precision") || "fp32";
   const arch = meta.has("qd.arch") ? JSON.parse(meta.get("qd.arch")).name : "model";
+  const openSet = model.openSet ? "says when it is not sure" : "cannot say when it is not sure";
   document.getElementById("model-info").textContent =
-    `${arch} · ${precision} · ${model.labels.length} classes · onnxruntime-web ${ort.env.versions?.web ?? ""} (WebAssembly)`;
+    `${arch} · ${precision} · ${model.labels.length} classes · ${openSet} · onnxruntime-web ${ort.env.versions?.web ?? ""} (WebAssembly)`;
   if (meta.has("qd.license")) document.getElementById("license").textContent = meta.get("qd.license");
 }
 
@@ -267,6 +286,7 @@ function showModelInfo(meta) {
 window.qdDemo = {
   ready: null,
   labels: () => (model ? [...model.labels] : []),
+  openSet: () => (model ? model.openSet : null),
   lastResult: () => lastResult,
   strokeCount: () => strokes.length,
   lastPointerType: () => lastPointerType,
