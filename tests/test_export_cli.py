@@ -5,6 +5,7 @@ import json
 import re
 
 import onnx
+import pytest
 import torch
 
 from qd.export import formats as export_formats
