@@ -26,7 +26,7 @@ from qd.data.files import sha256_file
 from qd.data.preprocess import bitmaps_to_input
 
 from qd.infer.model import OnnxClassifier
-from qd.infer.openset import LOGITS, PROBABILITIES, softmax
+from qd.infer.openset import LOGITS, PROBABILITIES
 
 from .exports import COREML_SUFFIX, INT8_SUFFIX, ModelInfo
 

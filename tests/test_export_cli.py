@@ -91,7 +91,7 @@ def test_missing_data_folder_falls_back_clearly(trained_checkpoint, tmp_path):
 
 @pytest.mark.parametrize("kept", ["1", "0", "nan", "1.5"])
 def test_kept_must_be_a_share(trained_checkpoint, tmp_path, monkeypatch, capsys, kept):
-    code, _, err = run_cli(monkeypatch, capsys, trained_checkpoint, "--kept", kept, "--out", tmp_path)
+    code, _, err = run_export_cli(monkeypatch, capsys, trained_checkpoint, "--kept", kept, "--out", tmp_path)
     assert code == 1 and _one_error_line(err).startswith("error: --kept must be a share between 0 and 1")
 
 

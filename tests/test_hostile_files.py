@@ -34,7 +34,7 @@ from memory_probe import peak_rss_mib
 from qd.data import images
 from qd.data.errors import QDError
 from qd.data.limits import MAX_PIXELS, WORK_PIXELS
-from qd.infer.inputs import DrawingArray, Drawings, Failure, read_inputs
+from qd.infer.inputs import Drawings, Failure, read_inputs
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 ACCEPTED = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP"}

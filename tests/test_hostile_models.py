@@ -65,8 +65,6 @@ def test_architecture_descriptions_are_built_only_within_bounds(arch, kwargs, cl
 
 
 def _payload(**changes) -> dict:
-    import torch
-
     from qd.data.split import SplitSpec
     from qd.train.checkpoint import FORMAT
     from qd.train.models import build_model

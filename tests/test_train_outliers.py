@@ -6,10 +6,8 @@ import torch
 
 from qd.data.dataset import BitmapDataset
 from qd.data.errors import QDError
-from qd.train.checkpoint import load_checkpoint
 from qd.train.config import TrainConfig
-from qd.train.loop import train
-from qd.train.outliers import FRAME_UNITS, INK_UNITS, KINDS, SyntheticOutliers, exposure_loss, scribbles
+from qd.train.outliers import FRAME_UNITS, INK_UNITS, SyntheticOutliers, exposure_loss, scribbles
 
 CATEGORIES = ["circle", "square", "star"]
 
