@@ -3,7 +3,7 @@
 Each entry names the file it writes in the export folder, the function that writes
 it (to a temp path), the function that validates what was written (before it is
 renamed into place), the Python packages it needs and the format it builds on.
-The CLI help and the README's formats table are generated from this table.
+The CLI help and the formats table in docs/export.md are generated from this table.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class ExportFormat:
     description: str
     exporter: Callable  # (ExportContext, temp path) -> None
     validator: Callable  # (ExportContext, temp path) -> list[Check]
-    validates: str  # what the validator checks, for help and README
+    validates: str  # what the validator checks, for help and docs/export.md
     needs: tuple[str, ...] = ()  # importable packages
     builds_on: str | None = None  # another format whose file this one is made from
     is_dir: bool = False
@@ -94,7 +94,7 @@ def help_text() -> str:
 
 
 def markdown_table() -> str:
-    """The README's formats table, generated from FORMATS."""
+    """The formats table of docs/export.md, generated from FORMATS."""
     rows = ["| format | file | what | validated by | needs |", "|---|---|---|---|---|"]
     for f in FORMATS.values():
         needs = ", ".join(f.needs) + (f"; built from `{f.builds_on}`" if f.builds_on else "")
