@@ -30,12 +30,11 @@ import numpy as np
 import torch
 
 from qd.data import __version__ as QD_VERSION
+from qd.data.contract import INPUT, LICENSE_NOTE, LOGITS, META_SOURCE_CHECKPOINT
 from qd.data.errors import QDError
-from qd.infer.openset import LOGITS
 
 from .context import Check, ExportContext
 from .onnx_export import WithProbabilities, quiet
-from .source import LICENSE_NOTE
 
 PROB_TOLERANCE = 1e-4
 LABEL_OUTPUT = "classLabel"
@@ -76,7 +75,7 @@ def export_coreml(ctx: ExportContext, path: Path) -> None:
         traced = torch.jit.trace(wrapped, torch.zeros(1, 1, side, side))
         mlmodel = ct.convert(
             traced, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
-            inputs=[ct.ImageType(name="image", shape=(1, 1, side, side), scale=scale, bias=[bias],
+            inputs=[ct.ImageType(name=INPUT, shape=(1, 1, side, side), scale=scale, bias=[bias],
                                  color_layout=ct.colorlayout.GRAYSCALE)],
             classifier_config=ct.ClassifierConfig(source.classes),
             compute_precision=ct.precision.FLOAT32,
@@ -87,14 +86,14 @@ def export_coreml(ctx: ExportContext, path: Path) -> None:
     mlmodel.short_description = (
         f"Quick, Draw! doodle classifier ({len(source.classes)} classes). Input: a {side}x{side} grayscale "
         "drawing, white ink on black.")
-    mlmodel.input_description["image"] = f"{side}x{side} grayscale drawing, white ink (255) on black (0)"
+    mlmodel.input_description[INPUT] = f"{side}x{side} grayscale drawing, white ink (255) on black (0)"
     mlmodel.output_description[LABEL_OUTPUT] = "most likely class"
     mlmodel.output_description[PROBS_OUTPUT] = "probability of each class"
     mlmodel.output_description[LOGITS] = ("raw logits, in label order; the drawing is unknown when the "
                                           "qd.open_set rule's score of them is below its threshold")
     for key, value in ctx.model_metadata("fp32").items():
         mlmodel.user_defined_metadata[key] = value
-    mlmodel.user_defined_metadata["qd.source_checkpoint"] = source.path.name
+    mlmodel.user_defined_metadata[META_SOURCE_CHECKPOINT] = source.path.name
     path.rmdir()  # coremltools writes the package folder itself
     with contextlib.redirect_stderr(io.StringIO()):
         mlmodel.save(str(path))
@@ -124,7 +123,7 @@ def spec_input_scaling(block) -> tuple[float | None, float]:
     """(scale, bias) the program applies to the image input (scale None: no scaling op)."""
     scale, bias, scaled = None, 0.0, None
     for op in block.operations:
-        if op.type == "mul" and op.inputs["x"].arguments[0].name == "image":
+        if op.type == "mul" and op.inputs["x"].arguments[0].name == INPUT:
             values = _const_floats(block, op.inputs["y"].arguments[0].name)
             scale = values[0] if len(values) == 1 else None
             scaled = op.outputs[0].name
@@ -149,7 +148,7 @@ def check_spec(ctx: ExportContext, path: Path) -> list[Check]:
                         f"type {spec.WhichOneof('Type')}, spec version {spec.specificationVersion} (≥ {MIN_SPEC_VERSION})"))
     desc = spec.description
     image = desc.input[0].type.imageType if len(desc.input) == 1 else None
-    ok_input = (image is not None and desc.input[0].name == "image" and image.width == side
+    ok_input = (image is not None and desc.input[0].name == INPUT and image.width == side
                 and image.height == side and image.colorSpace == ct.proto.FeatureTypes_pb2.ImageFeatureType.GRAYSCALE)
     checks.append(Check("input", ok_input, f"image {side}x{side} grayscale" if ok_input else f"unexpected input {desc.input}"))
     outputs = [o.name for o in desc.output]
@@ -193,7 +192,7 @@ def check_predictions(ctx: ExportContext, path: Path) -> list[Check]:
     pixels = _inputs_to_pixels(ctx)
     probs = np.empty_like(ref_probs)
     for i, bitmap in enumerate(pixels):
-        out = model.predict({"image": Image.fromarray(bitmap)})
+        out = model.predict({INPUT: Image.fromarray(bitmap)})
         probs[i] = [out[PROBS_OUTPUT][name] for name in classes]
     diff = float(np.abs(probs - ref_probs).max())
     disagree = int((probs.argmax(1) != ref_probs.argmax(1)).sum())
