@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from qd.data.errors import QDError
+from qd.data.errors import QDError, first_line
 from qd.data.paths import INT8_PREPARED, exports_dir
 from qd.infer.openset import DEFAULT_KEPT
 
@@ -162,7 +162,7 @@ def _export_one(ctx: ExportContext, fmt: ExportFormat, final: Path) -> FormatRes
     except OSError as exc:  # e.g. a full disk: name the file being written
         result.error = f"{final}: {exc.strerror or exc} (while writing {fmt.name})"
     except Exception as exc:  # a converter's own failure: report it in one line, keep going
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        first = first_line(exc, 200) if str(exc).strip() else ""
         free = _free_space(ctx.out_dir)
         if free is not None and free < LOW_SPACE_BYTES:
             # onnxruntime's C++ writers do not raise on a full disk: the next step then reads a

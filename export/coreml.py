@@ -31,7 +31,7 @@ import torch
 
 from qd.data import __version__ as QD_VERSION
 from qd.data.contract import INPUT, LICENSE_NOTE, LOGITS, META_SOURCE_CHECKPOINT
-from qd.data.errors import QDError
+from qd.data.errors import QDError, first_line
 
 from .context import Check, ExportContext
 from .onnx_export import WithProbabilities, quiet
@@ -141,7 +141,7 @@ def check_spec(ctx: ExportContext, path: Path) -> list[Check]:
         with contextlib.redirect_stderr(io.StringIO()):
             spec = ct.utils.load_spec(str(path))
     except Exception as exc:  # coremltools raises assorted types for an unreadable package
-        return [Check("reload", False, f"package does not reload: {str(exc).splitlines()[0][:160]}")]
+        return [Check("reload", False, f"package does not reload: {first_line(exc)}")]
     checks = [Check("reload", True, f"spec reloads: {spec.WhichOneof('Type')}, spec version {spec.specificationVersion}")]
     ok_type = spec.WhichOneof("Type") == "mlProgram" and spec.specificationVersion >= MIN_SPEC_VERSION
     checks.append(Check("ML Program, iOS 16+", ok_type,

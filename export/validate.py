@@ -18,6 +18,7 @@ import onnx
 import onnxruntime as ort
 
 from qd.data.contract import INPUT as INPUT_NAME, OUTPUTS as OUTPUT_NAMES
+from qd.data.errors import first_line
 
 from .context import Check, ExportContext
 
@@ -50,7 +51,7 @@ def check_onnx_file(path: Path) -> Check:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        return Check("onnx.checker", False, str(exc).strip().splitlines()[0][:200])
+        return Check("onnx.checker", False, first_line(exc, 200))
     return Check("onnx.checker", True, "full check with shape inference passed")
 
 

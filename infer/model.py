@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qd.data.errors import QDError
+from qd.data.errors import QDError, first_line
 from qd.data.contract import INPUT, META_FORMAT, META_LABELS, META_PREPROCESSING, META_PRECISION, MODEL_FORMAT
 from qd.data.paths import MODEL_ONNX, exports_dir
 from qd.data.files import read_regular
@@ -204,7 +204,7 @@ def _open_session(path: Path, threads: int | None):
     try:
         return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 10_000)
         raise QDError(f"{path}: not a loadable ONNX model ({first[:160]})") from None
 
 
