@@ -50,6 +50,11 @@ MAX_POOLED = 2 * WORK_SIDE + 1  # n when f = 1: ceil(frame + 1) with frame < 2 *
 MAX_RADIUS = math.floor((MAX_POOLED * LINE_UNITS / FRAME_UNITS) / 2 + 0.5)  # 6
 
 
+def select(condition: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """torch.where for 0-d tensors (as 1-element ones: Core ML's converter cannot broadcast scalars)."""
+    return torch.where(condition.reshape(1), a.reshape(1), b.reshape(1)).reshape(())
+
+
 def percentile(cumulative: torch.Tensor, q: float) -> torch.Tensor:
     """Step 3 on a cumulative histogram: the smallest v with cumsum[v] >= q * N (int64 scalar)."""
     return (cumulative < q * cumulative[-1]).sum()
@@ -61,7 +66,7 @@ def stroke_width(mask: torch.Tensor, area: torch.Tensor, dtype: torch.dtype) -> 
     inner = (padded[1:-1, 1:-1] * padded[:-2, 1:-1] * padded[2:, 1:-1]
              * padded[1:-1, :-2] * padded[1:-1, 2:])
     boundary = area - inner.sum().to(dtype)
-    return torch.where(area > 0, 2.0 * area / boundary.clamp(min=1.0), torch.zeros_like(area))
+    return select(area > 0, 2.0 * area / boundary.clamp(min=1.0), torch.zeros_like(area))
 
 
 def trimmed_bounds(mass: torch.Tensor, total: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,8 +83,8 @@ def pooled_indices(start: torch.Tensor, factor: torch.Tensor, n: torch.Tensor, l
     i = torch.arange(MAX_POOLED).unsqueeze(1)
     t = torch.arange(MAX_FACTOR).unsqueeze(0)
     index = start + i * factor + t
-    valid = (t < factor) & (i < n) & (index >= 0) & (index < length)
-    return torch.where(valid, index, torch.full_like(index, length)).reshape(-1)
+    valid = torch.logical_and(torch.logical_and(t < factor, i < n), torch.logical_and(index >= 0, index < length))
+    return torch.where(valid, index, torch.full_like(index, length)).reshape(-1).to(torch.int32)
 
 
 def max_filter(q: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
@@ -126,13 +131,13 @@ class CanvasPreprocess(torch.nn.Module):
         # Step 6: the stretch as a 256-entry table (float32, as images.stretch_table).
         lo = b.float() + STRETCH_LO * span.float()
         hi = b.float() + STRETCH_HI * span.float()
-        table = ((torch.arange(LEVELS, dtype=torch.float32) - lo) / torch.where(blank, 1.0, hi - lo)).clamp(0.0, 1.0)
+        table = ((torch.arange(LEVELS, dtype=torch.float32) - lo) / select(blank, torch.ones_like(lo), hi - lo)).clamp(0.0, 1.0)
         strong = (table < 0.5).sum().float()  # S >= 0.5  <=>  I >= strong
         # Step 7: the ink's bounding box.
         mask = (ink >= strong).float()
         col, row = mask.sum(0), mask.sum(1)
         total = col.sum().to(dt)
-        blank = blank | (total == 0)
+        blank = torch.logical_or(blank, total == 0)
         x0, x1 = trimmed_bounds(col, total, dt)
         y0, y1 = trimmed_bounds(row, total, dt)
         # Step 8: the frame (float64 arithmetic in images.py's order).
@@ -156,10 +161,10 @@ class CanvasPreprocess(torch.nn.Module):
         line = stroke_width(strong_pooled, strong_pooled.sum().to(dt), dt)
         target = (frame / factor) * LINE_UNITS / FRAME_UNITS
         radius = torch.floor((target - line) / 2.0 + 0.5)
-        radius = torch.where((line > 0) & (line < target), radius, torch.zeros_like(radius))
+        radius = select(torch.logical_and(line > 0, line < target), radius, torch.zeros_like(radius))
         pooled = max_filter(pooled, radius.clamp(max=float(MAX_RADIUS)).float())
         # Steps 11-12: area-average the frame to 28 x 28, round to grey levels.
-        strength = table.index_select(0, pooled.long().reshape(-1)).reshape(MAX_POOLED, MAX_POOLED).to(dt)
+        strength = table.index_select(0, pooled.reshape(-1).to(torch.int32)).reshape(MAX_POOLED, MAX_POOLED).to(dt)
         wy = area_weights(MAX_POOLED, (frame_y - top) / factor, frame / factor, dt)
         wx = area_weights(MAX_POOLED, (frame_x - left) / factor, frame / factor, dt)
         out = torch.matmul(torch.matmul(wy, strength), wx.transpose(0, 1))
