@@ -137,8 +137,10 @@ def check_against_infer(ctx: ExportContext, run) -> Check:
     """`run(canvas) -> {output: array}` against qd-infer on the rendered canvases."""
     if "onnx" not in ctx.written:
         return Check("vs qd-infer", False, "needs model.onnx of this export to compare with (export onnx too)")
-    canvases, described = validation_canvases(ctx)
-    ref_probs, ref_unknown, ref_blank = infer_reference(ctx, canvases)
+    if "canvas reference" not in ctx.shared:  # the same for both canvas formats: computed once per run
+        canvases, described = validation_canvases(ctx)
+        ctx.shared["canvas reference"] = canvases, described, infer_reference(ctx, canvases)
+    canvases, described, (ref_probs, ref_unknown, ref_blank) = ctx.shared["canvas reference"]
     outputs = [run(canvas) for canvas in canvases]
     probs = np.concatenate([o[PROBABILITIES] for o in outputs])
     blank = ~probs.any(axis=1)
