@@ -127,7 +127,7 @@ INK_UNITS = 272.0  # the ink's extent in that frame: 256 + 16 line width
 SKELETON_UNITS = 251.0
 LINE_UNITS = 16.0
 # The gate: each accepted suffix and the only decoder that may read it (the formats the
-# README lists). A file is decoded only if its content is what its name says.
+# docs/inference.md lists). A file is decoded only if its content is what its name says.
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP"}
 IMAGE_SUFFIXES = tuple(IMAGE_FORMATS)
 # First bytes of common image (and not-image) files, only to say what a refused file is.

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from qd.data.errors import QDError
-from qd.data.paths import artifacts_root
+from qd.data.paths import INT8_PREPARED, exports_dir
 from qd.infer.openset import DEFAULT_KEPT
 
 from . import folder
@@ -32,12 +32,12 @@ from .formats import DEFAULT_FORMATS, FORMATS, ExportFormat, parse_formats
 from .onnx_export import check_opset
 from .source import DEFAULT_MAX_DRAWINGS, CheckpointSource, load_source
 
-PREP_NAME = "model.prep.onnx"  # int8's intermediate file
+PREP_NAME = INT8_PREPARED
 LOW_SPACE_BYTES = 64 << 20  # a converter failing with less free space than this was most likely out of disk
 
 
 def default_out_dir(source: CheckpointSource) -> Path:
-    return artifacts_root() / "exports" / source.run_name
+    return exports_dir() / source.run_name
 
 
 @dataclass

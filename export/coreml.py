@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from qd.data import __version__ as QD_VERSION
+from qd.data.contract import INPUT, LICENSE_NOTE, LOGITS, META_SOURCE_CHECKPOINT
 from qd.data.errors import QDError
-from qd.infer.openset import LOGITS
 
 from .context import Check, ExportContext
 from .onnx_export import WithProbabilities, quiet
-from .source import LICENSE_NOTE, inputs_to_bitmaps
+from .source import inputs_to_bitmaps
 
 PROB_TOLERANCE = 1e-4
 LABEL_OUTPUT = "classLabel"
@@ -76,7 +76,7 @@ def export_coreml(ctx: ExportContext, path: Path) -> None:
         traced = torch.jit.trace(wrapped, torch.zeros(1, 1, side, side))
         mlmodel = ct.convert(
             traced, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
-            inputs=[ct.ImageType(name="image", shape=(1, 1, side, side), scale=scale, bias=[bias],
+            inputs=[ct.ImageType(name=INPUT, shape=(1, 1, side, side), scale=scale, bias=[bias],
                                  color_layout=ct.colorlayout.GRAYSCALE)],
             classifier_config=ct.ClassifierConfig(source.classes),
             compute_precision=ct.precision.FLOAT32,
@@ -84,7 +84,7 @@ def export_coreml(ctx: ExportContext, path: Path) -> None:
     side_text = f"{side}x{side} grayscale drawing, white ink (255) on black (0)"
     save_mlmodel(ctx, mlmodel, path, ctx.model_metadata("fp32"), description=(
         f"Quick, Draw! doodle classifier ({len(source.classes)} classes). Input: a {side}x{side} grayscale "
-        "drawing, white ink on black."), inputs={"image": side_text},
+        "drawing, white ink on black."), inputs={INPUT: side_text},
         outputs={LABEL_OUTPUT: "most likely class", PROBS_OUTPUT: "probability of each class",
                  LOGITS: ("raw logits, in label order; the drawing is unknown when the "
                           "qd.open_set rule's score of them is below its threshold")})
@@ -101,7 +101,7 @@ def save_mlmodel(ctx: ExportContext, mlmodel, path: Path, metadata: dict[str, st
         (mlmodel.input_description if name in inputs else mlmodel.output_description)[name] = text
     for key, value in metadata.items():
         mlmodel.user_defined_metadata[key] = value
-    mlmodel.user_defined_metadata["qd.source_checkpoint"] = ctx.source.path.name
+    mlmodel.user_defined_metadata[META_SOURCE_CHECKPOINT] = ctx.source.path.name
     path.rmdir()  # coremltools writes the package folder itself
     with contextlib.redirect_stderr(io.StringIO()):
         mlmodel.save(str(path))
@@ -131,7 +131,7 @@ def spec_input_scaling(block) -> tuple[float | None, float]:
     """(scale, bias) the program applies to the image input (scale None: no scaling op)."""
     scale, bias, scaled = None, 0.0, None
     for op in block.operations:
-        if op.type == "mul" and op.inputs["x"].arguments[0].name == "image":
+        if op.type == "mul" and op.inputs["x"].arguments[0].name == INPUT:
             values = _const_floats(block, op.inputs["y"].arguments[0].name)
             scale = values[0] if len(values) == 1 else None
             scaled = op.outputs[0].name
@@ -156,7 +156,7 @@ def check_spec(ctx: ExportContext, path: Path) -> list[Check]:
                         f"type {spec.WhichOneof('Type')}, spec version {spec.specificationVersion} (≥ {MIN_SPEC_VERSION})"))
     desc = spec.description
     image = desc.input[0].type.imageType if len(desc.input) == 1 else None
-    ok_input = (image is not None and desc.input[0].name == "image" and image.width == side
+    ok_input = (image is not None and desc.input[0].name == INPUT and image.width == side
                 and image.height == side and image.colorSpace == ct.proto.FeatureTypes_pb2.ImageFeatureType.GRAYSCALE)
     checks.append(Check("input", ok_input, f"image {side}x{side} grayscale" if ok_input else f"unexpected input {desc.input}"))
     outputs = [o.name for o in desc.output]
@@ -200,7 +200,7 @@ def check_predictions(ctx: ExportContext, path: Path) -> list[Check]:
     pixels = inputs_to_bitmaps(ctx.data.inputs, ctx.source.preprocessing)
     probs = np.empty_like(ref_probs)
     for i, bitmap in enumerate(pixels):
-        out = model.predict({"image": Image.fromarray(bitmap)})
+        out = model.predict({INPUT: Image.fromarray(bitmap)})
         probs[i] = [out[PROBS_OUTPUT][name] for name in classes]
     diff = float(np.abs(probs - ref_probs).max())
     disagree = int((probs.argmax(1) != ref_probs.argmax(1)).sum())

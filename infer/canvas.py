@@ -1,6 +1,6 @@
 """A canvas model (qd-export's onnx-canvas, model.canvas.onnx), run with onnxruntime.
 
-The contract, written once here and imported by qd-export:
+The contract (names in qd.data.contract, docs/canvas.md):
   input  "canvas"         float32 (1, 1, H, W), grey levels 0-255, dark ink on a light
                           background (light ink on dark is detected too), H and W from
                           MIN_CANVAS_SIDE to MAX_CANVAS_SIDE
@@ -23,18 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
+from qd.data.contract import BITMAP, BLANK_LOGIT, CANVAS_INPUT, CANVAS_OUTPUTS, META_CANVAS as CANVAS_KEY
 from qd.data.errors import QDError
 from qd.data.limits import MAX_CANVAS_SIDE, MIN_CANVAS_SIDE
+from qd.data.paths import MODEL_CANVAS_ONNX as CANVAS_FILE
 
 from .model import _open_session, _parse_labels
-from .openset import LOGITS, PROBABILITIES, parse_open_set, parse_temperature
+from .openset import PROBABILITIES, parse_open_set, parse_temperature
 
-CANVAS_FILE = "model.canvas.onnx"
-CANVAS_INPUT = "canvas"
-BITMAP = "bitmap"
-CANVAS_OUTPUTS = (PROBABILITIES, LOGITS, BITMAP)
-CANVAS_KEY = "qd.canvas"
-BLANK_LOGIT = -1e4
+__all__ = ["BITMAP", "BLANK_LOGIT", "CANVAS_FILE", "CANVAS_INPUT", "CANVAS_OUTPUTS", "CANVAS_KEY", "CanvasModel",
+           "canvas_metadata", "check_canvas"]
 
 
 def canvas_metadata() -> dict[str, str]:

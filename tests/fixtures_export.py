@@ -36,7 +36,7 @@ def exported_report(trained_checkpoint, tmp_path_factory):
 def exported_model(exported_report) -> Path:
     """Export folder of `trained_checkpoint`: model.onnx (fp32), model.int8.onnx, labels.txt, model.json.
 
-    Both models follow the ONNX contract in /work/notes/contracts.md (input "image", outputs
+    Both models follow the model contract in docs/contracts.md (input "image", outputs
     "probabilities" and "logits", qd.* metadata); both passed qd-export's validation.
     Treat the folder as read-only: it is shared by the whole test session.
     """

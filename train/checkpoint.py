@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from qd.data.contract import CHECKPOINT_FORMAT
 from qd.data.errors import QDError
 from qd.data.files import atomic_target, open_regular
 from qd.data.limits import MAX_CHECKPOINT_BYTES, MAX_CHECKPOINT_ENTRIES, MAX_LABEL_CHARS, MAX_LABELS
@@ -28,7 +29,7 @@ from qd.data.split import SplitSpec
 
 from .models import build_model
 
-FORMAT = "qd-checkpoint-v1"
+FORMAT = CHECKPOINT_FORMAT
 REQUIRED_KEYS = ("format", "classes", "arch", "preprocessing", "split", "state_dict")
 
 
