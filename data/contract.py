@@ -33,3 +33,11 @@ META_TEMPERATURE = "qd.temperature"      # JSON number T > 0
 META_OPEN_SET = "qd.open_set"            # JSON {"rule", "threshold", "kept", "validation"}
 
 LICENSE_NOTE = "Quick, Draw! data by Google, CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/)"
+
+# The canvas models (onnx-canvas, coreml-canvas; docs/canvas.md): an app's canvas in.
+CANVAS_INPUT = "canvas"            # float32 (1, 1, H, W) grey levels 0-255 (Core ML: a grayscale image)
+BITMAP = "bitmap"                  # (1, 1, 28, 28) 0-255 ink high: what the network saw
+CANVAS_OUTPUTS = (PROBABILITIES, LOGITS, BITMAP)
+META_CANVAS = "qd.canvas"          # JSON: the input's name, size limits and the blank answer
+BLANK_LOGIT = -1e4                 # every logit of a blank canvas (probabilities all 0)
+

@@ -35,6 +35,7 @@ from qd.data.errors import QDError, first_line
 
 from .context import Check, ExportContext
 from .onnx_export import WithProbabilities, quiet
+from .source import inputs_to_bitmaps
 
 PROB_TOLERANCE = 1e-4
 LABEL_OUTPUT = "classLabel"
@@ -80,20 +81,27 @@ def export_coreml(ctx: ExportContext, path: Path) -> None:
             classifier_config=ct.ClassifierConfig(source.classes),
             compute_precision=ct.precision.FLOAT32,
         )
+    side_text = f"{side}x{side} grayscale drawing, white ink (255) on black (0)"
+    save_mlmodel(ctx, mlmodel, path, ctx.model_metadata("fp32"), description=(
+        f"Quick, Draw! doodle classifier ({len(source.classes)} classes). Input: a {side}x{side} grayscale "
+        "drawing, white ink on black."), inputs={INPUT: side_text},
+        outputs={LABEL_OUTPUT: "most likely class", PROBS_OUTPUT: "probability of each class",
+                 LOGITS: ("raw logits, in label order; the drawing is unknown when the "
+                          "qd.open_set rule's score of them is below its threshold")})
+
+
+def save_mlmodel(ctx: ExportContext, mlmodel, path: Path, metadata: dict[str, str], description: str,
+                 inputs: dict[str, str], outputs: dict[str, str]) -> None:
+    """Author, licence, descriptions and the qd.* metadata, then the package at `path` (a temp folder)."""
     mlmodel.author = "quickdraw-edge"
     mlmodel.version = QD_VERSION
     mlmodel.license = LICENSE_NOTE
-    mlmodel.short_description = (
-        f"Quick, Draw! doodle classifier ({len(source.classes)} classes). Input: a {side}x{side} grayscale "
-        "drawing, white ink on black.")
-    mlmodel.input_description[INPUT] = f"{side}x{side} grayscale drawing, white ink (255) on black (0)"
-    mlmodel.output_description[LABEL_OUTPUT] = "most likely class"
-    mlmodel.output_description[PROBS_OUTPUT] = "probability of each class"
-    mlmodel.output_description[LOGITS] = ("raw logits, in label order; the drawing is unknown when the "
-                                          "qd.open_set rule's score of them is below its threshold")
-    for key, value in ctx.model_metadata("fp32").items():
+    mlmodel.short_description = description
+    for name, text in {**inputs, **outputs}.items():
+        (mlmodel.input_description if name in inputs else mlmodel.output_description)[name] = text
+    for key, value in metadata.items():
         mlmodel.user_defined_metadata[key] = value
-    mlmodel.user_defined_metadata[META_SOURCE_CHECKPOINT] = source.path.name
+    mlmodel.user_defined_metadata[META_SOURCE_CHECKPOINT] = ctx.source.path.name
     path.rmdir()  # coremltools writes the package folder itself
     with contextlib.redirect_stderr(io.StringIO()):
         mlmodel.save(str(path))
@@ -189,7 +197,7 @@ def check_predictions(ctx: ExportContext, path: Path) -> list[Check]:
     model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
     ref_probs, _ = ctx.reference
     classes = ctx.source.classes
-    pixels = _inputs_to_pixels(ctx)
+    pixels = inputs_to_bitmaps(ctx.data.inputs, ctx.source.preprocessing)
     probs = np.empty_like(ref_probs)
     for i, bitmap in enumerate(pixels):
         out = model.predict({INPUT: Image.fromarray(bitmap)})
@@ -199,13 +207,6 @@ def check_predictions(ctx: ExportContext, path: Path) -> list[Check]:
     return [Check("vs torch (Core ML, CPU)", diff <= PROB_TOLERANCE and disagree == 0,
                   f"max |Δp| {diff:.1e}, top-1 differs on {disagree} of {len(probs)}",
                   {"max_abs_prob_diff": diff, "top1_disagreements": disagree})]
-
-
-def _inputs_to_pixels(ctx: ExportContext) -> np.ndarray:
-    """Undo preprocessing to recover the uint8 bitmaps the validation inputs came from."""
-    scale, bias = image_scaling(ctx.source.preprocessing)
-    pixels = (ctx.data.inputs[:, 0] - bias) / scale
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
 def validate_coreml(ctx: ExportContext, path: Path) -> list[Check]:

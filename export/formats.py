@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from qd.data.errors import QDError
+from qd.data.paths import MODEL_CANVAS_COREML, MODEL_CANVAS_ONNX
 
+from .canvas_export import export_coreml_canvas, export_onnx_canvas, validate_coreml_canvas, validate_onnx_canvas
 from .coreml import export_coreml, validate_coreml
 from .onnx_export import export_onnx, validate_onnx
 from .quantize import export_int8, validate_int8
@@ -63,6 +65,26 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
         "package reloads; ML Program iOS 16+; input, outputs, labels, input scaling, softmax head; "
         "predictions vs torch on macOS only",
         needs=("torch", "coremltools"), is_dir=True,
+    ),
+    ExportFormat(
+        "onnx-canvas", MODEL_CANVAS_ONNX,
+        "fp32 ONNX from an app's canvas: input canvas (1, 1, H, W) 0-255, dark ink on light, 28-2048 px a side; "
+        "the clean-canvas preprocessing runs in the graph (docs/canvas.md)",
+        export_onnx_canvas, validate_onnx_canvas,
+        "onnx.checker; contract; on the test split rendered as canvases (sizes, line widths, offsets, greys): "
+        "top-1 agreement with qd-infer (qd.data.images + model.onnx) ≥ 99%, max |Δp| reported; "
+        "blank canvases give all-zero probabilities, flagged unknown",
+        needs=("torch", "onnx", "onnxscript", "onnxruntime"), builds_on="onnx",
+    ),
+    ExportFormat(
+        "coreml-canvas", MODEL_CANVAS_COREML,
+        "Core ML ML Program from an app's canvas: grayscale image of 28-2048 px a side, the same graph as "
+        "onnx-canvas (iOS 16+)",
+        export_coreml_canvas, validate_coreml_canvas,
+        "package reloads; ML Program iOS 16+; flexible grayscale input, outputs, metadata; agreement with "
+        "qd-infer on canvases as onnx-canvas: Core ML's predictions on macOS, elsewhere the float32 module "
+        "it was converted from",
+        needs=("torch", "coremltools"), builds_on="onnx", is_dir=True,
     ),
 )}
 DEFAULT_FORMATS = "onnx"

@@ -173,3 +173,10 @@ def torch_outputs(source: CheckpointSource, inputs: np.ndarray, temperature: flo
             logits.append(out.numpy())
             probs.append(torch.softmax(out / temperature, dim=1).numpy())
     return np.concatenate(probs), np.concatenate(logits)
+
+
+def inputs_to_bitmaps(inputs: np.ndarray, preprocessing: dict) -> np.ndarray:
+    """Undo bitmaps_to_input: the uint8 (N, 28, 28) ink-high bitmaps model inputs came from."""
+    std = float(preprocessing.get("std", 1.0))
+    pixels = (inputs[:, 0] * std + float(preprocessing.get("mean", 0.0))) / float(preprocessing["scale"])
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
