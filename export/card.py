@@ -21,10 +21,9 @@ from qd.data.errors import QDError
 from qd.data.files import read_regular, sha256_path, write_text_atomic
 from qd.data.limits import MAX_CARD_BYTES
 from .context import Check, ExportContext
+from .defaults import CARD_NAME, LABELS_NAME  # noqa: F401 (imported from here too)
 from .source import LICENSE_NOTE
 
-CARD_NAME = "model.json"
-LABELS_NAME = "labels.txt"
 CARD_FORMAT = "qd-export-card-v1"
 
 

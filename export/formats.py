@@ -14,6 +14,7 @@ from typing import Callable
 
 from qd.data.errors import QDError
 
+from .defaults import ALL, DEFAULT_FORMATS, FORMAT_NAMES  # noqa: F401
 from .coreml import export_coreml, validate_coreml
 from .onnx_export import export_onnx, validate_onnx
 from .quantize import export_int8, validate_int8
@@ -65,8 +66,7 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
         needs=("torch", "coremltools"), is_dir=True,
     ),
 )}
-DEFAULT_FORMATS = "onnx"
-ALL = "all"
+assert tuple(FORMATS) == FORMAT_NAMES, "export/defaults.py names the formats --help shows"
 
 
 def parse_formats(text: str) -> list[ExportFormat]:

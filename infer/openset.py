@@ -26,11 +26,7 @@ import numpy as np
 
 from qd.data.errors import QDError
 
-TEMPERATURE_KEY = "qd.temperature"
-OPEN_SET_KEY = "qd.open_set"
-PROBABILITIES = "probabilities"
-LOGITS = "logits"
-DEFAULT_KEPT = 0.95
+from .contract import DEFAULT_KEPT, LOGITS, OPEN_SET_KEY, PROBABILITIES, TEMPERATURE_KEY  # noqa: F401
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
