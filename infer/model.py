@@ -27,6 +27,7 @@ from .openset import PROBABILITIES, OpenSetRule, parse_open_set, parse_temperatu
 MODEL_FORMAT = "qd-onnx-v1"
 MODEL_FILE = "model.onnx"
 INPUT = "image"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")  # qd-train writes these; a model comes from qd-export
 
 
 def newest_export(root: str | os.PathLike | None = None) -> Path:
@@ -50,6 +51,9 @@ def resolve_model_path(model: str | os.PathLike | None) -> Path:
     path = Path(model)
     if path.is_dir():
         path = path / MODEL_FILE
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        raise QDError(f"{path}: a qd-train checkpoint, not an exported model; run qd-export first "
+                      f"(qd-export {path}) and pass the export folder it writes")
     if not path.exists():
         raise QDError(f"{path}: model file does not exist")
     if not path.is_file():
@@ -206,7 +210,9 @@ def _open_session(path: Path, threads: int | None):
         return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QDError(f"{path}: not a loadable ONNX model ({first[:160]})") from None
+        # torch saves checkpoints as zip files: whatever the name, that is the one slip worth a hint
+        hint = "; it looks like a torch checkpoint: run qd-export first" if model[:4] == b"PK\x03\x04" else ""
+        raise QDError(f"{path}: not a loadable ONNX model ({first[:160]}){hint}") from None
 
 
 def _parse_labels(path: Path, meta: dict[str, str]) -> list[str]:

@@ -262,7 +262,7 @@ class Collect:
         assert np.isfinite(probs).all()
         self.names += names
 
-    def failure(self, message):
+    def failure(self, message, input):
         self.failures.append(message)
 
     def finish(self, summary):
