@@ -82,11 +82,19 @@ class BatchRunner:
             self._run(names[half:], bitmaps[half:])
             return
         finite = np.all([np.isfinite(v).all(axis=1) for v in outputs.values()], axis=0)
-        if not finite.all():
-            for i in np.flatnonzero(~finite).tolist():
+        if finite.all():
+            self._write(names, outputs)
+            return
+        # Runs of finite rows and of failures, in order: records stay in input order.
+        edges = [0, *(np.flatnonzero(np.diff(finite.astype(np.int8))) + 1).tolist(), len(names)]
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            if finite[lo]:
+                self._write(names[lo:hi], {name: value[lo:hi] for name, value in outputs.items()})
+                continue
+            for i in range(lo, hi):
                 self.fail(f"{names[i]}: not classified (the model gave NaN or infinite probabilities)", names[i])
-            names = [n for n, ok in zip(names, finite.tolist()) if ok]
-            outputs = {name: value[finite] for name, value in outputs.items()}
+
+    def _write(self, names: list[str], outputs: dict[str, np.ndarray]) -> None:
         if names:
             unknown = self.classifier.unknown(outputs)
             index, values = top_k(outputs[PROBABILITIES], self.top)
@@ -167,6 +175,8 @@ def _classify(plan: Plan, classifier: OnnxClassifier, decoder: ImageDecoder, wri
     try:
         for event in read_inputs(plan, chunk_rows=batch_size, decoder=decoder):
             if isinstance(event, Failure):
+                if batcher.count:  # the drawings before it first: records stay in input order
+                    runner.run(*batcher.flush())
                 runner.fail(event.message, event.input)
                 continue
             for names, bitmaps in batcher.add(event):
