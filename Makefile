@@ -47,10 +47,10 @@ $(WEB_STAMP): infer/web/package.json infer/web/package-lock.json
 setup: $(STAMP) $(WEB_STAMP)
 
 $(RUN)/best.pt: | setup
-	$(BIN)/qd-data fetch $(DEMO_FETCH) --max-per-category $(DEMO_PER_CATEGORY) --out $(DATA)
-	$(BIN)/qd-data list $(DATA)
+	$(BIN)/qd-data fetch $(DEMO_FETCH) --max-per-category $(DEMO_PER_CATEGORY) --data $(DATA)
+	$(BIN)/qd-data list --data $(DATA)
 	rm -rf $(RUN)
-	$(BIN)/qd-train --data-dir $(DATA) --max-per-category $(DEMO_PER_CATEGORY) --epochs $(DEMO_EPOCHS) --batch-size $(DEMO_BATCH) --out $(RUN)
+	$(BIN)/qd-train --data $(DATA) --max-per-category $(DEMO_PER_CATEGORY) --epochs $(DEMO_EPOCHS) --batch-size $(DEMO_BATCH) --out $(RUN)
 
 $(EXPORT)/model.onnx: $(RUN)/best.pt
 	$(BIN)/qd-export $(RUN)/best.pt --format all --out $(EXPORT)

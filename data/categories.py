@@ -7,12 +7,15 @@ depend on directory listing order; checkpoints and models store the list itself.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
 from .errors import QDError
 
 SUFFIX = ".npy"
+# What to do when a data folder is missing or empty: one hint, the same in every command.
+FETCH_HINT = "get drawings with: qd-data fetch CATEGORY... or point --data at a folder of <category>.npy files"
 
 
 def category_path(data_dir: str | os.PathLike, category: str) -> Path:
@@ -23,7 +26,7 @@ def list_categories(data_dir: str | os.PathLike) -> list[str]:
     """Sorted category names of the `<category>.npy` files in `data_dir`."""
     data_dir = Path(data_dir)
     if not data_dir.exists():
-        raise QDError(f"{data_dir}: data directory does not exist")
+        raise QDError(f"{data_dir}: data directory does not exist ({FETCH_HINT})")
     if not data_dir.is_dir():
         raise QDError(f"{data_dir}: not a directory")
     # Hidden names are never categories: partial downloads (`.cat.npy.part`) and
@@ -36,11 +39,22 @@ def resolve_categories(data_dir: str | os.PathLike, requested: list[str] | None)
     """The sorted class list: every category in `data_dir`, or the requested ones (checked)."""
     available = list_categories(data_dir)
     if not available:
-        raise QDError(f"{data_dir}: no <category>.npy files found")
+        raise QDError(f"{data_dir}: no <category>.npy files found ({FETCH_HINT})")
     if not requested:
         return available
     wanted = [name.strip() for name in requested if name.strip()]
     unknown = sorted(set(wanted) - set(available))
     if unknown:
-        raise QDError(f"{data_dir}: unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}")
+        raise QDError(f"{data_dir}: unknown categor{'y' if len(unknown) == 1 else 'ies'} "
+                      + ", ".join(name + did_you_mean(name, available) for name in unknown))
     return sorted(set(wanted))
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    """' (did you mean 'x'?)' for a close match among `known`, else ''."""
+    lowered = {k.lower().replace("_", " "): k for k in known}
+    key = name.lower().replace("_", " ")
+    if key in lowered and lowered[key] != name:
+        return f" (did you mean {lowered[key]!r}?)"
+    close = difflib.get_close_matches(key, list(lowered), n=1, cutoff=0.75)
+    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""

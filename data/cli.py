@@ -1,35 +1,47 @@
-"""`qd-data`: get Quick, Draw! bitmap files (`fetch`) and see what is on disk (`list`)."""
+"""`qd-data`: get Quick, Draw! bitmap files (`fetch`) and see what is on disk (`list`).
+
+The network and progress code loads inside the commands, so `qd-data --help` prints at once.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, Annotated, List, Optional
 
 import typer
-from rich import box
 from rich.filesize import decimal as human_size
-from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                           TransferSpeedColumn)
-from rich.table import Table
 from rich.text import Text
 
-from .bitmaps import read_bitmap_header
-from .categories import category_path, list_categories
+from . import options as opt
 from .console import console, err_console, fail, run_app, shown
-from .errors import BitmapFileError, QDError
-from .fetch import FetchOptions, FetchResult, fetch_categories
-from .paths import default_data_dir
-from .sources import (DEFAULT_SOURCE, DEFAULT_TIMEOUT, SOURCE_ENV, UrlSource, did_you_mean, google_categories,
-                      resolve_source)
+from .errors import QDError
+from .paths import DEFAULT_SOURCE, DEFAULT_TIMEOUT, default_data_dir
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
-                  help="Get Quick, Draw! numpy bitmap files (<category>.npy, uint8 (N, 784)) and list them.")
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from .fetch import FetchResult
+
+
+app = opt.make_app(no_args_is_help=True, help=opt.describe(
+    "Get Quick, Draw! numpy bitmap files (<category>.npy, uint8 (N, 784)) and list them.",
+    "qd-data fetch cat dog -n 5000"))
+# Old spellings, still accepted (hidden) for one release.
+FETCH_ALIASES = {"--out": "--data", "-o": "--data"}
+
+
+@app.callback()
+def main_options(
+    artifacts: Annotated[Optional[Path], opt.artifacts_option()] = None,
+    version: Annotated[bool, opt.version_option()] = False,
+) -> None:
+    pass
 
 
 class RichProgress:
     """fetch.ProgressHook drawn as one rich progress bar per file being transferred."""
 
-    def __init__(self, progress: Progress):
+    def __init__(self, progress: "Progress"):
         self.progress = progress
         self.task = None
 
@@ -48,28 +60,32 @@ class RichProgress:
             self.task = None
 
 
-@app.command()
+@app.command(cls=opt.aliased(FETCH_ALIASES), help=opt.describe(
+    "Fetch <category>.npy files: verified, resumable, never half-written.",
+    "qd-data fetch cat dog 'The Eiffel Tower' -n 5000 -d artifacts/data"))
 def fetch(
-    categories: Optional[List[str]] = typer.Argument(
-        None, metavar="CATEGORY", show_default=False,
-        help="Category names as the source spells them (quote names with spaces: 'The Eiffel Tower')."),
-    all_categories: bool = typer.Option(
-        False, "--all", help="Every category the source lists: a folder's *.npy, or Google's 345 for a URL."),
-    source: Optional[str] = typer.Option(
-        None, "--source", "-s", show_default=False,
-        help=f"Base URL or folder in Google's layout. Default: ${SOURCE_ENV}, else {DEFAULT_SOURCE}"),
-    out: Optional[Path] = typer.Option(
-        None, "--out", "-o", show_default=False, help="Destination folder. Default: $QD_ARTIFACTS/data or artifacts/data."),
-    max_per_category: Optional[int] = typer.Option(
-        None, "--max-per-category", "-n", min=1, show_default=False,
-        help="Keep only the first N drawings of each category (downloads only those bytes)."),
-    timeout: float = typer.Option(DEFAULT_TIMEOUT, "--timeout", min=0.1, help="Seconds to wait on the network."),
-    retries: int = typer.Option(3, "--retries", min=0, help="Retries after a network failure (each resumes)."),
+    categories: Annotated[Optional[List[str]], typer.Argument(
+        metavar="CATEGORY", show_default=False,
+        help="Category names as the source spells them (quote names with spaces: 'The Eiffel Tower').")] = None,
+    all_categories: Annotated[bool, typer.Option(
+        "--all", help="Every category the source lists: a folder's *.npy, or Google's 345 for a URL.")] = False,
+    source: Annotated[Optional[str], opt.source_option(
+        f"Base URL or folder in Google's layout. Default: {DEFAULT_SOURCE}")] = None,
+    data: Annotated[Optional[Path], opt.data_option("Destination folder. Default: ARTIFACTS/data.")] = None,
+    max_per_category: Annotated[Optional[int], opt.max_per_category_option(
+        "Keep only the first N drawings of each category (downloads only those bytes).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait on the network.")] = DEFAULT_TIMEOUT,
+    retries: Annotated[int, typer.Option("--retries", min=0, help="Retries after a network failure (each resumes).")] = 3,
 ) -> None:
-    """Fetch <category>.npy files: verified, resumable, never half-written."""
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    from .fetch import FetchOptions, fetch_categories
+    from .sources import resolve_source
+
     src = resolve_source(source, timeout=timeout)
     names = _wanted(categories or [], all_categories, src)
-    out = out if out is not None else default_data_dir()
+    out = data if data is not None else default_data_dir()
     options = FetchOptions(max_rows=max_per_category, retries=retries)
 
     console.print(Text.assemble(f"fetching {len(names)} categor{'y' if len(names) == 1 else 'ies'} from ",
@@ -80,7 +96,7 @@ def fetch(
                TimeRemainingColumn())
     # Bars only on a terminal; logs (make demo, CI) get one line per category.
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
-        def on_result(result: FetchResult) -> None:
+        def on_result(result: "FetchResult") -> None:
             counts[result.action] = counts.get(result.action, 0) + 1
             progress.console.print(_result_line(result), highlight=False, soft_wrap=True)
 
@@ -106,13 +122,22 @@ def fetch(
         raise typer.Exit(1)
 
 
-@app.command("list")
+@app.command("list", help=opt.describe(
+    "Show the local categories, their drawing counts and file sizes.", "qd-data list -d artifacts/data"))
 def list_(
-    data_dir: Optional[Path] = typer.Argument(
-        None, metavar="DIR", show_default=False, help="Folder of <category>.npy files. Default: artifacts/data."),
+    data: Annotated[Optional[Path], opt.data_option("Folder of <category>.npy files. Default: ARTIFACTS/data.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Argument(metavar="[DIR]", hidden=True, show_default=False)] = None,
 ) -> None:
-    """Show the local categories, their drawing counts and file sizes."""
-    data_dir = data_dir if data_dir is not None else default_data_dir()
+    from rich import box
+    from rich.table import Table
+
+    from .bitmaps import read_bitmap_header
+    from .categories import category_path, list_categories
+    from .errors import BitmapFileError
+
+    if data is not None and data_dir is not None:
+        raise QDError("give the folder once: --data DIR")
+    data_dir = data if data is not None else data_dir if data_dir is not None else default_data_dir()
     names = list_categories(data_dir)
     partial = sorted(p.name for p in data_dir.glob(".*.npy.part"))
     if not names:
@@ -150,6 +175,8 @@ def list_(
 
 
 def _wanted(categories: list[str], all_categories: bool, src) -> list[str]:
+    from .sources import UrlSource, did_you_mean, google_categories
+
     if all_categories and categories:
         raise QDError("give category names or --all, not both")
     if all_categories:
@@ -169,7 +196,7 @@ def _wanted(categories: list[str], all_categories: bool, src) -> list[str]:
     return names
 
 
-def _result_line(result: FetchResult) -> Text:
+def _result_line(result: "FetchResult") -> Text:
     if result.action == "skipped":
         why = f", {result.note}" if result.note else ""
         return Text.assemble("  ", ("=", "dim"), " ", shown(result.category),

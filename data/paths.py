@@ -1,11 +1,18 @@
-"""The artifact layout: where every command writes by default, and the file names (docs/contracts.md)."""
+"""The artifact layout: where data comes from and every command writes by default, and the file
+names (docs/contracts.md). Plain constants only: every command's --help reads them."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-ARTIFACTS_ENV = "QD_ARTIFACTS"
+# Environment variables that change a default (shown as [env var: ...] in each command's help).
+ARTIFACTS_ENV = "QD_ARTIFACTS"     # root of the default data, runs, exports and eval folders
+SOURCE_ENV = "QD_DATA_SOURCE"      # where qd-data fetch gets bitmap files
+ORT_WEB_DIST_ENV = "QD_ORT_WEB_DIST"  # onnxruntime-web's dist/ folder for qd-demo
+
+DEFAULT_SOURCE = "https://storage.googleapis.com/quickdraw_dataset/full/numpy_bitmap"
+DEFAULT_TIMEOUT = 30.0  # seconds to wait on the network
 
 
 def artifacts_root() -> Path:

@@ -22,7 +22,6 @@ Network errors worth retrying (timeouts, dropped connections, 5xx, 429) raise
 
 from __future__ import annotations
 
-import difflib
 import http.client
 import io
 import ipaddress
@@ -39,13 +38,11 @@ from typing import BinaryIO
 
 from . import __version__
 from .bitmaps import BitmapHeader, parse_bitmap_header, read_bitmap_header
-from .categories import SUFFIX, category_path, list_categories
+from .categories import SUFFIX, category_path, did_you_mean, list_categories
 from .errors import BitmapFileError, QDError
 from .files import open_regular
+from .paths import DEFAULT_SOURCE, DEFAULT_TIMEOUT, SOURCE_ENV  # noqa: F401 (imported from here too)
 
-DEFAULT_SOURCE = "https://storage.googleapis.com/quickdraw_dataset/full/numpy_bitmap"
-SOURCE_ENV = "QD_DATA_SOURCE"
-DEFAULT_TIMEOUT = 30.0
 # A bitmap header is 128 bytes; the probe asks for a little more so that a
 # (rare) version 2 header or the start of an error page is seen whole.
 PROBE_BYTES = 4096
@@ -190,16 +187,6 @@ def resolve_source(value: str | None = None, timeout: float = DEFAULT_TIMEOUT) -
     if path.exists():
         raise QDError(f"{value}: source is a file, expected a folder of <category>.npy files or an http(s) URL")
     raise QDError(f"{value}: source is neither an http(s) URL nor an existing folder")
-
-
-def did_you_mean(name: str, known: list[str]) -> str:
-    """' (did you mean 'x'?)' for a close match among `known`, else ''."""
-    lowered = {k.lower().replace("_", " "): k for k in known}
-    key = name.lower().replace("_", " ")
-    if key in lowered and lowered[key] != name:
-        return f" (did you mean {lowered[key]!r}?)"
-    close = difflib.get_close_matches(key, list(lowered), n=1, cutoff=0.75)
-    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
 
 
 class FolderSource:

@@ -3,52 +3,60 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
+from qd.data import options as opt
 from qd.data.console import console, run_app
 from qd.data.errors import QDError
-from qd.data.progress import ProgressBar
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich")
+app = opt.make_app()
+# Old spellings, still accepted (hidden) for one release: -b is --batch-size in every other command.
+ALIASES = {"-b": "--backend"}
 
 
-@app.command()
+@app.command(cls=opt.aliased(ALIASES), help=opt.describe(
+    "Evaluate exported models on held-out drawings and write report.json, confusion.png, mistakes.png and "
+    "calibration.png.",
+    "qd-eval -m artifacts/exports/first --backend onnx,onnx-int8",
+    "Top-1, top-3, MAP@3, per-class scores, the most confused pairs, calibration, the open-set rule and every "
+    "backend side by side.\n\n\b\n"
+    "qd-eval -m artifacts/exports/RUN -d my_drawings/ --ignore-unknown\n"
+    "qd-eval -m artifacts/exports/RUN --unknown other_things/ --unknown moons.ndjson"))
 def evaluate_command(
-    model: Optional[List[Path]] = typer.Option(None, "--model", "-m", metavar="PATH",
-        help="Export folder or .onnx file; repeat for several. Default: the newest artifacts/exports/*/model.onnx."),
-    data: Optional[Path] = typer.Option(None, "--data", "-d", metavar="DIR",
-        help="Folder of <category>.npy files (all rows), or of class-named subfolders of drawings "
-             "(images, .npy, .ndjson). Default: the test split of the data the model was trained on."),
-    split: Optional[str] = typer.Option(None, "--split", metavar="SPLIT",
-        help="train, val, test or all. Default: test of the training data; all of --data."),
-    backend: Optional[List[str]] = typer.Option(None, "--backend", "-b", metavar="NAMES",
+    model: Annotated[Optional[List[Path]], opt.model_option(
+        "Export folder or .onnx file; repeat for several. Default: the newest ARTIFACTS/exports/*/model.onnx.")] = None,
+    data: Annotated[Optional[Path], opt.data_option(
+        "Folder of <category>.npy files (all rows), or of class-named subfolders of drawings (images, .npy, "
+        ".ndjson). Default: the test split of the data the model was trained on.")] = None,
+    split: Annotated[Optional[str], typer.Option(
+        "--split", metavar="SPLIT", help="train, val, test or all. Default: test of the training data; all of "
+                                         "--data.")] = None,
+    backend: Annotated[Optional[List[str]], typer.Option(
+        "--backend", metavar="NAMES",
         help="Comma-separated: onnx, onnx-int8, torch, coreml. Default: all; those that cannot run are skipped "
-             "with a reason. The first that runs gives the main figures."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR",
-        help="Output folder. Default: artifacts/eval/<model name> (with several models: DIR/<model name>)."),
-    ignore_unknown: bool = typer.Option(False, "--ignore-unknown",
-        help="Skip data categories the model does not know instead of stopping."),
-    max_per_category: Optional[int] = typer.Option(None, "--max-per-category", metavar="N",
-        help="With --data of .npy files: use the first N drawings of each category."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", metavar="PATH",
-        help="Checkpoint for the torch backend. Default: the source named in the export's model.json."),
-    speed: bool = typer.Option(True, "--speed/--no-speed", help="Measure images/s and single-image latency."),
-    unknown: Optional[List[Path]] = typer.Option(None, "--unknown", "-u", metavar="PATH",
+             "with a reason. The first that runs gives the main figures.")] = None,
+    out: Annotated[Optional[Path], opt.out_option(
+        "Output folder. Default: ARTIFACTS/eval/<model name> (with several models: DIR/<model name>).")] = None,
+    ignore_unknown: Annotated[bool, typer.Option(
+        "--ignore-unknown", help="Skip data categories the model does not know instead of stopping.")] = False,
+    max_per_category: Annotated[Optional[int], opt.max_per_category_option(
+        "With --data of .npy files: use the first N drawings of each category.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        "--checkpoint", metavar="PATH",
+        help="Checkpoint for the torch backend. Default: the source named in the export's model.json.")] = None,
+    speed: Annotated[bool, typer.Option("--speed/--no-speed", help="Measure images/s and single-image latency.")] = True,
+    unknown: Annotated[Optional[List[Path]], typer.Option(
+        "--unknown", "-u", metavar="PATH",
         help="Drawings of categories the model does not know (folders, images, .npy, .ndjson); repeat for "
-             "several. Reports the share the model flags unknown and the AUROC against the held-out drawings."),
+             "several. Reports the share the model flags unknown and the AUROC against the held-out "
+             "drawings.")] = None,
+    artifacts: Annotated[Optional[Path], opt.artifacts_option()] = None,
+    version: Annotated[bool, opt.version_option()] = False,
 ) -> None:
-    """Evaluate exported models on held-out drawings: top-1, top-3, MAP@3, per-class scores, the most
-    confused pairs, calibration, the open-set rule and every backend side by side. Writes report.json,
-    confusion.png, mistakes.png and calibration.png.
+    from qd.data.progress import ProgressBar
 
-    [dim]qd-eval -m artifacts/exports/RUN --backend onnx,onnx-int8[/]
-
-    [dim]qd-eval -m artifacts/exports/RUN --data my_drawings/ --ignore-unknown[/]
-
-    [dim]qd-eval -m artifacts/exports/RUN --unknown other_things/ --unknown moons.ndjson[/]
-    """
     from .evaluation import evaluate, write_outputs
     from .report import build_report, render
 

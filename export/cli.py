@@ -1,62 +1,67 @@
-"""`qd-export CHECKPOINT [--format onnx,onnx-int8,coreml|all] [--out DIR] [--opset N]`."""
+"""`qd-export`: a qd-train checkpoint -> validated edge models (ONNX, int8 ONNX, Core ML) in one folder.
+
+torch, onnx and coremltools load inside the command, so `qd-export --help` prints at once.
+"""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
+from qd.data import options as opt
 from qd.data.console import EXIT_ERROR, console, fail, run_app, shown
-from qd.infer.openset import DEFAULT_KEPT
+from qd.infer.contract import DEFAULT_KEPT
 
-try:  # the edge install (no torch/onnx) gets one clear line from main(), not a traceback
-    from .api import ExportReport, export_checkpoint
-    from .card import LABELS_NAME
-    from .context import DEFAULT_INT8_MAX_PROB_DIFF, DEFAULT_INT8_TOLERANCE, DEFAULT_OPSET
-    from .formats import DEFAULT_FORMATS, help_text
-    from .source import DEFAULT_MAX_DRAWINGS
-    MISSING = None
-except ImportError as exc:  # pragma: no cover - exercised only without the export extra
-    MISSING = exc.name or str(exc)
-    DEFAULT_OPSET, DEFAULT_FORMATS, DEFAULT_MAX_DRAWINGS, ExportReport = 18, "onnx", 10_000, None
-    DEFAULT_INT8_TOLERANCE, DEFAULT_INT8_MAX_PROB_DIFF = 0.01, 0.25
-    LABELS_NAME = "labels.txt"
+from .defaults import (ALL, DEFAULT_FORMATS, DEFAULT_INT8_MAX_PROB_DIFF, DEFAULT_INT8_TOLERANCE, DEFAULT_MAX_DRAWINGS,
+                       DEFAULT_OPSET, FORMAT_NAMES, LABELS_NAME)
 
-    def help_text() -> str:
-        return "Comma-separated formats, or 'all'."
+if TYPE_CHECKING:
+    from .api import ExportReport
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
-                  help="Export a qd-train checkpoint to validated edge models (ONNX, int8 ONNX, Core ML).")
+app = opt.make_app()
 
 
-@app.command()
+@app.command(help=opt.describe(
+    "Export a qd-train checkpoint to validated edge models (ONNX, int8 ONNX, Core ML).",
+    "qd-export artifacts/runs/first/best.pt --format all",
+    "Each model is checked against the checkpoint before it is kept; the export folder is replaced as a whole."))
 def export(
-    checkpoint: Path = typer.Argument(..., help="A qd-train checkpoint (best.pt); loaded with weights_only=True."),
-    format: str = typer.Option(DEFAULT_FORMATS, "--format", "-f", help=help_text()),
-    out: Optional[Path] = typer.Option(
-        None, "--out", "-o", show_default=False,
-        help="Export folder. Default: $QD_ARTIFACTS/exports/<run-name> or artifacts/exports/<run-name>, "
-             "run-name being the checkpoint's folder name."),
-    opset: int = typer.Option(DEFAULT_OPSET, "--opset", help="ONNX opset (13 and newer; 18+ uses the torch.export exporter)."),
-    data: Optional[Path] = typer.Option(
-        None, "--data", show_default=False,
-        help="Folder of <category>.npy files to validate and calibrate with, if the checkpoint's own data "
-             "folder has moved."),
-    max_drawings: int = typer.Option(DEFAULT_MAX_DRAWINGS, "--max-drawings",
-                                     help="Check on at most this many test-split drawings (evenly spaced)."),
-    int8_tolerance: float = typer.Option(
-        DEFAULT_INT8_TOLERANCE, "--int8-tolerance",
-        help="onnx-int8: the share of test drawings whose top-1 may differ from fp32 (0.01: agreement ≥ 99%)."),
-    int8_max_dp: float = typer.Option(
-        DEFAULT_INT8_MAX_PROB_DIFF, "--int8-max-dp",
-        help="onnx-int8: the largest change of any probability of any test drawing against fp32."),
-    kept: float = typer.Option(DEFAULT_KEPT, "--kept", metavar="SHARE",
-                               help="Fit the unknown-drawing threshold so that this share of the known validation "
-                                    "drawings is kept (the rest would be flagged unknown)."),
+    checkpoint: Annotated[Path, typer.Argument(
+        metavar="CHECKPOINT", show_default=False,
+        help="A qd-train checkpoint (best.pt); loaded with weights_only=True.")],
+    format: Annotated[str, typer.Option(
+        "--format", "-f", metavar="FORMATS",
+        help=f"Comma-separated: {', '.join(FORMAT_NAMES)}; or '{ALL}'.")] = DEFAULT_FORMATS,
+    out: Annotated[Optional[Path], opt.out_option(
+        "Export folder. Default: ARTIFACTS/exports/<run-name>, run-name being the checkpoint's folder name.")] = None,
+    opset: Annotated[int, typer.Option(
+        "--opset", help="ONNX opset (13 and newer; 18+ uses the torch.export exporter).")] = DEFAULT_OPSET,
+    data: Annotated[Optional[Path], opt.data_option(
+        "Folder of <category>.npy files to validate and calibrate with, if the checkpoint's own data "
+        "folder has moved.")] = None,
+    max_drawings: Annotated[int, typer.Option(
+        "--max-drawings", help="Check on at most this many test-split drawings (evenly spaced).")] = DEFAULT_MAX_DRAWINGS,
+    int8_tolerance: Annotated[float, typer.Option(
+        "--int8-tolerance", help="onnx-int8: the share of test drawings whose top-1 may differ from fp32 "
+                                 "(0.01: agreement ≥ 99%).")] = DEFAULT_INT8_TOLERANCE,
+    int8_max_dp: Annotated[float, typer.Option(
+        "--int8-max-dp", help="onnx-int8: the largest change of any probability of any test drawing "
+                              "against fp32.")] = DEFAULT_INT8_MAX_PROB_DIFF,
+    kept: Annotated[float, typer.Option(
+        "--kept", metavar="SHARE", help="Fit the unknown-drawing threshold so that this share of the known "
+                                        "validation drawings is kept (the rest would be flagged unknown).")] = DEFAULT_KEPT,
+    artifacts: Annotated[Optional[Path], opt.artifacts_option()] = None,
+    version: Annotated[bool, opt.version_option()] = False,
 ) -> None:
+    try:  # the edge install (no torch/onnx) gets one clear line, not a traceback
+        from .api import export_checkpoint
+    except ImportError as exc:
+        fail(f"qd-export needs {exc.name or exc}: pip install -c constraints.txt 'quickdraw-edge[export]'")
+        raise typer.Exit(EXIT_ERROR) from None
     with console.status("loading checkpoint") as status:
         report = export_checkpoint(checkpoint, format, out=out, opset=opset, data_dir=data,
                                    max_drawings=max_drawings, int8_tolerance=int8_tolerance,
@@ -67,6 +72,27 @@ def export(
         for message in report.errors:
             fail(message)
         raise typer.Exit(EXIT_ERROR)
+    print_next_steps(report)
+
+
+def next_commands(report: "ExportReport") -> list[str]:
+    """Ready-to-run commands for what this export wrote (ONNX models only: qd-infer, qd-eval, qd-demo read those)."""
+    written = {result.format.name for result in report.results if result.ok}
+    if not written & {"onnx", "onnx-int8"}:
+        return []
+    folder = shlex.quote(str(report.out_dir))
+    backends = ",".join(name for name in ("onnx", "onnx-int8") if name in written)
+    return [f"qd-infer my-drawings/ -m {folder}",
+            f"qd-eval -m {folder}" + (f" --backend {backends}" if "," in backends else ""),
+            f"qd-demo -m {folder}"]
+
+
+def print_next_steps(report: "ExportReport") -> None:
+    commands = next_commands(report)
+    if commands:
+        console.print("next:", highlight=False)
+        for command in commands:
+            console.print(Text.assemble("  ", shown(command, "bold")), highlight=False, soft_wrap=True)
 
 
 def _size(path: Path) -> str:
@@ -81,6 +107,8 @@ def _mark(check) -> tuple[str, str]:
 
 
 def print_report(report: "ExportReport") -> None:
+    from rich.table import Table
+
     console.print(Text.assemble("checkpoint  ", shown(report.source.path, "bold"),
                                 f" ({len(report.source.classes)} classes, sha256 {report.source.sha256[:12]})"),
                   highlight=False)
@@ -111,7 +139,4 @@ def print_report(report: "ExportReport") -> None:
 
 
 def main() -> None:
-    if MISSING:
-        fail(f"qd-export needs {MISSING}: pip install -c constraints.txt 'quickdraw-edge[export]'")
-        raise SystemExit(EXIT_ERROR)
     run_app(app)

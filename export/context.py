@@ -10,12 +10,10 @@ import numpy as np
 
 from qd.infer.openset import DEFAULT_KEPT
 
+from .defaults import DEFAULT_INT8_MAX_PROB_DIFF, DEFAULT_INT8_TOLERANCE, DEFAULT_OPSET  # noqa: F401
 from .confidence import Confidence, fit_confidence, unfitted
 from .source import DEFAULT_MAX_DRAWINGS, CheckpointSource, ValidationData, load_validation_data, torch_outputs
 
-DEFAULT_OPSET = 18
-DEFAULT_INT8_TOLERANCE = 0.01  # share of test drawings whose top-1 int8 may change (qd.export.validate.allowed_changes)
-DEFAULT_INT8_MAX_PROB_DIFF = 0.25  # largest change of any probability of any test drawing
 
 
 @dataclass

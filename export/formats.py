@@ -16,6 +16,7 @@ from qd.data.errors import QDError
 from qd.data.paths import MODEL_CANVAS_COREML, MODEL_CANVAS_ONNX
 
 from .canvas_export import export_coreml_canvas, export_onnx_canvas, validate_coreml_canvas, validate_onnx_canvas
+from .defaults import ALL, DEFAULT_FORMATS, FORMAT_NAMES  # noqa: F401
 from .coreml import export_coreml, validate_coreml
 from .onnx_export import export_onnx, validate_onnx
 from .quantize import export_int8, validate_int8
@@ -87,8 +88,7 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
         needs=("torch", "coremltools"), builds_on="onnx", is_dir=True,
     ),
 )}
-DEFAULT_FORMATS = "onnx"
-ALL = "all"
+assert tuple(FORMATS) == FORMAT_NAMES, "export/defaults.py names the formats --help shows"
 
 
 def parse_formats(text: str) -> list[ExportFormat]:

@@ -28,7 +28,8 @@ from qd.data.preprocess import bitmaps_to_input
 from qd.data.split import SplitSpec
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
 
-DEFAULT_MAX_DRAWINGS = 10_000
+from .defaults import DEFAULT_MAX_DRAWINGS  # noqa: F401 (imported from here too)
+
 CALIBRATION_DRAWINGS = 512
 SYNTHETIC_DRAWINGS = 512
 
@@ -109,6 +110,9 @@ def _evenly_spaced(indices: np.ndarray, limit: int) -> np.ndarray:
 
 def load_validation_data(source: CheckpointSource, data_dir: str | os.PathLike | None = None,
                          max_drawings: int = DEFAULT_MAX_DRAWINGS) -> ValidationData:
+    if data_dir and not Path(data_dir).is_dir():
+        raise QDError(f"{data_dir}: --data folder does not exist (give the folder of <category>.npy files "
+                      "the checkpoint was trained on, or leave --data out)")
     record = _data_record(source.payload)
     folder = Path(data_dir) if data_dir else (Path(record["dir"]) if record.get("dir") else None)
     spec = SplitSpec.from_dict(source.payload["split"])

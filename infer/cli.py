@@ -6,49 +6,52 @@ the command, so `qd-infer --help` starts fast.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from pathlib import Path
+from typing import Annotated, List, Optional
 
 import typer
 
+from qd.data import options as opt
 from qd.data.console import run_app
 from qd.data.errors import QDError
-from qd.data.limits import MAX_BATCH_SIZE, MAX_THREADS, MAX_WORKERS
+from qd.data.limits import MAX_THREADS
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich",
-                  context_settings={"help_option_names": ["-h", "--help"]})
-
+app = opt.make_app()
 
 
-@app.command()
+@app.command(help=opt.describe(
+    "Classify drawings (images, .npy, .ndjson, folders of them) with an exported quickdraw-edge model.",
+    "qd-infer my-drawings/ -m artifacts/exports/first --top 3",
+    "Each drawing the model's open-set rule does not recognise is marked unknown (with its closest classes "
+    "still listed). Unreadable inputs are reported one line each on stderr (and as records with an error field "
+    "in --json and --csv, docs/output.md) while the rest are classified; the exit code is 1 if any input failed."))
 def infer(
-    inputs: List[str] = typer.Argument(..., metavar="INPUT...",
-                                       help="Images (PNG, JPEG, BMP, GIF, WebP), .npy drawing arrays, "
-                                            ".ndjson Quick, Draw! drawings, or folders of them (hidden files skipped)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="PATH",
-                                        help="model.onnx or an export folder (default: the newest "
-                                             "artifacts/exports/*/model.onnx)"),
-    top: int = typer.Option(3, "--top", "-k", min=1, help="How many labels to show per drawing."),
-    batch_size: int = typer.Option(512, "--batch-size", "-b", min=1, max=MAX_BATCH_SIZE,
-                                     help="Drawings per onnxruntime run."),
-    json_lines: bool = typer.Option(False, "--json", help="JSON lines on stdout (one object per drawing)."),
-    csv_out: bool = typer.Option(False, "--csv", help="CSV on stdout."),
-    recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Search folders recursively."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, max=MAX_WORKERS, show_default=False,
-                                          help="Image decoding processes (default: one per CPU)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=MAX_THREADS,
-                                          help="onnxruntime intra-op threads (default: 1 while worker processes "
-                                               "decode images, else onnxruntime decides)."),
-    unknown_threshold: Optional[float] = typer.Option(None, "--unknown-threshold", metavar="X",
-                                                      help="Flag drawings whose open-set score is below X instead "
-                                                           "of the model's own threshold (docs/open-set.md)."),
-    no_unknown: bool = typer.Option(False, "--no-unknown", help="Do not flag any drawing unknown."),
+    inputs: Annotated[List[str], typer.Argument(
+        metavar="INPUT...", show_default=False,
+        help="Images (PNG, JPEG, BMP, GIF, WebP), .npy drawing arrays, .ndjson Quick, Draw! drawings, or "
+             "folders of them (hidden files skipped).")],
+    model: Annotated[Optional[str], opt.model_option()] = None,
+    top: Annotated[int, opt.top_option()] = 3,
+    batch_size: Annotated[int, opt.batch_size_option("Drawings per onnxruntime run.")] = 512,
+    json_lines: Annotated[bool, typer.Option(
+        "--json", help="JSON lines on stdout, one record per drawing or failed input (docs/output.md).")] = False,
+    csv_out: Annotated[bool, typer.Option(
+        "--csv", help="CSV on stdout, one row per drawing or failed input (docs/output.md).")] = False,
+    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Search folders recursively.")] = True,
+    workers: Annotated[Optional[int], opt.workers_option(
+        "Worker processes decoding images. Default: one per CPU.")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", min=1, max=MAX_THREADS, metavar="N",
+        help="onnxruntime intra-op threads (default: 1 while worker processes decode images, else onnxruntime "
+             "decides).")] = None,
+    unknown_threshold: Annotated[Optional[float], typer.Option(
+        "--unknown-threshold", metavar="X",
+        help="Flag drawings whose open-set score is below X instead of the model's own threshold "
+             "(docs/open-set.md).")] = None,
+    no_unknown: Annotated[bool, typer.Option("--no-unknown", help="Do not flag any drawing unknown.")] = False,
+    artifacts: Annotated[Optional[Path], opt.artifacts_option()] = None,
+    version: Annotated[bool, opt.version_option()] = False,
 ) -> None:
-    """Classify drawings with an exported quickdraw-edge model.
-
-    Each drawing the model's open-set rule does not recognise is marked unknown (with its
-    closest classes still listed). Unreadable inputs are reported one line each on stderr
-    while the rest are classified; the exit code is 1 if any input failed.
-    """
     if json_lines and csv_out:
         raise QDError("--json and --csv cannot be used together")
     if no_unknown and unknown_threshold is not None:

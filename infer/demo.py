@@ -1,8 +1,8 @@
 """`qd-demo`: a drawing page that classifies doodles live, entirely in the browser.
 
 The server only hands out static files on 127.0.0.1: the page (infer/web/), the
-onnxruntime-web runtime (from infer/web/node_modules, installed by `npm ci`) and the
-exported model. Everything else happens in the page: it reads the labels, the
+onnxruntime-web runtime (infer/web/node_modules: `npm ci` in a clone; a built wheel carries
+it, setup.py) and the exported model. Everything else happens in the page: it reads the labels, the
 preprocessing spec and the open-set rule from the model's own metadata_props (parsed
 from the ONNX protobuf in web/onnx-metadata.js, because onnxruntime-web does not
 expose custom metadata), applies the qd.data.images algorithm (ported in
@@ -32,13 +32,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from typing import Annotated, Optional
+
 import typer
 from rich.text import Text
 
+from qd.data import options as opt
 from qd.data.console import console, describe_unexpected, err_console, run_app, shown
 from qd.data.errors import QDError
-
-from .model import OnnxClassifier, resolve_model_path
+from qd.data.paths import ORT_WEB_DIST_ENV
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -78,19 +80,29 @@ class DemoModel:
     precision: str
 
 
-def ort_dist_dir() -> Path:
-    """Where onnxruntime-web's dist/ lives: $QD_ORT_WEB_DIST or infer/web/node_modules."""
-    override = os.environ.get("QD_ORT_WEB_DIST")
-    dist = Path(override) if override else WEB_DIR / "node_modules" / ORT_PACKAGE / "dist"
+PACKAGED_ORT_DIST = WEB_DIR / "node_modules" / ORT_PACKAGE / "dist"
+
+
+def ort_dist_dir(override: str | os.PathLike | None = None) -> Path:
+    """Where onnxruntime-web's dist/ lives: `override`, else $QD_ORT_WEB_DIST, else the copy inside the
+    package (infer/web/node_modules: `npm ci` in a clone, or shipped in the wheel)."""
+    override = override or os.environ.get(ORT_WEB_DIST_ENV)
+    dist = Path(override) if override else PACKAGED_ORT_DIST
     missing = [name for name in ORT_FILES if not (dist / name).is_file()]
     if missing:
-        raise QDError(f"{dist}: {ORT_PACKAGE} is not installed (missing {missing[0]}); "
-                      f"run `npm ci --prefix {WEB_DIR}`")
+        if override:
+            raise QDError(f"{dist}: not {ORT_PACKAGE}'s dist folder (missing {missing[0]}); point "
+                          f"--ort-web-dist (${ORT_WEB_DIST_ENV}) at node_modules/{ORT_PACKAGE}/dist")
+        raise QDError(f"{dist}: {ORT_PACKAGE} is not installed (missing {missing[0]}); in a clone run "
+                      f"`npm ci --prefix {WEB_DIR}`, or reinstall quickdraw-edge from a wheel built with npm "
+                      f"available, or set ${ORT_WEB_DIST_ENV}")
     return dist
 
 
 def check_model(model: str | os.PathLike | None) -> DemoModel:
     """Resolve --model as qd-infer does (file, export folder, or newest export) and open it once."""
+    from .model import OnnxClassifier, resolve_model_path
+
     path = resolve_model_path(model)
     classifier = OnnxClassifier(path)  # refuses non-ONNX files and models without qd.* metadata
     return DemoModel(path=path, labels=classifier.labels, precision=classifier.precision)
@@ -190,12 +202,14 @@ def build_routes(model: DemoModel, ort_dist: Path) -> dict[str, Path]:
     return routes
 
 
-def make_server(model_path: str | os.PathLike | None, port: int = DEFAULT_PORT) -> tuple[DemoServer, DemoModel]:
+def make_server(model_path: str | os.PathLike | None, port: int = DEFAULT_PORT,
+                ort_dist: str | os.PathLike | None = None) -> tuple[DemoServer, DemoModel]:
     """A ready (not yet serving) server on 127.0.0.1:port; port 0 picks a free one.
 
-    `model_path`: a model.onnx, an export folder, or None for the newest export."""
+    `model_path`: a model.onnx, an export folder, or None for the newest export;
+    `ort_dist`: onnxruntime-web's dist/ folder (default: ort_dist_dir())."""
     model = check_model(model_path)
-    handler = type("BoundDemoHandler", (DemoHandler,), {"routes": build_routes(model, ort_dist_dir())})
+    handler = type("BoundDemoHandler", (DemoHandler,), {"routes": build_routes(model, ort_dist_dir(ort_dist))})
     try:
         server = DemoServer((HOST, port), handler)
     except OSError as exc:
@@ -213,18 +227,24 @@ def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
     return thread
 
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
-                  help="Serve the drawing demo: sketch a doodle, watch the exported model guess, all in the browser.")
+app = opt.make_app()
 
 
-@app.command()
+@app.command(help=opt.describe(
+    "Serve the drawing demo on 127.0.0.1 until Ctrl+C: sketch a doodle, watch the exported model guess, "
+    "all in the browser.",
+    "qd-demo -m artifacts/exports/first"))
 def demo(
-    model: str = typer.Option(None, "--model", "-m", metavar="PATH",
-                              help="model.onnx or an export folder (default: the newest artifacts/exports/*/model.onnx)."),
-    port: int = typer.Option(DEFAULT_PORT, "--port", "-p", min=0, max=65535, help="Port on 127.0.0.1 (0 = any free port)."),
+    model: Annotated[Optional[str], opt.model_option()] = None,
+    port: Annotated[int, typer.Option(
+        "--port", "-p", min=0, max=65535, help="Port on 127.0.0.1 (0 = any free port).")] = DEFAULT_PORT,
+    ort_web_dist: Annotated[Optional[Path], typer.Option(
+        "--ort-web-dist", metavar="DIR", envvar=ORT_WEB_DIST_ENV, show_default=False,
+        help=f"{ORT_PACKAGE}'s dist/ folder. Default: the copy inside the package.")] = None,
+    artifacts: Annotated[Optional[Path], opt.artifacts_option()] = None,
+    version: Annotated[bool, opt.version_option()] = False,
 ) -> None:
-    """Serve the demo page on 127.0.0.1 until Ctrl+C."""
-    server, info = make_server(model, port)
+    server, info = make_server(model, port, ort_web_dist)
     url = server_url(server)
     console.print(Text.assemble("qd-demo: model ", shown(info.path), f" ({len(info.labels)} classes, ",
                                 shown(info.precision), ")"), highlight=False, soft_wrap=True)

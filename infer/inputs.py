@@ -41,9 +41,11 @@ class Drawings:
 
 @dataclass
 class Failure:
-    """One input that could not be used; `message` is "path: reason" on one line."""
+    """One input that could not be used; `message` is "path: reason" on one line, `input` the path
+    (or "path:line" of an .ndjson drawing) that machine formats name in the failure's record."""
 
     message: str
+    input: str
 
 
 Event = Drawings | Failure
@@ -59,17 +61,17 @@ def discover(paths: Iterable[str | os.PathLike], recursive: bool = True) -> Iter
             is_dir = path.is_dir()
             exists = is_dir or path.exists()
         except OSError as exc:
-            yield Failure(f"{path}: {reason_of(exc)}")
+            yield Failure(f"{path}: {reason_of(exc)}", str(path))
             continue
         if not exists:
             yield Failure(f"{path}: no such file or directory" if not path.is_symlink()
-                          else f"{path}: broken symbolic link")
+                          else f"{path}: broken symbolic link", str(path))
         elif is_dir:
             yield from _walk(path, recursive)
         elif path.name.lower().endswith(SUPPORTED_SUFFIXES):
             yield path
         else:
-            yield Failure(f"{path}: unsupported file type (expected {', '.join(SUPPORTED_SUFFIXES)})")
+            yield Failure(f"{path}: unsupported file type (expected {', '.join(SUPPORTED_SUFFIXES)})", str(path))
 
 
 def _walk(root: Path, recursive: bool) -> Iterator[Path | Failure]:
@@ -88,7 +90,7 @@ def _walk(root: Path, recursive: bool) -> Iterator[Path | Failure]:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            yield Failure(f"{folder}: {reason_of(exc)}")
+            yield Failure(f"{folder}: {reason_of(exc)}", str(folder))
             continue
         subfolders = []
         for entry in entries:
@@ -107,7 +109,7 @@ def _walk(root: Path, recursive: bool) -> Iterator[Path | Failure]:
         stack.extend(reversed(subfolders))  # depth first, in name order
     if found == 0:
         where = "" if recursive else " (not searched recursively)"
-        yield Failure(f"{root}: no images, .npy or .ndjson files found{where}")
+        yield Failure(f"{root}: no images, .npy or .ndjson files found{where}", str(root))
 
 
 # ----------------------------------------------------------------------------- reading
@@ -182,11 +184,11 @@ def guarded(path: Path, events: Iterator[Event]) -> Iterator[Event]:
     try:
         yield from events
     except QDError as exc:
-        yield Failure(str(exc))
+        yield Failure(str(exc), str(path))
     except OSError as exc:
-        yield Failure(f"{path}: {reason_of(exc)}")
+        yield Failure(f"{path}: {reason_of(exc)}", str(path))
     except Exception as exc:  # MemoryError included
-        yield Failure(f"{path}: unexpected error ({describe_unexpected(exc)})")
+        yield Failure(f"{path}: unexpected error ({describe_unexpected(exc)})", str(path))
 
 
 def read_images(paths: list[Path], decoder: ImageDecoder, group: int = 64) -> Iterator[Event]:
@@ -195,7 +197,7 @@ def read_images(paths: list[Path], decoder: ImageDecoder, group: int = 64) -> It
     bitmaps: list[np.ndarray] = []
     for path, result in decoder.decode(paths):
         if isinstance(result, str):
-            yield Failure(result)
+            yield Failure(result, str(path))
             continue
         names.append(str(path))
         bitmaps.append(result)
@@ -222,7 +224,7 @@ def read_ndjson(path: Path, chunk: int = 1024) -> Iterator[Event]:
     try:
         for number, _word, bitmap, error in iter_ndjson(path):
             if error is not None:
-                yield Failure(f"{path}:{number}: {error}")
+                yield Failure(f"{path}:{number}: {error}", f"{path}:{number}")
                 continue
             names.append(f"{path}:{number}")
             bitmaps.append(bitmap)
@@ -231,16 +233,16 @@ def read_ndjson(path: Path, chunk: int = 1024) -> Iterator[Event]:
                 yield Drawings(names, np.stack(bitmaps).reshape(-1, PIXELS))
                 names, bitmaps = [], []
     except QDError as exc:
-        yield Failure(str(exc))
+        yield Failure(str(exc), str(path))
         return
     except OSError as exc:
-        yield Failure(f"{path}: {reason_of(exc)}")
+        yield Failure(f"{path}: {reason_of(exc)}", str(path))
         return
     if names:
         total += len(names)
         yield Drawings(names, np.stack(bitmaps).reshape(-1, PIXELS))
     if total == 0:
-        yield Failure(f"{path}: no drawings in the file")
+        yield Failure(f"{path}: no drawings in the file", str(path))
 
 
 def read_npy(path: Path, chunk_rows: int = NPY_CHUNK_ROWS) -> Iterator[Event]:
@@ -248,21 +250,21 @@ def read_npy(path: Path, chunk_rows: int = NPY_CHUNK_ROWS) -> Iterator[Event]:
     try:
         array = DrawingArray.open(path)
     except QDError as exc:
-        yield Failure(str(exc))
+        yield Failure(str(exc), str(path))
         return
     with array:
         try:
             if array.dtype != np.uint8:
                 for start in range(0, array.rows, FLOAT_CHECK_ROWS):
-                    _check_float_range(path, array.read(start, start + FLOAT_CHECK_ROWS))
+                    check_float_range(path, array.read(start, start + FLOAT_CHECK_ROWS))
             for start in range(0, array.rows, chunk_rows):
                 chunk = array.read(start, start + chunk_rows)
                 if chunk.dtype != np.uint8:
-                    chunk = np.floor(chunk.astype(np.float32) * np.float32(255) + np.float32(0.5)).astype(np.uint8)
+                    chunk = floats_to_uint8(chunk)
                 names = [str(path)] if array.single else [f"{path}[{i}]" for i in range(start, start + len(chunk))]
                 yield Drawings(names, chunk)
         except QDError as exc:
-            yield Failure(str(exc))
+            yield Failure(str(exc), str(path))
 
 
 class DrawingArray:
@@ -360,7 +362,12 @@ def _rows_of(shape: tuple) -> int | None:
     return None
 
 
-def _check_float_range(path: Path, flat: np.ndarray) -> None:
+def floats_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Float drawings in 0..1 (checked by check_float_range) -> uint8 0..255, rounded half up."""
+    return np.floor(values.astype(np.float32) * np.float32(255) + np.float32(0.5)).astype(np.uint8)
+
+
+def check_float_range(path: Path | str, flat: np.ndarray) -> None:
     chunk = np.asarray(flat, dtype=np.float64)
     if not np.isfinite(chunk).all():
         raise QDError(f"{path}: float array holds NaN or infinity")

@@ -26,6 +26,7 @@ from qd.data.preprocess import REQUIRED_KEYS as PREPROCESSING_KEYS, bitmaps_to_i
 from .openset import PROBABILITIES, OpenSetRule, parse_open_set, parse_temperature
 
 MODEL_FILE = MODEL_ONNX  # qd-infer's model in an export folder
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")  # qd-train writes these; a model comes from qd-export
 
 
 def newest_export(root: str | os.PathLike | None = None) -> Path:
@@ -49,6 +50,9 @@ def resolve_model_path(model: str | os.PathLike | None) -> Path:
     path = Path(model)
     if path.is_dir():
         path = path / MODEL_FILE
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        raise QDError(f"{path}: a qd-train checkpoint, not an exported model; run qd-export first "
+                      f"(qd-export {path}) and pass the export folder it writes")
     if not path.exists():
         raise QDError(f"{path}: model file does not exist")
     if not path.is_file():
@@ -205,7 +209,9 @@ def _open_session(path: Path, threads: int | None):
         return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
         first = first_line(exc, 10_000)
-        raise QDError(f"{path}: not a loadable ONNX model ({first[:160]})") from None
+        # torch saves checkpoints as zip files: whatever the name, that is the one slip worth a hint
+        hint = "; it looks like a torch checkpoint: run qd-export first" if model[:4] == b"PK\x03\x04" else ""
+        raise QDError(f"{path}: not a loadable ONNX model ({first[:160]}){hint}") from None
 
 
 def _parse_labels(path: Path, meta: dict[str, str]) -> list[str]:

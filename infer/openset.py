@@ -24,10 +24,9 @@ from typing import Callable
 
 import numpy as np
 
-from qd.data.contract import LOGITS, META_OPEN_SET as OPEN_SET_KEY, META_TEMPERATURE as TEMPERATURE_KEY, PROBABILITIES
 from qd.data.errors import QDError
 
-DEFAULT_KEPT = 0.95
+from .contract import DEFAULT_KEPT, LOGITS, OPEN_SET_KEY, PROBABILITIES, TEMPERATURE_KEY  # noqa: F401
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

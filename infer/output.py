@@ -6,9 +6,12 @@ failure line show names and labels through qd.data.console.shown (escape codes m
 visible); CSV carries them exactly, JSON exactly too (strict JSON, with invisible
 characters written as \\u escapes).
 
-Each row carries the open-set answer: `unknown` is true or false when the model's rule
-was applied, null (JSON) or empty (CSV) when it was not (a model exported without one,
-or --no-unknown). The table shows "unknown ·" before the closest class.
+The machine formats' schema is docs/output.md (OUTPUT_VERSION, written in every record):
+one record per drawing, and one per input that failed, with its reason in `error` (the
+failure is still named on stderr, and the exit code is still 1). Each row carries the
+open-set answer: `unknown` is true or false when the model's rule was applied, null (JSON)
+or empty (CSV) when it was not (a model exported without one, or --no-unknown). The table
+shows "unknown ·" before the closest class.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ import numpy as np
 from rich.text import Text
 
 from qd.data.console import console, err_console, fail, shown
+
+# The version of the --json/--csv record schema (docs/output.md); changed whenever a field's meaning changes.
+OUTPUT_VERSION = 1
 
 
 @dataclass
@@ -63,7 +69,8 @@ class Writer:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    def failure(self, message: str) -> None:
+    def failure(self, message: str, input: str) -> None:
+        """One input that could not be classified: a line on stderr (machine formats add a record)."""
         fail(message)
 
     def finish(self, summary: Summary) -> None:
@@ -95,8 +102,8 @@ class JsonLinesWriter(Writer):
         super().__init__(labels, top, open_set)
         self.quoted_labels = np.array([encode_json_string(l) for l in labels], dtype=object)
         entries = ", ".join(['{"label": %s, "probability": %.6f}'] * top)
-        self.record = ('{"input": %s, "label": %s, "probability": %.6f, "unknown": %s, "top": ['
-                       + entries + "]}\n")
+        self.record = ('{"version": %d, "input": %%s, "label": %%s, "probability": %%.6f, "unknown": %%s, "top": ['
+                       % OUTPUT_VERSION + entries + '], "error": null}\n')
 
     def rows(self, names, index, probs, unknown=None):
         fields = np.empty((len(names), 4 + 2 * index.shape[1]), dtype=object)
@@ -108,20 +115,26 @@ class JsonLinesWriter(Writer):
         fields[:, 5::2] = probs
         self.emit((self.record * len(names)) % tuple(fields.ravel().tolist()))
 
+    def failure(self, message: str, input: str) -> None:
+        super().failure(message, input)
+        self.emit(json_line({"version": OUTPUT_VERSION, "input": printable(input), "label": None,
+                             "probability": None, "unknown": None, "top": [], "error": printable(message)}) + "\n")
+
 
 class CsvWriter(Writer):
-    """input, label_1, probability_1, ...: a whole batch formatted with one % call."""
+    """version, input, label_1, probability_1, ..., unknown, error: a whole batch formatted with one % call."""
 
     threaded = True
 
     def __init__(self, labels, top, open_set=False):
         super().__init__(labels, top, open_set)
-        header = ["input"]
+        header = ["version", "input"]
         for rank in range(1, top + 1):
             header += [f"label_{rank}", f"probability_{rank}"]
         self.quoted_labels = np.array([csv_field(l) for l in labels], dtype=object)
-        self.record = "%s" + ",%s,%.6f" * top + ",%s" + CSV_LINE_END
-        self.emit(",".join(header + ["unknown"]) + CSV_LINE_END)
+        self.record = f"{OUTPUT_VERSION},%s" + ",%s,%.6f" * top + ",%s," + CSV_LINE_END  # error: empty
+        self.failed_record = f"{OUTPUT_VERSION},%s" + ",," * top + ",,%s" + CSV_LINE_END
+        self.emit(",".join(header + ["unknown", "error"]) + CSV_LINE_END)
 
     def rows(self, names, index, probs, unknown=None):
         fields = np.empty((len(names), 2 + 2 * index.shape[1]), dtype=object)
@@ -130,6 +143,10 @@ class CsvWriter(Writer):
         fields[:, 2:-1:2] = probs
         fields[:, -1] = CSV_ANSWERS[answers(unknown, len(names))]
         self.emit((self.record * len(names)) % tuple(fields.ravel().tolist()))
+
+    def failure(self, message: str, input: str) -> None:
+        super().failure(message, input)
+        self.emit(self.failed_record % (csv_field(printable(input)), csv_field(printable(message))))
 
 
 class TableWriter(Writer):

@@ -58,7 +58,7 @@ class BatchRunner:
 
     def __init__(self, classifier: OnnxClassifier, top: int, write, report_failure):
         self.classifier, self.top = classifier, top
-        self.write, self.report_failure = write, report_failure  # (names, index, probs, unknown) and (message)
+        self.write, self.report_failure = write, report_failure  # (names, index, probs, unknown) and (message, input)
         self.limit: int | None = None  # batch size known to work, once one has failed
         self.classified = self.failed = self.unknown = 0
 
@@ -74,7 +74,7 @@ class BatchRunner:
             raise  # the model itself is wrong (output shape): every batch would fail alike
         except Exception as exc:
             if len(names) == 1:
-                self.fail(f"{names[0]}: not classified (onnxruntime: {describe_unexpected(exc)})")
+                self.fail(f"{names[0]}: not classified (onnxruntime: {describe_unexpected(exc)})", names[0])
                 return
             half = len(names) // 2
             self.limit = half if self.limit is None else min(self.limit, half)
@@ -82,11 +82,19 @@ class BatchRunner:
             self._run(names[half:], bitmaps[half:])
             return
         finite = np.all([np.isfinite(v).all(axis=1) for v in outputs.values()], axis=0)
-        if not finite.all():
-            for i in np.flatnonzero(~finite).tolist():
-                self.fail(f"{names[i]}: not classified (the model gave NaN or infinite probabilities)")
-            names = [n for n, ok in zip(names, finite.tolist()) if ok]
-            outputs = {name: value[finite] for name, value in outputs.items()}
+        if finite.all():
+            self._write(names, outputs)
+            return
+        # Runs of finite rows and of failures, in order: records stay in input order.
+        edges = [0, *(np.flatnonzero(np.diff(finite.astype(np.int8))) + 1).tolist(), len(names)]
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            if finite[lo]:
+                self._write(names[lo:hi], {name: value[lo:hi] for name, value in outputs.items()})
+                continue
+            for i in range(lo, hi):
+                self.fail(f"{names[i]}: not classified (the model gave NaN or infinite probabilities)", names[i])
+
+    def _write(self, names: list[str], outputs: dict[str, np.ndarray]) -> None:
         if names:
             unknown = self.classifier.unknown(outputs)
             index, values = top_k(outputs[PROBABILITIES], self.top)
@@ -94,8 +102,8 @@ class BatchRunner:
             self.classified += len(names)
             self.unknown += 0 if unknown is None else int(unknown.sum())
 
-    def fail(self, message: str) -> None:
-        self.report_failure(message)
+    def fail(self, message: str, input: str) -> None:
+        self.report_failure(message, input)
         self.failed += 1
 
 
@@ -157,15 +165,19 @@ def _classify(plan: Plan, classifier: OnnxClassifier, decoder: ImageDecoder, wri
             written.result()  # raises here if writing failed (a closed pipe, a full disk)
         written = writing.submit(write_now, names, index, values, unknown)
 
-    def report_failure(message):
-        writer.failure(message)
+    def report_failure(message, input):
+        if written is not None:
+            written.result()  # the rows before it are out first: records stay in input order
+        writer.failure(message, input)
         bar.advance(1)
 
     runner = BatchRunner(classifier, top, write, report_failure)
     try:
         for event in read_inputs(plan, chunk_rows=batch_size, decoder=decoder):
             if isinstance(event, Failure):
-                runner.fail(event.message)
+                if batcher.count:  # the drawings before it first: records stay in input order
+                    runner.run(*batcher.flush())
+                runner.fail(event.message, event.input)
                 continue
             for names, bitmaps in batcher.add(event):
                 runner.run(names, bitmaps)

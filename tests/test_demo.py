@@ -95,6 +95,11 @@ def test_every_page_file_exists_and_is_listed_as_package_data():
 
 def test_missing_onnxruntime_web_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("QD_ORT_WEB_DIST", str(tmp_path))
+    with pytest.raises(QDError, match=r"not onnxruntime-web's dist folder \(missing ort.wasm.min.mjs\); point "
+                                      r"--ort-web-dist \(\$QD_ORT_WEB_DIST\)"):
+        demo.ort_dist_dir()
+    monkeypatch.delenv("QD_ORT_WEB_DIST")
+    monkeypatch.setattr(demo, "PACKAGED_ORT_DIST", tmp_path / "none")
     with pytest.raises(QDError, match="npm ci"):
         demo.ort_dist_dir()
 

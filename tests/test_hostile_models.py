@@ -262,7 +262,7 @@ class Collect:
         assert np.isfinite(probs).all()
         self.names += names
 
-    def failure(self, message):
+    def failure(self, message, input):
         self.failures.append(message)
 
     def finish(self, summary):
@@ -322,9 +322,17 @@ def test_json_output_is_strict_even_when_a_model_gives_nan(tmp_path, monkeypatch
     monkeypatch.setattr(model_module.OnnxClassifier, "outputs", half_nan)
     result = invoke_cli(main, tmp_path / "x.npy", "--model", model, "--json")
     records = [json.loads(line) for line in result.stdout.splitlines()]  # strict: json.loads refuses nothing here
-    assert [r["input"] for r in records] == [f"{tmp_path / 'x.npy'}[1]", f"{tmp_path / 'x.npy'}[3]"]
-    assert all(math.isfinite(r["probability"]) for r in records)
-    assert "NaN" not in result.stdout and result.stderr.count("the model gave NaN or infinite probabilities") == 2
+    assert [r["input"] for r in records] == [f"{tmp_path / 'x.npy'}[{i}]" for i in range(4)]  # in input order
+    assert [r["error"] is None for r in records] == [False, True, False, True]  # NaN rows: records with an error
+    assert all("NaN or infinite" in r["error"] and r["probability"] is None for r in records[::2])
+    assert all(math.isfinite(r["probability"]) for r in records[1::2])
+
+    def refuse(constant):
+        raise AssertionError(f"non-strict JSON constant {constant}")
+
+    for line in result.stdout.splitlines():
+        json.loads(line, parse_constant=refuse)  # no NaN/Infinity value anywhere (the errors only name them)
+    assert result.stderr.count("the model gave NaN or infinite probabilities") == 2
 
 
 EXCEPTIONS = st.sampled_from([ValueError, RuntimeError, KeyError, OverflowError, MemoryError, RecursionError,

@@ -128,15 +128,19 @@ def test_qd_infer_shows_hostile_names_and_labels_safely_and_machine_formats_exac
     assert len(errors) == len(bad) == len(table.stderr.splitlines())  # one line each, none forged
 
     as_json = invoke_cli(main, inputs, "--model", model, "--json", "--top", "2")
-    records = [json.loads(line) for line in as_json.stdout.splitlines()]
+    every = [json.loads(line) for line in as_json.stdout.splitlines()]
+    records = [r for r in every if r["error"] is None]
+    assert len(every) - len(records) == len(bad)  # each failed input is a record too, with its error
     assert sorted(r["input"] for r in records) == sorted(good)  # exact names (valid UTF-8 here)
     assert all(r["label"] in labels and {t["label"] for t in r["top"]} <= set(labels) for r in records)
     assert not RAW_CONTROL.search(as_json.stdout.replace("\n", ""))  # invisible ones are \u escapes
 
     as_csv = invoke_cli(main, inputs, "--model", model, "--csv", "--top", "2")
     rows = list(csv.reader(io.StringIO(as_csv.stdout, newline="")))
-    assert rows[0] == ["input", "label_1", "probability_1", "label_2", "probability_2", "unknown"]
-    assert sorted(r[0] for r in rows[1:]) == sorted(good) and all(r[1] in labels for r in rows[1:])
+    assert rows[0] == ["version", "input", "label_1", "probability_1", "label_2", "probability_2", "unknown", "error"]
+    good_rows = [r for r in rows[1:] if r[-1] == ""]
+    assert len(rows) - 1 - len(good_rows) == len(bad)
+    assert sorted(r[1] for r in good_rows) == sorted(good) and all(r[2] in labels for r in good_rows)
 
 
 def test_qd_infer_table_shows_markup_in_names_and_labels_literally(tmp_path, drawing_png):

@@ -142,10 +142,10 @@ def test_cli_csv_and_table(exported_model, inputs_folder):
     result = run_cli(inputs_folder / "rows.npy", "--model", exported_model, "--csv", "--top", "3")
     assert result.returncode == 0, result.stderr
     table = list(csv.reader(io.StringIO(result.stdout)))
-    assert table[0] == ["input", "label_1", "probability_1", "label_2", "probability_2", "label_3", "probability_3",
-                        "unknown"]
-    assert len(table) == 7 and table[1][0].endswith("rows.npy[0]")
-    assert {row[-1] for row in table[1:]} <= {"true", "false"}
+    assert table[0] == ["version", "input", "label_1", "probability_1", "label_2", "probability_2", "label_3",
+                        "probability_3", "unknown", "error"]
+    assert len(table) == 7 and table[1][1].endswith("rows.npy[0]") and {row[0] for row in table[1:]} == {"1"}
+    assert {row[-2] for row in table[1:]} <= {"true", "false"} and {row[-1] for row in table[1:]} == {""}
     result = run_cli(inputs_folder / "photos", "--model", exported_model, "--top", "2")
     assert result.returncode == 0, result.stderr
     assert "1st" in result.stdout and "2nd" in result.stdout and "drawing 0.jpg" in result.stdout
@@ -158,7 +158,12 @@ def test_cli_bad_inputs_one_line_each_good_still_classified(exported_model, inpu
     result = run_cli(inputs_folder / "rows.npy", tmp_path / "text.png", tmp_path / "pickle.npy",
                      tmp_path / "missing", "--model", exported_model, "--json")
     assert result.returncode == 1
-    assert len(result.stdout.splitlines()) == 6
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 6 + 3  # each drawing, and each failed input as a record in its place
+    failed = [r for r in records if r["error"] is not None]
+    assert [r["input"] for r in failed] == [str(tmp_path / n) for n in ("text.png", "pickle.npy", "missing")]
+    assert all(r["error"].startswith(r["input"] + ": ") and r["label"] is None and r["top"] == [] for r in failed)
+    assert [r["error"] is None for r in records] == [True] * 6 + [False] * 3
     errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
     assert len(errors) == 3, result.stderr
     assert "Traceback" not in result.stderr

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from qd.infer.model import top_k
-from qd.infer.output import CsvWriter, JsonLinesWriter, printable_names
+from qd.infer.output import OUTPUT_VERSION, CsvWriter, JsonLinesWriter, printable, printable_names
 
 LABELS = ["cat", "dog", 'say "cheese"', "comma, label", "back\\slash", "ünïcode", "new\nline", "tab\tbed"]
 NAMES = ["a.png", "b,c.png", 'd"e.png', "x\udcff.png", "line\nbreak.png", "ctrl\x01.png", "drawings.npy[12]",
@@ -40,8 +40,9 @@ def test_json_lines_are_the_records_json_dumps_would_write(batch):
     assert len(lines) == len(NAMES) + 2
     for line, name, row_i, row_p in zip(lines, printable_names(NAMES) + NAMES[:2], index.tolist() * 2, probs.tolist() * 2):
         top = [{"label": LABELS[i], "probability": round(p, 6)} for i, p in zip(row_i, row_p)]
-        assert json.loads(line) == {"input": name, "label": top[0]["label"], "probability": top[0]["probability"],
-                                    "unknown": None, "top": top}  # no rule applied: null
+        assert json.loads(line) == {"version": OUTPUT_VERSION, "input": name, "label": top[0]["label"],
+                                    "probability": top[0]["probability"], "unknown": None, "top": top,
+                                    "error": None}  # no rule applied: null
         assert "e-" not in line  # probabilities with six decimals, as in the CSV
 
 
@@ -49,13 +50,13 @@ def test_csv_is_byte_identical_to_csv_writer(batch):
     index, probs = batch
     expected = io.StringIO()
     reference = csv.writer(expected, lineterminator="\r\n")  # RFC 4180, so a bare "\r" in a field is quoted
-    reference.writerow(["input", "label_1", "probability_1", "label_2", "probability_2", "label_3", "probability_3",
-                        "unknown"])
+    reference.writerow(["version", "input", "label_1", "probability_1", "label_2", "probability_2", "label_3",
+                        "probability_3", "unknown", "error"])
     for name, row_i, row_p in zip(printable_names(NAMES) + NAMES[:2], index.tolist() * 2, probs.tolist() * 2):
-        cells = [name]
+        cells = [OUTPUT_VERSION, name]
         for i, p in zip(row_i, row_p):
             cells += [LABELS[i], f"{p:.6f}"]
-        reference.writerow(cells + [""])  # no rule applied: an empty cell
+        reference.writerow(cells + ["", ""])  # no rule applied, no error: empty cells
     assert written(CsvWriter, index, probs) == expected.getvalue()
 
 
@@ -70,7 +71,7 @@ def test_the_unknown_answer_in_both_formats(batch):
             assert [json.loads(line)["unknown"] for line in out.getvalue().splitlines()] == unknown.tolist()
         else:
             rows = list(csv.reader(io.StringIO(out.getvalue(), newline="")))
-            assert rows[0][-1] == "unknown" and [r[-1] for r in rows[1:]] == ["true" if u else "false" for u in unknown]
+            assert rows[0][-2] == "unknown" and [r[-2] for r in rows[1:]] == ["true" if u else "false" for u in unknown]
 
 
 def test_one_label_and_an_empty_batch(batch):
@@ -81,3 +82,27 @@ def test_one_label_and_an_empty_batch(batch):
     with contextlib.redirect_stdout(empty):
         CsvWriter(LABELS, 3).rows([], index[:0], probs[:0])
     assert empty.getvalue().count("\n") == 1  # the header only
+
+
+def test_a_failed_input_is_a_record_with_its_error_in_both_formats(batch, capsys):
+    """Between two drawings' records, in order, with the exact name and reason; still named on stderr."""
+    index, probs = batch
+    name, message = NAMES[1], f"{NAMES[1]}: not an image (bad, \"quoted\")"
+    for writer_class in (JsonLinesWriter, CsvWriter):
+        writer = writer_class(LABELS, 3)
+        writer.rows(NAMES[:1], index[:1], probs[:1])
+        writer.failure(message, name)
+        writer.rows(NAMES[2:3], index[2:3], probs[2:3])
+        out, err = capsys.readouterr()
+        assert err.count("error:") == 1 and "not an image" in err
+        if writer_class is JsonLinesWriter:
+            records = [json.loads(line) for line in out.splitlines()]
+            assert records[1] == {"version": OUTPUT_VERSION, "input": name, "label": None, "probability": None,
+                                  "unknown": None, "top": [], "error": message}
+            assert [r["error"] for r in records] == [None, message, None]
+            assert [set(r) for r in records] == [set(records[1])] * 3  # one schema for every record
+        else:
+            rows = list(csv.DictReader(io.StringIO(out, newline="")))
+            assert [r["input"] for r in rows] == [printable(n) for n in NAMES[:3]]
+            assert rows[1]["error"] == message and rows[1]["label_1"] == rows[1]["unknown"] == ""
+            assert rows[0]["error"] == rows[2]["error"] == "" and {r["version"] for r in rows} == {str(OUTPUT_VERSION)}

@@ -94,7 +94,7 @@ def test_cli_json_csv_and_table_carry_the_answer(exported_model, folder):
 
     result = run_cli(folder / "unseen.npy", "--model", exported_model, "--csv", "--unknown-threshold", "1e9")
     table = list(csv.reader(io.StringIO(result.stdout)))
-    assert table[0][-1] == "unknown" and {row[-1] for row in table[1:]} == {"true"}
+    assert table[0][-2] == "unknown" and {row[-2] for row in table[1:]} == {"true"}
 
     result = run_cli(folder / "known.npy", "--model", exported_model, "--unknown-threshold", "1e9", "--top", "2")
     assert result.returncode == 0, result.stderr

@@ -1,22 +1,24 @@
-"""`qd-train`: a thin typer layer over qd.train.loop.train."""
+"""`qd-train`: a thin typer layer over qd.train.loop.train.
+
+torch loads inside the command, so `qd-train --help` and `--version` print at once.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
+from qd.data import options as opt
 from qd.data.console import run_app
 from qd.data.errors import QDError
-from qd.data.paths import default_data_dir
 
-from .config import TrainConfig
-from .loop import train
-from .models import ARCHITECTURES, DEFAULT_ARCH
+from .defaults import ARCH_NAMES, DEFAULT_ARCH
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
-                  help="Train a small CNN on Quick, Draw! bitmaps into artifacts/runs/<run>/best.pt and last.pt.")
+app = opt.make_app()
+# Old spellings, still accepted (hidden) for one release.
+ALIASES = {"--data-dir": "--data"}
 
 
 def _categories(text: Optional[str]) -> Optional[list[str]]:
@@ -28,35 +30,54 @@ def _categories(text: Optional[str]) -> Optional[list[str]]:
     return names
 
 
-@app.command()
+@app.command(cls=opt.aliased(ALIASES), help=opt.describe(
+    "Train a small CNN on Quick, Draw! bitmaps into ARTIFACTS/runs/<run>/best.pt and last.pt.",
+    "qd-train -d artifacts/data --epochs 3 -o artifacts/runs/first"))
 def train_command(
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", show_default=False,
-                                            help="Folder of <category>.npy bitmap files. Default: $QD_ARTIFACTS/data or artifacts/data."),
-    categories: Optional[str] = typer.Option(None, "--categories", help="Comma-separated categories (default: all in --data-dir)."),
-    arch: str = typer.Option(DEFAULT_ARCH, "--arch", help=f"Architecture: {', '.join(ARCHITECTURES)}."),
-    epochs: int = typer.Option(10, "--epochs", help="Maximum number of epochs."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Global batch size (split across DDP ranks)."),
-    lr: float = typer.Option(3e-3, "--lr", help="Peak learning rate (AdamW, one-cycle schedule)."),
-    max_per_category: Optional[int] = typer.Option(None, "--max-per-category", help="Use at most N drawings per category (the first N rows)."),
-    steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", help="Cap optimizer steps per epoch (each epoch still draws from the whole shuffled split)."),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of drawings in the validation split."),
-    test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of drawings in the test split."),
-    patience: int = typer.Option(5, "--patience", help="Stop after N epochs without validation-loss improvement (0: never)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for initialisation, shuffling, augmentation and dropout."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast where the hardware has it: AMX CPUs, CUDA), fp32 or bf16."),
-    workers: int = typer.Option(0, "--workers", help="0: gather batches in a prefetch thread; N: N loader processes."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: artifacts/runs/<arch>-<timestamp>)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run from its last.pt (its own settings and data folder, unless --data-dir is given)."),
-    augment: bool = typer.Option(True, "--augment/--no-augment", help="Random affine augmentation per batch."),
-    schedule: str = typer.Option("onecycle", "--schedule", help="Learning-rate schedule: onecycle, cosine or constant."),
-    outlier_exposure: float = typer.Option(0.0, "--outlier-exposure", metavar="WEIGHT",
-                                           help="Weight of the outlier-exposure loss on synthetic negatives "
-                                                "(scribbles, halves and overlays of drawings); 0: off."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+    data: Annotated[Optional[Path], opt.data_option(
+        "Folder of <category>.npy bitmap files. Default: ARTIFACTS/data.")] = None,
+    categories: Annotated[Optional[str], typer.Option(
+        "--categories", "-c", help="Comma-separated categories (default: all in --data).")] = None,
+    arch: Annotated[str, typer.Option("--arch", help=f"Architecture: {', '.join(ARCH_NAMES)}.")] = DEFAULT_ARCH,
+    epochs: Annotated[int, typer.Option("--epochs", "-e", help="Maximum number of epochs.")] = 10,
+    batch_size: Annotated[int, opt.batch_size_option("Global batch size (split across DDP ranks).")] = 256,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, one-cycle schedule).")] = 3e-3,
+    max_per_category: Annotated[Optional[int], opt.max_per_category_option(
+        "Use at most N drawings per category (the first N rows).")] = None,
+    steps_per_epoch: Annotated[Optional[int], typer.Option(
+        "--steps-per-epoch", help="Cap optimizer steps per epoch (each epoch still draws from the whole "
+                                  "shuffled split).")] = None,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of drawings in the validation split.")] = 0.1,
+    test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of drawings in the test split.")] = 0.1,
+    patience: Annotated[int, typer.Option(
+        "--patience", help="Stop after N epochs without validation-loss improvement (0: never).")] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for initialisation, shuffling, augmentation and dropout.")] = 0,
+    device: Annotated[str, opt.device_option()] = "auto",
+    precision: Annotated[str, typer.Option(
+        "--precision", help="auto (bf16 autocast where the hardware has it: AMX CPUs, CUDA), fp32 or bf16.")] = "auto",
+    workers: Annotated[int, opt.workers_option(
+        "Worker processes preparing batches (0: one prefetch thread instead).", min=0)] = 0,
+    out: Annotated[Optional[Path], opt.out_option("Run folder. Default: ARTIFACTS/runs/<arch>-<timestamp>.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        "--resume", metavar="LAST_PT", help="Continue a run from its last.pt (its own settings and data folder, "
+                                            "unless --data is given).")] = None,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random affine augmentation per batch.")] = True,
+    schedule: Annotated[str, typer.Option(
+        "--schedule", help="Learning-rate schedule: onecycle, cosine or constant.")] = "onecycle",
+    outlier_exposure: Annotated[float, typer.Option(
+        "--outlier-exposure", metavar="WEIGHT", help="Weight of the outlier-exposure loss on synthetic negatives "
+                                                     "(scribbles, halves and overlays of drawings); 0: off.")] = 0.0,
+    quiet: Annotated[bool, opt.quiet_option()] = False,
+    artifacts: Annotated[Optional[Path], opt.artifacts_option()] = None,
+    version: Annotated[bool, opt.version_option()] = False,
 ) -> None:
+    from qd.data.paths import default_data_dir
+
+    from .config import TrainConfig
+    from .loop import train
+
     config = TrainConfig(
-        data_dir=data_dir if data_dir is not None or resume is not None else default_data_dir(),
+        data_dir=data if data is not None or resume is not None else default_data_dir(),
         categories=_categories(categories),
         arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, max_per_category=max_per_category,
         steps_per_epoch=steps_per_epoch, val_fraction=val_fraction, test_fraction=test_fraction,

@@ -10,6 +10,8 @@ from torch import nn
 from qd.data.errors import QDError
 from qd.data.limits import ARCH_KWARG_BOUNDS, MAX_LABELS, MAX_PARAMETERS
 
+from .defaults import ARCH_NAMES, DEFAULT_ARCH  # noqa: F401 (DEFAULT_ARCH is imported from here too)
+
 
 class SeedCNN(nn.Module):
     """The original Lightning script's network, with its output bug fixed:
@@ -61,7 +63,7 @@ ARCHITECTURES = {
     "seed": SeedCNN,
     "compact": CompactCNN,
 }
-DEFAULT_ARCH = "compact"
+assert tuple(ARCHITECTURES) == ARCH_NAMES, "train/defaults.py names the architectures --help shows"
 
 
 def build_model(arch: str, num_classes: int, /, **kwargs) -> nn.Module:
