@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from qd.data import __version__
 from qd.data.dataset import BitmapDataset
 from qd.data.errors import QDError
-from qd.data.paths import artifacts_root
+from qd.data.paths import BEST_CHECKPOINT, LAST_CHECKPOINT, runs_dir
 from qd.data.preprocess import DEFAULT_PREPROCESSING
 from qd.data.split import SplitSpec
 
@@ -40,7 +40,7 @@ from .models import build_model, count_parameters, full_kwargs
 from .outliers import SyntheticOutliers, exposure_loss
 from .report import Reporter
 
-BEST, LAST = "best.pt", "last.pt"
+BEST, LAST = BEST_CHECKPOINT, LAST_CHECKPOINT
 # Options that may differ on --resume (how to run, not what to train).
 RUNTIME_OPTIONS = ("device", "workers", "quiet")
 
@@ -55,7 +55,7 @@ def train(config: TrainConfig) -> Path:
 
 
 def default_run_dir(arch: str) -> Path:
-    return artifacts_root() / "runs" / f"{arch}-{datetime.now():%Y%m%d-%H%M%S}"
+    return runs_dir() / f"{arch}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 # ---------------------------------------------------------------- set-up checks
