@@ -32,6 +32,9 @@ META_PRECISION = "qd.precision"          # "fp32" or "int8"
 META_TEMPERATURE = "qd.temperature"      # JSON number T > 0
 META_OPEN_SET = "qd.open_set"            # JSON {"rule", "threshold", "kept", "validation"}
 
+# The share of the known validation drawings the fitted open-set threshold keeps, when an export names none.
+DEFAULT_KEPT = 0.95
+
 LICENSE_NOTE = "Quick, Draw! data by Google, CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/)"
 
 # The canvas models (onnx-canvas, coreml-canvas; docs/canvas.md): an app's canvas in.

@@ -14,10 +14,11 @@ from rich.text import Text
 
 from qd.data import options as opt
 from qd.data.console import EXIT_ERROR, console, fail, run_app, shown
-from qd.infer.contract import DEFAULT_KEPT
+from qd.data.contract import DEFAULT_KEPT
+from qd.data.paths import LABELS_FILE
 
 from .defaults import (ALL, DEFAULT_FORMATS, DEFAULT_INT8_MAX_PROB_DIFF, DEFAULT_INT8_TOLERANCE, DEFAULT_MAX_DRAWINGS,
-                       DEFAULT_OPSET, FORMAT_NAMES, LABELS_NAME)
+                       DEFAULT_OPSET, FORMAT_NAMES)
 
 if TYPE_CHECKING:
     from .api import ExportReport
@@ -131,7 +132,7 @@ def print_report(report: "ExportReport") -> None:
         table.add_row(result.format.name, file_cell, Text("\n").join(lines))
     for extra in (report.labels, report.card):
         if extra is not None:
-            label = "labels" if extra.name == LABELS_NAME else "card"
+            label = "labels" if extra.name == LABELS_FILE else "card"
             what = ("class names, one per line" if label == "labels"
                     else "classes, preprocessing, source metrics, sha256 of each file, checks")
             table.add_row(label, f"{extra.name}\n{_size(extra)}", what)

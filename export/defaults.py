@@ -1,6 +1,6 @@
 """qd-export's defaults and format names, torch-free so `qd-export --help` prints without loading torch.
 
-The modules that use them (context.py, formats.py, source.py, card.py) import them from here;
+The modules that use them (context.py, formats.py, source.py) import them from here;
 formats.py checks that its table names exactly FORMAT_NAMES."""
 
 DEFAULT_OPSET = 18
@@ -10,4 +10,3 @@ DEFAULT_MAX_DRAWINGS = 10_000  # test-split drawings the exported models are che
 FORMAT_NAMES = ("onnx", "onnx-int8", "coreml", "onnx-canvas", "coreml-canvas")  # in table order
 DEFAULT_FORMATS = "onnx"
 ALL = "all"
-from qd.data.paths import LABELS_FILE as LABELS_NAME, MODEL_CARD as CARD_NAME  # noqa: E402,F401

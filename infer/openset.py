@@ -24,9 +24,8 @@ from typing import Callable
 
 import numpy as np
 
+from qd.data.contract import DEFAULT_KEPT, LOGITS, META_OPEN_SET as OPEN_SET_KEY, META_TEMPERATURE as TEMPERATURE_KEY, PROBABILITIES  # noqa: E501,F401
 from qd.data.errors import QDError
-
-from .contract import DEFAULT_KEPT, LOGITS, OPEN_SET_KEY, PROBABILITIES, TEMPERATURE_KEY  # noqa: F401
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
