@@ -1,4 +1,5 @@
-"""`qd-data`: get Quick, Draw! bitmap files (`fetch`) and see what is on disk (`list`)."""
+"""`qd-data`: get Quick, Draw! bitmap files (`fetch`), turn one's own drawings into them (`import`)
+and see what is on disk (`list`)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,17 @@ from .categories import category_path, list_categories
 from .console import console, err_console, fail, run_app, shown
 from .errors import BitmapFileError, QDError
 from .fetch import FetchOptions, FetchResult, fetch_categories
+from .importer import CategoryResult, ImportOptions, import_drawings
+from .limits import MAX_WORKERS
+from .machine import usable_cpus
 from .paths import default_data_dir
+from .progress import ProgressBar
 from .sources import (DEFAULT_SOURCE, DEFAULT_TIMEOUT, SOURCE_ENV, UrlSource, did_you_mean, google_categories,
                       resolve_source)
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
-                  help="Get Quick, Draw! numpy bitmap files (<category>.npy, uint8 (N, 784)) and list them.")
+                  help="Get Quick, Draw! numpy bitmap files (<category>.npy, uint8 (N, 784)), import your own "
+                       "drawings into them, and list them.")
 
 
 class RichProgress:
@@ -104,6 +110,61 @@ def fetch(
                               highlight=False, soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command("import")
+def import_(
+    sources: List[Path] = typer.Argument(
+        ..., metavar="SRC...", show_default=False,
+        help="Folders of class-named subfolders of images (SRC/<category>/*.png, any format qd-infer reads) "
+             "and/or .ndjson files (Google's simplified or raw; category from 'word', else the file name)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", show_default=False, help="Destination folder. Default: $QD_ARTIFACTS/data or artifacts/data."),
+    max_per_category: Optional[int] = typer.Option(
+        None, "--max-per-category", "-n", min=1, show_default=False,
+        help="Keep only the first N distinct drawings of each category."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", "-w", min=1, max=MAX_WORKERS, show_default=False,
+        help="Decoding processes. Default: the usable CPU cores."),
+) -> None:
+    """Import your own drawings as <category>.npy files, through the same preprocessing qd-infer uses."""
+    out = out if out is not None else default_data_dir()
+    options = ImportOptions(max_per_category=max_per_category, workers=workers or usable_cpus())
+    console.print(Text.assemble(f"importing {len(sources)} source{'' if len(sources) == 1 else 's'} into ",
+                                shown(out)), highlight=False, soft_wrap=True)
+    with ProgressBar("importing", unit="drawings") as bar:
+        report = import_drawings(sources, out, options, advance=bar.advance, on_failure=fail,
+                                 planned=lambda units: bar.step("importing", total=units))
+    for result in report.results:
+        console.print(_import_line(result), highlight=False, soft_wrap=True)
+    drawings = sum(r.rows for r in report.results)
+    console.print(Text.assemble(f"{len(report.results)} categor{'y' if len(report.results) == 1 else 'ies'}, "
+                                f"{drawings:,} drawings in ", shown(out),
+                                f" ({len(report.failures)} error(s), each on its own line)" if report.failures else ""),
+                  highlight=False, soft_wrap=True)
+    if report.shared:
+        err_console.print(f"note: {report.shared:,} drawing(s) appear in more than one category (kept in each)",
+                          highlight=False)
+    if report.ignored:
+        err_console.print(Text.assemble(f"note: {len(report.ignored)} file(s) that are neither images nor .ndjson "
+                                        "were ignored (first: ", shown(report.ignored[0]), ")"),
+                          highlight=False, soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _import_line(result: CategoryResult) -> Text:
+    notes = []
+    if result.duplicates:
+        notes.append(f"{result.duplicates:,} duplicate(s) dropped")
+    if result.unread:
+        notes.append(f"{result.unread:,} unreadable")
+    if result.capped:
+        notes.append("--max-per-category reached")
+    if result.replaced is not None:
+        notes.append(f"replaced a file of {result.replaced:,}")
+    note = f" ({'; '.join(notes)})" if notes else ""
+    return Text.assemble("  ", ("✓", "green"), " ", shown(result.category), f": {result.rows:,} drawings{note}")
 
 
 @app.command("list")
