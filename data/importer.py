@@ -78,6 +78,14 @@ class _Plan:
     steps: list[tuple] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     ignored: list[Path] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)  # real paths already planned: a file given twice is read once
+
+    def first_time(self, path: Path) -> bool:
+        real = os.path.realpath(path)
+        if real in self.seen:
+            return False
+        self.seen.add(real)
+        return True
 
     @property
     def units(self) -> int:
@@ -185,7 +193,8 @@ def plan_sources(sources: list[Path]) -> _Plan:
         elif is_dir:
             _plan_folder(source, plan)
         elif source.name.lower().endswith(NDJSON_SUFFIX):
-            plan.steps.append(("ndjson", source))
+            if plan.first_time(source):
+                plan.steps.append(("ndjson", source))
         else:
             plan.failures.append(f"{source}: not a folder of class folders or a .ndjson file")
     return plan
@@ -201,10 +210,12 @@ def _plan_folder(root: Path, plan: _Plan) -> None:
     for entry in entries:
         if entry.is_dir():
             found = True
-            _plan_class_folder(entry, plan)
+            if plan.first_time(entry):
+                _plan_class_folder(entry, plan)
         elif entry.name.lower().endswith(NDJSON_SUFFIX):
             found = True
-            plan.steps.append(("ndjson", entry))
+            if plan.first_time(entry):
+                plan.steps.append(("ndjson", entry))
         elif is_image_path(entry):
             loose_images += 1
         else:

@@ -11,7 +11,8 @@ from qd.data.console import run_app
 from qd.data.errors import QDError
 from qd.data.paths import default_data_dir
 
-from .config import TrainConfig
+from .config import (DEFAULT_EPOCHS, MAX_AUTO_EPOCHS, MAX_BATCH_SIZE, MIN_BATCH_SIZE, MIN_STEPS, MIN_STEPS_PER_EPOCH,
+                     TrainConfig)
 from .loop import train
 from .models import ARCHITECTURES, DEFAULT_ARCH
 
@@ -33,9 +34,17 @@ def train_command(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", show_default=False,
                                             help="Folder of <category>.npy bitmap files. Default: $QD_ARTIFACTS/data or artifacts/data."),
     categories: Optional[str] = typer.Option(None, "--categories", help="Comma-separated categories (default: all in --data-dir)."),
-    arch: str = typer.Option(DEFAULT_ARCH, "--arch", help=f"Architecture: {', '.join(ARCHITECTURES)}."),
-    epochs: int = typer.Option(10, "--epochs", help="Maximum number of epochs."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Global batch size (split across DDP ranks)."),
+    arch: Optional[str] = typer.Option(None, "--arch", show_default=False,
+                                       help=f"Architecture: {', '.join(ARCHITECTURES)}. Default: {DEFAULT_ARCH}, "
+                                            "or the --init-from checkpoint's."),
+    epochs: Optional[int] = typer.Option(
+        None, "--epochs", show_default=False,
+        help=f"Maximum number of epochs. Default: {DEFAULT_EPOCHS}, more for small sets (at least {MIN_STEPS} steps in all, "
+             f"at most {MAX_AUTO_EPOCHS} epochs)."),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", show_default=False,
+        help=f"Global batch size (split across DDP ranks). Default: {MAX_BATCH_SIZE}, halved down to {MIN_BATCH_SIZE} "
+             f"until an epoch has {MIN_STEPS_PER_EPOCH} steps."),
     lr: float = typer.Option(3e-3, "--lr", help="Peak learning rate (AdamW, one-cycle schedule)."),
     max_per_category: Optional[int] = typer.Option(None, "--max-per-category", help="Use at most N drawings per category (the first N rows)."),
     steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", help="Cap optimizer steps per epoch (each epoch still draws from the whole shuffled split)."),
@@ -48,6 +57,12 @@ def train_command(
     workers: int = typer.Option(0, "--workers", help="0: gather batches in a prefetch thread; N: N loader processes."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: artifacts/runs/<arch>-<timestamp>)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run from its last.pt (its own settings and data folder, unless --data-dir is given)."),
+    init_from: Optional[Path] = typer.Option(
+        None, "--init-from", metavar="CHECKPOINT", show_default=False,
+        help="Start from this qd-train checkpoint's weights: classes it knows keep their outputs, new ones get new "
+             "outputs (its architecture is used)."),
+    freeze_backbone: bool = typer.Option(False, "--freeze-backbone",
+                                         help="With --init-from: train only the output layer."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random affine augmentation per batch."),
     schedule: str = typer.Option("onecycle", "--schedule", help="Learning-rate schedule: onecycle, cosine or constant."),
     outlier_exposure: float = typer.Option(0.0, "--outlier-exposure", metavar="WEIGHT",
@@ -62,6 +77,7 @@ def train_command(
         steps_per_epoch=steps_per_epoch, val_fraction=val_fraction, test_fraction=test_fraction,
         patience=patience, seed=seed, device=device, precision=precision, workers=workers, out=out, resume=resume,
         augment=augment, schedule=schedule, outlier_exposure=outlier_exposure, quiet=quiet,
+        init_from=init_from, freeze_backbone=freeze_backbone,
     )
     train(config)
 
