@@ -165,7 +165,7 @@ def part_init(work: Path) -> None:
     base_data = work / "base-data"
     others = [c for c in list_categories(SHARED) if c not in NEW]
     if not (base_data / ".done").exists():
-        fetch_categories(FolderSource(SHARED), others, base_data, FetchOptions(max_rows=1000))
+        fetch_categories(FolderSource(SHARED), others, base_data, FetchOptions(max_rows=500))
         (base_data / ".done").touch()
     base, base_seconds, _ = run(work / "base", data_dir=base_data)
     few = imported(write_pngs(work / "init-png-train", NEW, 0, 30, seed=3), work / "init-train")
@@ -176,7 +176,7 @@ def part_init(work: Path) -> None:
         slug = "-".join(str(k) for k in options) or "scratch"
         best, seconds, hp = run(work / f"init-{slug}", data_dir=few, **options)
         rows.append((name, top1(best, test_dir), seconds, hp))
-    print(f"\nbase: {len(others)} shared categories x 1000 drawings, trained in {base_seconds:.0f} s")
+    print(f"\nbase: {len(others)} shared categories x 500 drawings, trained in {base_seconds:.0f} s")
     table(f"{len(NEW)} new categories x 30 PNGs, test on 100 other PNGs each", rows, rows[0][1])
 
 
