@@ -11,7 +11,7 @@ from qd.data.console import run_app
 from qd.data.errors import QDError
 from qd.data.paths import default_data_dir
 
-from .config import (DEFAULT_EPOCHS, MAX_AUTO_EPOCHS, MAX_BATCH_SIZE, MIN_BATCH_SIZE, MIN_STEPS, MIN_STEPS_PER_EPOCH,
+from .config import (DEFAULT_EPOCHS, DEFAULT_PATIENCE, MAX_AUTO_EPOCHS, MAX_BATCH_SIZE, MIN_BATCH_SIZE, MIN_STEPS, MIN_STEPS_PER_EPOCH,
                      TrainConfig)
 from .loop import train
 from .models import ARCHITECTURES, DEFAULT_ARCH
@@ -50,7 +50,10 @@ def train_command(
     steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", help="Cap optimizer steps per epoch (each epoch still draws from the whole shuffled split)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of drawings in the validation split."),
     test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of drawings in the test split."),
-    patience: int = typer.Option(5, "--patience", help="Stop after N epochs without validation-loss improvement (0: never)."),
+    patience: Optional[int] = typer.Option(
+        None, "--patience", show_default=False,
+        help=f"Stop after N epochs without validation-loss improvement (0: never). Default: {DEFAULT_PATIENCE}, or a "
+             f"quarter of the epochs if more."),
     seed: int = typer.Option(0, "--seed", help="Seed for initialisation, shuffling, augmentation and dropout."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast where the hardware has it: AMX CPUs, CUDA), fp32 or bf16."),

@@ -6,6 +6,7 @@ stores it as `hparams` (plain data), and a resumed run is rebuilt from there.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -27,6 +28,13 @@ MIN_BATCH_SIZE = 32
 MIN_STEPS_PER_EPOCH = 50       # the default batch halves (down to MIN_BATCH_SIZE) until an epoch has this many steps
 MIN_STEPS = 1000               # epochs rise above DEFAULT_EPOCHS until the run has this many steps
 MAX_AUTO_EPOCHS = 200
+DEFAULT_PATIENCE = 5           # the fewest epochs without improvement before stopping early by default
+PATIENCE_SHARE = 0.25          # ... or this share of the epochs, if more: many short epochs on a tiny, noisy
+                               # validation split must not stop a run before the learning rate has peaked
+
+
+def auto_patience(epochs: int) -> int:
+    return max(DEFAULT_PATIENCE, math.ceil(PATIENCE_SHARE * epochs))
 
 
 def auto_schedule(train_drawings: int, world_size: int = 1, batch_size: int | None = None,
@@ -66,7 +74,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0                      # the project's one split; change only on purpose
-    patience: int = 5                        # epochs without val-loss improvement; 0 = never stop early
+    patience: int | None = None              # epochs without val-loss improvement; 0 = never; None: auto_patience
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"                  # auto: bf16 autocast where native (AMX CPU, CUDA), else fp32
@@ -107,7 +115,7 @@ class TrainConfig:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise QDError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("patience", "workers"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise QDError(f"--{name} must be 0 or more, got {getattr(self, name)}")
         if not 0.0 <= self.outlier_exposure <= 10.0:  # also refuses NaN
             raise QDError(f"--outlier-exposure must be between 0 and 10, got {self.outlier_exposure}")

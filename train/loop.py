@@ -34,7 +34,7 @@ from .augment import AffineAugment
 from .batches import BatchLoader, ShardedBatches, epoch_seed
 from .checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from .compute import autocast, input_layout, plain_state_dict, resolve_precision, to_device_layout
-from .config import TrainConfig, auto_schedule
+from .config import TrainConfig, auto_patience, auto_schedule
 from .distributed import Distributed
 from .models import build_model, count_parameters, full_kwargs
 from .outliers import SyntheticOutliers, exposure_loss
@@ -154,6 +154,8 @@ class Trainer:
             self.chosen = {"batch_size": batch_size if config.batch_size is None else None,
                            "epochs": epochs if config.epochs is None else None}
             config = self.config = replace(config, batch_size=batch_size, epochs=epochs)
+        if config.patience is None:
+            config = self.config = replace(config, patience=auto_patience(config.epochs))
 
         self.run_dir = config.out or default_run_dir(config.arch)
         if dist.is_main:
