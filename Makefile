@@ -77,8 +77,12 @@ endif
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q chromium; }
 
+# The suite runs in one process per core, at most 4 (each process builds the session fixtures: a small
+# trained model and its exports), so a 2-core CI machine uses both cores.
+TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(min(4, len(os.sched_getaffinity(0))))')
+
 test: setup $(DEV_STAMP) chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 clean-demo:
 	rm -rf $(DATA) $(RUN) $(EXPORT) $(DEMO)

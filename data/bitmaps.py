@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .errors import BitmapFileError, QDError
+from .errors import BitmapFileError, QDError, first_line
 from .files import open_regular
 from .limits import MAX_NPY_HEADER_BYTES, MAX_NPY_ROWS
 
@@ -72,7 +72,7 @@ def parse_npy_header(f: BinaryIO, name: object) -> NpyHeader:
     except BitmapFileError:
         raise
     except Exception as exc:  # numpy parses the header with tokenize/ast: hostile bytes raise many types
-        raise BitmapFileError(name, f"corrupt .npy header ({_first_line(exc)})") from None
+        raise BitmapFileError(name, f"corrupt .npy header ({first_line(exc, 120)})") from None
     # type() is int, not isinstance: True and False are ints to Python, not dimensions
     if not isinstance(shape, tuple) or any(type(d) is not int or not 0 <= d <= MAX_NPY_ROWS for d in shape):
         raise BitmapFileError(name, f"corrupt .npy header (shape {_short_repr(shape)})")
@@ -138,10 +138,6 @@ def open_bitmaps(path: str | os.PathLike) -> np.ndarray:
             return np.zeros((0, PIXELS), dtype=np.uint8)
         return np.memmap(f, dtype=np.uint8, mode="r", offset=header.data_offset, shape=(header.rows, PIXELS))
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:120] if text else type(exc).__name__
 
 
 def _short_repr(value: object, limit: int = 80) -> str:

@@ -22,5 +22,10 @@ def reason_of(exc: BaseException) -> str:
     strerror = getattr(exc, "strerror", None)
     if strerror:
         return strerror
+    return first_line(exc, 200)
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message, at most `limit` characters; its type name if it has none."""
     lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
+    return lines[0][:limit] if lines else type(exc).__name__

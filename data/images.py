@@ -108,7 +108,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .bitmaps import SIDE
-from .errors import QDError
+from .errors import QDError, first_line
 from .files import open_regular
 from .limits import MAX_PIXELS, WORK_PIXELS
 MIN_CONTRAST = 32  # grey levels between background and ink, else "blank"
@@ -127,7 +127,7 @@ INK_UNITS = 272.0  # the ink's extent in that frame: 256 + 16 line width
 SKELETON_UNITS = 251.0
 LINE_UNITS = 16.0
 # The gate: each accepted suffix and the only decoder that may read it (the formats the
-# README lists). A file is decoded only if its content is what its name says.
+# docs/inference.md lists). A file is decoded only if its content is what its name says.
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP"}
 IMAGE_SUFFIXES = tuple(IMAGE_FORMATS)
 # First bytes of common image (and not-image) files, only to say what a refused file is.
@@ -179,11 +179,11 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
                 return reduce_to_work_size(image)
             except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
                     struct.error, Image.DecompressionBombError, MemoryError) as exc:
-                raise ImageError(f"{path}: cannot decode image ({_first_line(exc)})") from None
+                raise ImageError(f"{path}: cannot decode image ({first_line(exc)})") from None
     except QDError:
         raise
     except OSError as exc:
-        raise ImageError(f"{path}: {exc.strerror or _first_line(exc)}") from None
+        raise ImageError(f"{path}: {exc.strerror or first_line(exc)}") from None
 
 
 def image_format(path: str | os.PathLike) -> str | None:
@@ -262,7 +262,7 @@ def image_to_gray(image: Image.Image) -> np.ndarray:
     try:
         rgb = np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
     except (OSError, ValueError) as exc:
-        raise ImageError(f"cannot convert {mode} image ({_first_line(exc)})") from None
+        raise ImageError(f"cannot convert {mode} image ({first_line(exc)})") from None
     # int32 is exact: the largest intermediate is 255000 * 255 + 255000 * 255 + 127500.
     luma = rgb[..., 0].astype(np.int32) * 299
     luma += rgb[..., 1].astype(np.int32) * 587
@@ -551,6 +551,3 @@ def is_image_path(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_SUFFIXES)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__

@@ -18,6 +18,11 @@ MAX_PIXELS = 50_000_000
 # then peaks near 250 MB on the largest image allowed, instead of 1.2 GB.
 WORK_PIXELS = 2048 * 2048
 
+# The canvas models (qd-export's onnx-canvas, coreml-canvas) take a canvas of at least this many
+# and at most this many pixels a side: at most WORK_PIXELS, so no reduction step is needed.
+MIN_CANVAS_SIDE = 28
+MAX_CANVAS_SIDE = 2048
+
 # ----------------------------------------------------------------------------- .npy
 MAX_NPY_HEADER_BYTES = 64 * 1024
 MAX_NPY_ROWS = 2**31  # drawings in one file (Google's largest category has ~0.3 M)

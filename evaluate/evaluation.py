@@ -16,7 +16,7 @@ import numpy as np
 
 from qd.data.errors import QDError
 from qd.data.files import write_json_atomic
-from qd.data.paths import artifacts_root
+from qd.data.paths import eval_dir
 from qd.data.progress import ProgressBar
 
 from . import metrics
@@ -53,7 +53,7 @@ class Evaluation:
 
 
 def default_out_dir(model: ModelInfo) -> Path:
-    return artifacts_root() / "eval" / model.name
+    return eval_dir() / model.name
 
 
 def evaluate(model_path: str | os.PathLike | None = None, data: str | os.PathLike | None = None,

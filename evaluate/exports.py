@@ -23,11 +23,13 @@ from pathlib import Path
 from qd.data.errors import QDError
 from qd.data.files import read_regular, sha256_path
 from qd.data.limits import MAX_CARD_BYTES
+from qd.data.contract import META_DATA, META_SPLIT
+from qd.data.paths import MODEL_CARD
 from qd.infer.model import MODEL_FILE, OnnxClassifier, resolve_model_path
 
 INT8_SUFFIX = ".int8.onnx"
 COREML_SUFFIX = ".mlpackage"
-MODEL_JSON = "model.json"
+MODEL_JSON = MODEL_CARD
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,8 @@ def load_model_info(path: str | os.PathLike | None) -> ModelInfo:
         name=model_name(model),
         labels=classifier.labels,
         preprocessing=classifier.preprocessing,
-        split=_json_field(model, metadata, "qd.split"),
-        data=_json_field(model, metadata, "qd.data"),
+        split=_json_field(model, metadata, META_SPLIT),
+        data=_json_field(model, metadata, META_DATA),
         source_sha256=metadata.get("qd.source_sha256"),
         classifier=classifier,
         card=read_card(model.parent / MODEL_JSON),

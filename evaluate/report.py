@@ -16,12 +16,13 @@ from rich.table import Table
 from rich.text import Text
 
 from qd.data import __version__
+from qd.data.contract import EVAL_REPORT_FORMAT
 from qd.data.console import shown
 from qd.data.machine import cpu
 
 from . import metrics
 
-FORMAT = "qd-eval-report-v1"
+FORMAT = EVAL_REPORT_FORMAT
 TERMINAL_CLASSES = 30
 MISTAKES_LISTED = 1000  # in report.json, most confident first  # rows of the per-class table on screen; report.json has them all
 

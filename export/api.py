@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from qd.data.errors import QDError
-from qd.data.paths import artifacts_root
+from qd.data.errors import QDError, first_line
+from qd.data.paths import INT8_PREPARED, exports_dir
 from qd.infer.openset import DEFAULT_KEPT
 
 from . import folder
@@ -32,12 +32,12 @@ from .formats import DEFAULT_FORMATS, FORMATS, ExportFormat, parse_formats
 from .onnx_export import check_opset
 from .source import DEFAULT_MAX_DRAWINGS, CheckpointSource, load_source
 
-PREP_NAME = "model.prep.onnx"  # int8's intermediate file
+PREP_NAME = INT8_PREPARED
 LOW_SPACE_BYTES = 64 << 20  # a converter failing with less free space than this was most likely out of disk
 
 
 def default_out_dir(source: CheckpointSource) -> Path:
-    return artifacts_root() / "exports" / source.run_name
+    return exports_dir() / source.run_name
 
 
 @dataclass
@@ -162,7 +162,7 @@ def _export_one(ctx: ExportContext, fmt: ExportFormat, final: Path) -> FormatRes
     except OSError as exc:  # e.g. a full disk: name the file being written
         result.error = f"{final}: {exc.strerror or exc} (while writing {fmt.name})"
     except Exception as exc:  # a converter's own failure: report it in one line, keep going
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        first = first_line(exc, 200) if str(exc).strip() else ""
         free = _free_space(ctx.out_dir)
         if free is not None and free < LOW_SPACE_BYTES:
             # onnxruntime's C++ writers do not raise on a full disk: the next step then reads a

@@ -17,15 +17,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from qd.data import __version__ as QD_VERSION
+from qd.data.contract import CARD_FORMAT
 from qd.data.errors import QDError
 from qd.data.files import read_regular, sha256_path, write_text_atomic
 from qd.data.limits import MAX_CARD_BYTES
 from .context import Check, ExportContext
-from .source import LICENSE_NOTE
-
-CARD_NAME = "model.json"
-LABELS_NAME = "labels.txt"
-CARD_FORMAT = "qd-export-card-v1"
+from qd.data.contract import LICENSE_NOTE
+from qd.data.paths import LABELS_FILE as LABELS_NAME, MODEL_CARD as CARD_NAME
 
 
 def write_labels(ctx: ExportContext) -> Path:

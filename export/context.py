@@ -42,6 +42,7 @@ class ExportContext:
     int8_max_prob_diff: float = DEFAULT_INT8_MAX_PROB_DIFF
     kept: float = DEFAULT_KEPT  # share of known validation drawings the open-set threshold keeps
     written: dict[str, Path] = field(default_factory=dict)  # format name -> committed file
+    shared: dict = field(default_factory=dict)  # what one format's validation computed that another reuses
 
     @cached_property
     def data(self) -> ValidationData:

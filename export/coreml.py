@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from qd.data import __version__ as QD_VERSION
-from qd.data.errors import QDError
-from qd.infer.openset import LOGITS
+from qd.data.contract import INPUT, LICENSE_NOTE, LOGITS, META_SOURCE_CHECKPOINT
+from qd.data.errors import QDError, first_line
 
 from .context import Check, ExportContext
 from .onnx_export import WithProbabilities, quiet
-from .source import LICENSE_NOTE
+from .source import inputs_to_bitmaps
 
 PROB_TOLERANCE = 1e-4
 LABEL_OUTPUT = "classLabel"
@@ -76,25 +76,32 @@ def export_coreml(ctx: ExportContext, path: Path) -> None:
         traced = torch.jit.trace(wrapped, torch.zeros(1, 1, side, side))
         mlmodel = ct.convert(
             traced, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
-            inputs=[ct.ImageType(name="image", shape=(1, 1, side, side), scale=scale, bias=[bias],
+            inputs=[ct.ImageType(name=INPUT, shape=(1, 1, side, side), scale=scale, bias=[bias],
                                  color_layout=ct.colorlayout.GRAYSCALE)],
             classifier_config=ct.ClassifierConfig(source.classes),
             compute_precision=ct.precision.FLOAT32,
         )
+    side_text = f"{side}x{side} grayscale drawing, white ink (255) on black (0)"
+    save_mlmodel(ctx, mlmodel, path, ctx.model_metadata("fp32"), description=(
+        f"Quick, Draw! doodle classifier ({len(source.classes)} classes). Input: a {side}x{side} grayscale "
+        "drawing, white ink on black."), inputs={INPUT: side_text},
+        outputs={LABEL_OUTPUT: "most likely class", PROBS_OUTPUT: "probability of each class",
+                 LOGITS: ("raw logits, in label order; the drawing is unknown when the "
+                          "qd.open_set rule's score of them is below its threshold")})
+
+
+def save_mlmodel(ctx: ExportContext, mlmodel, path: Path, metadata: dict[str, str], description: str,
+                 inputs: dict[str, str], outputs: dict[str, str]) -> None:
+    """Author, licence, descriptions and the qd.* metadata, then the package at `path` (a temp folder)."""
     mlmodel.author = "quickdraw-edge"
     mlmodel.version = QD_VERSION
     mlmodel.license = LICENSE_NOTE
-    mlmodel.short_description = (
-        f"Quick, Draw! doodle classifier ({len(source.classes)} classes). Input: a {side}x{side} grayscale "
-        "drawing, white ink on black.")
-    mlmodel.input_description["image"] = f"{side}x{side} grayscale drawing, white ink (255) on black (0)"
-    mlmodel.output_description[LABEL_OUTPUT] = "most likely class"
-    mlmodel.output_description[PROBS_OUTPUT] = "probability of each class"
-    mlmodel.output_description[LOGITS] = ("raw logits, in label order; the drawing is unknown when the "
-                                          "qd.open_set rule's score of them is below its threshold")
-    for key, value in ctx.model_metadata("fp32").items():
+    mlmodel.short_description = description
+    for name, text in {**inputs, **outputs}.items():
+        (mlmodel.input_description if name in inputs else mlmodel.output_description)[name] = text
+    for key, value in metadata.items():
         mlmodel.user_defined_metadata[key] = value
-    mlmodel.user_defined_metadata["qd.source_checkpoint"] = source.path.name
+    mlmodel.user_defined_metadata[META_SOURCE_CHECKPOINT] = ctx.source.path.name
     path.rmdir()  # coremltools writes the package folder itself
     with contextlib.redirect_stderr(io.StringIO()):
         mlmodel.save(str(path))
@@ -124,7 +131,7 @@ def spec_input_scaling(block) -> tuple[float | None, float]:
     """(scale, bias) the program applies to the image input (scale None: no scaling op)."""
     scale, bias, scaled = None, 0.0, None
     for op in block.operations:
-        if op.type == "mul" and op.inputs["x"].arguments[0].name == "image":
+        if op.type == "mul" and op.inputs["x"].arguments[0].name == INPUT:
             values = _const_floats(block, op.inputs["y"].arguments[0].name)
             scale = values[0] if len(values) == 1 else None
             scaled = op.outputs[0].name
@@ -142,14 +149,14 @@ def check_spec(ctx: ExportContext, path: Path) -> list[Check]:
         with contextlib.redirect_stderr(io.StringIO()):
             spec = ct.utils.load_spec(str(path))
     except Exception as exc:  # coremltools raises assorted types for an unreadable package
-        return [Check("reload", False, f"package does not reload: {str(exc).splitlines()[0][:160]}")]
+        return [Check("reload", False, f"package does not reload: {first_line(exc)}")]
     checks = [Check("reload", True, f"spec reloads: {spec.WhichOneof('Type')}, spec version {spec.specificationVersion}")]
     ok_type = spec.WhichOneof("Type") == "mlProgram" and spec.specificationVersion >= MIN_SPEC_VERSION
     checks.append(Check("ML Program, iOS 16+", ok_type,
                         f"type {spec.WhichOneof('Type')}, spec version {spec.specificationVersion} (≥ {MIN_SPEC_VERSION})"))
     desc = spec.description
     image = desc.input[0].type.imageType if len(desc.input) == 1 else None
-    ok_input = (image is not None and desc.input[0].name == "image" and image.width == side
+    ok_input = (image is not None and desc.input[0].name == INPUT and image.width == side
                 and image.height == side and image.colorSpace == ct.proto.FeatureTypes_pb2.ImageFeatureType.GRAYSCALE)
     checks.append(Check("input", ok_input, f"image {side}x{side} grayscale" if ok_input else f"unexpected input {desc.input}"))
     outputs = [o.name for o in desc.output]
@@ -190,23 +197,16 @@ def check_predictions(ctx: ExportContext, path: Path) -> list[Check]:
     model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
     ref_probs, _ = ctx.reference
     classes = ctx.source.classes
-    pixels = _inputs_to_pixels(ctx)
+    pixels = inputs_to_bitmaps(ctx.data.inputs, ctx.source.preprocessing)
     probs = np.empty_like(ref_probs)
     for i, bitmap in enumerate(pixels):
-        out = model.predict({"image": Image.fromarray(bitmap)})
+        out = model.predict({INPUT: Image.fromarray(bitmap)})
         probs[i] = [out[PROBS_OUTPUT][name] for name in classes]
     diff = float(np.abs(probs - ref_probs).max())
     disagree = int((probs.argmax(1) != ref_probs.argmax(1)).sum())
     return [Check("vs torch (Core ML, CPU)", diff <= PROB_TOLERANCE and disagree == 0,
                   f"max |Δp| {diff:.1e}, top-1 differs on {disagree} of {len(probs)}",
                   {"max_abs_prob_diff": diff, "top1_disagreements": disagree})]
-
-
-def _inputs_to_pixels(ctx: ExportContext) -> np.ndarray:
-    """Undo preprocessing to recover the uint8 bitmaps the validation inputs came from."""
-    scale, bias = image_scaling(ctx.source.preprocessing)
-    pixels = (ctx.data.inputs[:, 0] - bias) / scale
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
 def validate_coreml(ctx: ExportContext, path: Path) -> list[Check]:

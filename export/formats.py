@@ -3,7 +3,7 @@
 Each entry names the file it writes in the export folder, the function that writes
 it (to a temp path), the function that validates what was written (before it is
 renamed into place), the Python packages it needs and the format it builds on.
-The CLI help and the README's formats table are generated from this table.
+The CLI help and the formats table in docs/export.md are generated from this table.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from qd.data.errors import QDError
+from qd.data.paths import MODEL_CANVAS_COREML, MODEL_CANVAS_ONNX
 
+from .canvas_export import export_coreml_canvas, export_onnx_canvas, validate_coreml_canvas, validate_onnx_canvas
 from .coreml import export_coreml, validate_coreml
 from .onnx_export import export_onnx, validate_onnx
 from .quantize import export_int8, validate_int8
@@ -26,7 +28,7 @@ class ExportFormat:
     description: str
     exporter: Callable  # (ExportContext, temp path) -> None
     validator: Callable  # (ExportContext, temp path) -> list[Check]
-    validates: str  # what the validator checks, for help and README
+    validates: str  # what the validator checks, for help and docs/export.md
     needs: tuple[str, ...] = ()  # importable packages
     builds_on: str | None = None  # another format whose file this one is made from
     is_dir: bool = False
@@ -64,6 +66,26 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
         "predictions vs torch on macOS only",
         needs=("torch", "coremltools"), is_dir=True,
     ),
+    ExportFormat(
+        "onnx-canvas", MODEL_CANVAS_ONNX,
+        "fp32 ONNX from an app's canvas: input canvas (1, 1, H, W) 0-255, dark ink on light, 28-2048 px a side; "
+        "the clean-canvas preprocessing runs in the graph (docs/canvas.md)",
+        export_onnx_canvas, validate_onnx_canvas,
+        "onnx.checker; contract; on the test split rendered as canvases (sizes, line widths, offsets, greys): "
+        "top-1 agreement with qd-infer (qd.data.images + model.onnx) ≥ 99%, max |Δp| reported; "
+        "blank canvases give all-zero probabilities, flagged unknown",
+        needs=("torch", "onnx", "onnxscript", "onnxruntime"), builds_on="onnx",
+    ),
+    ExportFormat(
+        "coreml-canvas", MODEL_CANVAS_COREML,
+        "Core ML ML Program from an app's canvas: grayscale image of 28-2048 px a side, the same graph as "
+        "onnx-canvas (iOS 16+)",
+        export_coreml_canvas, validate_coreml_canvas,
+        "package reloads; ML Program iOS 16+; flexible grayscale input, outputs, metadata; agreement with "
+        "qd-infer on canvases as onnx-canvas: Core ML's predictions on macOS, elsewhere the float32 module "
+        "it was converted from",
+        needs=("torch", "coremltools"), builds_on="onnx", is_dir=True,
+    ),
 )}
 DEFAULT_FORMATS = "onnx"
 ALL = "all"
@@ -94,7 +116,7 @@ def help_text() -> str:
 
 
 def markdown_table() -> str:
-    """The README's formats table, generated from FORMATS."""
+    """The formats table of docs/export.md, generated from FORMATS."""
     rows = ["| format | file | what | validated by | needs |", "|---|---|---|---|---|"]
     for f in FORMATS.values():
         needs = ", ".join(f.needs) + (f"; built from `{f.builds_on}`" if f.builds_on else "")

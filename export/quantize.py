@@ -30,6 +30,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from qd.data.errors import QDError
 from qd.data.machine import cpu
+from qd.data.paths import INT8_PREPARED
 
 from .atomic import remove_temp, temp_path_for
 from .context import Check, ExportContext
@@ -74,7 +75,7 @@ def export_int8(ctx: ExportContext, path: Path) -> None:
     if ctx.data.calibration is None:
         raise QDError(ctx.data.calibration_problem)
     fp32 = _fp32_model(ctx)
-    prepared = temp_path_for(path.with_name("model.prep.onnx"))
+    prepared = temp_path_for(path.with_name(INT8_PREPARED))
     try:
         with quiet():
             quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)

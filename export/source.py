@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from qd.data import __version__ as QD_VERSION
+from qd.data import contract as C
+from qd.data.contract import LICENSE_NOTE, MODEL_FORMAT as ONNX_FORMAT_TAG
 from qd.data.dataset import BitmapDataset
 from qd.data.errors import QDError
 from qd.data.files import sha256_file
@@ -26,8 +28,6 @@ from qd.data.preprocess import bitmaps_to_input
 from qd.data.split import SplitSpec
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
 
-LICENSE_NOTE = "Quick, Draw! data by Google, CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/)"
-ONNX_FORMAT_TAG = "qd-onnx-v1"
 DEFAULT_MAX_DRAWINGS = 10_000
 CALIBRATION_DRAWINGS = 512
 SYNTHETIC_DRAWINGS = 512
@@ -53,19 +53,19 @@ class CheckpointSource:
         return self.path.resolve().parent.name
 
     def model_metadata(self, precision: str = "fp32") -> dict[str, str]:
-        """The metadata every exported model carries (see contracts.md), all strings."""
+        """The metadata every exported model carries (docs/contracts.md), all strings."""
         p = self.payload
         return {
-            "qd.format": ONNX_FORMAT_TAG,
-            "qd.labels": json.dumps(self.classes),
-            "qd.preprocessing": json.dumps(self.preprocessing),
-            "qd.arch": json.dumps({"name": p["arch"]["name"], "kwargs": p["arch"].get("kwargs", {})}),
-            "qd.split": json.dumps(p["split"]),
-            "qd.data": json.dumps(_data_record(p)),
-            "qd.source_sha256": self.sha256,
-            "qd.version": QD_VERSION,
-            "qd.license": LICENSE_NOTE,
-            "qd.precision": precision,
+            C.META_FORMAT: ONNX_FORMAT_TAG,
+            C.META_LABELS: json.dumps(self.classes),
+            C.META_PREPROCESSING: json.dumps(self.preprocessing),
+            C.META_ARCH: json.dumps({"name": p["arch"]["name"], "kwargs": p["arch"].get("kwargs", {})}),
+            C.META_SPLIT: json.dumps(p["split"]),
+            C.META_DATA: json.dumps(_data_record(p)),
+            C.META_SOURCE_SHA256: self.sha256,
+            C.META_VERSION: QD_VERSION,
+            C.META_LICENSE: LICENSE_NOTE,
+            C.META_PRECISION: precision,
         }
 
 
@@ -173,3 +173,10 @@ def torch_outputs(source: CheckpointSource, inputs: np.ndarray, temperature: flo
             logits.append(out.numpy())
             probs.append(torch.softmax(out / temperature, dim=1).numpy())
     return np.concatenate(probs), np.concatenate(logits)
+
+
+def inputs_to_bitmaps(inputs: np.ndarray, preprocessing: dict) -> np.ndarray:
+    """Undo bitmaps_to_input: the uint8 (N, 28, 28) ink-high bitmaps model inputs came from."""
+    std = float(preprocessing.get("std", 1.0))
+    pixels = (inputs[:, 0] * std + float(preprocessing.get("mean", 0.0))) / float(preprocessing["scale"])
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)

@@ -2,7 +2,7 @@
 
 1. `onnx.checker` (full check, with shape inference).
 2. The I/O contract: input "image" float32 (batch, 1, 28, 28) with a symbolic batch
-   axis; outputs "probabilities" and "logits"; metadata exactly as contracts.md says.
+   axis; outputs "probabilities" and "logits"; metadata exactly as docs/contracts.md says.
 3. Fidelity: onnxruntime against torch on the checkpoint's test split at batch 1 and
    64: max |p_onnx - p_torch| <= 1e-4 and the same top-1 on every drawing.
 """
@@ -17,12 +17,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from qd.data.contract import INPUT as INPUT_NAME, OUTPUTS as OUTPUT_NAMES
+from qd.data.errors import first_line
+
 from .context import Check, ExportContext
 
 PROB_TOLERANCE = 1e-4
 FIDELITY_BATCHES = (1, 64)
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("probabilities", "logits")
 
 
 def ort_session(path: Path, threads: int | None = None,
@@ -50,7 +51,7 @@ def check_onnx_file(path: Path) -> Check:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        return Check("onnx.checker", False, str(exc).strip().splitlines()[0][:200])
+        return Check("onnx.checker", False, first_line(exc, 200))
     return Check("onnx.checker", True, "full check with shape inference passed")
 
 

@@ -370,6 +370,3 @@ def _check_float_range(path: Path, flat: np.ndarray) -> None:
                       "save uint8 0-255 or divide by 255")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__

@@ -16,22 +16,21 @@ from pathlib import Path
 
 import numpy as np
 
-from qd.data.errors import QDError
-from qd.data.paths import artifacts_root
+from qd.data.errors import QDError, first_line
+from qd.data.contract import INPUT, META_FORMAT, META_LABELS, META_PREPROCESSING, META_PRECISION, MODEL_FORMAT
+from qd.data.paths import MODEL_ONNX, exports_dir
 from qd.data.files import read_regular
 from qd.data.limits import MAX_LABEL_CHARS, MAX_LABELS, MAX_MODEL_BYTES, MAX_THREADS
 from qd.data.preprocess import REQUIRED_KEYS as PREPROCESSING_KEYS, bitmaps_to_input, check_preprocessing
 
 from .openset import PROBABILITIES, OpenSetRule, parse_open_set, parse_temperature
 
-MODEL_FORMAT = "qd-onnx-v1"
-MODEL_FILE = "model.onnx"
-INPUT = "image"
+MODEL_FILE = MODEL_ONNX  # qd-infer's model in an export folder
 
 
 def newest_export(root: str | os.PathLike | None = None) -> Path:
     """The newest (mtime) <root>/exports/*/model.onnx: qd-infer's default model."""
-    exports = Path(root) / "exports" if root is not None else artifacts_root() / "exports"
+    exports = Path(root) / exports_dir().name if root is not None else exports_dir()
     found = []
     for path in exports.glob(f"*/{MODEL_FILE}"):
         try:
@@ -77,7 +76,7 @@ class OnnxClassifier:
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.labels: list[str] = _parse_labels(self.path, self.metadata)
         self.preprocessing: dict = _parse_preprocessing(self.path, self.metadata)
-        self.precision: str = self.metadata.get("qd.precision", "fp32")
+        self.precision: str = self.metadata.get(META_PRECISION, "fp32")
         self.temperature: float = parse_temperature(self.path, self.metadata)
         self.model_open_set: OpenSetRule | None = parse_open_set(self.path, self.metadata)
         self._check_io()
@@ -205,17 +204,17 @@ def _open_session(path: Path, threads: int | None):
     try:
         return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 10_000)
         raise QDError(f"{path}: not a loadable ONNX model ({first[:160]})") from None
 
 
 def _parse_labels(path: Path, meta: dict[str, str]) -> list[str]:
-    if meta.get("qd.format") not in (None, MODEL_FORMAT):
-        raise QDError(f"{path}: unknown model format {meta.get('qd.format')!r} (this version reads {MODEL_FORMAT!r})")
-    if "qd.labels" not in meta:
+    if meta.get(META_FORMAT) not in (None, MODEL_FORMAT):
+        raise QDError(f"{path}: unknown model format {meta.get(META_FORMAT)!r} (this version reads {MODEL_FORMAT!r})")
+    if META_LABELS not in meta:
         raise QDError(f"{path}: model metadata has no qd.labels (not exported by qd-export?)")
     try:
-        labels = json.loads(meta["qd.labels"])
+        labels = json.loads(meta[META_LABELS])
     except (ValueError, RecursionError):
         raise QDError(f"{path}: model metadata qd.labels is not valid JSON") from None
     if (not isinstance(labels, list) or not labels or len(labels) > MAX_LABELS
@@ -229,7 +228,7 @@ def _parse_labels(path: Path, meta: dict[str, str]) -> list[str]:
 
 def _parse_preprocessing(path: Path, meta: dict[str, str]) -> dict:
     try:
-        spec = json.loads(meta["qd.preprocessing"])
+        spec = json.loads(meta[META_PREPROCESSING])
     except KeyError:
         raise QDError(f"{path}: model metadata has no qd.preprocessing") from None
     except (ValueError, RecursionError):

@@ -24,12 +24,9 @@ from typing import Callable
 
 import numpy as np
 
+from qd.data.contract import LOGITS, META_OPEN_SET as OPEN_SET_KEY, META_TEMPERATURE as TEMPERATURE_KEY, PROBABILITIES
 from qd.data.errors import QDError
 
-TEMPERATURE_KEY = "qd.temperature"
-OPEN_SET_KEY = "qd.open_set"
-PROBABILITIES = "probabilities"
-LOGITS = "logits"
 DEFAULT_KEPT = 0.95
 
 

@@ -36,7 +36,7 @@ def exported_report(trained_checkpoint, tmp_path_factory):
 def exported_model(exported_report) -> Path:
     """Export folder of `trained_checkpoint`: model.onnx (fp32), model.int8.onnx, labels.txt, model.json.
 
-    Both models follow the ONNX contract in /work/notes/contracts.md (input "image", outputs
+    Both models follow the model contract in docs/contracts.md (input "image", outputs
     "probabilities" and "logits", qd.* metadata); both passed qd-export's validation.
     Treat the folder as read-only: it is shared by the whole test session.
     """
@@ -53,3 +53,10 @@ def exported_int8_model(exported_model) -> Path:
 def coreml_report(trained_checkpoint, tmp_path_factory):
     """The ExportReport of a Core ML export of `trained_checkpoint` (model.mlpackage)."""
     return _export(trained_checkpoint, "coreml", tmp_path_factory.mktemp("export-coreml") / "run")
+
+
+@pytest.fixture(scope="session")
+def canvas_report(trained_checkpoint, tmp_path_factory):
+    """The ExportReport of exporting `trained_checkpoint` to onnx, onnx-canvas and coreml-canvas (once per session):
+    model.canvas.onnx and model.canvas.mlpackage next to model.onnx in report.out_dir."""
+    return _export(trained_checkpoint, "onnx,onnx-canvas,coreml-canvas", tmp_path_factory.mktemp("export-canvas") / "run")

@@ -13,7 +13,7 @@ FIXTURE_MAX_PER_CATEGORY = 600
 def trained_checkpoint(shared_bitmaps, tmp_path_factory) -> Path:
     """Path to best.pt of a real (tiny) qd-train run on 4 shared categories.
 
-    A complete checkpoint following /work/notes/contracts.md (test metrics included);
+    A complete checkpoint following docs/contracts.md (test metrics included);
     last.pt sits next to it. Trained once per test session, on CPU, in a few seconds.
     """
     import torch

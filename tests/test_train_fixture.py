@@ -1,4 +1,4 @@
-"""The shared `trained_checkpoint` follows the checkpoint contract (notes/contracts.md)."""
+"""The shared `trained_checkpoint` follows the checkpoint contract (docs/contracts.md)."""
 
 import math
 from pathlib import Path

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from qd.data.errors import QDError
+from qd.data.contract import CHECKPOINT_FORMAT
+from qd.data.errors import QDError, first_line
 from qd.data.files import atomic_target, open_regular
 from qd.data.limits import MAX_CHECKPOINT_BYTES, MAX_CHECKPOINT_ENTRIES, MAX_LABEL_CHARS, MAX_LABELS
 from qd.data.preprocess import check_preprocessing
@@ -28,7 +29,7 @@ from qd.data.split import SplitSpec
 
 from .models import build_model
 
-FORMAT = "qd-checkpoint-v1"
+FORMAT = CHECKPOINT_FORMAT
 REQUIRED_KEYS = ("format", "classes", "arch", "preprocessing", "split", "state_dict")
 
 
@@ -78,7 +79,7 @@ def _check_archive(path: Path, f) -> None:
         with zipfile.ZipFile(f) as archive:
             entries = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as exc:
-        raise QDError(f"{path}: not a checkpoint (not a torch zip archive: {_first_line(exc)})") from None
+        raise QDError(f"{path}: not a checkpoint (not a torch zip archive: {first_line(exc)})") from None
     unpacked = sum(e.file_size for e in entries)
     if len(entries) > MAX_CHECKPOINT_ENTRIES or unpacked > MAX_CHECKPOINT_BYTES:
         raise QDError(f"{path}: refused: {len(entries):,} entries unpacking to {unpacked:,} bytes; a checkpoint may "
@@ -89,9 +90,9 @@ def _torch_load(path: Path, f, map_location: str) -> object:
     try:
         return torch.load(f, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise QDError(f"{path}: refused: not loadable with weights_only=True ({_first_line(exc)})") from None
+        raise QDError(f"{path}: refused: not loadable with weights_only=True ({first_line(exc)})") from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise QDError(f"{path}: not a checkpoint ({_first_line(exc)})") from None
+        raise QDError(f"{path}: not a checkpoint ({first_line(exc)})") from None
     except Exception as exc:  # junk bytes can make torch's loader raise anything (KeyError, ...)
         raise QDError(f"{path}: not a checkpoint (unreadable: {type(exc).__name__})") from None
 
@@ -119,7 +120,7 @@ def check_fields(path: Path, payload: dict) -> None:
     try:
         SplitSpec.from_dict(payload["split"])
     except (TypeError, ValueError, QDError) as exc:
-        raise bad("split", f"is invalid ({_first_line(exc)[:80]})") from None
+        raise bad("split", f"is invalid ({first_line(exc)[:80]})") from None
     if not isinstance(payload.get("data", {}) or {}, dict):
         raise bad("data", "is not a dict")
     state = payload["state_dict"]
@@ -136,10 +137,7 @@ def model_from_checkpoint(payload: dict) -> torch.nn.Module:
     except QDError:
         raise
     except Exception as exc:  # wrong kwargs types, shapes that do not fit, ...
-        raise QDError(f"checkpoint weights do not fit architecture {arch['name']!r}: {_first_line(exc)}") from None
+        raise QDError(f"checkpoint weights do not fit architecture {arch['name']!r}: {first_line(exc)}") from None
     return model.eval()
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:160] if lines else type(exc).__name__

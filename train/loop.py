@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from qd.data import __version__
 from qd.data.dataset import BitmapDataset
 from qd.data.errors import QDError
-from qd.data.paths import artifacts_root
+from qd.data.paths import BEST_CHECKPOINT, LAST_CHECKPOINT, runs_dir
 from qd.data.preprocess import DEFAULT_PREPROCESSING
 from qd.data.split import SplitSpec
 
@@ -41,7 +41,7 @@ from .outliers import SyntheticOutliers, exposure_loss
 from .report import Reporter
 from .transfer import freeze, init_from, keep_batch_norm, load_parent, parent_arch
 
-BEST, LAST = "best.pt", "last.pt"
+BEST, LAST = BEST_CHECKPOINT, LAST_CHECKPOINT
 # Options that may differ on --resume (how to run, not what to train).
 RUNTIME_OPTIONS = ("device", "workers", "quiet")
 
@@ -56,7 +56,7 @@ def train(config: TrainConfig) -> Path:
 
 
 def default_run_dir(arch: str) -> Path:
-    return artifacts_root() / "runs" / f"{arch}-{datetime.now():%Y%m%d-%H%M%S}"
+    return runs_dir() / f"{arch}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 # ---------------------------------------------------------------- set-up checks
