@@ -137,7 +137,7 @@ def part_small(work: Path) -> None:
                           ("defaults", {})):
         best, seconds, hp = run(work / f"small-{'old' if options else 'new'}", data_dir=train_dir, **options)
         rows.append((name, top1(best, test_dir), seconds, hp))
-    table(f"14 categories x 300 PNGs, test on 100 other PNGs each", rows, rows[0][1])
+    table("14 categories x 300 PNGs, test on 100 other PNGs each", rows, rows[0][1])
 
 
 def part_tiny(work: Path) -> None:

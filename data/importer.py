@@ -33,7 +33,7 @@ from .bitmaps import bitmap_header_bytes, read_bitmap_header
 from .categories import category_path, check_category_name, list_categories
 from .decode import ImageDecoder
 from .errors import BitmapFileError, QDError, reason_of
-from .files import atomic_target, open_regular
+from .files import atomic_target, count_lines
 from .images import is_image_path
 from .strokes import iter_ndjson_records
 
@@ -90,7 +90,7 @@ class _Plan:
     @property
     def units(self) -> int:
         """Files plus .ndjson lines: the progress bar's total."""
-        return sum(len(step[2]) if step[0] == "images" else _count_lines(step[1]) for step in self.steps)
+        return sum(len(step[2]) if step[0] == "images" else count_lines(step[1]) for step in self.steps)
 
 
 class _Category:
@@ -270,14 +270,6 @@ def _files_under(folder: Path, plan: _Plan) -> Iterator[Path]:
             else:
                 yield entry
         stack.extend(reversed(subfolders))
-
-
-def _count_lines(path: Path, block: int = 1 << 20) -> int:
-    try:
-        with open_regular(path) as f:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(block), b""))
-    except (OSError, QDError):
-        return 1
 
 
 def category_of_file(path: Path) -> str:
