@@ -18,6 +18,18 @@ SUFFIX = ".npy"
 FETCH_HINT = "get drawings with: qd-data fetch CATEGORY... or point --data at a folder of <category>.npy files"
 
 
+def check_category_name(category: str) -> str:
+    """The one rule for a category name, used by `qd-data fetch` and `qd-data import`: the name
+    becomes a file stem, so it must be non-empty, without leading or trailing spaces, without a
+    slash, backslash or NUL, and must not start with a dot (which also rules out `.` and `..`).
+    Returns the name; QDError (one line) otherwise."""
+    if not category or category != category.strip():
+        raise QDError(f"{category!r}: category names cannot be empty or start/end with spaces")
+    if "/" in category or "\\" in category or category.startswith(".") or "\0" in category:
+        raise QDError(f"{category!r}: not a category name (no slashes, no leading dot)")
+    return category
+
+
 def category_path(data_dir: str | os.PathLike, category: str) -> Path:
     return Path(data_dir) / f"{category}{SUFFIX}"
 

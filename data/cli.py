@@ -1,4 +1,5 @@
-"""`qd-data`: get Quick, Draw! bitmap files (`fetch`) and see what is on disk (`list`).
+"""`qd-data`: get Quick, Draw! bitmap files (`fetch`), turn one's own drawings into them (`import`)
+and see what is on disk (`list`).
 
 The network and progress code loads inside the commands, so `qd-data --help` prints at once.
 """
@@ -21,10 +22,11 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
     from .fetch import FetchResult
+    from .importer import CategoryResult
 
 
 app = opt.make_app(no_args_is_help=True, help=opt.describe(
-    "Get Quick, Draw! numpy bitmap files (<category>.npy, uint8 (N, 784)) and list them.",
+    "Get Quick, Draw! numpy bitmap files (<category>.npy, uint8 (N, 784)), import your own drawings into them, and list them.",
     "qd-data fetch cat dog -n 5000"))
 # Old spellings, still accepted (hidden) for one release.
 FETCH_ALIASES = {"--out": "--data", "-o": "--data"}
@@ -120,6 +122,62 @@ def fetch(
                               highlight=False, soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command("import", cls=opt.aliased(FETCH_ALIASES), help=opt.describe(
+    "Import your own drawings as <category>.npy files, through the same preprocessing qd-infer uses.",
+    "qd-data import my-scans/ strokes.ndjson -d artifacts/mine"))
+def import_(
+    sources: Annotated[List[Path], typer.Argument(
+        metavar="SRC...", show_default=False,
+        help="Folders of class-named subfolders of images (SRC/<category>/*.png, any format qd-infer reads) "
+             "and/or .ndjson files (Google's simplified or raw; category from 'word', else the file name).")],
+    data: Annotated[Optional[Path], opt.data_option("Destination folder. Default: ARTIFACTS/data.")] = None,
+    max_per_category: Annotated[Optional[int], opt.max_per_category_option(
+        "Keep only the first N distinct drawings of each category.")] = None,
+    workers: Annotated[Optional[int], opt.workers_option("Decoding processes. Default: the usable CPU cores.")] = None,
+) -> None:
+    from .importer import ImportOptions, import_drawings
+    from .machine import usable_cpus
+    from .progress import ProgressBar
+
+    out = data if data is not None else default_data_dir()
+    options = ImportOptions(max_per_category=max_per_category, workers=workers or usable_cpus())
+    console.print(Text.assemble(f"importing {len(sources)} source{'' if len(sources) == 1 else 's'} into ",
+                                shown(out)), highlight=False, soft_wrap=True)
+    with ProgressBar("importing", unit="drawings") as bar:
+        report = import_drawings(sources, out, options, advance=bar.advance, on_failure=fail,
+                                 planned=lambda units: bar.step("importing", total=units))
+    for result in report.results:
+        console.print(_import_line(result), highlight=False, soft_wrap=True)
+    drawings = sum(r.rows for r in report.results)
+    console.print(Text.assemble(f"{len(report.results)} categor{'y' if len(report.results) == 1 else 'ies'}, "
+                                f"{drawings:,} drawings in ", shown(out),
+                                f" ({len(report.failures)} error(s), each on its own line)" if report.failures else ""),
+                  highlight=False, soft_wrap=True)
+    if report.shared:
+        err_console.print(f"note: {report.shared:,} drawing(s) appear in more than one category (kept in each)",
+                          highlight=False)
+    if report.ignored:
+        err_console.print(Text.assemble(f"note: {len(report.ignored)} file(s) that are neither images nor .ndjson "
+                                        "were ignored (first: ", shown(report.ignored[0]), ")"),
+                          highlight=False, soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _import_line(result: "CategoryResult") -> Text:
+    notes = []
+    if result.duplicates:
+        notes.append(f"{result.duplicates:,} duplicate(s) dropped")
+    if result.unread:
+        notes.append(f"{result.unread:,} unreadable")
+    if result.capped:
+        notes.append("--max-per-category reached")
+    if result.replaced is not None:
+        notes.append(f"replaced a file of {result.replaced:,}")
+    note = f" ({'; '.join(notes)})" if notes else ""
+    return Text.assemble("  ", ("✓", "green"), " ", shown(result.category), f": {result.rows:,} drawings{note}")
 
 
 @app.command("list", help=opt.describe(

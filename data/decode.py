@@ -1,4 +1,5 @@
-"""The one parallel decode path: image files -> 28x28 ink-high bitmaps, for every command.
+"""The one parallel decode path: image files (and stroke drawings) -> 28x28 ink-high bitmaps,
+for every command.
 
 qd-infer, qd-eval (class folders) and anything else that reads folders of images use
 ImageDecoder, so they get the same speed and the same one-line failures:
@@ -6,6 +7,9 @@ ImageDecoder, so they get the same speed and the same one-line failures:
     with ImageDecoder(workers=4, expected=len(paths)) as decoder:
         for path, result in decoder.decode(paths):
             ...  # result: uint8 (28, 28) bitmap, or the "path: reason" line of a file that failed
+
+`decoder.render(drawings)` does the same for parsed `.ndjson` drawings (qd.data.strokes'
+renderer), in the same pool: (drawing, bitmap or reason) in order.
 
 Decoding and preprocessing run in worker processes: much of qd.data.images is many small
 numpy calls that hold the GIL, so threads do not scale. Files travel in groups (fewer
@@ -33,6 +37,7 @@ import numpy as np
 
 from .errors import QDError
 from .images import load_image_bitmap
+from .strokes import render_drawing
 
 GROUP = 8  # files per task sent to a worker
 GROUPS_IN_FLIGHT_PER_WORKER = 4
@@ -54,8 +59,22 @@ def decode_file(path: str | os.PathLike) -> np.ndarray | str:
         return f"{path}: cannot decode image ({type(exc).__name__}: {text[0][:160] if text else ''})"
 
 
+def render_one(drawing) -> np.ndarray | str:
+    """One parsed `.ndjson` drawing -> its bitmap, or the reason it cannot be drawn."""
+    try:
+        return render_drawing(drawing)
+    except ValueError as exc:
+        return str(exc)
+    except MemoryError:
+        return "out of memory while rendering"
+
+
 def _decode_group(paths: list[str]) -> list[np.ndarray | str]:
     return [decode_file(p) for p in paths]
+
+
+def _render_group(drawings: list) -> list[np.ndarray | str]:
+    return [render_one(d) for d in drawings]
 
 
 def _start_worker() -> None:
@@ -107,13 +126,24 @@ class ImageDecoder:
     def decode(self, paths: Iterable[str | os.PathLike]) -> Iterator[Result]:
         """(path, bitmap or failure line) for every file, in the order given."""
         paths = [Path(p) for p in paths]
-        if self.parallel and len(paths) > 1:
-            yield from self._decode_in_pool(paths)
+        crashed = "the image decoder crashed on this file (worker process died)"
+        for path, result in self._run(paths, _decode_group, str, decode_file):
+            yield path, (f"{path}: {crashed}" if result is _CRASHED else result)
+
+    def render(self, drawings: list) -> Iterator[tuple[object, "np.ndarray | str"]]:
+        """(drawing, bitmap or reason) for every parsed `.ndjson` drawing, in the order given."""
+        for drawing, result in self._run(list(drawings), _render_group, lambda d: d, render_one):
+            yield drawing, ("the renderer crashed on this drawing (worker process died)"
+                            if result is _CRASHED else result)
+
+    def _run(self, items: list, group_task, to_task, one) -> Iterator[tuple]:
+        if self.parallel and len(items) > 1:
+            yield from self._in_pool(items, group_task, to_task)
             return
         limiter = _single_threaded_blas()
         try:
-            for path in paths:
-                yield path, decode_file(path)
+            for item in items:
+                yield item, one(item)
         finally:
             limiter.restore_original_limits()
 
@@ -131,49 +161,52 @@ class ImageDecoder:
             self._pool = None
             broken.shutdown(wait=False, cancel_futures=True)
 
-    def _decode_in_pool(self, paths: list[Path]) -> Iterator[Result]:
-        groups = [paths[i:i + GROUP] for i in range(0, len(paths), GROUP)]
+    def _in_pool(self, items: list, group_task, to_task) -> Iterator[tuple]:
+        groups = [items[i:i + GROUP] for i in range(0, len(items), GROUP)]
         window = self.workers * GROUPS_IN_FLIGHT_PER_WORKER
         pending: deque = deque()
         try:
             for group in groups:
-                pending.append((group, *self._submit([str(p) for p in group])))
+                pending.append((group, *self._submit([to_task(x) for x in group], group_task)))
                 if len(pending) >= window:
-                    yield from self._collect(*pending.popleft())
+                    yield from self._collect(*pending.popleft(), group_task, to_task)
             while pending:
-                yield from self._collect(*pending.popleft())
+                yield from self._collect(*pending.popleft(), group_task, to_task)
         finally:
             for _, future, _ in pending:
                 if future is not None:
                     future.cancel()
 
-    def _submit(self, names: list[str]):
+    def _submit(self, tasks: list, group_task=_decode_group):
         """(future, the pool it runs in); (None, pool) if that pool is already broken."""
         pool = self._pool_or_start()
         try:
-            return pool.submit(_decode_group, names), pool
+            return pool.submit(group_task, tasks), pool
         except BrokenProcessPool:
             return None, pool
 
-    def _collect(self, group: list[Path], future, pool) -> Iterator[Result]:
+    def _collect(self, group: list, future, pool, group_task, to_task) -> Iterator[tuple]:
         try:
             if future is None:
                 raise BrokenProcessPool
             results = future.result()
         except BrokenProcessPool:
             self._restart(pool)
-            yield from self._one_by_one(group)
+            yield from self._one_by_one(group, group_task, to_task)
             return
         yield from zip(group, results)
 
-    def _one_by_one(self, group: list[Path]) -> Iterator[Result]:
-        """The files of a group that was in flight when a worker died, each in its own task."""
-        for path in group:
-            future, pool = self._submit([str(path)])
+    def _one_by_one(self, group: list, group_task, to_task) -> Iterator[tuple]:
+        """The items of a group that was in flight when a worker died, each in its own task."""
+        for item in group:
+            future, pool = self._submit([to_task(item)], group_task)
             try:
                 if future is None:
                     raise BrokenProcessPool
-                yield path, future.result()[0]
+                yield item, future.result()[0]
             except BrokenProcessPool:
                 self._restart(pool)
-                yield path, f"{path}: the image decoder crashed on this file (worker process died)"
+                yield item, _CRASHED
+
+
+_CRASHED = object()  # a worker died on this very item

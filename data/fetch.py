@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
 from .bitmaps import PIXELS, bitmap_header_bytes, parse_bitmap_header, read_bitmap_header
-from .categories import category_path
+from .categories import category_path, check_category_name
 from .errors import BitmapFileError, QDError
 from .files import read_regular, write_json_atomic
 from .sources import (Body, FolderSource, Remote, RemoteChanged, SourceUnreachable, TransientError, UrlSource,
@@ -147,7 +147,7 @@ def fetch_category(source: FolderSource | UrlSource, category: str, out_dir: str
     """Make `<out_dir>/<category>.npy` a verified copy of the source's file (or its first rows)."""
     if options.max_rows is not None and options.max_rows < 1:
         raise QDError(f"--max-per-category must be at least 1, got {options.max_rows}")
-    _check_name(category)
+    check_category_name(category)
     out_dir = Path(out_dir)
     with _disk_errors(category, out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -211,13 +211,6 @@ def _fetch_locked(source, category: str, out_dir: Path, options: FetchOptions,
     note = "; ".join(n for n in notes if n)
     return FetchResult(category, dest, want_rows, dest.stat().st_size, action, received=received,
                        resumed_from=min(resumed_from, want_bytes), note=note)
-
-
-def _check_name(category: str) -> None:
-    if not category or category != category.strip():
-        raise QDError(f"{category!r}: category names cannot be empty or start/end with spaces")
-    if "/" in category or "\\" in category or category.startswith(".") or "\0" in category:
-        raise QDError(f"{category!r}: not a category name (no slashes, no leading dot)")
 
 
 def _check_free_space(category: str, out_dir: Path, needed: int) -> None:

@@ -132,6 +132,15 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
         raise
 
 
+def count_lines(path: str | os.PathLike, block: int = 1 << 20) -> int:
+    """Newlines in a regular file (a progress bar's total); 1 if it cannot be read (the reader will say why)."""
+    try:
+        with open_regular(path) as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(block), b""))
+    except (OSError, QDError):
+        return 1
+
+
 def read_regular(path: str | os.PathLike, max_bytes: int, what: str = "file") -> bytes:
     """All bytes of a regular file of at most `max_bytes` (checked before reading, and while reading)."""
     with open_regular(path) as f:

@@ -31,6 +31,7 @@ MAX_NPY_ROWS = 2**31  # drawings in one file (Google's largest category has ~0.3
 MAX_NDJSON_LINE_BYTES = 1 << 20  # one drawing per line; real ones are a few KiB
 MAX_STROKE_POINTS = 100_000  # points in one drawing
 MAX_COORDINATE = 1_000.0  # simplified drawings use 0..255; anything far outside is not one
+MAX_RAW_COORDINATE = 1_000_000.0  # raw drawings are in canvas pixels (a few thousand at most)
 
 # ----------------------------------------------------------------------------- checkpoints
 # What a checkpoint's tensors may unpack to in total (the zip directory says, before any

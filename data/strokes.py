@@ -1,4 +1,4 @@
-"""Quick, Draw! simplified drawings (`.ndjson`) rendered to 28x28 like Google's bitmaps.
+"""Quick, Draw! drawings (`.ndjson`, simplified or raw) rendered to 28x28 like Google's bitmaps.
 
 A simplified drawing is a list of strokes `[[x0, x1, ...], [y0, y1, ...]]` with
 coordinates in 0..255, aligned to the top-left and scaled so the longer side spans
@@ -6,6 +6,12 @@ coordinates in 0..255, aligned to the top-left and scaled so the longer side spa
 the drawing is centred in the 256x256 frame, a padding plus half a line width is
 added on every side, the strokes are drawn as polylines with round caps and joins
 (line width 16 in 256-space), anti-aliased, and read back as ink-high uint8.
+
+A raw drawing (Google's `raw` files: strokes `[[xs], [ys], [times]]` in canvas pixels)
+is first brought into the simplified space as Google did: aligned to the top-left
+corner and scaled uniformly so the longer side spans 0..255 (Google then also resampled
+and simplified each stroke, Ramer-Douglas-Peucker with epsilon 2; that moves points by
+at most 2 of 256 units, well under one 28x28 pixel, so it is not repeated here).
 
 Here the same geometry is drawn with Pillow at SUPERSAMPLE times the final size
 (polyline segments plus a disc at every vertex = round caps and joins) and
@@ -27,7 +33,7 @@ from PIL import Image, ImageDraw
 from .bitmaps import SIDE
 from .errors import QDError, reason_of
 from .files import open_regular
-from .limits import MAX_COORDINATE, MAX_NDJSON_LINE_BYTES, MAX_STROKE_POINTS
+from .limits import MAX_COORDINATE, MAX_NDJSON_LINE_BYTES, MAX_RAW_COORDINATE, MAX_STROKE_POINTS
 
 ORIGINAL_SIDE = 256.0
 LINE_DIAMETER = 16.0  # in the 256-unit drawing space
@@ -67,8 +73,34 @@ def render_strokes(strokes, side: int = SIDE, line_diameter: float = LINE_DIAMET
     return np.asarray(small, dtype=np.uint8).copy()
 
 
-def validate_strokes(strokes) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Check the `drawing` structure; return float arrays per stroke (raises ValueError)."""
+def render_drawing(drawing, side: int = SIDE) -> np.ndarray:
+    """A `.ndjson` record's `drawing`, simplified or raw -> uint8 (side, side) bitmap."""
+    return render_strokes(simplify_raw(drawing) if is_raw(drawing) else drawing, side=side)
+
+
+def is_raw(drawing) -> bool:
+    """Raw drawings carry a time list per stroke: `[[xs], [ys], [times]]`."""
+    return isinstance(drawing, list) and any(isinstance(s, list) and len(s) >= 3 for s in drawing)
+
+
+def simplify_raw(drawing) -> list[list[list[float]]]:
+    """A raw drawing in the simplified space: top-left aligned, longer side scaled to 0..255."""
+    strokes = validate_strokes(drawing, raw=True)
+    if not strokes:
+        return []
+    xs = np.concatenate([s[0] for s in strokes])
+    ys = np.concatenate([s[1] for s in strokes])
+    extent = max(xs.max() - xs.min(), ys.max() - ys.min())
+    scale = ORIGINAL_SIDE - 1.0 if extent == 0 else (ORIGINAL_SIDE - 1.0) / extent
+    return [[((sx - xs.min()) * scale).tolist(), ((sy - ys.min()) * scale).tolist()] for sx, sy in strokes]
+
+
+def validate_strokes(strokes, raw: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Check the `drawing` structure; return float arrays per stroke (raises ValueError).
+
+    Simplified coordinates must lie near 0..255; raw ones (canvas pixels) within
+    +-MAX_RAW_COORDINATE."""
+    low, high = (-MAX_RAW_COORDINATE, MAX_RAW_COORDINATE) if raw else (-1, MAX_COORDINATE)
     if not isinstance(strokes, list):
         raise ValueError("'drawing' is not a list of strokes")
     out = []
@@ -90,8 +122,9 @@ def validate_strokes(strokes) -> list[tuple[np.ndarray, np.ndarray]]:
         # and would overflow float64 (comparisons of ints with floats are exact).
         if any(v != v or v in _INFINITIES for v in (*xs, *ys)):
             raise ValueError(f"stroke {i} has non-finite coordinates")
-        if not all(-1 <= v <= MAX_COORDINATE for v in (*xs, *ys)):
-            raise ValueError(f"stroke {i} has coordinates outside the simplified 0..255 range")
+        if not all(low <= v <= high for v in (*xs, *ys)):
+            where = f"+-{MAX_RAW_COORDINATE:g}" if raw else "the simplified 0..255 range"
+            raise ValueError(f"stroke {i} has coordinates outside {where}")
         out.append((np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)))
     return out
 
@@ -120,11 +153,24 @@ def parse_ndjson_line(line: str | bytes):
 
 
 def iter_ndjson(path: str | os.PathLike) -> Iterator[tuple[int, str | None, np.ndarray | None, str | None]]:
-    """Yield (line_number, word, bitmap, error) per non-blank line of a simplified .ndjson file.
+    """Yield (line_number, word, bitmap, error) per non-blank line of a .ndjson file (simplified or raw).
 
     A broken line yields an error string instead of a bitmap; the rest are still rendered.
     Only a regular file is read, and only as many bytes as it had when it was opened.
     """
+    for number, word, drawing, error in iter_ndjson_records(path):
+        if error is None:
+            try:
+                yield number, word, render_drawing(drawing), None
+                continue
+            except ValueError as exc:
+                error = str(exc)
+        yield number, None, None, error
+
+
+def iter_ndjson_records(path: str | os.PathLike) -> Iterator[tuple[int, str | None, object, str | None]]:
+    """Yield (line_number, word, drawing, error) per non-blank line, parsed but not rendered
+    (render with render_drawing, which checks the drawing)."""
     path = Path(path)
     try:
         f = open_regular(path)
@@ -138,12 +184,11 @@ def iter_ndjson(path: str | os.PathLike) -> Iterator[tuple[int, str | None, np.n
             if not raw.strip():
                 continue
             try:
-                word, strokes = parse_ndjson_line(raw)
-                bitmap = render_strokes(strokes)
+                word, drawing = parse_ndjson_line(raw)
             except ValueError as exc:
                 yield number, None, None, str(exc)
                 continue
-            yield number, word, bitmap, None
+            yield number, word, drawing, None
 
 
 def _bounded_lines(f, size: int) -> Iterator[bytes | None]:

@@ -19,7 +19,7 @@ from qd.data.bitmaps import PIXELS, SIDE, parse_npy_header
 from qd.data.console import describe_unexpected
 from qd.data.decode import ImageDecoder
 from qd.data.errors import QDError, reason_of
-from qd.data.files import open_regular
+from qd.data.files import count_lines, open_regular
 from qd.data.images import IMAGE_SUFFIXES, is_image_path
 from qd.data.strokes import iter_ndjson
 
@@ -140,7 +140,7 @@ class Plan:
                 except QDError:
                     total += 1
             else:
-                total += max(1, _count_lines(item))
+                total += max(1, count_lines(item))
         return total
 
 
@@ -206,14 +206,6 @@ def read_images(paths: list[Path], decoder: ImageDecoder, group: int = 64) -> It
             names, bitmaps = [], []
     if names:
         yield Drawings(names, np.stack(bitmaps).reshape(-1, PIXELS))
-
-
-def _count_lines(path: Path, block: int = 1 << 20) -> int:
-    try:
-        with open_regular(path) as f:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(block), b""))
-    except OSError:
-        return 1
 
 
 def read_ndjson(path: Path, chunk: int = 1024) -> Iterator[Event]:

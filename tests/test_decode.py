@@ -95,7 +95,7 @@ def test_memory_stays_bounded_only_a_window_is_in_flight(folder, monkeypatch):
     submitted = []
     decoder = ImageDecoder(workers=2, expected=len(folder), context=multiprocessing.get_context("fork"))
     real_submit = decoder._submit
-    monkeypatch.setattr(decoder, "_submit", lambda names: (submitted.append(names), real_submit(names))[1])
+    monkeypatch.setattr(decoder, "_submit", lambda names, *task: (submitted.append(names), real_submit(names, *task))[1])
     results = decoder.decode(folder * 4)
     next(results)
     window = decoder.workers * decode.GROUPS_IN_FLIGHT_PER_WORKER

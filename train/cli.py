@@ -14,7 +14,8 @@ from qd.data import options as opt
 from qd.data.console import run_app
 from qd.data.errors import QDError
 
-from .defaults import ARCH_NAMES, DEFAULT_ARCH
+from .defaults import (ARCH_NAMES, DEFAULT_ARCH, DEFAULT_EPOCHS, DEFAULT_PATIENCE, MAX_AUTO_EPOCHS, MAX_BATCH_SIZE,
+                       MIN_BATCH_SIZE, MIN_STEPS, MIN_STEPS_PER_EPOCH)
 
 app = opt.make_app()
 # Old spellings, still accepted (hidden) for one release.
@@ -38,9 +39,14 @@ def train_command(
         "Folder of <category>.npy bitmap files. Default: ARTIFACTS/data.")] = None,
     categories: Annotated[Optional[str], typer.Option(
         "--categories", "-c", help="Comma-separated categories (default: all in --data).")] = None,
-    arch: Annotated[str, typer.Option("--arch", help=f"Architecture: {', '.join(ARCH_NAMES)}.")] = DEFAULT_ARCH,
-    epochs: Annotated[int, typer.Option("--epochs", "-e", help="Maximum number of epochs.")] = 10,
-    batch_size: Annotated[int, opt.batch_size_option("Global batch size (split across DDP ranks).")] = 256,
+    arch: Annotated[Optional[str], typer.Option("--arch", show_default=False, help=(
+        f"Architecture: {', '.join(ARCH_NAMES)}. Default: {DEFAULT_ARCH}, or the --init-from checkpoint's."))] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", show_default=False, help=(
+        f"Maximum number of epochs. Default: {DEFAULT_EPOCHS}, more for small sets (at least {MIN_STEPS} steps "
+        f"in all, at most {MAX_AUTO_EPOCHS} epochs)."))] = None,
+    batch_size: Annotated[Optional[int], opt.batch_size_option(
+        f"Global batch size (split across DDP ranks). Default: {MAX_BATCH_SIZE}, halved down to {MIN_BATCH_SIZE} "
+        f"until an epoch has {MIN_STEPS_PER_EPOCH} steps.")] = None,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, one-cycle schedule).")] = 3e-3,
     max_per_category: Annotated[Optional[int], opt.max_per_category_option(
         "Use at most N drawings per category (the first N rows).")] = None,
@@ -49,8 +55,9 @@ def train_command(
                                   "shuffled split).")] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of drawings in the validation split.")] = 0.1,
     test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of drawings in the test split.")] = 0.1,
-    patience: Annotated[int, typer.Option(
-        "--patience", help="Stop after N epochs without validation-loss improvement (0: never).")] = 5,
+    patience: Annotated[Optional[int], typer.Option("--patience", show_default=False, help=(
+        f"Stop after N epochs without validation-loss improvement (0: never). Default: {DEFAULT_PATIENCE}, or a "
+        "quarter of the epochs if more."))] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for initialisation, shuffling, augmentation and dropout.")] = 0,
     device: Annotated[str, opt.device_option()] = "auto",
     precision: Annotated[str, typer.Option(
@@ -61,6 +68,12 @@ def train_command(
     resume: Annotated[Optional[Path], typer.Option(
         "--resume", metavar="LAST_PT", help="Continue a run from its last.pt (its own settings and data folder, "
                                             "unless --data is given).")] = None,
+    init_from: Annotated[Optional[Path], typer.Option(
+        "--init-from", metavar="CHECKPOINT", show_default=False,
+        help="Start from this qd-train checkpoint's weights: classes it knows keep their outputs, new ones get new "
+             "outputs (its architecture is used).")] = None,
+    freeze_backbone: Annotated[bool, typer.Option(
+        "--freeze-backbone", help="With --init-from: train only the output layer.")] = False,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random affine augmentation per batch.")] = True,
     schedule: Annotated[str, typer.Option(
         "--schedule", help="Learning-rate schedule: onecycle, cosine or constant.")] = "onecycle",
@@ -83,6 +96,7 @@ def train_command(
         steps_per_epoch=steps_per_epoch, val_fraction=val_fraction, test_fraction=test_fraction,
         patience=patience, seed=seed, device=device, precision=precision, workers=workers, out=out, resume=resume,
         augment=augment, schedule=schedule, outlier_exposure=outlier_exposure, quiet=quiet,
+        init_from=init_from, freeze_backbone=freeze_backbone,
     )
     train(config)
 

@@ -34,11 +34,12 @@ from .augment import AffineAugment
 from .batches import BatchLoader, ShardedBatches, epoch_seed
 from .checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from .compute import autocast, input_layout, plain_state_dict, resolve_precision, to_device_layout
-from .config import TrainConfig
+from .config import TrainConfig, auto_patience, auto_schedule
 from .distributed import Distributed
 from .models import build_model, count_parameters, full_kwargs
 from .outliers import SyntheticOutliers, exposure_loss
 from .report import Reporter
+from .transfer import freeze, init_from, keep_batch_norm, load_parent, parent_arch
 
 BEST, LAST = BEST_CHECKPOINT, LAST_CHECKPOINT
 # Options that may differ on --resume (how to run, not what to train).
@@ -127,6 +128,12 @@ class Trainer:
         self.report = Reporter(enabled=dist.is_main and not config.quiet)
         self.preprocessing = dict(DEFAULT_PREPROCESSING)
 
+        parent = None  # read first: a file that is no checkpoint is refused before anything is written
+        if config.init_from is not None and self.resume is None:
+            parent = load_parent(config.init_from)
+            arch, arch_kwargs = parent_arch(config.init_from, parent, config.arch, config.arch_kwargs)
+            config = self.config = replace(config, arch=arch, arch_kwargs=arch_kwargs)
+
         self.dataset = BitmapDataset(config.data_dir, config.categories, config.max_per_category)
         if self.resume is not None:
             self._check_same_data()
@@ -136,6 +143,19 @@ class Trainer:
             if len(self.indices[name]) == 0:
                 raise QDError(f"{config.data_dir}: the {name} split is empty "
                               f"({len(self.dataset)} drawings; use more data or other fractions)")
+        if self.dataset.num_classes < 2:
+            raise QDError(f"{config.data_dir}: only one category ({self.dataset.classes[0]}); "
+                          "a classifier needs at least two")
+        # Batch size and epochs the user left open are fitted to the data (the checkpoint records the result).
+        self.chosen = {name: None for name in ("batch_size", "epochs")}
+        if config.batch_size is None or config.epochs is None:
+            batch_size, epochs = auto_schedule(len(self.indices["train"]), dist.world_size, config.batch_size,
+                                               config.epochs, config.steps_per_epoch)
+            self.chosen = {"batch_size": batch_size if config.batch_size is None else None,
+                           "epochs": epochs if config.epochs is None else None}
+            config = self.config = replace(config, batch_size=batch_size, epochs=epochs)
+        if config.patience is None:
+            config = self.config = replace(config, patience=auto_patience(config.epochs))
 
         self.run_dir = config.out or default_run_dir(config.arch)
         if dist.is_main:
@@ -145,8 +165,14 @@ class Trainer:
                               f"or another --out)")
 
         torch.manual_seed(config.seed)
-        self.model = to_device_layout(build_model(config.arch, self.dataset.num_classes, **config.arch_kwargs),
-                                      dist.device)
+        model = build_model(config.arch, self.dataset.num_classes, **config.arch_kwargs)
+        # The parent checkpoint as this run records it (a resumed run carries its own record on).
+        self.parent = dict(self.resume["parent"]) if self.resume is not None and self.resume.get("parent") else None
+        if parent is not None:
+            self.parent = init_from(model, config.init_from, parent, self.dataset.classes, config.freeze_backbone)
+        elif config.freeze_backbone:
+            freeze(model)
+        self.model = to_device_layout(model, dist.device)
         self.params = count_parameters(self.model)
         self.net = self.model
         if dist.enabled:
@@ -155,7 +181,8 @@ class Trainer:
 
         self.train_loader = self._loader("train", shuffle=True)
         self.val_loader = self._loader("val", shuffle=False)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = self._scheduler(steps_per_epoch=len(self.train_loader))
         self.augment = AffineAugment() if config.augment else None
         self.outliers = SyntheticOutliers() if config.outlier_exposure > 0 else None
@@ -219,6 +246,7 @@ class Trainer:
             "test": dict(test) if test else {},
             "versions": {"torch": str(torch.__version__), "quickdraw-edge": str(__version__)},
             "params": self.params,
+            **({"parent": self.parent} if self.parent is not None else {}),
             "state_dict": plain_state_dict(self.model),
         }
 
@@ -242,6 +270,8 @@ class Trainer:
         background = (0.0 - self.preprocessing.get("mean", 0.0)) / self.preprocessing.get("std", 1.0)
         ink = (255 * self.preprocessing["scale"] - self.preprocessing.get("mean", 0.0)) / self.preprocessing.get("std", 1.0)
         self.net.train()
+        if cfg.freeze_backbone:
+            keep_batch_norm(self.model)
         loss_sum, seen = 0.0, 0
         start = time.perf_counter()
         with self.report.epoch_progress(epoch, cfg.epochs, len(self.train_loader)) as advance:
@@ -289,7 +319,9 @@ class Trainer:
         self.report.start(run_dir=self.run_dir, arch=cfg.arch, params=self.params, classes=self.dataset.num_classes,
                           train=len(self.indices["train"]), val=len(self.indices["val"]),
                           test=len(self.indices["test"]), device=str(self.dist.device), precision=cfg.precision,
-                          world_size=self.dist.world_size, resumed_from=resumed_from)
+                          world_size=self.dist.world_size, resumed_from=resumed_from, chosen=self.chosen,
+                          parent=self.parent and {"path": self.parent["path"], "kept": self.parent["kept"],
+                                                  "frozen": self.parent["frozen_backbone"]})
         started = time.perf_counter()
         stopped_early = False
         for epoch in range(self.start_epoch, cfg.epochs + 1):
@@ -329,7 +361,8 @@ class Trainer:
             size = sum(v.numel() * v.element_size() for v in payload["state_dict"].values())
             self.report.summary(run_dir=self.run_dir, best=self.best, test=test, params=self.params,
                                 size_bytes=size, seconds=time.perf_counter() - started,
-                                stopped_early=stopped_early, epochs_run=len(self.metrics))
+                                stopped_early=stopped_early, epochs_run=len(self.metrics),
+                                classes=self.dataset.num_classes)
         self.dist.barrier()
         return best_path
 

@@ -118,5 +118,13 @@ def full_kwargs(arch: str, kwargs: dict) -> dict:
     return {**defaults, **kwargs}
 
 
+def head_name(model: nn.Module) -> str:
+    """The output layer's module name (its rows are the classes): the network's last Linear."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not names:
+        raise QDError(f"{type(model).__name__} has no Linear output layer")
+    return names[-1]
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -18,6 +18,13 @@ from qd.data.console import console as default_console
 from qd.data.console import shown
 
 
+def near_chance(top1: float, classes: int) -> bool:
+    """Top-1 that says the network has learned (almost) nothing: below twice chance, or below
+    chance plus 15 points where twice chance is more than that (few classes)."""
+    chance = 1.0 / classes
+    return top1 < min(2.0 * chance, chance + 0.15)
+
+
 def fmt_duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     h, rem = divmod(seconds, 3600)
@@ -36,7 +43,8 @@ class Reporter:
             self.console.print(*args, soft_wrap=True, **kwargs)
 
     def start(self, *, run_dir: Path, arch: str, params: int, classes: int, train: int, val: int, test: int,
-              device: str, precision: str, world_size: int, resumed_from: int | None) -> None:
+              device: str, precision: str, world_size: int, resumed_from: int | None,
+              chosen: dict | None = None, parent: dict | None = None) -> None:
         if not self.enabled:
             return
         where = f"{device}" + (f" x {world_size} ranks" if world_size > 1 else "")
@@ -45,6 +53,14 @@ class Reporter:
                                  f", {params:,} parameters, {classes} classes, on {where}"), highlight=False)
         self.print(f"drawings: {train:,} train / {val:,} val / {test:,} test", highlight=False)
         self.print(Text.assemble("run folder: ", shown(run_dir)), highlight=False)
+        picked = [f"{'batch size' if k == 'batch_size' else k} {v}" for k, v in (chosen or {}).items() if v]
+        if picked:
+            self.print(f"{' and '.join(picked)}, chosen for {train:,} training drawings "
+                       "(--batch-size, --epochs to set)", highlight=False)
+        if parent is not None:
+            self.print(Text.assemble("initialised from ", shown(parent["path"]),
+                                     f": {parent['kept']} of {classes} classes keep their outputs",
+                                     ", backbone frozen" if parent.get("frozen") else ""), highlight=False)
         if resumed_from is not None:
             self.print(f"resumed after epoch {resumed_from}")
 
@@ -82,7 +98,7 @@ class Reporter:
         )
 
     def summary(self, *, run_dir: Path, best: dict, test: dict, params: int, size_bytes: int,
-                seconds: float, stopped_early: bool, epochs_run: int) -> None:
+                seconds: float, stopped_early: bool, epochs_run: int, classes: int) -> None:
         if not self.enabled:
             return
         table = Table(title="qd-train result", show_header=True, header_style="bold")
@@ -95,4 +111,9 @@ class Reporter:
         table.add_row("time", fmt_duration(seconds))
         table.add_row("parameters", f"{params:,} ({size_bytes / 1024:.0f} KiB fp32)")
         table.add_row("best checkpoint", shown(run_dir / "best.pt"))
+        if near_chance(best["val_top1"], classes):
+            table.add_row(Text("warning", style="bold red"),
+                          Text(f"val top-1 is near chance ({100 / classes:.1f}% for {classes} classes): the network "
+                               "has not learned; train longer (--epochs), on more drawings, or with a smaller "
+                               "--batch-size", style="red"))
         self.console.print(table)
