@@ -429,3 +429,17 @@ def qd_cli():
     """`qd_cli(main, *args, env=None) -> CliRun`: see invoke_cli (also importable:
     `from fixtures_data import invoke_cli`)."""
     return invoke_cli
+
+
+def run_entry_point(monkeypatch, capsys, main, program: str, *args, columns: int | None = None):
+    """A `qd-*` entry point as the shell runs it, output captured by capsys: (exit code, stdout, stderr).
+    `columns` widens rich's console so lines are not wrapped."""
+    import sys
+
+    if columns is not None:
+        monkeypatch.setenv("COLUMNS", str(columns))
+    monkeypatch.setattr(sys, "argv", [program, *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code or 0, out, err

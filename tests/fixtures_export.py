@@ -1,20 +1,17 @@
 """Fixtures for the export stage's tests (and the stages that build on it)."""
 
-import sys
 from pathlib import Path
 
 import pytest
+
+from fixtures_data import run_entry_point
 
 
 def run_export_cli(monkeypatch, capsys, *args):
     """qd-export's entry point as the shell runs it: (exit code, stdout, stderr)."""
     from qd.export.cli import main
 
-    monkeypatch.setattr(sys, "argv", ["qd-export", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code or 0, out, err
+    return run_entry_point(monkeypatch, capsys, main, "qd-export", *args)
 
 
 def _export(checkpoint: Path, formats: str, out: Path):

@@ -1,12 +1,12 @@
 """qd-data import: class folders of images and .ndjson files -> Google-layout <category>.npy."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from fixtures_data import run_entry_point
 from qd.data import cli
 from qd.data.bitmaps import open_bitmaps
 from qd.data.decode import decode_file
@@ -91,12 +91,7 @@ def test_qd_data_list_shows_an_imported_folder(source, tmp_path, monkeypatch, ca
 
 
 def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.setattr(sys, "argv", ["qd-data", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code or 0, out, err
+    return run_entry_point(monkeypatch, capsys, cli.main, "qd-data", *args, columns=200)
 
 
 def error_lines(err):

@@ -1,13 +1,13 @@
 """Small data: batch size and epochs fitted to the set, the near-chance warning, and --init-from."""
 
 import io
-import sys
 
 import numpy as np
 import pytest
 import torch
 from rich.console import Console
 
+from fixtures_data import run_entry_point
 from qd.data.files import sha256_file
 from qd.train import cli
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -89,12 +89,7 @@ def test_freeze_backbone_trains_only_the_head_and_records_the_parent(trained_che
 
 
 def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.setattr(sys, "argv", ["qd-train", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
+    return run_entry_point(monkeypatch, capsys, cli.main, "qd-train", *args, columns=200)
 
 
 @pytest.mark.parametrize("case, expected", [
