@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from qd.data.errors import QDError
-from qd.data.paths import MODEL_CANVAS_COREML, MODEL_CANVAS_ONNX
+from qd.data.paths import MODEL_CANVAS_COREML, MODEL_CANVAS_ONNX, MODEL_COREML, MODEL_INT8_ONNX, MODEL_ONNX
 
 from .canvas_export import export_coreml_canvas, export_onnx_canvas, validate_coreml_canvas, validate_onnx_canvas
 from .defaults import ALL, DEFAULT_FORMATS, FORMAT_NAMES  # noqa: F401
@@ -44,14 +44,14 @@ class ExportFormat:
 
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     ExportFormat(
-        "onnx", "model.onnx", "fp32 ONNX, dynamic batch; labels and preprocessing in metadata",
+        "onnx", MODEL_ONNX, "fp32 ONNX, dynamic batch; labels and preprocessing in metadata",
         export_onnx, validate_onnx,
         "onnx.checker; I/O + metadata contract; onnxruntime vs torch on the test split at batch 1 and 64 "
         "(max |Δp| ≤ 1e-4, identical top-1)",
         needs=("torch", "onnx", "onnxscript", "onnxruntime"),
     ),
     ExportFormat(
-        "onnx-int8", "model.int8.onnx", "int8 ONNX (static QDQ, calibrated on training drawings)",
+        "onnx-int8", MODEL_INT8_ONNX, "int8 ONNX (static QDQ, calibrated on training drawings)",
         export_int8, validate_int8,
         "onnx.checker; contract; size ≤ 0.30× fp32; vs fp32 on the test split, with this CPU's int8 kernels "
         "and with exact int8 arithmetic (as CPUs with VNNI compute): top-1 agreement ≥ 99% (refused only when "
@@ -61,7 +61,7 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
         needs=("onnx", "onnxruntime"), builds_on="onnx",
     ),
     ExportFormat(
-        "coreml", "model.mlpackage", "Core ML ML Program classifier, 28x28 grayscale image input (iOS 16+)",
+        "coreml", MODEL_COREML, "Core ML ML Program classifier, 28x28 grayscale image input (iOS 16+)",
         export_coreml, validate_coreml,
         "package reloads; ML Program iOS 16+; input, outputs, labels, input scaling, softmax head; "
         "predictions vs torch on macOS only",
