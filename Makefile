@@ -67,7 +67,7 @@ endif
 	@echo "Artifacts:"
 	@echo "  data        $(DATA)/"
 	@echo "  checkpoint  $(RUN)/best.pt (and last.pt)"
-	@echo "  models      $(EXPORT)/ (model.onnx, model.int8.onnx, model.mlpackage, labels.txt, model.json)"
+	@echo "  models      $(EXPORT)/ (model.onnx, model.int8.onnx, model.mlpackage, model.canvas.onnx, model.canvas.mlpackage, labels.txt, model.json)"
 	@echo "  drawings    $(DEMO)/drawings/"
 	@echo "  report      $(DEMO)/eval/ (report.json, confusion.png, mistakes.png)"
 	@echo

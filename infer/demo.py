@@ -2,12 +2,12 @@
 
 The server only hands out static files on 127.0.0.1: the page (infer/web/), the
 onnxruntime-web runtime (infer/web/node_modules: `npm ci` in a clone; a built wheel carries
-it, setup.py) and the exported model. Everything else happens in the page: it reads the labels, the
-preprocessing spec and the open-set rule from the model's own metadata_props (parsed
-from the ONNX protobuf in web/onnx-metadata.js, because onnxruntime-web does not
-expose custom metadata), applies the qd.data.images algorithm (ported in
-web/preprocess.js), runs the model with onnxruntime-web's WebAssembly backend and
-asks instead of guessing when the rule (web/openset.js) says unknown.
+it, setup.py) and the export's canvas model (model.canvas.onnx, qd-export's onnx-canvas
+format: the preprocessing is inside its graph, docs/canvas.md). Everything else happens in
+the page: it reads the labels and the open-set rule from the model's own metadata_props
+(parsed from the ONNX protobuf in web/onnx-metadata.js, because onnxruntime-web does not
+expose custom metadata), feeds the pad's grey levels to the model with onnxruntime-web's
+WebAssembly backend and asks instead of guessing when the rule (web/openset.js) says unknown.
 
 Before serving, the model is opened once with onnxruntime here, so a wrong file is a
 one-line error at start-up rather than a broken page. No torch, no network.
@@ -40,7 +40,8 @@ from rich.text import Text
 from qd.data import options as opt
 from qd.data.console import console, describe_unexpected, err_console, run_app, shown
 from qd.data.errors import QDError
-from qd.data.paths import ORT_WEB_DIST_ENV
+from qd.data.contract import META_PRECISION
+from qd.data.paths import MODEL_CANVAS_ONNX as CANVAS_FILE, ORT_WEB_DIST_ENV
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -53,7 +54,7 @@ ORT_PACKAGE = "onnxruntime-web"
 # The only runtime files the page needs: the WebAssembly build's ES module and its
 # wasm binary (single-threaded, so no cross-origin isolation is required).
 ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
-PAGE_FILES = ("index.html", "app.js", "preprocess.js", "onnx-metadata.js", "openset.js", "style.css", "favicon.svg")
+PAGE_FILES = ("index.html", "app.js", "onnx-metadata.js", "openset.js", "style.css", "favicon.svg")
 
 # Nothing outside this server may be loaded, and wasm needs its own CSP keyword.
 CONTENT_SECURITY_POLICY = (
@@ -99,13 +100,33 @@ def ort_dist_dir(override: str | os.PathLike | None = None) -> Path:
     return dist
 
 
-def check_model(model: str | os.PathLike | None) -> DemoModel:
-    """Resolve --model as qd-infer does (file, export folder, or newest export) and open it once."""
-    from .model import OnnxClassifier, resolve_model_path
+def canvas_model_path(model: str | os.PathLike | None) -> Path:
+    """The export's canvas model: --model may be an export folder, a model.canvas.onnx, any other model file of
+    the export (its folder's canvas model is used) or None (the newest export, as qd-infer finds it)."""
+    from .model import resolve_model_path
 
-    path = resolve_model_path(model)
-    classifier = OnnxClassifier(path)  # refuses non-ONNX files and models without qd.* metadata
-    return DemoModel(path=path, labels=classifier.labels, precision=classifier.precision)
+    if model is not None and Path(model).is_dir():
+        folder = Path(model)
+    else:
+        path = resolve_model_path(model)
+        if path.name == CANVAS_FILE:
+            return path
+        folder = path.parent
+    canvas = folder / CANVAS_FILE
+    if not canvas.is_file():
+        raise QDError(f"{folder}: no {CANVAS_FILE} in this export; the demo page runs the canvas model "
+                      f"(qd-export CHECKPOINT --format onnx-canvas --out {folder})")
+    return canvas
+
+
+def check_model(model: str | os.PathLike | None) -> DemoModel:
+    """The canvas model the page will run, opened once here (refuses non-ONNX files, models without qd.*
+    metadata and models that are not canvas models)."""
+    from .canvas import CanvasModel
+
+    canvas = CanvasModel(canvas_model_path(model), threads=1)
+    return DemoModel(path=canvas.path, labels=canvas.labels,
+                     precision=canvas.metadata.get(META_PRECISION, "fp32"))
 
 
 class DemoHandler(BaseHTTPRequestHandler):
@@ -198,7 +219,7 @@ class DemoServer(ThreadingHTTPServer):
 def build_routes(model: DemoModel, ort_dist: Path) -> dict[str, Path]:
     routes = {f"/{name}": WEB_DIR / name for name in PAGE_FILES}
     routes.update({f"/ort/{name}": ort_dist / name for name in ORT_FILES})
-    routes["/model.onnx"] = model.path
+    routes[f"/{CANVAS_FILE}"] = model.path
     return routes
 
 
@@ -206,7 +227,8 @@ def make_server(model_path: str | os.PathLike | None, port: int = DEFAULT_PORT,
                 ort_dist: str | os.PathLike | None = None) -> tuple[DemoServer, DemoModel]:
     """A ready (not yet serving) server on 127.0.0.1:port; port 0 picks a free one.
 
-    `model_path`: a model.onnx, an export folder, or None for the newest export;
+    `model_path`: a model.canvas.onnx, another model file of an export or an export folder (the export's
+    model.canvas.onnx is served), or None for the newest export;
     `ort_dist`: onnxruntime-web's dist/ folder (default: ort_dist_dir())."""
     model = check_model(model_path)
     handler = type("BoundDemoHandler", (DemoHandler,), {"routes": build_routes(model, ort_dist_dir(ort_dist))})
@@ -235,7 +257,9 @@ app = opt.make_app()
     "all in the browser.",
     "qd-demo -m artifacts/exports/first"))
 def demo(
-    model: Annotated[Optional[str], opt.model_option()] = None,
+    model: Annotated[Optional[str], opt.model_option(
+        f"An export folder, or a model file in one: the page runs the export's {CANVAS_FILE} "
+        "(qd-export --format onnx-canvas). Default: the newest export.")] = None,
     port: Annotated[int, typer.Option(
         "--port", "-p", min=0, max=65535, help="Port on 127.0.0.1 (0 = any free port).")] = DEFAULT_PORT,
     ort_web_dist: Annotated[Optional[Path], typer.Option(

@@ -9,7 +9,8 @@ from qd.infer import demo
 
 @pytest.fixture(scope="session")
 def demo_model(exported_model) -> Path:
-    return Path(exported_model) / "model.onnx"
+    """The model the page runs: the session export's model.canvas.onnx (model.onnx beside it)."""
+    return Path(exported_model) / "model.canvas.onnx"
 
 
 @pytest.fixture(scope="session")

@@ -25,13 +25,14 @@ def _export(checkpoint: Path, formats: str, out: Path):
 
 @pytest.fixture(scope="session")
 def exported_report(trained_checkpoint, tmp_path_factory):
-    """The ExportReport of exporting `trained_checkpoint` to onnx + onnx-int8 (once per session)."""
-    return _export(trained_checkpoint, "onnx,onnx-int8", tmp_path_factory.mktemp("export") / "run")
+    """The ExportReport of exporting `trained_checkpoint` to onnx + onnx-int8 + onnx-canvas (once per session)."""
+    return _export(trained_checkpoint, "onnx,onnx-int8,onnx-canvas", tmp_path_factory.mktemp("export") / "run")
 
 
 @pytest.fixture(scope="session")
 def exported_model(exported_report) -> Path:
-    """Export folder of `trained_checkpoint`: model.onnx (fp32), model.int8.onnx, labels.txt, model.json.
+    """Export folder of `trained_checkpoint`: model.onnx (fp32), model.int8.onnx, model.canvas.onnx (the demo
+    page's model), labels.txt, model.json.
 
     Both models follow the model contract in docs/contracts.md (input "image", outputs
     "probabilities" and "logits", qd.* metadata); both passed qd-export's validation.

@@ -21,18 +21,35 @@ def tiny_model(path: Path, labels: list[str], preprocessing: dict | str | None =
     Extra keyword arguments are more metadata (qd_source_sha256="..." for `qd.source_sha256`);
     the open-set rule given by default flags no drawing (its threshold is far below any logit).
     """
+    nodes = [helper.make_node("Flatten", ["image"], ["flat"])]
+    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])]
+    return _save_classifier(path, labels, nodes, inputs, [], preprocessing, seed, metadata)
+
+
+def tiny_canvas_model(path: Path, labels: list[str], seed: int = 0, **metadata: str) -> Path:
+    """canvas (1, 1, H, W) -> Resize to 28x28 (the bitmap output) -> Flatten -> Gemm -> (probabilities, logits):
+    the canvas models' interface (docs/canvas.md) around a trivial network, with qd.* metadata set."""
+    sizes = numpy_helper.from_array(np.asarray([1, 1, 28, 28], np.int64), "sizes")
+    nodes = [helper.make_node("Resize", ["canvas", "", "", "sizes"], ["bitmap"], mode="linear"),
+             helper.make_node("Flatten", ["bitmap"], ["flat"])]
+    inputs = [helper.make_tensor_value_info("canvas", TensorProto.FLOAT, [1, 1, "height", "width"])]
+    bitmap = [helper.make_tensor_value_info("bitmap", TensorProto.FLOAT, [1, 1, 28, 28])]
+    canvas_meta = {"qd_canvas": json.dumps({"input": "canvas", "min_side": 28, "max_side": 2048}), **metadata}
+    return _save_classifier(path, labels, nodes, inputs, bitmap, None, seed, canvas_meta, [sizes])
+
+
+def _save_classifier(path, labels, nodes, inputs, extra_outputs, preprocessing, seed, metadata, initializers=()):
+    """`nodes` end in "flat" (batch, 784): Gemm and Softmax are added, the qd.* metadata set, the model saved."""
     rng = np.random.default_rng(seed)
     weights = numpy_helper.from_array(rng.normal(0, 0.05, (784, len(labels))).astype(np.float32), "w")
     bias = numpy_helper.from_array(np.zeros(len(labels), np.float32), "b")
-    nodes = [helper.make_node("Flatten", ["image"], ["flat"]),
-             helper.make_node("Gemm", ["flat", "w", "b"], ["logits"]),
+    nodes = [*nodes, helper.make_node("Gemm", ["flat", "w", "b"], ["logits"]),
              helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)]
     graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])],
+        nodes, "tiny", inputs,
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", len(labels)]),
-         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(labels)])],
-        [weights, bias])
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(labels)]), *extra_outputs],
+        [weights, bias, *initializers])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     spec = DEFAULT_PREPROCESSING if preprocessing is None else preprocessing

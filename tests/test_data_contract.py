@@ -1,4 +1,5 @@
-"""The model contract is spelled once in qd.data.contract; the demo page's JavaScript must spell it the same."""
+"""The model contract is spelled once in qd.data.contract; the demo page's JavaScript (which runs the canvas model)
+must spell it the same."""
 
 import re
 from pathlib import Path
@@ -19,12 +20,13 @@ def test_every_metadata_key_the_page_reads_is_in_the_contract():
     assert used <= KEYS, f"keys the page reads that qd.data.contract does not define: {sorted(used - KEYS)}"
 
 
-def test_the_page_uses_the_contracts_format_tag_and_io_names():
+def test_the_page_uses_the_contracts_format_tag_and_canvas_io_names():
     source = _page_sources()
     assert f'const MODEL_FORMAT = "{contract.MODEL_FORMAT}";' in source
-    assert re.search(rf"session\.run\(\{{\s*{contract.INPUT}\s*:", source), "the page feeds another input name"
-    for output in contract.OUTPUTS:
-        assert f'"{output}"' in source, f"the page never reads output {output!r}"
+    assert f'const CANVAS_INPUT = "{contract.CANVAS_INPUT}";' in source, "the page feeds another input name"
+    outputs = ", ".join(f'"{name}"' for name in contract.CANVAS_OUTPUTS)
+    assert f"const CANVAS_OUTPUTS = [{outputs}];" in source, "the page expects other outputs"
+    assert f'const CANVAS_KEY = "{contract.META_CANVAS}";' in source
 
 
 def test_metadata_keys_are_distinct_and_namespaced():

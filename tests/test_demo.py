@@ -1,8 +1,9 @@
 """qd-demo without a browser: the server, the CLI, and the page's JavaScript run under Node.
 
-The JavaScript port of qd.data.images (infer/web/preprocess.js) is checked here against
-the Python original on many kinds of image; tests/test_demo_browser.py then checks the
-whole page in real Chromium.
+The page runs the export's canvas model (model.canvas.onnx: the preprocessing is inside
+its graph); here its answers on drawings like the page's are checked against qd-infer's,
+and the page's JavaScript (metadata reader, open-set rule) against the Python original;
+tests/test_demo_browser.py then checks the whole page in real Chromium.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,11 +23,8 @@ import onnxruntime as ort
 import pytest
 from PIL import Image, ImageDraw
 
-from images_synth import bitmap_as_paper, off_centre, photo_of_paper
-from qd.data.bitmaps import open_bitmaps
 from qd.data.errors import QDError
-from qd.data import images
-from qd.data.images import BlankImageError, image_to_bitmap
+from qd.data.images import image_to_bitmap
 from qd.infer import demo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,13 +51,14 @@ def test_server_serves_page_runtime_and_model_with_strict_headers(live_server, d
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     assert "default-src 'self'" in headers["Content-Security-Policy"]
     assert headers["X-Content-Type-Options"] == "nosniff"
-    for path, content_type in [("app.js", "text/javascript"), ("preprocess.js", "text/javascript"),
+    for path, content_type in [("app.js", "text/javascript"), ("openset.js", "text/javascript"),
                                ("style.css", "text/css"), ("ort/ort.wasm.min.mjs", "text/javascript"),
                                ("ort/ort-wasm-simd-threaded.wasm", "application/wasm")]:
         status, headers, payload = fetch(url + path)
         assert status == 200 and headers["Content-Type"].startswith(content_type), path
         assert len(payload) > 0, path
-    status, _, model_bytes = fetch(url + "model.onnx")
+    assert fetch(url + "model.onnx")[0] == 404  # the page runs the canvas model only
+    status, _, model_bytes = fetch(url + "model.canvas.onnx")
     assert status == 200 and model_bytes == demo_model.read_bytes()
     status, headers, body = fetch(url + "index.html", method="HEAD")
     assert status == 200 and body == b"" and int(headers["Content-Length"]) > 0
@@ -108,11 +106,14 @@ def test_default_model_is_the_newest_export_and_a_folder_is_accepted(tmp_path, m
     for i, run in enumerate(["older", "newer"]):
         folder = tmp_path / "exports" / run
         folder.mkdir(parents=True)
-        shutil.copy(demo_model, folder / "model.onnx")
+        for name in ("model.onnx", "model.canvas.onnx"):
+            shutil.copy(demo_model.with_name(name), folder / name)
         os.utime(folder / "model.onnx", (1_700_000_000 + i * 100, 1_700_000_000 + i * 100))
     monkeypatch.setenv("QD_ARTIFACTS", str(tmp_path))
-    assert demo.check_model(None).path == tmp_path / "exports" / "newer" / "model.onnx"
-    assert demo.check_model(tmp_path / "exports" / "older").path == tmp_path / "exports" / "older" / "model.onnx"
+    assert demo.check_model(None).path == tmp_path / "exports" / "newer" / "model.canvas.onnx"
+    older = tmp_path / "exports" / "older"
+    assert demo.check_model(older).path == older / "model.canvas.onnx"
+    assert demo.check_model(older / "model.onnx").path == older / "model.canvas.onnx"
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -138,23 +139,30 @@ def test_cli_prints_where_to_open_the_demo_and_serves_it(demo_model, tmp_path):
         process.wait(timeout=10)
 
 
-@pytest.mark.parametrize("case", ["missing", "not-onnx", "foreign-onnx", "directory", "no-exports"])
+@pytest.mark.parametrize("case", ["missing", "not-onnx", "foreign-onnx", "not-canvas", "no-canvas", "directory",
+                                  "no-exports"])
 def test_cli_refuses_bad_models_in_one_line(case, tmp_path, demo_model):
     args: list[str]
     if case == "missing":
         args, expected = ["--model", str(tmp_path / "nope.onnx")], "does not exist"
     elif case == "not-onnx":
-        (tmp_path / "bad.onnx").write_bytes(b"<html>not a model</html>")
-        args, expected = ["--model", str(tmp_path / "bad.onnx")], "not a loadable ONNX model"
+        (tmp_path / "model.canvas.onnx").write_bytes(b"<html>not a model</html>")
+        args, expected = ["--model", str(tmp_path / "model.canvas.onnx")], "not a loadable ONNX model"
     elif case == "foreign-onnx":
         import onnx
 
         model = onnx.load(str(demo_model))
         del model.metadata_props[:]
-        onnx.save(model, str(tmp_path / "foreign.onnx"))
-        args, expected = ["--model", str(tmp_path / "foreign.onnx")], "no qd.labels"
+        onnx.save(model, str(tmp_path / "model.canvas.onnx"))
+        args, expected = ["--model", str(tmp_path / "model.canvas.onnx")], "no qd.labels"
+    elif case == "not-canvas":  # a classifier saved under the canvas model's name
+        shutil.copy(demo_model.with_name("model.onnx"), tmp_path / "model.canvas.onnx")
+        args, expected = ["--model", str(tmp_path)], "not a canvas model"
+    elif case == "no-canvas":  # an export without the onnx-canvas format
+        shutil.copy(demo_model.with_name("model.onnx"), tmp_path / "model.onnx")
+        args, expected = ["--model", str(tmp_path)], "no model.canvas.onnx in this export"
     elif case == "directory":
-        args, expected = ["--model", str(tmp_path)], "does not exist"  # a folder without model.onnx
+        args, expected = ["--model", str(tmp_path)], "no model.canvas.onnx in this export"  # an empty folder
     else:
         args, expected = [], "no exported model found"
     result = run_cli(*args, cwd=tmp_path)
@@ -184,18 +192,9 @@ def test_javascript_reads_the_same_metadata_as_onnxruntime(demo_model):
     assert run_node("metadata", str(demo_model)) == dict(expected)
 
 
-@needs_node
-def test_javascript_uses_the_same_constants_as_python():
-    constants = run_node("constants")
-    for name, value in constants.items():
-        assert getattr(images, name) == value, (
-            f"qd.data.images.{name} is {getattr(images, name)!r} but infer/web/preprocess.js has {value!r}: "
-            "port the change to the browser demo")
-
-
 def canvas_like_drawings() -> list[Image.Image]:
     """Anti-aliased black-on-white strokes on an opaque RGBA canvas, as the page draws them."""
-    images = []
+    drawings = []
     for seed, (w, h) in enumerate([(512, 512), (512, 512), (300, 200), (97, 311)]):
         rng = np.random.default_rng(seed)
         big = Image.new("RGBA", (w * 4, h * 4), "white")
@@ -203,52 +202,36 @@ def canvas_like_drawings() -> list[Image.Image]:
         for _ in range(3):
             points = [tuple(p) for p in (rng.random((6, 2)) * [w * 4, h * 4]).tolist()]
             draw.line(points, fill="black", width=int(rng.integers(4, 60)), joint="curve")
-        images.append(big.resize((w, h), Image.BOX))
-    return images
+        drawings.append(big.resize((w, h), Image.BOX))
+    return drawings
 
 
-def port_cases(shared_bitmaps) -> list[Image.Image]:
-    rows = open_bitmaps(shared_bitmaps / "star.npy")[:3]
-    paper = [bitmap_as_paper(row, 280) for row in rows]
-    cases = canvas_like_drawings() + paper
-    cases.append(off_centre(paper[0]))
-    cases.append(photo_of_paper(paper[1], seed=3))  # uneven lighting, noise, JPEG
-    transparent = Image.new("RGBA", (200, 200), (0, 0, 0, 0))
-    ImageDraw.Draw(transparent).ellipse((40, 50, 160, 150), outline=(255, 255, 255, 255), width=6)
-    cases.append(transparent)  # light ink on transparency: flattened onto black
-    faint = Image.new("RGB", (256, 256), (200, 190, 180))
-    ImageDraw.Draw(faint).rectangle((60, 80, 200, 180), outline=(150, 140, 130), width=3)
-    cases.append(faint)  # faint pencil on tinted paper
-    cases.append(Image.new("RGBA", (64, 64), "white"))  # blank
-    return cases
+def page_grey(image: Image.Image) -> np.ndarray:
+    """The grey levels app.js feeds the canvas model: luma of the RGBA pad, flattened onto white."""
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.int64)
+    luma = 299 * rgba[..., 0] + 587 * rgba[..., 1] + 114 * rgba[..., 2]
+    alpha = rgba[..., 3]
+    return ((luma * alpha + 255000 * (255 - alpha) + 127500) // 255000).astype(np.float32)
 
 
-@needs_node
-def test_javascript_preprocessing_matches_python(tmp_path, shared_bitmaps):
-    jobs, expected = [], []
-    for i, image in enumerate(port_cases(shared_bitmaps)):
-        rgba = image.convert("RGBA")
-        raw = tmp_path / f"{i}.rgba"
-        raw.write_bytes(np.asarray(rgba, dtype=np.uint8).tobytes())
-        jobs.append({"rgba": str(raw), "width": rgba.width, "height": rgba.height})
-        try:  # the page sees canvas RGBA pixels, qd-infer the decoded file: same result wanted
-            expected.append(image_to_bitmap(image))
-        except BlankImageError:
-            expected.append(None)
-    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
-    started = time.perf_counter()
-    got = run_node("preprocess", str(tmp_path / "jobs.json"))
-    assert time.perf_counter() - started < 30
-    assert expected[-1] is None and got[-1] is None, "a blank pad must not be classified"
-    total_off = 0
-    for i, (js, py) in enumerate(zip(got, expected)):
-        assert (js is None) == (py is None), i
-        if py is None:
-            continue
-        diff = np.abs(np.asarray(js, dtype=np.int64).reshape(28, 28) - py.astype(np.int64))
-        assert diff.max() <= 1, (i, int(diff.max()))  # the float64 area average may round one level apart
-        total_off += int((diff > 0).sum())
-    assert total_off <= 5, f"{total_off} pixels differ by one grey level"
+def test_canvas_model_sees_page_drawings_as_qd_infer_does(demo_model):
+    """What the page computes (the canvas model on the pad's grey levels) against qd-infer on the same
+    pixels (qd.data.images + model.onnx): the same bitmap within one grey level, the same top-1, and a
+    blank pad answered as blank, never classified."""
+    from qd.infer.canvas import CanvasModel
+    from qd.infer.model import OnnxClassifier
+
+    canvas_model = CanvasModel(demo_model)
+    classifier = OnnxClassifier(demo_model.with_name("model.onnx"))
+    for i, image in enumerate(canvas_like_drawings()):
+        answer = canvas_model.classify(page_grey(image), f"drawing {i}")
+        bitmap = image_to_bitmap(image)
+        assert np.abs(answer.bitmap.astype(np.int64) - bitmap).max() <= 1, i
+        expected = classifier.predict_bitmaps(bitmap[None])
+        assert int(answer.probabilities.argmax()) == int(expected.argmax()), i
+        assert np.abs(answer.probabilities - expected[0]).max() < 1e-3, i
+    blank = canvas_model.classify(page_grey(Image.new("RGBA", (512, 512), "white")))
+    assert blank.blank and not blank.probabilities.any() and not np.isnan(blank.probabilities).any()
 
 
 @needs_node

@@ -3,8 +3,9 @@
 A circle, a square and a star are drawn on the page's canvas with the mouse in a
 desktop viewport and with touch in a phone viewport; the expected class must be in
 the page's top 3, and a screenshot of each lands in artifacts/demo-screenshots/.
-The page's probabilities must match `qd-infer --json` on the PNG of the very same
-canvas within 1e-3, with the same top-1.
+The page runs the export's canvas model (model.canvas.onnx, the preprocessing inside its
+graph); its probabilities must match `qd-infer --json` (qd.data.images + model.onnx) on the
+PNG of the very same canvas within 1e-3, with the same top-1.
 
 Set-up (CI too): `apt-get install -y chromium` and `npm ci --prefix infer/web`.
 Playwright is used as a library only; it never downloads a browser.
@@ -267,7 +268,7 @@ def test_browser_and_qd_infer_agree_on_the_same_drawings(drawn_shapes, browser, 
         png = tmp_path / f"{name}.png"
         png.write_bytes(base64.b64decode(snap["png"].split(",", 1)[1]))
         pngs.append(png)
-    records = qd_infer_json(demo_model, pngs)
+    records = qd_infer_json(demo_model.with_name("model.onnx"), pngs)
     for name, snap in snapshots.items():
         record = records[f"{name}.png"]
         browser_probs = np.asarray(snap["probabilities"])
@@ -278,41 +279,21 @@ def test_browser_and_qd_infer_agree_on_the_same_drawings(drawn_shapes, browser, 
         assert snap["unknown"] is record["unknown"], name  # the same open-set answer as qd-infer
 
 
-def test_int8_model_runs_in_the_page_and_agrees_with_qd_infer(browser, exported_int8_model, tmp_path):
-    server, info = demo.make_server(exported_int8_model, port=0)
-    demo.serve_in_thread(server)
-    demo_page = DemoPage(browser, demo.server_url(server), DESKTOP)
-    try:
-        assert info.precision == "int8"
-        demo_page.stroke(shape_points("star"))
-        snap = demo_page.snapshot()
-        assert top3_of(snap["probabilities"], snap["labels"])[0] == "star"
-        png = tmp_path / "star.png"
-        png.write_bytes(base64.b64decode(snap["png"].split(",", 1)[1]))
-        python = qd_infer_probabilities(exported_int8_model, [png])["star.png"]
-        gap = max(abs(python[label] - p) for label, p in zip(snap["labels"], snap["probabilities"]))
-        assert gap < 1e-3, gap
-        assert "int8" in demo_page.page.inner_text("#model-info")
-    finally:
-        demo_page.close()
-        server.shutdown()
-        server.server_close()
-
-
 def test_page_asks_with_the_closest_classes_when_the_rule_says_unknown(browser, demo_model, tmp_path):
-    """A copy of the model whose threshold no drawing reaches: the page asks instead of guessing,
+    """A copy of the export whose threshold no drawing reaches: the page asks instead of guessing,
     still listing the closest classes, as qd-infer marks the same PNG unknown."""
     import onnx
 
-    model = onnx.load(str(demo_model))
-    for prop in model.metadata_props:
-        if prop.key == "qd.open_set":
-            rule = json.loads(prop.value)
-            rule["threshold"] = 1e9
-            prop.value = json.dumps(rule)
-    strict = tmp_path / "strict.onnx"
-    onnx.save(model, str(strict))
-    server, _ = demo.make_server(strict, port=0)
+    for name in ("model.onnx", "model.canvas.onnx"):
+        model = onnx.load(str(demo_model.with_name(name)))
+        for prop in model.metadata_props:
+            if prop.key == "qd.open_set":
+                rule = json.loads(prop.value)
+                rule["threshold"] = 1e9
+                prop.value = json.dumps(rule)
+        onnx.save(model, str(tmp_path / name))
+    strict = tmp_path / "model.onnx"
+    server, _ = demo.make_server(tmp_path, port=0)
     demo.serve_in_thread(server)
     demo_page = DemoPage(browser, demo.server_url(server), DESKTOP)
     try:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from onnx_synth import tiny_model
+from onnx_synth import tiny_canvas_model
 from qd.infer import demo
 
 
@@ -19,7 +19,7 @@ def server(tmp_path, monkeypatch):
     """A qd-demo server on a free port with a 6 MB model, short idle timeout and a small connection cap."""
     monkeypatch.setattr(demo.DemoHandler, "timeout", 1.0)
     monkeypatch.setattr(demo, "MAX_CONNECTIONS", 3)
-    model = tiny_model(tmp_path / "model.onnx", [f"class {i}" for i in range(2000)])
+    model = tiny_canvas_model(tmp_path / "model.canvas.onnx", [f"class {i}" for i in range(2000)])
     httpd, _ = demo.make_server(model, port=0)
     demo.serve_in_thread(httpd)
     yield httpd.server_address[1]
@@ -50,7 +50,7 @@ def get(port: int, path: str = "/", host: str | None = "default") -> int:
     ("localhost.evil.example:{port}", 403), ("", 403), (None, 403),
 ])
 def test_only_requests_naming_this_machine_are_answered(server, host, status):
-    assert get(server, "/model.onnx", host if host is None else host.format(port=server)) == status
+    assert get(server, "/model.canvas.onnx", host if host is None else host.format(port=server)) == status
 
 
 def test_idle_connections_are_closed(server):
@@ -82,7 +82,7 @@ def test_connections_are_capped_and_the_server_recovers(server):
 def test_a_client_that_aborts_mid_download_is_not_a_traceback(server, capfd):
     for _ in range(5):
         client = socket.create_connection(("127.0.0.1", server), timeout=10)
-        client.sendall(b"GET /model.onnx HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        client.sendall(b"GET /model.canvas.onnx HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         client.recv(10)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         client.close()  # a reset while the server is still sending 6 MB

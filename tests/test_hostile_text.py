@@ -25,7 +25,7 @@ from rich.text import Text
 
 from fixtures_data import invoke_cli
 from images_synth import bitmap_as_paper
-from onnx_synth import tiny_model
+from onnx_synth import tiny_canvas_model, tiny_model
 from qd.data.console import fail, shown
 
 PIECES = ["[bold]", "[/]", "[/bold]", "[link=http://evil.example/]", "\\[b]", "\\", "\x1b[2J", "\x1b]0;owned\x07",
@@ -217,7 +217,8 @@ def test_qd_eval_shows_hostile_labels_and_folder_names_safely(tmp_path, drawing_
 def test_qd_demo_start_lines_show_hostile_paths_and_metadata_safely(tmp_path, monkeypatch):
     from qd.infer import demo
 
-    model = tiny_model(tmp_path / "a [/] \x1b]0;t\x07" / "model.onnx", ["a", "b"], qd_precision="fp32 [/]\x1b[2J")
+    model = tiny_canvas_model(tmp_path / "a [/] \x1b]0;t\x07" / "model.canvas.onnx", ["a", "b"],
+                              qd_precision="fp32 [/]\x1b[2J")
 
     def interrupted(self, poll_interval=0.5):
         raise KeyboardInterrupt

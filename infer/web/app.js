@@ -1,19 +1,24 @@
 // The qd-demo page: a drawing pad, live top-3 guesses from the exported ONNX model.
 //
-// Flow: fetch model.onnx -> labels, preprocessing spec and open-set rule from its
-// metadata_props -> onnxruntime-web session (WebAssembly, single thread). Each time the
-// drawing changes, the canvas pixels go through preprocess.js (the JavaScript port of
-// qd.data.images) and the model; one inference runs at a time, and the latest drawing
-// is always the one classified next. When the rule (openset.js, as qd-infer applies it)
-// says the drawing is none of the known things, the page asks instead of guessing.
+// Flow: fetch model.canvas.onnx (qd-export's onnx-canvas format) -> labels and open-set
+// rule from its metadata_props -> onnxruntime-web session (WebAssembly, single thread).
+// Each time the drawing changes, the pad's grey levels go into the model as they are:
+// the preprocessing (crop to the ink, Google's framing, line width, 28x28 resize) runs
+// inside the graph, which also returns the 28x28 bitmap it classified (shown beside the
+// pad). One inference runs at a time, and the latest drawing is always the one
+// classified next. When the rule (openset.js, as qd-infer applies it) says the drawing
+// is none of the known things, the page asks instead of guessing.
 
 import * as ort from "./ort/ort.wasm.min.mjs";
 import { readMetadataProps } from "./onnx-metadata.js";
 import { isUnknown, parseOpenSet } from "./openset.js";
-import { preprocessImageData } from "./preprocess.js";
 
-const MODEL_URL = "model.onnx";
+// The canvas model's contract (qd.data.contract, docs/canvas.md).
+const MODEL_URL = "model.canvas.onnx";
 const MODEL_FORMAT = "qd-onnx-v1";
+const CANVAS_INPUT = "canvas";
+const CANVAS_OUTPUTS = ["probabilities", "logits", "bitmap"];
+const CANVAS_KEY = "qd.canvas";
 const TOP_K = 3;
 const GUESSES_TITLE = "Top guesses";
 const NOT_SURE = "Not sure — is it one of these?";
@@ -37,7 +42,7 @@ const classList = document.getElementById("classes");
 const strokes = []; // finished and in-progress strokes: arrays of [x, y] in pad pixels
 const activeStrokes = new Map(); // pointerId -> stroke being drawn
 
-let model = null; // { session, labels, spec, openSet, meta }
+let model = null; // { session, labels, openSet, meta }
 let busy = false;
 let dirty = false;
 let frameRequested = false;
@@ -151,11 +156,10 @@ async function loadModel() {
   if (meta.has("qd.format") && meta.get("qd.format") !== MODEL_FORMAT) {
     throw new Error(`${MODEL_URL} has format ${meta.get("qd.format")}, this page reads ${MODEL_FORMAT}`);
   }
-  if (!meta.has("qd.labels") || !meta.has("qd.preprocessing")) {
-    throw new Error(`${MODEL_URL} has no qd.labels / qd.preprocessing metadata (not made by qd-export?)`);
+  if (!meta.has("qd.labels") || !meta.has(CANVAS_KEY)) {
+    throw new Error(`${MODEL_URL} has no qd.labels / ${CANVAS_KEY} metadata (not made by qd-export --format onnx-canvas?)`);
   }
   const labels = JSON.parse(meta.get("qd.labels"));
-  const spec = JSON.parse(meta.get("qd.preprocessing"));
   const openSet = parseOpenSet(meta, MODEL_URL);
 
   ort.env.wasm.wasmPaths = new URL("ort/", document.baseURI).href;
@@ -164,22 +168,34 @@ async function loadModel() {
     executionProviders: ["wasm"],
     graphOptimizationLevel: "all",
   });
-  if (openSet && !session.outputNames.includes(openSet.output)) {
-    throw new Error(`${MODEL_URL}: its open-set rule ${openSet.rule} needs output ${openSet.output}, which it lacks`);
+  const missing = CANVAS_OUTPUTS.filter((name) => !session.outputNames.includes(name));
+  if (session.inputNames.join() !== CANVAS_INPUT || missing.length) {
+    throw new Error(`${MODEL_URL} is not a canvas model (input ${session.inputNames.join(", ")}, outputs ${session.outputNames.join(", ")})`);
   }
-  return { session, labels, spec, openSet, meta };
+  return { session, labels, openSet, meta };
+}
+
+// The pad's pixels as the canvas model takes them: grey levels 0-255 (ITU-R 601 luma, as
+// Pillow's convert("L")), transparent pixels flattened onto white as qd.data.images does.
+function canvasGrey(imageData) {
+  const { data, width, height } = imageData;
+  const grey = new Float32Array(width * height);
+  for (let i = 0; i < grey.length; i++) {
+    const luma = 299 * data[4 * i] + 587 * data[4 * i + 1] + 114 * data[4 * i + 2];
+    const a = data[4 * i + 3];
+    grey[i] = Math.floor((luma * a + 255000 * (255 - a) + 127500) / 255000);
+  }
+  return new ort.Tensor("float32", grey, [1, 1, height, width]);
 }
 
 function classifyPixels(imageData) {
-  const prepared = preprocessImageData(imageData, model.spec);
-  if (prepared === null) return Promise.resolve({ empty: true });
-  const side = model.spec.input_size;
-  const tensor = new ort.Tensor("float32", prepared.input, [1, 1, side, side]);
-  return model.session.run({ image: tensor }).then((outputs) => {
+  return model.session.run({ [CANVAS_INPUT]: canvasGrey(imageData) }).then((outputs) => {
     const values = Object.fromEntries(Object.entries(outputs).map(([name, t]) => [name, Array.from(t.data)]));
+    // A canvas without ink: the model answers all-zero probabilities (docs/canvas.md).
+    if (!values.probabilities.some((p) => p > 0)) return { empty: true };
     return {
       empty: false,
-      bitmap: prepared.bitmap,
+      bitmap: Uint8Array.from(values.bitmap, (v) => Math.round(v)),
       probabilities: values.probabilities,
       unknown: model.openSet ? isUnknown(model.openSet, values) : null,
     };
