@@ -69,7 +69,7 @@ endif
 	@echo "  checkpoint  $(RUN)/best.pt (and last.pt)"
 	@echo "  models      $(EXPORT)/ (model.onnx, model.int8.onnx, model.mlpackage, model.canvas.onnx, model.canvas.mlpackage, labels.txt, model.json)"
 	@echo "  drawings    $(DEMO)/drawings/"
-	@echo "  report      $(DEMO)/eval/ (report.json, confusion.png, mistakes.png)"
+	@echo "  report      $(DEMO)/eval/ (report.json, confusion.png, mistakes.png, calibration.png)"
 	@echo
 	@echo "Draw in your browser: $(BIN)/qd-demo   then open http://127.0.0.1:8765/"
 
