@@ -33,7 +33,8 @@ from typing import Callable, Iterable, Protocol
 from .bitmaps import PIXELS, bitmap_header_bytes, parse_bitmap_header, read_bitmap_header
 from .categories import category_path, check_category_name
 from .errors import BitmapFileError, QDError
-from .files import read_regular, write_json_atomic
+from .atomic import commit_file, write_json_atomic
+from .files import read_regular
 from .sources import (Body, FolderSource, Remote, RemoteChanged, SourceUnreachable, TransientError, UrlSource,
                       Version)
 
@@ -369,9 +370,8 @@ def _finish_whole(category: str, part: Path, dest: Path, remote: Remote) -> None
     if not same_header or header.rows != remote.header.rows:
         _discard_part(part)
         raise QDError(f"{category}: downloaded file's header differs from the one first served; discarded it")
-    os.replace(part, dest)
+    commit_file(part, dest)
     version_path(part).unlink(missing_ok=True)
-    _fsync_dir(dest.parent)
 
 
 def _finish_capped(category: str, part: Path, tmp: Path, dest: Path, remote: Remote, rows: int) -> None:
@@ -410,8 +410,7 @@ def _finish_capped(category: str, part: Path, tmp: Path, dest: Path, remote: Rem
     if written.rows != rows:
         tmp.unlink(missing_ok=True)
         raise QDError(f"{category}: capped file has {written.rows} drawings, expected {rows}")
-    os.replace(tmp, dest)
-    _fsync_dir(dest.parent)
+    commit_file(tmp, dest)
 
 
 def _gave_up(options: FetchOptions) -> str:
@@ -476,19 +475,3 @@ def _folder_lock(folder: Path):
         yield
     finally:
         os.close(fd)  # closing releases the lock
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable (POSIX); harmless where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-

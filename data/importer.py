@@ -33,7 +33,8 @@ from .bitmaps import bitmap_header_bytes, read_bitmap_header
 from .categories import category_path, check_category_name, list_categories
 from .decode import ImageDecoder
 from .errors import BitmapFileError, QDError, reason_of
-from .files import atomic_target, count_lines
+from .atomic import atomic_target
+from .files import count_lines
 from .images import is_image_path
 from .strokes import iter_ndjson_records
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from qd.data.errors import QDError
-from qd.data.files import write_json_atomic
+from qd.data.atomic import write_json_atomic
 from qd.data.paths import eval_dir
 from qd.data.progress import ProgressBar
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from qd.data.console import shown
-from qd.data.files import atomic_target
+from qd.data.atomic import atomic_target
 from .metrics import normalize_rows
 
 MISTAKES_SHOWN = 48

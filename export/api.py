@@ -25,7 +25,7 @@ from qd.data.paths import INT8_PREPARED, exports_dir
 from qd.infer.openset import DEFAULT_KEPT
 
 from . import folder
-from .atomic import commit_dir, commit_file, remove_temp, temp_path_for
+from qd.data.atomic import commit_dir, commit_file, remove_temp, temp_path_for
 from .card import CARD_NAME, LABELS_NAME, previous_files, stale_models, write_card, write_labels
 from .context import DEFAULT_INT8_MAX_PROB_DIFF, DEFAULT_INT8_TOLERANCE, DEFAULT_OPSET, Check, ExportContext
 from .formats import DEFAULT_FORMATS, FORMATS, ExportFormat, parse_formats

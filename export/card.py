@@ -19,7 +19,8 @@ from pathlib import Path
 from qd.data import __version__ as QD_VERSION
 from qd.data.contract import CARD_FORMAT
 from qd.data.errors import QDError
-from qd.data.files import read_regular, sha256_path, write_text_atomic
+from qd.data.atomic import write_text_atomic
+from qd.data.files import read_regular, sha256_path
 from qd.data.limits import MAX_CARD_BYTES
 from .context import Check, ExportContext
 from qd.data.contract import LICENSE_NOTE

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from qd.export.atomic import commit_dir, temp_path_for
+from qd.data.atomic import commit_dir, temp_path_for
 from qd.export.coreml import import_coremltools
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
 

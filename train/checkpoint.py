@@ -22,7 +22,8 @@ import torch
 
 from qd.data.contract import CHECKPOINT_FORMAT
 from qd.data.errors import QDError, first_line
-from qd.data.files import atomic_target, open_regular
+from qd.data.atomic import atomic_target
+from qd.data.files import open_regular
 from qd.data.limits import MAX_CHECKPOINT_BYTES, MAX_CHECKPOINT_ENTRIES, MAX_LABEL_CHARS, MAX_LABELS
 from qd.data.preprocess import check_preprocessing
 from qd.data.split import SplitSpec
