@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
+from rich.filesize import decimal as human_size
+
 from .bitmaps import PIXELS, bitmap_header_bytes, parse_bitmap_header, read_bitmap_header
 from .categories import category_path, check_category_name
 from .errors import BitmapFileError, QDError
@@ -221,12 +223,8 @@ def _check_free_space(category: str, out_dir: Path, needed: int) -> None:
     except OSError:
         return  # unknown: the write itself will say
     if needed > free:
-        raise DiskError(f"{category}: needs {_mb(needed)} but {out_dir} has only {_mb(free)} free; "
+        raise DiskError(f"{category}: needs {human_size(needed)} but {out_dir} has only {human_size(free)} free; "
                         "files already fetched are intact", fatal=True)
-
-
-def _mb(nbytes: int) -> str:
-    return f"{nbytes / 1e6:,.1f} MB"
 
 
 def _valid_rows(path: Path) -> int | None:
@@ -246,7 +244,7 @@ def _usable_part(part: Path, remote: Remote, capped: bool, want_bytes: int) -> t
         _discard_part(part)  # a stray version record
         return 0, ""
     size = part.stat().st_size
-    kept = _mb(size)
+    kept = human_size(size)
     recorded = _recorded_version(part)
     why = ""
     if not remote.version.known:

@@ -1,5 +1,5 @@
 """Reading files: `open_regular`, the one way every stage opens a file it did not write;
-and checksums. (Writing: qd.data.atomic.)
+checksums and sizes. (Writing: qd.data.atomic.)
 
 Untrusted inputs are opened only if they are regular files: a FIFO would block the
 open (or the first read) forever, `/dev/zero` behind a `.ndjson` name would be read
@@ -35,6 +35,14 @@ def sha256_path(path: str | os.PathLike) -> str:
         digest.update(file.relative_to(path).as_posix().encode() + b"\0")
         digest.update(bytes.fromhex(sha256_file(file)))
     return digest.hexdigest()
+
+
+def path_size(path: str | os.PathLike) -> int:
+    """Bytes of a file; for a folder (a .mlpackage), of every file in it."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
 
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),

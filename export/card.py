@@ -20,7 +20,7 @@ from qd.data import __version__ as QD_VERSION
 from qd.data.contract import CARD_FORMAT
 from qd.data.errors import QDError
 from qd.data.atomic import write_text_atomic
-from qd.data.files import read_regular, sha256_path
+from qd.data.files import path_size, read_regular, sha256_path
 from qd.data.limits import MAX_CARD_BYTES
 from .context import Check, ExportContext
 from qd.data.contract import LICENSE_NOTE
@@ -73,11 +73,11 @@ def write_card(ctx: ExportContext, results: dict[str, list[Check]], kept: dict |
         files[name] = {
             "file": path.name,
             "sha256": sha256_path(path),
-            "bytes": _size(path),
+            "bytes": path_size(path),
             "validation": [c.to_dict() for c in results.get(name, [])],
         }
     labels = ctx.out_dir / LABELS_NAME
-    files["labels"] = {"file": LABELS_NAME, "sha256": sha256_path(labels), "bytes": _size(labels)}
+    files["labels"] = {"file": LABELS_NAME, "sha256": sha256_path(labels), "bytes": path_size(labels)}
     card = {
         "format": CARD_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -114,12 +114,6 @@ def _tool_versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return found
-
-
-def _size(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
 
 
 def _plain(value):
