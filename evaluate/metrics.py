@@ -16,12 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-def ranked_classes(probabilities: np.ndarray, k: int) -> np.ndarray:
-    """(N, k) class indices, most probable first; ties go to the lower index."""
-    probabilities = np.asarray(probabilities)
-    k = min(k, probabilities.shape[1])
-    return np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+from qd.infer.model import top_k
 
 
 def top_k_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -29,7 +24,7 @@ def top_k_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int) -> flo
     labels = np.asarray(labels)
     if len(labels) == 0:
         return float("nan")
-    hits = (ranked_classes(probabilities, k) == labels[:, None]).any(axis=1)
+    hits = (top_k(probabilities, k)[0] == labels[:, None]).any(axis=1)
     return float(hits.mean())
 
 
@@ -39,7 +34,7 @@ def map_at_k(probabilities: np.ndarray, labels: np.ndarray, k: int = 3) -> float
     labels = np.asarray(labels)
     if len(labels) == 0:
         return float("nan")
-    hit = ranked_classes(probabilities, k) == labels[:, None]  # at most one True per row
+    hit = top_k(probabilities, k)[0] == labels[:, None]  # at most one True per row
     rank = np.argmax(hit, axis=1) + 1
     return float(np.where(hit.any(axis=1), 1.0 / rank, 0.0).mean())
 

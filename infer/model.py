@@ -185,7 +185,9 @@ class OnnxClassifier:
 
 
 def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and values of the k largest probabilities per row, largest first (ties: lower index)."""
+    """Indices and values of the k largest probabilities per row, largest first (ties: lower index).
+    The one ranking every tool uses: qd-infer's top-k, qd-eval's top-k accuracy and MAP@k."""
+    probs = np.asarray(probs)
     k = max(1, min(k, probs.shape[1]))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return order, np.take_along_axis(probs, order, axis=1)

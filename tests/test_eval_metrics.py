@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qd.evaluate import metrics
+from qd.infer.model import top_k
 
 # 4 rows, 3 classes. Ranking per row (most probable first):
 # row0 true 0: [0, 1, 2] -> rank 1
@@ -39,7 +40,7 @@ def test_map_at_3_by_hand():
 
 def test_ties_rank_lower_index_first():
     probs = np.array([[0.5, 0.5, 0.0]])
-    assert metrics.ranked_classes(probs, 2).tolist() == [[0, 1]]
+    assert top_k(probs, 2)[0].tolist() == [[0, 1]]
     assert metrics.map_at_k(probs, np.array([1]), 3) == pytest.approx(0.5)
 
 
@@ -129,7 +130,7 @@ def test_metric_invariants(case):
     map3 = metrics.map_at_k(probs, labels, 3)
     assert top1 <= map3 + 1e-12 and map3 <= top3 + 1e-12
     assert metrics.top_k_accuracy(probs, labels, c) == 1.0
-    cm = metrics.confusion_matrix(labels, metrics.ranked_classes(probs, 1)[:, 0], c)
+    cm = metrics.confusion_matrix(labels, top_k(probs, 1)[0][:, 0], c)
     assert cm.sum() == len(labels) and np.trace(cm) / len(labels) == pytest.approx(top1)
     scores = metrics.per_class_scores(cm, [str(i) for i in range(c)])
     # support-weighted recall is accuracy
