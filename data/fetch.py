@@ -59,7 +59,6 @@ class FetchResult:
     rows: int
     size: int
     action: str  # "downloaded", "resumed", "copied", "skipped"
-    received: int = 0  # bytes transferred by this run
     resumed_from: int = 0  # bytes already in the .part file when this run started
     note: str = ""
 
@@ -198,7 +197,7 @@ def _fetch_locked(source, category: str, out_dir: Path, options: FetchOptions,
         if not resumed_from:
             write_json_atomic(version_path(part), {"source": source.location(category),
                                                    "version": remote.version.to_dict()})
-        received, restarted = _download(source, category, part, want_bytes, options, progress, remote.version)
+        restarted = _download(source, category, part, want_bytes, options, progress, remote.version)
         if restarted:
             resumed_from = 0  # the server ignored Range: the kept bytes were fetched again
         if capped:
@@ -212,7 +211,7 @@ def _fetch_locked(source, category: str, out_dir: Path, options: FetchOptions,
              "restarted: the source file changed during the download" if restarted_because else "",
              discarded]
     note = "; ".join(n for n in notes if n)
-    return FetchResult(category, dest, want_rows, dest.stat().st_size, action, received=received,
+    return FetchResult(category, dest, want_rows, dest.stat().st_size, action,
                        resumed_from=min(resumed_from, want_bytes), note=note)
 
 
@@ -283,18 +282,17 @@ def _discard_part(part: Path) -> None:
 
 
 def _download(source, category: str, part: Path, want_bytes: int, options: FetchOptions,
-              progress: ProgressHook | None, version: Version = Version()) -> tuple[int, bool]:
+              progress: ProgressHook | None, version: Version = Version()) -> bool:
     """Grow `part` to at least `want_bytes` with bytes of `version` of the file, resuming and retrying.
     RemoteChanged (with the part discarded) if the source serves another version.
 
-    Returns (bytes received, whether the server ignored a Range request and restarted the file).
+    Returns whether the server ignored a Range request and restarted the file.
     """
     have = part.stat().st_size if part.exists() else 0
-    received = 0
     failures = 0
     restarted = False
     if have >= want_bytes:
-        return 0, False
+        return False
     if progress:
         progress.begin(category, want_bytes, have)
     try:
@@ -310,8 +308,7 @@ def _download(source, category: str, part: Path, want_bytes: int, options: Fetch
                         restarted = True
                         if progress:
                             progress.begin(category, want_bytes, have)
-                    have, got = _append(body, part, have, want_bytes, progress)
-                    received += got
+                    have = _append(body, part, have, want_bytes, progress)
                 if have < want_bytes:
                     raise TransientError(f"{category}: {source.location(category)}: connection closed "
                                          f"after {have} of {want_bytes} bytes")
@@ -333,12 +330,11 @@ def _download(source, category: str, part: Path, want_bytes: int, options: Fetch
     finally:
         if progress:
             progress.end()
-    return received, restarted
+    return restarted
 
 
-def _append(body: Body, part: Path, have: int, want_bytes: int, progress: ProgressHook | None) -> tuple[int, int]:
-    """Write the body into `part` from offset `body.start`; returns (bytes in part, bytes received)."""
-    received = 0
+def _append(body: Body, part: Path, have: int, want_bytes: int, progress: ProgressHook | None) -> int:
+    """Write the body into `part` from offset `body.start`; returns the bytes now in part."""
     mode = "r+b" if part.exists() else "wb"
     with open(part, mode) as f:
         f.seek(have)
@@ -349,12 +345,11 @@ def _append(body: Body, part: Path, have: int, want_bytes: int, progress: Progre
                 break
             _write(f, chunk, part)
             have += len(chunk)
-            received += len(chunk)
             if progress:
                 progress.advance(len(chunk))
         f.flush()
         os.fsync(f.fileno())
-    return have, received
+    return have
 
 
 def _finish_whole(category: str, part: Path, dest: Path, remote: Remote) -> None:

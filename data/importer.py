@@ -36,9 +36,8 @@ from .errors import BitmapFileError, QDError, reason_of
 from .atomic import atomic_target
 from .files import count_lines
 from .images import is_image_path
-from .strokes import iter_ndjson_records
+from .strokes import NDJSON_SUFFIX, iter_ndjson_records
 
-NDJSON_SUFFIX = ".ndjson"
 NDJSON_PREFIXES = ("full_simplified_", "full_raw_", "simplified_", "raw_")  # Google's file names
 CHUNK = 256  # files or drawings handed to the decoder at a time (a capped category stops early)
 

@@ -35,6 +35,7 @@ from .errors import QDError, reason_of
 from .files import open_regular
 from .limits import MAX_COORDINATE, MAX_NDJSON_LINE_BYTES, MAX_RAW_COORDINATE, MAX_STROKE_POINTS
 
+NDJSON_SUFFIX = ".ndjson"
 ORIGINAL_SIDE = 256.0
 LINE_DIAMETER = 16.0  # in the 256-unit drawing space
 PADDING = 16.0  # per side, in the 256-unit drawing space

@@ -16,15 +16,14 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from qd.data.bitmaps import PIXELS, SIDE, parse_npy_header
+from qd.data.categories import SUFFIX as NPY_SUFFIX
 from qd.data.console import describe_unexpected
 from qd.data.decode import ImageDecoder
 from qd.data.errors import QDError, reason_of
 from qd.data.files import count_lines, open_regular
 from qd.data.images import IMAGE_SUFFIXES, is_image_path
-from qd.data.strokes import iter_ndjson
+from qd.data.strokes import NDJSON_SUFFIX, iter_ndjson
 
-NPY_SUFFIX = ".npy"
-NDJSON_SUFFIX = ".ndjson"
 SUPPORTED_SUFFIXES = IMAGE_SUFFIXES + (NPY_SUFFIX, NDJSON_SUFFIX)
 NPY_CHUNK_ROWS = 4096
 FLOAT_CHECK_ROWS = 65536

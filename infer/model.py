@@ -164,25 +164,6 @@ class OnnxClassifier:
             out[start:start + len(batch)] = self.probabilities(bitmaps_to_input(batch, self.preprocessing))
         return out
 
-    def classify_bitmaps(self, bitmaps: np.ndarray, top: int = 3,
-                         batch_size: int = 512) -> list[list[tuple[str, float]]]:
-        """Top-k (label, probability) per drawing, most likely first."""
-        probs = self.predict_bitmaps(bitmaps, batch_size)
-        index, values = top_k(probs, top)
-        return [[(self.labels[i], float(p)) for i, p in zip(row_i, row_p)] for row_i, row_p in zip(index, values)]
-
-    def classify_paths(self, paths, top: int = 3, recursive: bool = True, workers: int = 1):
-        """[(name, [(label, p), ...]) or (message, None) per input], the whole qd-infer read path."""
-        from .inputs import Drawings, read_inputs
-
-        results = []
-        for event in read_inputs(paths, recursive=recursive, workers=workers):
-            if isinstance(event, Drawings):
-                results += list(zip(event.names, self.classify_bitmaps(event.bitmaps, top)))
-            else:
-                results.append((event.message, None))
-        return results
-
 
 def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices and values of the k largest probabilities per row, largest first (ties: lower index).

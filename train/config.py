@@ -7,7 +7,7 @@ stores it as `hparams` (plain data), and a resumed run is rebuilt from there.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from qd.data.errors import QDError
@@ -138,6 +138,3 @@ class TrainConfig:
         values = {k: v for k, v in hparams.items() if k in known}
         values.update(overrides)
         return cls(**values)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
