@@ -28,7 +28,7 @@ from qd.data.preprocess import bitmaps_to_input
 from qd.infer.model import OnnxClassifier
 from qd.infer.openset import LOGITS, PROBABILITIES
 
-from .exports import COREML_SUFFIX, INT8_SUFFIX, ModelInfo
+from .model_info import COREML_SUFFIX, INT8_SUFFIX, ModelInfo
 
 BENCH_BATCH = 256
 EVAL_BATCH = 256

@@ -22,7 +22,7 @@ from qd.data.progress import ProgressBar
 from . import metrics
 from .backends import BackendRun, parse_backends, predict_all, run_backend
 from .confidence import Calibration, OpenSetFigures, measure_calibration, open_set_figures
-from .exports import ModelInfo, load_model_info
+from .model_info import ModelInfo, load_model_info
 from .heldout import HeldOut, UnknownDrawings, load_heldout, load_unknown
 from .plots import plot_confusion, plot_mistakes, plot_reliability
 from .report import build_report
@@ -36,7 +36,7 @@ class Evaluation:
     heldout: HeldOut
     runs: list[BackendRun]
     reference: BackendRun               # the first backend that ran: the figures below are its
-    summary: metrics.Summary
+    summary: metrics.OverallScores
     confusion: np.ndarray
     scores: list[metrics.ClassScore]
     confused: list[metrics.ConfusedPair]

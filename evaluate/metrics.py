@@ -131,7 +131,9 @@ def most_confused(confusion: np.ndarray, classes: list[str], limit: int = 10) ->
 
 
 @dataclass(frozen=True)
-class Summary:
+class OverallScores:
+    """Top-1, top-3 and MAP@3 over `count` drawings (qd-eval's overall figures)."""
+
     count: int
     top1: float
     top3: float
@@ -141,8 +143,8 @@ class Summary:
         return {"count": self.count, "top1": self.top1, "top3": self.top3, "map3": self.map3}
 
 
-def summarize(probabilities: np.ndarray, labels: np.ndarray) -> Summary:
-    return Summary(
+def summarize(probabilities: np.ndarray, labels: np.ndarray) -> OverallScores:
+    return OverallScores(
         count=int(len(labels)),
         top1=top_k_accuracy(probabilities, labels, 1),
         top3=top_k_accuracy(probabilities, labels, 3),

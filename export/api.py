@@ -30,7 +30,7 @@ from .card import CARD_NAME, LABELS_NAME, previous_files, stale_models, write_ca
 from .context import DEFAULT_INT8_MAX_PROB_DIFF, DEFAULT_INT8_TOLERANCE, DEFAULT_OPSET, Check, ExportContext
 from .formats import DEFAULT_FORMATS, FORMATS, ExportFormat, parse_formats
 from .onnx_export import check_opset
-from .source import DEFAULT_MAX_DRAWINGS, CheckpointSource, load_source
+from .checkpoint_source import DEFAULT_MAX_DRAWINGS, CheckpointSource, load_source
 
 PREP_NAME = INT8_PREPARED
 LOW_SPACE_BYTES = 64 << 20  # a converter failing with less free space than this was most likely out of disk

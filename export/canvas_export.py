@@ -29,7 +29,7 @@ from .canvas import CanvasClassifier
 from .canvas_render import render_canvases
 from .context import Check, ExportContext
 from .onnx_export import DYNAMO_MIN_OPSET, quiet, set_metadata, strip_debug_info
-from .source import inputs_to_bitmaps
+from .checkpoint_source import inputs_to_bitmaps
 from .validate import check_onnx_file
 
 MIN_AGREEMENT = 0.99

@@ -35,7 +35,7 @@ from qd.data.errors import QDError, first_line
 
 from .context import Check, ExportContext
 from .onnx_export import WithProbabilities, quiet
-from .source import inputs_to_bitmaps
+from .checkpoint_source import inputs_to_bitmaps
 
 PROB_TOLERANCE = 1e-4
 LABEL_OUTPUT = "classLabel"

@@ -106,7 +106,7 @@ def test_macos_prediction_check_plumbing_with_a_stand_in_model(trained_checkpoin
 
     from qd.export import coreml
     from qd.export.context import ExportContext
-    from qd.export.source import load_source
+    from qd.export.checkpoint_source import load_source
 
     source = load_source(trained_checkpoint)
     session = ort.InferenceSession(str(exported_model / "model.onnx"), providers=["CPUExecutionProvider"])

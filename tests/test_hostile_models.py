@@ -88,11 +88,11 @@ def _save(payload: dict, path: Path) -> Path:
 def test_a_checkpoint_saying_width_4000_is_refused_before_any_weight_exists(tmp_path):
     path = _save(_payload(arch={"name": "compact", "kwargs": {"width": 4000, "dropout": 0.2, "stage3": 2}}),
                  tmp_path / "run" / "best.pt")
-    from qd.export.source import load_source
+    from qd.export.checkpoint_source import load_source
 
     with pytest.raises(QDError, match=r"best.pt: architecture argument width=4000 is not a whole number in 1..256"):
         load_source(path)
-    peak = peak_rss_mib(f"from qd.export.source import load_source\ntry:\n    load_source({str(path)!r})\n"
+    peak = peak_rss_mib(f"from qd.export.checkpoint_source import load_source\ntry:\n    load_source({str(path)!r})\n"
                         "except Exception as exc:\n    print(exc)")
     assert peak < 1024, f"{peak:.0f} MiB to refuse a 4000-wide network (it was 17.7 GB)"
 

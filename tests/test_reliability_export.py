@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from qd.data.errors import QDError
 from qd.export.api import export_checkpoint
-from qd.export.source import load_source
+from qd.export.checkpoint_source import load_source
 from qd.export.cli import main
 from qd.train.checkpoint import load_checkpoint
 

@@ -121,7 +121,7 @@ def _card(folder: Path, source_sha: str, files: dict[str, str]) -> None:
        card=st.sampled_from(["none", "lists both", "lists only onnx", "int8 replaced after"]))
 def test_readers_detect_a_folder_that_mixes_two_exports(tmp_path_factory, onnx_from, int8_from, card_from, card):
     from qd.evaluate.backends import open_onnx_int8
-    from qd.evaluate.exports import load_model_info
+    from qd.evaluate.model_info import load_model_info
 
     sha = {"A": "a" * 64, "B": "b" * 64}
     folder = tmp_path_factory.mktemp("set")
