@@ -23,6 +23,7 @@ from qd.data.files import read_regular
 from qd.data.limits import MAX_LABEL_CHARS, MAX_LABELS, MAX_MODEL_BYTES, MAX_THREADS
 from qd.data.preprocess import REQUIRED_KEYS as PREPROCESSING_KEYS, bitmaps_to_input, check_preprocessing
 
+from .defaults import DEFAULT_BATCH_SIZE
 from .openset import PROBABILITIES, OpenSetRule, parse_open_set, parse_temperature
 
 MODEL_FILE = MODEL_ONNX  # qd-infer's model in an export folder
@@ -141,7 +142,7 @@ class OnnxClassifier:
         """Which drawings the open-set rule marks unknown (None when no rule applies)."""
         return None if self.open_set is None else self.open_set.unknown(outputs)
 
-    def predict(self, bitmaps: np.ndarray, batch_size: int = 512) -> Predictions:
+    def predict(self, bitmaps: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> Predictions:
         """uint8 ink-high (N, 784) or (N, 28, 28) bitmaps -> calibrated probabilities and the unknown answer."""
         bitmaps = np.asarray(bitmaps)
         probs = np.empty((len(bitmaps), len(self.labels)), dtype=np.float32)
@@ -154,7 +155,7 @@ class OnnxClassifier:
                 unknown[start:start + len(batch)] = self.unknown(outputs)
         return Predictions(probs, unknown)
 
-    def predict_bitmaps(self, bitmaps: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    def predict_bitmaps(self, bitmaps: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """uint8 ink-high (N, 784) or (N, 28, 28) bitmaps -> probabilities (N, C), in batches."""
         bitmaps = np.asarray(bitmaps)
         n = len(bitmaps)
