@@ -37,6 +37,7 @@ from .categories import category_path, check_category_name
 from .errors import BitmapFileError, QDError
 from .atomic import commit_file, write_json_atomic
 from .files import read_regular
+from .paths import DEFAULT_RETRIES
 from .sources import (Body, FolderSource, Remote, RemoteChanged, SourceUnreachable, TransientError, UrlSource,
                       Version)
 
@@ -48,7 +49,7 @@ FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 @dataclass(frozen=True)
 class FetchOptions:
     max_rows: int | None = None  # --max-per-category
-    retries: int = 3  # further attempts per file after a network failure (each one resumes)
+    retries: int = DEFAULT_RETRIES  # further attempts per file after a network failure (each one resumes)
     retry_wait: float = 1.0  # seconds before the first retry; doubles each time
 
 
