@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from qd.data.categories import check_labels
 from qd.data.errors import QDError, first_line
 from qd.data.contract import INPUT, META_FORMAT, META_LABELS, META_PREPROCESSING, META_PRECISION, MODEL_FORMAT
 from qd.data.paths import MODEL_ONNX, exports_dir
 from qd.data.files import read_regular
-from qd.data.limits import MAX_LABEL_CHARS, MAX_LABELS, MAX_MODEL_BYTES, MAX_THREADS
+from qd.data.limits import MAX_MODEL_BYTES, MAX_THREADS
 from qd.data.preprocess import REQUIRED_KEYS as PREPROCESSING_KEYS, bitmaps_to_input, check_preprocessing
 
 from .defaults import DEFAULT_BATCH_SIZE
@@ -207,13 +208,10 @@ def _parse_labels(path: Path, meta: dict[str, str]) -> list[str]:
         labels = json.loads(meta[META_LABELS])
     except (ValueError, RecursionError):
         raise QDError(f"{path}: model metadata qd.labels is not valid JSON") from None
-    if (not isinstance(labels, list) or not labels or len(labels) > MAX_LABELS
-            or not all(isinstance(l, str) and 0 < len(l) <= MAX_LABEL_CHARS for l in labels)):
-        raise QDError(f"{path}: model metadata qd.labels must be a non-empty JSON list of names "
-                      f"(at most {MAX_LABELS:,}, each 1 to {MAX_LABEL_CHARS} characters)")
-    if len(set(labels)) != len(labels):
-        raise QDError(f"{path}: model metadata qd.labels has duplicate names")
-    return labels
+    try:
+        return check_labels(labels)
+    except ValueError as exc:
+        raise QDError(f"{path}: model metadata qd.labels {exc}") from None
 
 
 def _parse_preprocessing(path: Path, meta: dict[str, str]) -> dict:

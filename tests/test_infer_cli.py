@@ -99,7 +99,7 @@ def test_newest_export_is_the_default(tmp_path, exported_model, monkeypatch):
     (lambda p: p.update({"qd.labels": "[not json"}), "qd.labels is not valid JSON"),
     (lambda p: p.update({"qd.labels": json.dumps(["a", "b", "c"])}), "names 3 labels but the model outputs 4"),
     (lambda p: p.update({"qd.labels": json.dumps(["a", "a", "b", "c"])}), "duplicate"),
-    (lambda p: p.update({"qd.labels": json.dumps({"a": 1})}), "non-empty JSON list"),
+    (lambda p: p.update({"qd.labels": json.dumps({"a": 1})}), "must be a non-empty list of names"),
     (lambda p: p.update({"qd.preprocessing": "{}"}), "qd.preprocessing must be a JSON object"),
     (lambda p: p.pop("qd.preprocessing"), "has no qd.preprocessing"),
 ])
