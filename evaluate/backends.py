@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from qd.data.contract import META_SOURCE_SHA256
 from qd.data.errors import QDError
 from qd.data.files import path_size, sha256_file
 from qd.data.preprocess import bitmaps_to_input
@@ -70,7 +71,7 @@ def open_onnx_int8(model: ModelInfo, checkpoint: Path | None) -> Runner:
     if not path.is_file():
         raise Unavailable(f"no {path.name} beside {model.path.name}")
     classifier = OnnxClassifier(path)
-    model.check_member(path, classifier.metadata.get("qd.source_sha256"))
+    model.check_member(path, classifier.metadata.get(META_SOURCE_SHA256))
     if classifier.labels != model.labels:
         raise QDError(f"{path}: its labels differ from {model.path.name}'s")
     return Runner(path, tensor_input(classifier.preprocessing), onnx_predict(classifier))

@@ -17,13 +17,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from qd.data import __version__ as QD_VERSION
-from qd.data.contract import CARD_FORMAT
-from qd.data.errors import QDError
 from qd.data.atomic import write_text_atomic
+from qd.data.contract import CARD_FORMAT, LICENSE_NOTE
+from qd.data.errors import QDError
 from qd.data.files import path_size, read_regular, sha256_path
 from qd.data.limits import MAX_CARD_BYTES
 from .context import Check, ExportContext
-from qd.data.contract import LICENSE_NOTE
 from qd.data.paths import LABELS_FILE as LABELS_NAME, MODEL_CARD as CARD_NAME
 
 
@@ -38,7 +37,7 @@ def previous_files(ctx: ExportContext) -> dict:
     valid: same source checkpoint, file present, checksum unchanged."""
     folder = ctx.previous_dir or ctx.out_dir
     try:
-        card = json.loads(read_regular(folder / CARD_NAME, MAX_CARD_BYTES, what="model.json"))
+        card = json.loads(read_regular(folder / CARD_NAME, MAX_CARD_BYTES, what=CARD_NAME))
     except (OSError, QDError, ValueError, RecursionError):
         return {}
     source = card.get("source") if isinstance(card, dict) else None

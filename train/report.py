@@ -17,6 +17,7 @@ from rich.text import Text
 
 from qd.data.console import console as default_console
 from qd.data.console import shown
+from qd.data.paths import BEST_CHECKPOINT
 
 
 def near_chance(top1: float, classes: int) -> bool:
@@ -111,7 +112,7 @@ class Reporter:
         table.add_row("val / test loss", f"{best['val_loss']:.4f} / {test['loss']:.4f}")
         table.add_row("time", fmt_duration(seconds))
         table.add_row("parameters", f"{params:,} ({human_size(size_bytes)} fp32)")
-        table.add_row("best checkpoint", shown(run_dir / "best.pt"))
+        table.add_row("best checkpoint", shown(run_dir / BEST_CHECKPOINT))
         if near_chance(best["val_top1"], classes):
             table.add_row(Text("warning", style="bold red"),
                           Text(f"val top-1 is near chance ({100 / classes:.1f}% for {classes} classes): the network "
