@@ -1,5 +1,5 @@
 """Reading files: `open_regular`, the one way every stage opens a file it did not write;
-checksums and sizes. (Writing: qd.data.atomic.)
+checksums, sizes, and the one folder walk. (Writing: qd.data.atomic.)
 
 Untrusted inputs are opened only if they are regular files: a FIFO would block the
 open (or the first read) forever, `/dev/zero` behind a `.ndjson` name would be read
@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
-from .errors import QDError
+from .errors import QDError, reason_of
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -98,3 +99,45 @@ def read_regular(path: str | os.PathLike, max_bytes: int, what: str = "file") ->
     if len(data) > max_bytes:
         raise QDError(f"{path}: grew past {max_bytes:,} bytes while being read; refused")
     return data
+
+
+@dataclass(frozen=True)
+class UnlistableFolder:
+    """A folder `walk_files` could not list, and why (one line)."""
+
+    path: Path
+    reason: str
+
+
+def walk_files(root: Path, recursive: bool = True) -> Iterator[Path | UnlistableFolder]:
+    """The files under `root`, depth first in name order, the way every command reads a folder:
+    hidden (dot) files and folders skipped (.git, macOS ._x.png resource forks), symlinked folders
+    followed once (loops cut); with `recursive=False` only `root`'s own files. A folder that cannot
+    be listed is yielded as an UnlistableFolder and the walk goes on."""
+    seen: set[str] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        real = os.path.realpath(folder)
+        if real in seen:
+            continue  # a symlink loop, or a folder reached twice
+        seen.add(real)
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            yield UnlistableFolder(Path(folder), reason_of(exc))
+            continue
+        subfolders = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir():
+                    if recursive:
+                        subfolders.append(Path(entry.path))
+                    continue
+            except OSError:
+                pass
+            yield Path(entry.path)
+        stack.extend(reversed(subfolders))  # depth first, in name order

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import torch
 
-from qd.data.errors import QDError, first_line
+from qd.data.errors import QDError
 from qd.data.images import BlankImageError, gray_to_bitmap
 from qd.data.limits import MAX_CANVAS_SIDE, MIN_CANVAS_SIDE
 from qd.infer.canvas import BITMAP, CANVAS_INPUT, CANVAS_OUTPUTS, CanvasModel, canvas_metadata
@@ -236,14 +236,12 @@ def coreml_runner(path: Path):
 
 
 def check_coreml_canvas_spec(ctx: ExportContext, path: Path) -> list[Check]:
-    from .coreml import MIN_SPEC_VERSION, import_coremltools
+    from .coreml import MIN_SPEC_VERSION, import_coremltools, load_spec
 
     ct = import_coremltools()
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            spec = ct.utils.load_spec(str(path))
-    except Exception as exc:  # coremltools raises assorted types for an unreadable package
-        return [Check("reload", False, f"package does not reload: {first_line(exc)}")]
+    spec, failed = load_spec(path)
+    if failed:
+        return [failed]
     kind, version = spec.WhichOneof("Type"), spec.specificationVersion
     checks = [Check("ML Program, iOS 16+", kind == "mlProgram" and version >= MIN_SPEC_VERSION,
                     f"type {kind}, spec version {version} (≥ {MIN_SPEC_VERSION})")]
