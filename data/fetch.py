@@ -32,10 +32,10 @@ from typing import Callable, Iterable, Protocol
 
 from rich.filesize import decimal as human_size
 
+from .atomic import commit_file, write_json_atomic
 from .bitmaps import PIXELS, bitmap_header_bytes, parse_bitmap_header, read_bitmap_header
 from .categories import category_path, check_category_name
 from .errors import BitmapFileError, QDError
-from .atomic import commit_file, write_json_atomic
 from .files import read_regular
 from .paths import DEFAULT_RETRIES
 from .sources import (Body, FolderSource, Remote, RemoteChanged, SourceUnreachable, TransientError, UrlSource,

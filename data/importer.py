@@ -29,11 +29,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .atomic import atomic_target
 from .bitmaps import bitmap_header_bytes, read_bitmap_header
 from .categories import category_path, check_category_name, list_categories
 from .decode import ImageDecoder
 from .errors import BitmapFileError, QDError, reason_of
-from .atomic import atomic_target
 from .files import UnlistableFolder, count_lines, walk_files
 from .images import is_image_path
 from .strokes import NDJSON_SUFFIX, iter_ndjson_records
