@@ -17,7 +17,7 @@ Here the same geometry is drawn with Pillow at SUPERSAMPLE times the final size
 (polyline segments plus a disc at every vertex = round caps and joins) and
 box-downscaled, which approximates cairo's exact-coverage anti-aliasing. The
 parameters were chosen by measurement against the first rows of the real bitmap
-files (see tests/test_strokes.py and bench/tune_strokes.py).
+files (see tests/test_data_strokes.py and bench/tune_strokes.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""qd.evaluate.metrics against small cases worked out by hand."""
+"""qd.evaluate.metrics against small cases worked out by hand: top-k accuracy, MAP@k, ties, the
+confusion matrix, per-class scores, AUROC of the open-set score, reliability curves and ECE."""
 
 import math
 
@@ -9,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qd.evaluate import metrics
+from qd.evaluate.metrics import auroc, reliability
 from qd.infer.model import top_k
 
 # 4 rows, 3 classes. Ranking per row (most probable first):
@@ -140,3 +142,31 @@ def test_metric_invariants(case):
             assert value is None or 0.0 <= value <= 1.0
     pairs = metrics.most_confused(cm, [str(i) for i in range(c)], limit=100)
     assert sum(p.count for p in pairs) == len(labels) - np.trace(cm)
+
+
+# ----------------------------------------------------------------------------- open set and calibration
+
+
+def test_auroc_by_hand_and_against_all_pairs():
+    assert auroc([3, 4, 5], [1, 2]) == 1.0
+    assert auroc([1, 2], [3, 4]) == 0.0
+    assert auroc([1, 1], [1, 1]) == 0.5
+    assert auroc([2, 1], [1, 0]) == 0.875  # pairs: 2>1, 2>0, 1=1 (half), 1>0
+    assert math.isnan(auroc([], [1.0]))
+    rng = np.random.default_rng(0)
+    known, unknown = rng.integers(0, 20, 300).astype(float), rng.integers(0, 15, 200).astype(float)
+    pairs = (known[:, None] > unknown[None]).mean() + 0.5 * (known[:, None] == unknown[None]).mean()
+    assert auroc(known, unknown) == pytest.approx(pairs)
+
+
+
+def test_reliability_and_ece_by_hand():
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.95, 0.05]])
+    labels = np.array([0, 1, 1, 0])
+    r = reliability(probs, labels, bins=10)
+    assert r.counts.sum() == 4 and r.counts[5] == 1 and r.counts[7] == 1 and r.counts[8] == 1 and r.counts[9] == 1
+    # bins: 0.6 wrong, 0.8 right, 0.9 right, 0.95 right
+    assert r.ece == pytest.approx((0.6 + 0.2 + 0.1 + 0.05) / 4)
+    assert r.accuracy[5] == 0.0 and r.confidence[9] == pytest.approx(0.95)
+    perfect = reliability(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1]))
+    assert perfect.ece == 0.0
