@@ -18,15 +18,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from qd.data.contract import META_PREPROCESSING
 from qd.data.machine import cpu
-from qd.data.paths import artifacts_root
+from qd.data.paths import MODEL_INT8_ONNX, MODEL_ONNX, exports_dir
 from qd.data.preprocess import bitmaps_to_input
 from qd.export.validate import interleaved_throughput, ort_session
 
 
 def newest_export() -> Path:
-    root = artifacts_root() / "exports"
-    folders = sorted((p.parent for p in root.glob("*/model.int8.onnx")), key=lambda p: p.stat().st_mtime)
+    root = exports_dir()
+    folders = sorted((p.parent for p in root.glob(f"*/{MODEL_INT8_ONNX}")), key=lambda p: p.stat().st_mtime)
     if not folders:
         raise SystemExit(f"no export with model.int8.onnx under {root}: run qd-export --format onnx-int8 first")
     return folders[-1]
@@ -34,7 +35,7 @@ def newest_export() -> Path:
 
 def inputs_for(model_path: Path, count: int = 512) -> np.ndarray:
     meta = {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
-    prep = json.loads(meta["qd.preprocessing"])
+    prep = json.loads(meta[META_PREPROCESSING])
     rng = np.random.default_rng(0)
     bitmaps = np.where(rng.random((count, 784)) < 0.15, rng.integers(64, 256, (count, 784)), 0).astype(np.uint8)
     return bitmaps_to_input(bitmaps, prep)
@@ -46,7 +47,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     args = ap.parse_args()
     folder = args.folder or newest_export()
-    fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
+    fp32, int8 = folder / MODEL_ONNX, folder / MODEL_INT8_ONNX
     x = inputs_for(fp32)
     print(f"{folder}: int8 file is {int8.stat().st_size / fp32.stat().st_size:.2f}x the fp32 file")
     print(f"CPU: {cpu().summary()} (shared machine: compare ratios)")

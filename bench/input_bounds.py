@@ -48,7 +48,7 @@ if not REDUCE:
 b = images.load_image_bitmap(PATH)
 """
 WIDE = """
-from qd.export.source import load_source
+from qd.export.checkpoint_source import load_source
 try:
     load_source(PATH)
 except Exception as exc:

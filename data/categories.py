@@ -12,10 +12,24 @@ import os
 from pathlib import Path
 
 from .errors import QDError
+from .limits import MAX_LABEL_CHARS, MAX_LABELS
 
 SUFFIX = ".npy"
 # What to do when a data folder is missing or empty: one hint, the same in every command.
 FETCH_HINT = "get drawings with: qd-data fetch CATEGORY... or point --data at a folder of <category>.npy files"
+
+
+def check_labels(labels) -> list[str]:
+    """The one check of a class list as a checkpoint or a model stores it (names in output order):
+    a non-empty list of distinct names within qd.data.limits' bounds. Returns it; ValueError with a
+    one-line reason otherwise (the caller names the file and the field)."""
+    if (not isinstance(labels, list) or not 0 < len(labels) <= MAX_LABELS
+            or not all(isinstance(name, str) and 0 < len(name) <= MAX_LABEL_CHARS for name in labels)):
+        raise ValueError(f"must be a non-empty list of names (at most {MAX_LABELS:,}, each 1 to {MAX_LABEL_CHARS} "
+                         "characters)")
+    if len(set(labels)) != len(labels):
+        raise ValueError("has duplicate names")
+    return labels
 
 
 def check_category_name(category: str) -> str:

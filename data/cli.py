@@ -16,7 +16,7 @@ from rich.text import Text
 from . import options as opt
 from .console import console, err_console, fail, run_app, shown
 from .errors import QDError
-from .paths import DEFAULT_SOURCE, DEFAULT_TIMEOUT, default_data_dir
+from .paths import DEFAULT_RETRIES, DEFAULT_SOURCE, DEFAULT_TIMEOUT, default_data_dir
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -77,7 +77,8 @@ def fetch(
     max_per_category: Annotated[Optional[int], opt.max_per_category_option(
         "Keep only the first N drawings of each category (downloads only those bytes).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait on the network.")] = DEFAULT_TIMEOUT,
-    retries: Annotated[int, typer.Option("--retries", min=0, help="Retries after a network failure (each resumes).")] = 3,
+    retries: Annotated[int, typer.Option(
+        "--retries", min=0, help="Retries after a network failure (each resumes).")] = DEFAULT_RETRIES,
 ) -> None:
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                TransferSpeedColumn)

@@ -30,10 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
+from rich.filesize import decimal as human_size
+
+from .atomic import commit_file, write_json_atomic
 from .bitmaps import PIXELS, bitmap_header_bytes, parse_bitmap_header, read_bitmap_header
 from .categories import category_path, check_category_name
 from .errors import BitmapFileError, QDError
-from .files import read_regular, write_json_atomic
+from .files import read_regular
+from .paths import DEFAULT_RETRIES
 from .sources import (Body, FolderSource, Remote, RemoteChanged, SourceUnreachable, TransientError, UrlSource,
                       Version)
 
@@ -45,7 +49,7 @@ FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 @dataclass(frozen=True)
 class FetchOptions:
     max_rows: int | None = None  # --max-per-category
-    retries: int = 3  # further attempts per file after a network failure (each one resumes)
+    retries: int = DEFAULT_RETRIES  # further attempts per file after a network failure (each one resumes)
     retry_wait: float = 1.0  # seconds before the first retry; doubles each time
 
 
@@ -56,7 +60,6 @@ class FetchResult:
     rows: int
     size: int
     action: str  # "downloaded", "resumed", "copied", "skipped"
-    received: int = 0  # bytes transferred by this run
     resumed_from: int = 0  # bytes already in the .part file when this run started
     note: str = ""
 
@@ -195,7 +198,7 @@ def _fetch_locked(source, category: str, out_dir: Path, options: FetchOptions,
         if not resumed_from:
             write_json_atomic(version_path(part), {"source": source.location(category),
                                                    "version": remote.version.to_dict()})
-        received, restarted = _download(source, category, part, want_bytes, options, progress, remote.version)
+        restarted = _download(source, category, part, want_bytes, options, progress, remote.version)
         if restarted:
             resumed_from = 0  # the server ignored Range: the kept bytes were fetched again
         if capped:
@@ -209,7 +212,7 @@ def _fetch_locked(source, category: str, out_dir: Path, options: FetchOptions,
              "restarted: the source file changed during the download" if restarted_because else "",
              discarded]
     note = "; ".join(n for n in notes if n)
-    return FetchResult(category, dest, want_rows, dest.stat().st_size, action, received=received,
+    return FetchResult(category, dest, want_rows, dest.stat().st_size, action,
                        resumed_from=min(resumed_from, want_bytes), note=note)
 
 
@@ -220,12 +223,8 @@ def _check_free_space(category: str, out_dir: Path, needed: int) -> None:
     except OSError:
         return  # unknown: the write itself will say
     if needed > free:
-        raise DiskError(f"{category}: needs {_mb(needed)} but {out_dir} has only {_mb(free)} free; "
+        raise DiskError(f"{category}: needs {human_size(needed)} but {out_dir} has only {human_size(free)} free; "
                         "files already fetched are intact", fatal=True)
-
-
-def _mb(nbytes: int) -> str:
-    return f"{nbytes / 1e6:,.1f} MB"
 
 
 def _valid_rows(path: Path) -> int | None:
@@ -245,7 +244,7 @@ def _usable_part(part: Path, remote: Remote, capped: bool, want_bytes: int) -> t
         _discard_part(part)  # a stray version record
         return 0, ""
     size = part.stat().st_size
-    kept = _mb(size)
+    kept = human_size(size)
     recorded = _recorded_version(part)
     why = ""
     if not remote.version.known:
@@ -284,18 +283,17 @@ def _discard_part(part: Path) -> None:
 
 
 def _download(source, category: str, part: Path, want_bytes: int, options: FetchOptions,
-              progress: ProgressHook | None, version: Version = Version()) -> tuple[int, bool]:
+              progress: ProgressHook | None, version: Version = Version()) -> bool:
     """Grow `part` to at least `want_bytes` with bytes of `version` of the file, resuming and retrying.
     RemoteChanged (with the part discarded) if the source serves another version.
 
-    Returns (bytes received, whether the server ignored a Range request and restarted the file).
+    Returns whether the server ignored a Range request and restarted the file.
     """
     have = part.stat().st_size if part.exists() else 0
-    received = 0
     failures = 0
     restarted = False
     if have >= want_bytes:
-        return 0, False
+        return False
     if progress:
         progress.begin(category, want_bytes, have)
     try:
@@ -311,8 +309,7 @@ def _download(source, category: str, part: Path, want_bytes: int, options: Fetch
                         restarted = True
                         if progress:
                             progress.begin(category, want_bytes, have)
-                    have, got = _append(body, part, have, want_bytes, progress)
-                    received += got
+                    have = _append(body, part, have, want_bytes, progress)
                 if have < want_bytes:
                     raise TransientError(f"{category}: {source.location(category)}: connection closed "
                                          f"after {have} of {want_bytes} bytes")
@@ -334,12 +331,11 @@ def _download(source, category: str, part: Path, want_bytes: int, options: Fetch
     finally:
         if progress:
             progress.end()
-    return received, restarted
+    return restarted
 
 
-def _append(body: Body, part: Path, have: int, want_bytes: int, progress: ProgressHook | None) -> tuple[int, int]:
-    """Write the body into `part` from offset `body.start`; returns (bytes in part, bytes received)."""
-    received = 0
+def _append(body: Body, part: Path, have: int, want_bytes: int, progress: ProgressHook | None) -> int:
+    """Write the body into `part` from offset `body.start`; returns the bytes now in part."""
     mode = "r+b" if part.exists() else "wb"
     with open(part, mode) as f:
         f.seek(have)
@@ -350,12 +346,11 @@ def _append(body: Body, part: Path, have: int, want_bytes: int, progress: Progre
                 break
             _write(f, chunk, part)
             have += len(chunk)
-            received += len(chunk)
             if progress:
                 progress.advance(len(chunk))
         f.flush()
         os.fsync(f.fileno())
-    return have, received
+    return have
 
 
 def _finish_whole(category: str, part: Path, dest: Path, remote: Remote) -> None:
@@ -369,9 +364,8 @@ def _finish_whole(category: str, part: Path, dest: Path, remote: Remote) -> None
     if not same_header or header.rows != remote.header.rows:
         _discard_part(part)
         raise QDError(f"{category}: downloaded file's header differs from the one first served; discarded it")
-    os.replace(part, dest)
+    commit_file(part, dest)
     version_path(part).unlink(missing_ok=True)
-    _fsync_dir(dest.parent)
 
 
 def _finish_capped(category: str, part: Path, tmp: Path, dest: Path, remote: Remote, rows: int) -> None:
@@ -410,8 +404,7 @@ def _finish_capped(category: str, part: Path, tmp: Path, dest: Path, remote: Rem
     if written.rows != rows:
         tmp.unlink(missing_ok=True)
         raise QDError(f"{category}: capped file has {written.rows} drawings, expected {rows}")
-    os.replace(tmp, dest)
-    _fsync_dir(dest.parent)
+    commit_file(tmp, dest)
 
 
 def _gave_up(options: FetchOptions) -> str:
@@ -476,19 +469,3 @@ def _folder_lock(folder: Path):
         yield
     finally:
         os.close(fd)  # closing releases the lock
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable (POSIX); harmless where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-

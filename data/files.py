@@ -1,9 +1,5 @@
-"""Write-then-rename and checksums: the one way every stage writes a finished file;
-`open_regular`: the one way every stage opens a file it did not write.
-
-A reader (or a run killed half-way) sees either the previous file or the complete new
-one, never a partial one: the bytes go to a hidden temp file in the same folder, are
-fsynced, and `os.replace` moves them onto the final name (atomic on POSIX).
+"""Reading files: `open_regular`, the one way every stage opens a file it did not write;
+checksums, sizes, and the one folder walk. (Writing: qd.data.atomic.)
 
 Untrusted inputs are opened only if they are regular files: a FIFO would block the
 open (or the first read) forever, `/dev/zero` behind a `.ndjson` name would be read
@@ -12,70 +8,14 @@ without end. Those are refused with one line before a byte is read.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
 import stat
-import tempfile
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
-from .errors import QDError
-
-TEMP_SUFFIX = ".tmp"
-
-
-def default_file_mode() -> int:
-    """0o666 less the umask: what a plain open() would give (mkstemp gives 0o600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable (best effort: not every filesystem allows it)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextmanager
-def atomic_target(path: str | os.PathLike):
-    """Yield a temp path beside `path`; when the block succeeds, fsync it and move it onto `path`.
-
-    If the block raises (or the process dies), the temp file is removed (or left as a
-    hidden `.name.*.tmp`) and `path` keeps its previous content.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        os.chmod(tmp, default_file_mode())
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    with atomic_target(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
-
-
-def write_json_atomic(path: str | os.PathLike, payload) -> Path:
-    return write_text_atomic(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+from .errors import QDError, reason_of
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -96,6 +36,14 @@ def sha256_path(path: str | os.PathLike) -> str:
         digest.update(file.relative_to(path).as_posix().encode() + b"\0")
         digest.update(bytes.fromhex(sha256_file(file)))
     return digest.hexdigest()
+
+
+def path_size(path: str | os.PathLike) -> int:
+    """Bytes of a file; for a folder (a .mlpackage), of every file in it."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
 
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -151,3 +99,45 @@ def read_regular(path: str | os.PathLike, max_bytes: int, what: str = "file") ->
     if len(data) > max_bytes:
         raise QDError(f"{path}: grew past {max_bytes:,} bytes while being read; refused")
     return data
+
+
+@dataclass(frozen=True)
+class UnlistableFolder:
+    """A folder `walk_files` could not list, and why (one line)."""
+
+    path: Path
+    reason: str
+
+
+def walk_files(root: Path, recursive: bool = True) -> Iterator[Path | UnlistableFolder]:
+    """The files under `root`, depth first in name order, the way every command reads a folder:
+    hidden (dot) files and folders skipped (.git, macOS ._x.png resource forks), symlinked folders
+    followed once (loops cut); with `recursive=False` only `root`'s own files. A folder that cannot
+    be listed is yielded as an UnlistableFolder and the walk goes on."""
+    seen: set[str] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        real = os.path.realpath(folder)
+        if real in seen:
+            continue  # a symlink loop, or a folder reached twice
+        seen.add(real)
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            yield UnlistableFolder(Path(folder), reason_of(exc))
+            continue
+        subfolders = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir():
+                    if recursive:
+                        subfolders.append(Path(entry.path))
+                    continue
+            except OSError:
+                pass
+            yield Path(entry.path)
+        stack.extend(reversed(subfolders))  # depth first, in name order

@@ -291,7 +291,7 @@ def _wide_gray(image: Image.Image) -> np.ndarray:
 # ----------------------------------------------------------------------------- the algorithm
 #
 # How it runs (the same results as the steps above, with fewer passes over the pixels;
-# tests/test_images_exact.py checks it bit for bit against a direct transcription):
+# tests/test_data_images_exact.py checks it bit for bit against a direct transcription):
 # S is a monotone function of I (a 256-entry table), so S >= 0.5 is I >= a threshold
 # level, and max-pooling and max-filtering commute with the table. Steps 7-10 therefore
 # run on uint8 levels; only the pooled n x n array becomes float, through the table.

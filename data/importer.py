@@ -29,15 +29,15 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .atomic import atomic_target
 from .bitmaps import bitmap_header_bytes, read_bitmap_header
 from .categories import category_path, check_category_name, list_categories
 from .decode import ImageDecoder
 from .errors import BitmapFileError, QDError, reason_of
-from .files import atomic_target, count_lines
+from .files import UnlistableFolder, count_lines, walk_files
 from .images import is_image_path
-from .strokes import iter_ndjson_records
+from .strokes import NDJSON_SUFFIX, iter_ndjson_records
 
-NDJSON_SUFFIX = ".ndjson"
 NDJSON_PREFIXES = ("full_simplified_", "full_raw_", "simplified_", "raw_")  # Google's file names
 CHUNK = 256  # files or drawings handed to the decoder at a time (a capped category stops early)
 
@@ -254,22 +254,12 @@ def _entries(folder: Path, plan: _Plan) -> list[Path] | None:
 
 
 def _files_under(folder: Path, plan: _Plan) -> Iterator[Path]:
-    """Files under `folder`, depth first in name order; symlinked folders followed once."""
-    seen: set[str] = set()
-    stack = [folder]
-    while stack:
-        current = stack.pop()
-        real = os.path.realpath(current)
-        if real in seen:
-            continue
-        seen.add(real)
-        subfolders = []
-        for entry in _entries(current, plan) or []:
-            if entry.is_dir():
-                subfolders.append(entry)
-            else:
-                yield entry
-        stack.extend(reversed(subfolders))
+    """Files under `folder` (qd.data.files.walk_files); folders that cannot be listed become failures."""
+    for item in walk_files(folder):
+        if isinstance(item, UnlistableFolder):
+            plan.failures.append(f"{item.path}: {item.reason}")
+        else:
+            yield item
 
 
 def category_of_file(path: Path) -> str:

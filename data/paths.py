@@ -13,6 +13,7 @@ ORT_WEB_DIST_ENV = "QD_ORT_WEB_DIST"  # onnxruntime-web's dist/ folder for qd-de
 
 DEFAULT_SOURCE = "https://storage.googleapis.com/quickdraw_dataset/full/numpy_bitmap"
 DEFAULT_TIMEOUT = 30.0  # seconds to wait on the network
+DEFAULT_RETRIES = 3     # further attempts per file after a network failure (each one resumes)
 
 
 def artifacts_root() -> Path:

@@ -17,7 +17,7 @@ Here the same geometry is drawn with Pillow at SUPERSAMPLE times the final size
 (polyline segments plus a disc at every vertex = round caps and joins) and
 box-downscaled, which approximates cairo's exact-coverage anti-aliasing. The
 parameters were chosen by measurement against the first rows of the real bitmap
-files (see tests/test_strokes.py and bench/tune_strokes.py).
+files (see tests/test_data_strokes.py and bench/tune_strokes.py).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from .errors import QDError, reason_of
 from .files import open_regular
 from .limits import MAX_COORDINATE, MAX_NDJSON_LINE_BYTES, MAX_RAW_COORDINATE, MAX_STROKE_POINTS
 
+NDJSON_SUFFIX = ".ndjson"
 ORIGINAL_SIDE = 256.0
 LINE_DIAMETER = 16.0  # in the 256-unit drawing space
 PADDING = 16.0  # per side, in the 256-unit drawing space

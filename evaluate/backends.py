@@ -21,14 +21,15 @@ from typing import Callable
 
 import numpy as np
 
+from qd.data.contract import META_SOURCE_SHA256
 from qd.data.errors import QDError
-from qd.data.files import sha256_file
+from qd.data.files import path_size, sha256_file
 from qd.data.preprocess import bitmaps_to_input
 
 from qd.infer.model import OnnxClassifier
 from qd.infer.openset import LOGITS, PROBABILITIES
 
-from .exports import COREML_SUFFIX, INT8_SUFFIX, ModelInfo
+from .model_info import COREML_SUFFIX, INT8_SUFFIX, ModelInfo
 
 BENCH_BATCH = 256
 EVAL_BATCH = 256
@@ -70,7 +71,7 @@ def open_onnx_int8(model: ModelInfo, checkpoint: Path | None) -> Runner:
     if not path.is_file():
         raise Unavailable(f"no {path.name} beside {model.path.name}")
     classifier = OnnxClassifier(path)
-    model.check_member(path, classifier.metadata.get("qd.source_sha256"))
+    model.check_member(path, classifier.metadata.get(META_SOURCE_SHA256))
     if classifier.labels != model.labels:
         raise QDError(f"{path}: its labels differ from {model.path.name}'s")
     return Runner(path, tensor_input(classifier.preprocessing), onnx_predict(classifier))
@@ -213,7 +214,7 @@ def run_backend(name: str, model: ModelInfo, checkpoint: Path | None, bitmaps: n
         runner = BACKENDS[name](model, checkpoint)
     except (Unavailable, QDError) as why:  # a broken int8 file or checkpoint must not sink the other backends
         return BackendRun(name, skipped=str(why))
-    run = BackendRun(name, runner.file, file_size(runner.file), note=runner.note, runner=runner)
+    run = BackendRun(name, runner.file, path_size(runner.file), note=runner.note, runner=runner)
     run.outputs = predict_all(runner, bitmaps, advance=progress.advance if progress else None)
     if len(run.probabilities) and run.probabilities.shape[1] != len(model.labels):
         raise QDError(f"{runner.file}: gives {run.probabilities.shape[1]} classes, the model has {len(model.labels)} labels")
@@ -259,10 +260,3 @@ def _timed_calls(predict, inputs: list[np.ndarray], min_calls: int, min_seconds:
         predict(x)
         times.append(time.perf_counter() - t0)
     return times
-
-
-def file_size(path: Path) -> int:
-    if path.is_dir():  # .mlpackage
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
-

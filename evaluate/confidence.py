@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qd.infer.openset import OpenSetRule, softmax
+from qd.infer.openset import PROBABILITIES, OpenSetRule, softmax
 
 from . import metrics
 
@@ -68,7 +68,7 @@ def open_set_figures(rule: OpenSetRule, known_outputs: dict, labels: np.ndarray,
                      unknown_outputs: dict | None = None) -> OpenSetFigures:
     scores = rule.scores(known_outputs)
     flagged = scores < rule.threshold
-    correct = known_outputs["probabilities"].argmax(axis=1) == labels
+    correct = known_outputs[PROBABILITIES].argmax(axis=1) == labels
     figures = OpenSetFigures(rule, len(labels), float(flagged.mean()), float(correct.mean()),
                              float(correct[~flagged].mean()) if (~flagged).any() else float("nan"))
     if unknown_outputs is not None:

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
+from qd.data.atomic import write_json_atomic
 from qd.data.errors import QDError
-from qd.data.files import write_json_atomic
 from qd.data.paths import eval_dir
 from qd.data.progress import ProgressBar
 
 from . import metrics
 from .backends import BackendRun, parse_backends, predict_all, run_backend
 from .confidence import Calibration, OpenSetFigures, measure_calibration, open_set_figures
-from .exports import ModelInfo, load_model_info
 from .heldout import HeldOut, UnknownDrawings, load_heldout, load_unknown
+from .model_info import ModelInfo, load_model_info
 from .plots import plot_confusion, plot_mistakes, plot_reliability
 from .report import build_report
 
@@ -36,7 +36,7 @@ class Evaluation:
     heldout: HeldOut
     runs: list[BackendRun]
     reference: BackendRun               # the first backend that ran: the figures below are its
-    summary: metrics.Summary
+    summary: metrics.OverallScores
     confusion: np.ndarray
     scores: list[metrics.ClassScore]
     confused: list[metrics.ConfusedPair]

@@ -16,12 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-def ranked_classes(probabilities: np.ndarray, k: int) -> np.ndarray:
-    """(N, k) class indices, most probable first; ties go to the lower index."""
-    probabilities = np.asarray(probabilities)
-    k = min(k, probabilities.shape[1])
-    return np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+from qd.infer.model import top_k
 
 
 def top_k_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -29,7 +24,7 @@ def top_k_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int) -> flo
     labels = np.asarray(labels)
     if len(labels) == 0:
         return float("nan")
-    hits = (ranked_classes(probabilities, k) == labels[:, None]).any(axis=1)
+    hits = (top_k(probabilities, k)[0] == labels[:, None]).any(axis=1)
     return float(hits.mean())
 
 
@@ -39,7 +34,7 @@ def map_at_k(probabilities: np.ndarray, labels: np.ndarray, k: int = 3) -> float
     labels = np.asarray(labels)
     if len(labels) == 0:
         return float("nan")
-    hit = ranked_classes(probabilities, k) == labels[:, None]  # at most one True per row
+    hit = top_k(probabilities, k)[0] == labels[:, None]  # at most one True per row
     rank = np.argmax(hit, axis=1) + 1
     return float(np.where(hit.any(axis=1), 1.0 / rank, 0.0).mean())
 
@@ -136,7 +131,9 @@ def most_confused(confusion: np.ndarray, classes: list[str], limit: int = 10) ->
 
 
 @dataclass(frozen=True)
-class Summary:
+class OverallScores:
+    """Top-1, top-3 and MAP@3 over `count` drawings (qd-eval's overall figures)."""
+
     count: int
     top1: float
     top3: float
@@ -146,8 +143,8 @@ class Summary:
         return {"count": self.count, "top1": self.top1, "top3": self.top3, "map3": self.map3}
 
 
-def summarize(probabilities: np.ndarray, labels: np.ndarray) -> Summary:
-    return Summary(
+def summarize(probabilities: np.ndarray, labels: np.ndarray) -> OverallScores:
+    return OverallScores(
         count=int(len(labels)),
         top1=top_k_accuracy(probabilities, labels, 1),
         top3=top_k_accuracy(probabilities, labels, 3),

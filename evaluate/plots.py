@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qd.data.atomic import atomic_target
 from qd.data.console import shown
-from qd.data.files import atomic_target
 from .metrics import normalize_rows
 
 MISTAKES_SHOWN = 48

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 import numpy as np
 from rich import box
 from rich.console import Console, Group
+from rich.filesize import decimal as human_size
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -149,13 +150,7 @@ def _pct(value: float | None, style: bool = True) -> Text:
 
 
 def _size(n: int | None) -> str:
-    if n is None:
-        return "–"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
+    return "–" if n is None else human_size(n)
 
 
 def overall_panel(report: dict) -> Panel:

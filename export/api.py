@@ -20,17 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from qd.data.atomic import commit_dir, commit_file, remove_temp, temp_path_for
 from qd.data.errors import QDError, first_line
 from qd.data.paths import INT8_PREPARED, exports_dir
 from qd.infer.openset import DEFAULT_KEPT
 
 from . import folder
-from .atomic import commit_dir, commit_file, remove_temp, temp_path_for
 from .card import CARD_NAME, LABELS_NAME, previous_files, stale_models, write_card, write_labels
+from .checkpoint_source import DEFAULT_MAX_DRAWINGS, CheckpointSource, load_source
 from .context import DEFAULT_INT8_MAX_PROB_DIFF, DEFAULT_INT8_TOLERANCE, DEFAULT_OPSET, Check, ExportContext
 from .formats import DEFAULT_FORMATS, FORMATS, ExportFormat, parse_formats
 from .onnx_export import check_opset
-from .source import DEFAULT_MAX_DRAWINGS, CheckpointSource, load_source
 
 PREP_NAME = INT8_PREPARED
 LOW_SPACE_BYTES = 64 << 20  # a converter failing with less free space than this was most likely out of disk

@@ -27,14 +27,15 @@ from qd.infer.openset import LOGITS, PROBABILITIES
 
 from .canvas import CanvasClassifier
 from .canvas_render import render_canvases
+from .checkpoint_source import inputs_to_bitmaps
 from .context import Check, ExportContext
 from .onnx_export import DYNAMO_MIN_OPSET, quiet, set_metadata, strip_debug_info
-from .source import inputs_to_bitmaps
-from .validate import check_onnx_file
+from .validate import check_contract, check_onnx_file
 
 MIN_AGREEMENT = 0.99
 CANVAS_DRAWINGS = 200  # test drawings rendered as canvases (rendering and the reference cost ~50 ms each)
 EXAMPLE_CANVAS = (1, 1, 96, 64)  # traced once; height and width stay symbolic
+CANVAS_INPUT_SHAPE = (1, 1, "height", "width")
 
 
 def canvas_module(ctx: ExportContext, dtype: torch.dtype) -> CanvasClassifier:
@@ -69,38 +70,13 @@ def export_onnx_canvas(ctx: ExportContext, path: Path) -> None:
 
 
 def validate_onnx_canvas(ctx: ExportContext, path: Path) -> list[Check]:
-    checks = [check_onnx_file(path), check_canvas_contract(ctx, path)]
+    checks = [check_onnx_file(path), check_contract(path, canvas_model_metadata(ctx), CANVAS_INPUT, CANVAS_INPUT_SHAPE,
+                                                    CANVAS_OUTPUTS)]
     if not all(c.passed for c in checks):
         return checks
     model = CanvasModel(path)
     run = lambda canvas: model.outputs(canvas)  # noqa: E731
     return checks + [check_against_infer(ctx, run), check_blank(run)]
-
-
-def check_canvas_contract(ctx: ExportContext, path: Path) -> Check:
-    model = onnx.load(str(path), load_external_data=False)
-    problems = []
-    inputs = list(model.graph.input)
-    if [i.name for i in inputs] != [CANVAS_INPUT]:
-        problems.append(f"inputs are {[i.name for i in inputs]}, expected ['{CANVAS_INPUT}']")
-    else:
-        tensor = inputs[0].type.tensor_type
-        dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
-        if tensor.elem_type != onnx.TensorProto.FLOAT:
-            problems.append("input is not float32")
-        if len(dims) != 4 or dims[:2] != [1, 1] or not all(isinstance(d, str) for d in dims[2:]):
-            problems.append(f"input shape is {dims}, expected [1, 1, height, width]")
-    outputs = [o.name for o in model.graph.output]
-    if outputs != list(CANVAS_OUTPUTS):
-        problems.append(f"outputs are {outputs}, expected {list(CANVAS_OUTPUTS)}")
-    metadata = {p.key: p.value for p in model.metadata_props}
-    expected = canvas_model_metadata(ctx)
-    if metadata != expected:
-        wrong = sorted(k for k in set(metadata) | set(expected) if metadata.get(k) != expected.get(k))
-        problems.append(f"metadata differs at {', '.join(wrong)}")
-    if problems:
-        return Check("contract", False, "; ".join(problems))
-    return Check("contract", True, f"{CANVAS_INPUT}[1,1,height,width] → {', '.join(CANVAS_OUTPUTS)}; metadata complete")
 
 
 # ----------------------------------------------------------------------------- the checks both formats share
@@ -260,14 +236,12 @@ def coreml_runner(path: Path):
 
 
 def check_coreml_canvas_spec(ctx: ExportContext, path: Path) -> list[Check]:
-    from .coreml import MIN_SPEC_VERSION, import_coremltools
+    from .coreml import MIN_SPEC_VERSION, import_coremltools, load_spec
 
     ct = import_coremltools()
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            spec = ct.utils.load_spec(str(path))
-    except Exception as exc:  # coremltools raises assorted types for an unreadable package
-        return [Check("reload", False, f"package does not reload: {str(exc).splitlines()[0][:160]}")]
+    spec, failed = load_spec(path)
+    if failed:
+        return [failed]
     kind, version = spec.WhichOneof("Type"), spec.specificationVersion
     checks = [Check("ML Program, iOS 16+", kind == "mlProgram" and version >= MIN_SPEC_VERSION,
                     f"type {kind}, spec version {version} (≥ {MIN_SPEC_VERSION})")]

@@ -4,7 +4,7 @@ model.json records what the models are (classes, preprocessing, architecture, sp
 source checkpoint and its metrics), the temperature and open-set rule fitted at export
 (the same as in each model's metadata), every file with its sha256, and the validation
 results: it is the manifest of the set, which readers check files against
-(qd.evaluate.exports). Entries for formats not re-exported in this run are kept from
+(qd.evaluate.model_info). Entries for formats not re-exported in this run are kept from
 the previous card only if they come from the same checkpoint and still match their
 checksum; such files are carried into the new set, other models are not.
 """
@@ -17,12 +17,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from qd.data import __version__ as QD_VERSION
-from qd.data.contract import CARD_FORMAT
+from qd.data.atomic import write_text_atomic
+from qd.data.contract import CARD_FORMAT, LICENSE_NOTE
 from qd.data.errors import QDError
-from qd.data.files import read_regular, sha256_path, write_text_atomic
+from qd.data.files import path_size, read_regular, sha256_path
 from qd.data.limits import MAX_CARD_BYTES
 from .context import Check, ExportContext
-from qd.data.contract import LICENSE_NOTE
 from qd.data.paths import LABELS_FILE as LABELS_NAME, MODEL_CARD as CARD_NAME
 
 
@@ -37,7 +37,7 @@ def previous_files(ctx: ExportContext) -> dict:
     valid: same source checkpoint, file present, checksum unchanged."""
     folder = ctx.previous_dir or ctx.out_dir
     try:
-        card = json.loads(read_regular(folder / CARD_NAME, MAX_CARD_BYTES, what="model.json"))
+        card = json.loads(read_regular(folder / CARD_NAME, MAX_CARD_BYTES, what=CARD_NAME))
     except (OSError, QDError, ValueError, RecursionError):
         return {}
     source = card.get("source") if isinstance(card, dict) else None
@@ -72,11 +72,11 @@ def write_card(ctx: ExportContext, results: dict[str, list[Check]], kept: dict |
         files[name] = {
             "file": path.name,
             "sha256": sha256_path(path),
-            "bytes": _size(path),
+            "bytes": path_size(path),
             "validation": [c.to_dict() for c in results.get(name, [])],
         }
     labels = ctx.out_dir / LABELS_NAME
-    files["labels"] = {"file": LABELS_NAME, "sha256": sha256_path(labels), "bytes": _size(labels)}
+    files["labels"] = {"file": LABELS_NAME, "sha256": sha256_path(labels), "bytes": path_size(labels)}
     card = {
         "format": CARD_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -113,12 +113,6 @@ def _tool_versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return found
-
-
-def _size(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
 
 
 def _plain(value):

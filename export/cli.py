@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from rich.filesize import decimal as human_size
 from rich.text import Text
 
 from qd.data import options as opt
 from qd.data.console import EXIT_ERROR, console, fail, run_app, shown
 from qd.data.contract import DEFAULT_KEPT
+from qd.data.files import path_size
 from qd.data.paths import LABELS_FILE
 
 from .defaults import (ALL, DEFAULT_FORMATS, DEFAULT_INT8_MAX_PROB_DIFF, DEFAULT_INT8_TOLERANCE, DEFAULT_MAX_DRAWINGS,
@@ -96,11 +98,6 @@ def print_next_steps(report: "ExportReport") -> None:
             console.print(Text.assemble("  ", shown(command, "bold")), highlight=False, soft_wrap=True)
 
 
-def _size(path: Path) -> str:
-    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
-    return f"{size:,} B" if size < 10_000 else f"{size / 1024:,.1f} KiB"
-
-
 def _mark(check) -> tuple[str, str]:
     if check.values.get("skipped"):
         return ("–", "yellow")
@@ -123,7 +120,7 @@ def print_report(report: "ExportReport") -> None:
     table.add_column("checks")
     for result in report.results:
         if result.ok:
-            file_cell = Text(f"{result.path.name}\n{_size(result.path)}")
+            file_cell = Text(f"{result.path.name}\n{human_size(path_size(result.path))}")
         else:
             file_cell = Text(f"{result.path.name}\nnot written", style="red")
         lines = [Text.assemble(_mark(check), " ", shown(f"{check.name}: {check.detail}")) for check in result.checks]
@@ -135,7 +132,7 @@ def print_report(report: "ExportReport") -> None:
             label = "labels" if extra.name == LABELS_FILE else "card"
             what = ("class names, one per line" if label == "labels"
                     else "classes, preprocessing, source metrics, sha256 of each file, checks")
-            table.add_row(label, f"{extra.name}\n{_size(extra)}", what)
+            table.add_row(label, f"{extra.name}\n{human_size(path_size(extra))}", what)
     console.print(table)
 
 

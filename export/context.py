@@ -12,7 +12,8 @@ from qd.infer.openset import DEFAULT_KEPT
 
 from .defaults import DEFAULT_INT8_MAX_PROB_DIFF, DEFAULT_INT8_TOLERANCE, DEFAULT_OPSET  # noqa: F401
 from .confidence import Confidence, fit_confidence, unfitted
-from .source import DEFAULT_MAX_DRAWINGS, CheckpointSource, ValidationData, load_validation_data, torch_outputs
+from .checkpoint_source import (DEFAULT_MAX_DRAWINGS, CheckpointSource, ValidationData, load_validation_data,
+                                torch_outputs)
 
 
 

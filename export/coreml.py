@@ -33,9 +33,9 @@ from qd.data import __version__ as QD_VERSION
 from qd.data.contract import INPUT, LICENSE_NOTE, LOGITS, META_SOURCE_CHECKPOINT
 from qd.data.errors import QDError, first_line
 
+from .checkpoint_source import inputs_to_bitmaps
 from .context import Check, ExportContext
 from .onnx_export import WithProbabilities, quiet
-from .source import inputs_to_bitmaps
 
 PROB_TOLERANCE = 1e-4
 LABEL_OUTPUT = "classLabel"
@@ -56,6 +56,16 @@ def import_coremltools():
     finally:
         logger.setLevel(level)
     return ct
+
+
+def load_spec(path: Path):
+    """(the package's spec, None), or (None, a failed "reload" check) when coremltools cannot read it."""
+    ct = import_coremltools()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            return ct.utils.load_spec(str(path)), None
+    except Exception as exc:  # coremltools raises assorted types for an unreadable package
+        return None, Check("reload", False, f"package does not reload: {first_line(exc)}")
 
 
 def image_scaling(preprocessing: dict) -> tuple[float, float]:
@@ -145,11 +155,9 @@ def check_spec(ctx: ExportContext, path: Path) -> list[Check]:
     ct = import_coremltools()
     source = ctx.source
     side = int(source.preprocessing["input_size"])
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            spec = ct.utils.load_spec(str(path))
-    except Exception as exc:  # coremltools raises assorted types for an unreadable package
-        return [Check("reload", False, f"package does not reload: {first_line(exc)}")]
+    spec, failed = load_spec(path)
+    if failed:
+        return [failed]
     checks = [Check("reload", True, f"spec reloads: {spec.WhichOneof('Type')}, spec version {spec.specificationVersion}")]
     ok_type = spec.WhichOneof("Type") == "mlProgram" and spec.specificationVersion >= MIN_SPEC_VERSION
     checks.append(Check("ML Program, iOS 16+", ok_type,

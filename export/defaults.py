@@ -1,6 +1,6 @@
 """qd-export's defaults and format names, torch-free so `qd-export --help` prints without loading torch.
 
-The modules that use them (context.py, formats.py, source.py) import them from here;
+The modules that use them (context.py, formats.py, checkpoint_source.py) import them from here;
 formats.py checks that its table names exactly FORMAT_NAMES."""
 
 DEFAULT_OPSET = 18

@@ -4,14 +4,14 @@
 A run writes into a hidden staging folder beside the export folder
 (`.<name>.<random>.tmp`), carries over what stays (files of formats not re-exported,
 if provably from the same checkpoint, and any file that is not ours), and then swaps
-the staging folder with the export folder in one atomic step (atomic.commit_dir:
+the staging folder with the export folder in one atomic step (qd.data.atomic.commit_dir:
 renameat2(RENAME_EXCHANGE) on Linux). A run killed at any moment leaves the previous
 folder untouched plus a staging leftover, which the next run removes.
 
 Where the staging folder cannot sit beside the export folder (the parent is not
 writable, or the export folder is a mount point), it sits inside it and files are
 moved in one by one, model.json last: readers then tell a mixed set from its
-checksums (qd.evaluate.exports), and the report says so.
+checksums (qd.evaluate.model_info), and the report says so.
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from qd.data.files import TEMP_SUFFIX, fsync_dir
-
-from .atomic import clean_stale_temps, commit_dir, commit_file, remove_temp
+from qd.data.atomic import TEMP_SUFFIX, clean_stale_temps, commit_dir, commit_file, fsync_dir, remove_temp
 
 STAGING_PREFIX = ".staging"  # in-place staging folder, inside the export folder
 

@@ -34,10 +34,6 @@ class ExportFormat:
     builds_on: str | None = None  # another format whose file this one is made from
     is_dir: bool = False
 
-    @property
-    def suffix(self) -> str:
-        return self.filename[self.filename.index("."):]
-
     def missing_packages(self) -> list[str]:
         return [pkg for pkg in self.needs if importlib.util.find_spec(pkg) is None]
 

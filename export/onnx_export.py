@@ -80,7 +80,7 @@ def to_onnx_proto(net: torch.nn.Module, opset: int, side: int = 28, temperature:
             program = torch.onnx.export(
                 wrapped, example, None, dynamo=True, opset_version=opset, external_data=False,
                 input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                dynamic_shapes={"image": {0: torch.export.Dim("batch")}}, verbose=False,
+                dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}}, verbose=False,
             )
             model = program.model_proto
         else:

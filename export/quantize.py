@@ -28,11 +28,11 @@ import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from qd.data.atomic import remove_temp, temp_path_for
 from qd.data.errors import QDError
 from qd.data.machine import cpu
 from qd.data.paths import INT8_PREPARED
 
-from .atomic import remove_temp, temp_path_for
 from .context import Check, ExportContext
 from .onnx_export import quiet, set_metadata
 from .validate import (INPUT_NAME, allowed_changes, check_contract, check_onnx_file, interleaved_throughput,

@@ -17,11 +17,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from qd.data.bitmaps import SIDE
 from qd.data.contract import INPUT as INPUT_NAME, OUTPUTS as OUTPUT_NAMES
 from qd.data.errors import first_line
 
 from .context import Check, ExportContext
 
+INPUT_SHAPE = ("batch", 1, SIDE, SIDE)  # symbolic batch axis
 PROB_TOLERANCE = 1e-4
 FIDELITY_BATCHES = (1, 64)
 
@@ -55,29 +57,41 @@ def check_onnx_file(path: Path) -> Check:
     return Check("onnx.checker", True, "full check with shape inference passed")
 
 
-def check_contract(path: Path, expected_metadata: dict[str, str]) -> Check:
+def check_contract(path: Path, expected_metadata: dict[str, str], input_name: str = INPUT_NAME,
+                   input_shape: tuple[str | int, ...] = INPUT_SHAPE, output_names: tuple[str, ...] = OUTPUT_NAMES,
+                   ) -> Check:
+    """The I/O contract of an exported ONNX file: one float32 input named `input_name` shaped like
+    `input_shape` (a string is a symbolic axis, a number a fixed one), exactly `output_names`, and
+    exactly `expected_metadata`. The canvas formats check theirs with their own names and shape."""
     model = onnx.load(str(path), load_external_data=False)
     problems = []
     inputs = [i for i in model.graph.input]
-    if [i.name for i in inputs] != [INPUT_NAME]:
-        problems.append(f"inputs are {[i.name for i in inputs]}, expected ['{INPUT_NAME}']")
+    shape_text = f"[{', '.join(map(str, input_shape))}]"
+    if [i.name for i in inputs] != [input_name]:
+        problems.append(f"inputs are {[i.name for i in inputs]}, expected ['{input_name}']")
     else:
         tensor = inputs[0].type.tensor_type
         dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
         if tensor.elem_type != onnx.TensorProto.FLOAT:
             problems.append("input is not float32")
-        if len(dims) != 4 or not isinstance(dims[0], str) or dims[1:] != [1, 28, 28]:
-            problems.append(f"input shape is {dims}, expected [batch, 1, 28, 28]")
+        if not _shape_matches(dims, input_shape):
+            problems.append(f"input shape is {dims}, expected {shape_text}")
     outputs = [o.name for o in model.graph.output]
-    if outputs != list(OUTPUT_NAMES):
-        problems.append(f"outputs are {outputs}, expected {list(OUTPUT_NAMES)}")
+    if outputs != list(output_names):
+        problems.append(f"outputs are {outputs}, expected {list(output_names)}")
     metadata = {p.key: p.value for p in model.metadata_props}
     if metadata != expected_metadata:
         wrong = sorted(k for k in set(metadata) | set(expected_metadata) if metadata.get(k) != expected_metadata.get(k))
         problems.append(f"metadata differs at {', '.join(wrong)}")
     if problems:
         return Check("contract", False, "; ".join(problems))
-    return Check("contract", True, "image[batch,1,28,28] → probabilities, logits; metadata complete")
+    return Check("contract", True, f"{input_name}{shape_text.replace(' ', '')} → {', '.join(output_names)}; "
+                                   "metadata complete")
+
+
+def _shape_matches(dims: list[str | int], expected: tuple[str | int, ...]) -> bool:
+    return len(dims) == len(expected) and all(
+        isinstance(d, str) if isinstance(want, str) else d == want for d, want in zip(dims, expected))
 
 
 def check_fidelity(ctx: ExportContext, path: Path, tolerance: float = PROB_TOLERANCE) -> list[Check]:

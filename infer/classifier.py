@@ -19,13 +19,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from qd.data.bitmaps import PIXELS, SIDE
 from qd.data.errors import QDError
 
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP
 from .inputs import Drawings, check_float_range, floats_to_uint8, read_inputs
 from .model import OnnxClassifier, resolve_model_path, top_k
 
@@ -78,7 +79,8 @@ class Classifier:
     def path(self) -> Path:
         return self.model.path
 
-    def predict(self, x: Any, top: int = 3, batch_size: int = 512, workers: int = 1) -> list[Prediction]:
+    def predict(self, x: Any, top: int = DEFAULT_TOP, batch_size: int = DEFAULT_BATCH_SIZE,
+                workers: int = 1) -> list[Prediction]:
         """One Prediction per drawing in `x`, in order.
 
         `x`: a path (image, .npy, .ndjson, or a folder of them), a list of paths, a PIL image or a

@@ -16,6 +16,8 @@ from qd.data.console import run_app
 from qd.data.errors import QDError
 from qd.data.limits import MAX_THREADS
 
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP
+
 app = opt.make_app()
 
 
@@ -31,8 +33,8 @@ def infer(
         help="Images (PNG, JPEG, BMP, GIF, WebP), .npy drawing arrays, .ndjson Quick, Draw! drawings, or "
              "folders of them (hidden files skipped).")],
     model: Annotated[Optional[str], opt.model_option()] = None,
-    top: Annotated[int, opt.top_option()] = 3,
-    batch_size: Annotated[int, opt.batch_size_option("Drawings per onnxruntime run.")] = 512,
+    top: Annotated[int, opt.top_option()] = DEFAULT_TOP,
+    batch_size: Annotated[int, opt.batch_size_option("Drawings per onnxruntime run.")] = DEFAULT_BATCH_SIZE,
     json_lines: Annotated[bool, typer.Option(
         "--json", help="JSON lines on stdout, one record per drawing or failed input (docs/output.md).")] = False,
     csv_out: Annotated[bool, typer.Option(

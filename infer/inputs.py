@@ -16,15 +16,14 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from qd.data.bitmaps import PIXELS, SIDE, parse_npy_header
+from qd.data.categories import SUFFIX as NPY_SUFFIX
 from qd.data.console import describe_unexpected
 from qd.data.decode import ImageDecoder
 from qd.data.errors import QDError, reason_of
-from qd.data.files import count_lines, open_regular
+from qd.data.files import UnlistableFolder, count_lines, open_regular, walk_files
 from qd.data.images import IMAGE_SUFFIXES, is_image_path
-from qd.data.strokes import iter_ndjson
+from qd.data.strokes import NDJSON_SUFFIX, iter_ndjson
 
-NPY_SUFFIX = ".npy"
-NDJSON_SUFFIX = ".ndjson"
 SUPPORTED_SUFFIXES = IMAGE_SUFFIXES + (NPY_SUFFIX, NDJSON_SUFFIX)
 NPY_CHUNK_ROWS = 4096
 FLOAT_CHECK_ROWS = 65536
@@ -77,36 +76,13 @@ def discover(paths: Iterable[str | os.PathLike], recursive: bool = True) -> Iter
 def _walk(root: Path, recursive: bool) -> Iterator[Path | Failure]:
     """Supported files under `root`, sorted; symlinked folders followed once (loops cut);
     hidden (dot) files and folders skipped."""
-    seen: set[str] = set()
     found = 0
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        real = os.path.realpath(folder)
-        if real in seen:
-            continue  # a symlink loop, or a folder reached twice
-        seen.add(real)
-        try:
-            with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
-            yield Failure(f"{folder}: {reason_of(exc)}", str(folder))
-            continue
-        subfolders = []
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue  # hidden files and folders (.git, macOS ._x.png resource forks)
-            try:
-                if entry.is_dir():
-                    if recursive:
-                        subfolders.append(Path(entry.path))
-                    continue
-            except OSError:
-                pass
-            if entry.name.lower().endswith(SUPPORTED_SUFFIXES):
-                found += 1
-                yield Path(entry.path)
-        stack.extend(reversed(subfolders))  # depth first, in name order
+    for item in walk_files(root, recursive):
+        if isinstance(item, UnlistableFolder):
+            yield Failure(f"{item.path}: {item.reason}", str(item.path))
+        elif item.name.lower().endswith(SUPPORTED_SUFFIXES):
+            found += 1
+            yield item
     if found == 0:
         where = "" if recursive else " (not searched recursively)"
         yield Failure(f"{root}: no images, .npy or .ndjson files found{where}", str(root))

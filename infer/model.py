@@ -16,13 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from qd.data.categories import check_labels
 from qd.data.errors import QDError, first_line
 from qd.data.contract import INPUT, META_FORMAT, META_LABELS, META_PREPROCESSING, META_PRECISION, MODEL_FORMAT
 from qd.data.paths import MODEL_ONNX, exports_dir
 from qd.data.files import read_regular
-from qd.data.limits import MAX_LABEL_CHARS, MAX_LABELS, MAX_MODEL_BYTES, MAX_THREADS
+from qd.data.limits import MAX_MODEL_BYTES, MAX_THREADS
 from qd.data.preprocess import REQUIRED_KEYS as PREPROCESSING_KEYS, bitmaps_to_input, check_preprocessing
 
+from .defaults import DEFAULT_BATCH_SIZE
 from .openset import PROBABILITIES, OpenSetRule, parse_open_set, parse_temperature
 
 MODEL_FILE = MODEL_ONNX  # qd-infer's model in an export folder
@@ -141,7 +143,7 @@ class OnnxClassifier:
         """Which drawings the open-set rule marks unknown (None when no rule applies)."""
         return None if self.open_set is None else self.open_set.unknown(outputs)
 
-    def predict(self, bitmaps: np.ndarray, batch_size: int = 512) -> Predictions:
+    def predict(self, bitmaps: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> Predictions:
         """uint8 ink-high (N, 784) or (N, 28, 28) bitmaps -> calibrated probabilities and the unknown answer."""
         bitmaps = np.asarray(bitmaps)
         probs = np.empty((len(bitmaps), len(self.labels)), dtype=np.float32)
@@ -154,7 +156,7 @@ class OnnxClassifier:
                 unknown[start:start + len(batch)] = self.unknown(outputs)
         return Predictions(probs, unknown)
 
-    def predict_bitmaps(self, bitmaps: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    def predict_bitmaps(self, bitmaps: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """uint8 ink-high (N, 784) or (N, 28, 28) bitmaps -> probabilities (N, C), in batches."""
         bitmaps = np.asarray(bitmaps)
         n = len(bitmaps)
@@ -164,28 +166,11 @@ class OnnxClassifier:
             out[start:start + len(batch)] = self.probabilities(bitmaps_to_input(batch, self.preprocessing))
         return out
 
-    def classify_bitmaps(self, bitmaps: np.ndarray, top: int = 3,
-                         batch_size: int = 512) -> list[list[tuple[str, float]]]:
-        """Top-k (label, probability) per drawing, most likely first."""
-        probs = self.predict_bitmaps(bitmaps, batch_size)
-        index, values = top_k(probs, top)
-        return [[(self.labels[i], float(p)) for i, p in zip(row_i, row_p)] for row_i, row_p in zip(index, values)]
-
-    def classify_paths(self, paths, top: int = 3, recursive: bool = True, workers: int = 1):
-        """[(name, [(label, p), ...]) or (message, None) per input], the whole qd-infer read path."""
-        from .inputs import Drawings, read_inputs
-
-        results = []
-        for event in read_inputs(paths, recursive=recursive, workers=workers):
-            if isinstance(event, Drawings):
-                results += list(zip(event.names, self.classify_bitmaps(event.bitmaps, top)))
-            else:
-                results.append((event.message, None))
-        return results
-
 
 def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and values of the k largest probabilities per row, largest first (ties: lower index)."""
+    """Indices and values of the k largest probabilities per row, largest first (ties: lower index).
+    The one ranking every tool uses: qd-infer's top-k, qd-eval's top-k accuracy and MAP@k."""
+    probs = np.asarray(probs)
     k = max(1, min(k, probs.shape[1]))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return order, np.take_along_axis(probs, order, axis=1)
@@ -223,13 +208,10 @@ def _parse_labels(path: Path, meta: dict[str, str]) -> list[str]:
         labels = json.loads(meta[META_LABELS])
     except (ValueError, RecursionError):
         raise QDError(f"{path}: model metadata qd.labels is not valid JSON") from None
-    if (not isinstance(labels, list) or not labels or len(labels) > MAX_LABELS
-            or not all(isinstance(l, str) and 0 < len(l) <= MAX_LABEL_CHARS for l in labels)):
-        raise QDError(f"{path}: model metadata qd.labels must be a non-empty JSON list of names "
-                      f"(at most {MAX_LABELS:,}, each 1 to {MAX_LABEL_CHARS} characters)")
-    if len(set(labels)) != len(labels):
-        raise QDError(f"{path}: model metadata qd.labels has duplicate names")
-    return labels
+    try:
+        return check_labels(labels)
+    except ValueError as exc:
+        raise QDError(f"{path}: model metadata qd.labels {exc}") from None
 
 
 def _parse_preprocessing(path: Path, meta: dict[str, str]) -> dict:

@@ -16,6 +16,7 @@ from qd.data.limits import MAX_BATCH_SIZE, MAX_WORKERS
 from qd.data.preprocess import bitmaps_to_input
 from qd.data.progress import ProgressBar
 
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP
 from .inputs import Drawings, Failure, Plan, read_inputs
 from .model import OnnxClassifier, resolve_model_path, top_k
 from .openset import PROBABILITIES
@@ -107,8 +108,8 @@ class BatchRunner:
         self.failed += 1
 
 
-def run_inference(inputs, model=None, top: int = 3, batch_size: int = 512, fmt: str = "table",
-                  recursive: bool = True, workers: int = 1, threads: int | None = None,
+def run_inference(inputs, model=None, top: int = DEFAULT_TOP, batch_size: int = DEFAULT_BATCH_SIZE,
+                  fmt: str = "table", recursive: bool = True, workers: int = 1, threads: int | None = None,
                   writer: Writer | None = None, unknown_threshold: float | None = None,
                   flag_unknown: bool = True) -> Summary:
     """`unknown_threshold` replaces the model's open-set threshold; `flag_unknown=False` turns the rule off."""

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from qd.data.atomic import atomic_target
 from qd.data.bitmaps import open_bitmaps
-from qd.data.files import atomic_target
 from qd.data.strokes import draw_strokes_image, parse_ndjson_line
 
 DEFAULT_SHARED = Path(os.environ.get("QD_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "quickdraw"

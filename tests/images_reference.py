@@ -1,6 +1,6 @@
 """A direct transcription of qd.data.images' steps 2-12, as the module docstring states them.
 
-The test oracle for the fast implementation (tests/test_images_exact.py): every pixel's
+The test oracle for the fast implementation (tests/test_data_images_exact.py): every pixel's
 strength S as float32, per-cell histograms, float max-pooling and max-filtering, exactly
 as specified. Slow on purpose: it is the spec, not the product. Steps 0-1 (decoding, grey
 levels) and the small shared helpers come from the module itself.

@@ -9,7 +9,7 @@ from eval_synthetic import make_export
 from qd.data.dataset import BitmapDataset
 from qd.data.errors import QDError
 from qd.data.split import SplitSpec
-from qd.evaluate.exports import load_model_info
+from qd.evaluate.model_info import load_model_info
 from qd.evaluate.heldout import canonical, load_heldout
 
 CATEGORIES = ["apple", "circle", "square", "star"]

@@ -1,4 +1,5 @@
-"""qd.evaluate.metrics against small cases worked out by hand."""
+"""qd.evaluate.metrics against small cases worked out by hand: top-k accuracy, MAP@k, ties, the
+confusion matrix, per-class scores, AUROC of the open-set score, reliability curves and ECE."""
 
 import math
 
@@ -9,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qd.evaluate import metrics
+from qd.evaluate.metrics import auroc, reliability
+from qd.infer.model import top_k
 
 # 4 rows, 3 classes. Ranking per row (most probable first):
 # row0 true 0: [0, 1, 2] -> rank 1
@@ -39,7 +42,7 @@ def test_map_at_3_by_hand():
 
 def test_ties_rank_lower_index_first():
     probs = np.array([[0.5, 0.5, 0.0]])
-    assert metrics.ranked_classes(probs, 2).tolist() == [[0, 1]]
+    assert top_k(probs, 2)[0].tolist() == [[0, 1]]
     assert metrics.map_at_k(probs, np.array([1]), 3) == pytest.approx(0.5)
 
 
@@ -129,7 +132,7 @@ def test_metric_invariants(case):
     map3 = metrics.map_at_k(probs, labels, 3)
     assert top1 <= map3 + 1e-12 and map3 <= top3 + 1e-12
     assert metrics.top_k_accuracy(probs, labels, c) == 1.0
-    cm = metrics.confusion_matrix(labels, metrics.ranked_classes(probs, 1)[:, 0], c)
+    cm = metrics.confusion_matrix(labels, top_k(probs, 1)[0][:, 0], c)
     assert cm.sum() == len(labels) and np.trace(cm) / len(labels) == pytest.approx(top1)
     scores = metrics.per_class_scores(cm, [str(i) for i in range(c)])
     # support-weighted recall is accuracy
@@ -139,3 +142,31 @@ def test_metric_invariants(case):
             assert value is None or 0.0 <= value <= 1.0
     pairs = metrics.most_confused(cm, [str(i) for i in range(c)], limit=100)
     assert sum(p.count for p in pairs) == len(labels) - np.trace(cm)
+
+
+# ----------------------------------------------------------------------------- open set and calibration
+
+
+def test_auroc_by_hand_and_against_all_pairs():
+    assert auroc([3, 4, 5], [1, 2]) == 1.0
+    assert auroc([1, 2], [3, 4]) == 0.0
+    assert auroc([1, 1], [1, 1]) == 0.5
+    assert auroc([2, 1], [1, 0]) == 0.875  # pairs: 2>1, 2>0, 1=1 (half), 1>0
+    assert math.isnan(auroc([], [1.0]))
+    rng = np.random.default_rng(0)
+    known, unknown = rng.integers(0, 20, 300).astype(float), rng.integers(0, 15, 200).astype(float)
+    pairs = (known[:, None] > unknown[None]).mean() + 0.5 * (known[:, None] == unknown[None]).mean()
+    assert auroc(known, unknown) == pytest.approx(pairs)
+
+
+
+def test_reliability_and_ece_by_hand():
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.95, 0.05]])
+    labels = np.array([0, 1, 1, 0])
+    r = reliability(probs, labels, bins=10)
+    assert r.counts.sum() == 4 and r.counts[5] == 1 and r.counts[7] == 1 and r.counts[8] == 1 and r.counts[9] == 1
+    # bins: 0.6 wrong, 0.8 right, 0.9 right, 0.95 right
+    assert r.ece == pytest.approx((0.6 + 0.2 + 0.1 + 0.05) / 4)
+    assert r.accuracy[5] == 0.0 and r.confidence[9] == pytest.approx(0.95)
+    perfect = reliability(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1]))
+    assert perfect.ece == 0.0

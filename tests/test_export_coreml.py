@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from qd.export.atomic import commit_dir, temp_path_for
+from qd.data.atomic import commit_dir, temp_path_for
 from qd.export.coreml import import_coremltools
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -106,7 +106,7 @@ def test_macos_prediction_check_plumbing_with_a_stand_in_model(trained_checkpoin
 
     from qd.export import coreml
     from qd.export.context import ExportContext
-    from qd.export.source import load_source
+    from qd.export.checkpoint_source import load_source
 
     source = load_source(trained_checkpoint)
     session = ort.InferenceSession(str(exported_model / "model.onnx"), providers=["CPUExecutionProvider"])

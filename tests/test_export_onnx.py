@@ -13,6 +13,8 @@ import torch
 from qd.data.dataset import BitmapDataset
 from qd.data.preprocess import bitmaps_to_input
 from qd.data.split import SplitSpec
+from qd.export.canvas_export import CANVAS_INPUT_SHAPE
+from qd.export.validate import check_contract
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
 
 
@@ -50,6 +52,23 @@ def test_onnx_io_contract_and_dynamic_batch(exported_model):
         probs, logits = session.run(None, {"image": np.zeros((batch, 1, 28, 28), np.float32)})
         assert probs.shape == logits.shape and probs.shape[0] == batch
         np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+def test_contract_check_names_each_difference(exported_model):
+    """The one I/O contract check (both the image and the canvas formats use it) passes the real model and
+    names the input, its shape, the outputs and the metadata keys that differ."""
+    path = exported_model / "model.onnx"
+    meta = _metadata(path)
+    ok = check_contract(path, meta)
+    assert ok.passed and ok.detail == "image[batch,1,28,28] → probabilities, logits; metadata complete"
+    as_canvas = check_contract(path, {**meta, "qd.canvas": "{}"}, "canvas", CANVAS_INPUT_SHAPE,
+                               ("probabilities", "logits", "bitmap"))
+    assert not as_canvas.passed and as_canvas.detail == (
+        "inputs are ['image'], expected ['canvas']; outputs are ['probabilities', 'logits'], expected "
+        "['probabilities', 'logits', 'bitmap']; metadata differs at qd.canvas")
+    wrong_size = check_contract(path, meta, input_shape=("batch", 1, 32, 32))
+    assert wrong_size.detail == "input shape is ['batch', 1, 28, 28], expected [batch, 1, 32, 32]"
+    assert not check_contract(path, meta, input_shape=(1, 1, 28, 28)).passed  # the batch axis must be symbolic
 
 
 def test_graph_carries_no_exporter_debug_records(exported_model):

@@ -17,6 +17,7 @@ from model_files import model_with_metadata
 from qd.data.bitmaps import open_bitmaps
 from qd.data.errors import QDError
 from qd.data.images import image_to_bitmap
+from qd import Classifier
 from qd.infer.model import OnnxClassifier, newest_export, resolve_model_path
 
 
@@ -65,18 +66,18 @@ def test_real_image_preprocessing_keeps_the_models_answer(classifier, held_out):
     assert (classifier.predict_bitmaps(shifted).argmax(1) == reference).mean() >= 0.9
 
 
-def test_classify_paths_mixed(classifier, tmp_path, held_out, shared_strokes):
+def test_mixed_paths_are_classified(exported_model, tmp_path, held_out, shared_strokes):
     rows, _ = held_out
     bitmap_as_paper(rows[0], 256).save(tmp_path / "a.png")
     np.save(tmp_path / "b.npy", rows[:5])
     shutil.copy(shared_strokes / "star.ndjson", tmp_path / "c.ndjson")
-    results = classifier.classify_paths([tmp_path, tmp_path / "missing.png"], top=2)
-    ok = [(name, top) for name, top in results if top is not None]
+    results = Classifier(exported_model).predict([tmp_path, tmp_path / "missing.png"], top=2)
+    ok = [r for r in results if r.ok]
     assert len(ok) == 1 + 5 + 25
-    assert all(len(top) == 2 and top[0][1] >= top[1][1] for _, top in ok)
-    stars = [top[0][0] for name, top in ok if "c.ndjson" in name]
+    assert all(len(r.top) == 2 and r.top[0].probability >= r.top[1].probability for r in ok)
+    stars = [r.label for r in ok if "c.ndjson" in r.input]
     assert stars.count("star") >= 20  # the strokes are rendered like the training bitmaps
-    assert results[-1][1] is None and "missing.png: no such file" in results[-1][0]
+    assert results[-1].label is None and "missing.png: no such file" in results[-1].error
 
 
 def test_newest_export_is_the_default(tmp_path, exported_model, monkeypatch):
@@ -98,7 +99,7 @@ def test_newest_export_is_the_default(tmp_path, exported_model, monkeypatch):
     (lambda p: p.update({"qd.labels": "[not json"}), "qd.labels is not valid JSON"),
     (lambda p: p.update({"qd.labels": json.dumps(["a", "b", "c"])}), "names 3 labels but the model outputs 4"),
     (lambda p: p.update({"qd.labels": json.dumps(["a", "a", "b", "c"])}), "duplicate"),
-    (lambda p: p.update({"qd.labels": json.dumps({"a": 1})}), "non-empty JSON list"),
+    (lambda p: p.update({"qd.labels": json.dumps({"a": 1})}), "must be a non-empty list of names"),
     (lambda p: p.update({"qd.preprocessing": "{}"}), "qd.preprocessing must be a JSON object"),
     (lambda p: p.pop("qd.preprocessing"), "has no qd.preprocessing"),
 ])

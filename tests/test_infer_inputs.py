@@ -85,7 +85,7 @@ def test_npy_passes_through_unchanged_in_every_shape_and_dtype(tmp_path, rows):
 
 def test_npy_is_read_in_chunks_and_never_mapped(tmp_path, rows):
     """Chunks by pread, never a memory map: resident memory stays at one chunk, and a file cut
-    while it is read is an error line, not SIGBUS (tests/test_hostile_inputs.py)."""
+    while it is read is an error line, not SIGBUS (tests/test_infer_hostile_files.py)."""
     path = tmp_path / "big.npy"
     np.save(path, np.tile(rows, (4, 1)))
     with DrawingArray.open(path) as array:

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import torch
 
+from qd.data.atomic import atomic_target
+from qd.data.categories import check_labels
 from qd.data.contract import CHECKPOINT_FORMAT
 from qd.data.errors import QDError, first_line
-from qd.data.files import atomic_target, open_regular
-from qd.data.limits import MAX_CHECKPOINT_BYTES, MAX_CHECKPOINT_ENTRIES, MAX_LABEL_CHARS, MAX_LABELS
+from qd.data.files import open_regular
+from qd.data.limits import MAX_CHECKPOINT_BYTES, MAX_CHECKPOINT_ENTRIES
 from qd.data.preprocess import check_preprocessing
 from qd.data.split import SplitSpec
 
@@ -102,12 +104,10 @@ def check_fields(path: Path, payload: dict) -> None:
     def bad(field: str, why: str) -> QDError:
         return QDError(f"{path}: damaged checkpoint: {field} {why}")
 
-    classes = payload["classes"]
-    if (not isinstance(classes, list) or not 0 < len(classes) <= MAX_LABELS
-            or not all(isinstance(c, str) and 0 < len(c) <= MAX_LABEL_CHARS for c in classes)):
-        raise bad("classes", f"is not a list of 1 to {MAX_LABELS:,} names of 1 to {MAX_LABEL_CHARS} characters")
-    if len(set(classes)) != len(classes):
-        raise bad("classes", "has duplicates")
+    try:
+        check_labels(payload["classes"])
+    except ValueError as exc:
+        raise bad("classes", str(exc)) from None
     arch = payload["arch"]
     if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or not isinstance(arch.get("kwargs", {}), dict):
         raise bad("arch", "is not {name, kwargs}")

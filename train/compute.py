@@ -20,7 +20,7 @@ import torch
 
 from qd.data.errors import QDError
 
-PRECISIONS = ("auto", "fp32", "bf16")
+from .defaults import PRECISIONS
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -1,20 +1,21 @@
 """One plain config for a training run (nanoGPT-style: a dataclass, no magic).
 
 The CLI, the Python API and `--resume` all go through `TrainConfig`; a checkpoint
-stores it as `hparams` (plain data), and a resumed run is rebuilt from there.
+stores it as `hparams` (plain data), and a resumed run is rebuilt from there. Its
+defaults are the only ones: qd-train's options read them (`default`). Torch-free, so
+`qd-train --help` prints without loading torch.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from qd.data.errors import QDError
 from qd.data.limits import MAX_WORKERS
 
-from .compute import PRECISIONS
-from .models import ARCHITECTURES, DEFAULT_ARCH
+from .defaults import ARCH_NAMES, DEFAULT_ARCH, PRECISIONS
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -98,8 +99,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.freeze_backbone and self.init_from is None:
             raise QDError("--freeze-backbone needs --init-from CHECKPOINT (a backbone to keep)")
-        if self.arch is not None and self.arch not in ARCHITECTURES:
-            raise QDError(f"unknown architecture {self.arch!r} (choose from {', '.join(ARCHITECTURES)})")
+        if self.arch is not None and self.arch not in ARCH_NAMES:
+            raise QDError(f"unknown architecture {self.arch!r} (choose from {', '.join(ARCH_NAMES)})")
         if self.device not in DEVICES:
             raise QDError(f"unknown device {self.device!r} (choose from {', '.join(DEVICES)})")
         if self.precision not in PRECISIONS:
@@ -139,5 +140,7 @@ class TrainConfig:
         values.update(overrides)
         return cls(**values)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+
+def default(name: str):
+    """TrainConfig's default for field `name` (what qd-train uses when the option is not given)."""
+    return TrainConfig.__dataclass_fields__[name].default

@@ -1,9 +1,11 @@
 """qd-train's names that its --help shows, torch-free so the help prints without loading torch.
 
-train/models.py builds its ARCHITECTURES table from these names (and checks they agree)."""
+train/models.py builds its ARCHITECTURES table from these names (and checks they agree). The other
+defaults of a run are TrainConfig's (train/config.py, torch-free too), which qd-train's options read."""
 
 ARCH_NAMES = ("seed", "compact")
 DEFAULT_ARCH = "compact"
+PRECISIONS = ("auto", "fp32", "bf16")  # qd.train.compute runs them
 
 # Small-data defaults: a run adapts its batch size and epochs to the data (docs/training.md).
 DEFAULT_EPOCHS = 10            # the fewest epochs a run gets by default

@@ -10,12 +10,14 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.filesize import decimal as human_size
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
 from qd.data.console import console as default_console
 from qd.data.console import shown
+from qd.data.paths import BEST_CHECKPOINT
 
 
 def near_chance(top1: float, classes: int) -> bool:
@@ -109,8 +111,8 @@ class Reporter:
         table.add_row("test top-1 / top-3", f"{100 * test['top1']:.2f}% / {100 * test['top3']:.2f}%")
         table.add_row("val / test loss", f"{best['val_loss']:.4f} / {test['loss']:.4f}")
         table.add_row("time", fmt_duration(seconds))
-        table.add_row("parameters", f"{params:,} ({size_bytes / 1024:.0f} KiB fp32)")
-        table.add_row("best checkpoint", shown(run_dir / "best.pt"))
+        table.add_row("parameters", f"{params:,} ({human_size(size_bytes)} fp32)")
+        table.add_row("best checkpoint", shown(run_dir / BEST_CHECKPOINT))
         if near_chance(best["val_top1"], classes):
             table.add_row(Text("warning", style="bold red"),
                           Text(f"val top-1 is near chance ({100 / classes:.1f}% for {classes} classes): the network "

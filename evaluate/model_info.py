@@ -20,10 +20,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qd.data.errors import QDError
+from qd.data.contract import META_DATA, META_SOURCE_SHA256, META_SPLIT
+from qd.data.errors import QDError, first_line
 from qd.data.files import read_regular, sha256_path
 from qd.data.limits import MAX_CARD_BYTES
-from qd.data.contract import META_DATA, META_SPLIT
 from qd.data.paths import MODEL_CARD
 from qd.infer.model import MODEL_FILE, OnnxClassifier, resolve_model_path
 
@@ -93,7 +93,7 @@ def load_model_info(path: str | os.PathLike | None) -> ModelInfo:
         preprocessing=classifier.preprocessing,
         split=_json_field(model, metadata, META_SPLIT),
         data=_json_field(model, metadata, META_DATA),
-        source_sha256=metadata.get("qd.source_sha256"),
+        source_sha256=metadata.get(META_SOURCE_SHA256),
         classifier=classifier,
         card=read_card(model.parent / MODEL_JSON),
     )
@@ -108,11 +108,11 @@ def read_card(path: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        card = json.loads(read_regular(path, MAX_CARD_BYTES, what="model.json"))
+        card = json.loads(read_regular(path, MAX_CARD_BYTES, what=MODEL_CARD))
     except OSError as exc:
         raise QDError(f"{path}: unreadable ({exc.strerror or exc})") from None
     except (ValueError, RecursionError) as exc:
-        raise QDError(f"{path}: unreadable ({str(exc).splitlines()[0][:120] if str(exc) else 'not JSON'})") from None
+        raise QDError(f"{path}: unreadable ({first_line(exc, 120) if str(exc).strip() else 'not JSON'})") from None
     if not isinstance(card, dict):
         raise QDError(f"{path}: unreadable (not a JSON object)")
     return card

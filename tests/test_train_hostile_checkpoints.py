@@ -1,12 +1,11 @@
-"""Issue 15, classes 4 and 5 for checkpoints, model metadata and the run itself.
-
-4. What a checkpoint declares is checked before anything is built or unpacked: its
-   architecture keywords (and the parameter count they imply, counted on the meta
-   device), the bytes its zip directory promises, the numbers of its preprocessing.
-5. Anything unexpected ends in one line: a full disk while torch.save writes a
-   checkpoint, onnxruntime failing on a batch (split down to the drawing that fails),
-   NaN from a model (a failure line, never bare NaN in --json), any exception escaping a
-   command, Ctrl-C (says so, exit 130).
+"""Checkpoints that would cost or do harm are refused, with one line naming the file, before
+anything is built, unpacked or unpickled (qd.train.checkpoint, qd.train.models, read through qd-export's
+loader too): architecture arguments and the parameter count they imply are bounded (counted on the
+meta device); a zip directory promising gigabytes is refused unread; legacy pickles are never loaded;
+a checkpoint whose unpickling would run code is refused (weights_only) and the code never runs;
+truncated, bit-flipped or overwritten checkpoints load or fail with one line; preprocessing numbers
+are finite and bounded (in checkpoints and, the same check, in models); a full disk while a checkpoint
+is saved names the file and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -14,9 +13,7 @@ from __future__ import annotations
 import errno
 import io
 import json
-import math
 import os
-import signal
 import struct
 import subprocess
 import sys
@@ -26,17 +23,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fixtures_data import invoke_cli
 from memory_probe import peak_rss_mib
 from onnx_synth import tiny_model
-from qd.data.console import run_app
 from qd.data.errors import QDError
 from qd.data.limits import MAX_PARAMETERS
 from qd.data.preprocess import DEFAULT_PREPROCESSING, bitmaps_to_input
+from qd.export.cli import main
+from qd.export.checkpoint_source import load_source
+from qd.train.checkpoint import load_checkpoint
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +42,7 @@ NUMBERS = st.one_of(st.integers(-10**400, 10**400), st.floats(allow_nan=True, al
                     st.none(), st.text(max_size=3), st.just(10**400), st.just(float("nan")), st.just(1 / 255))
 
 
-# ----------------------------------------------------------------------------- 4. checkpoints
+# ----------------------------------------------------------------------------- what a checkpoint declares
 
 @SETTINGS
 @given(arch=st.sampled_from(["compact", "seed"]),
@@ -88,11 +86,11 @@ def _save(payload: dict, path: Path) -> Path:
 def test_a_checkpoint_saying_width_4000_is_refused_before_any_weight_exists(tmp_path):
     path = _save(_payload(arch={"name": "compact", "kwargs": {"width": 4000, "dropout": 0.2, "stage3": 2}}),
                  tmp_path / "run" / "best.pt")
-    from qd.export.source import load_source
+    from qd.export.checkpoint_source import load_source
 
     with pytest.raises(QDError, match=r"best.pt: architecture argument width=4000 is not a whole number in 1..256"):
         load_source(path)
-    peak = peak_rss_mib(f"from qd.export.source import load_source\ntry:\n    load_source({str(path)!r})\n"
+    peak = peak_rss_mib(f"from qd.export.checkpoint_source import load_source\ntry:\n    load_source({str(path)!r})\n"
                         "except Exception as exc:\n    print(exc)")
     assert peak < 1024, f"{peak:.0f} MiB to refuse a 4000-wide network (it was 17.7 GB)"
 
@@ -199,19 +197,69 @@ def test_preprocessing_numbers_are_finite_and_bounded_in_checkpoints_and_models(
         assert np.isfinite(x).all() and np.isfinite(classifier.probabilities(x)).all()
 
 
-@pytest.mark.parametrize("raw", ['{"input_size": 28, "scale": ' + "9" * 400 + "}",
-                                 '{"input_size": 28, "scale": NaN}', '{"input_size": 28, "scale": 1, "std": Infinity}'])
-def test_the_metadata_examples_from_the_report_are_one_line(tmp_path, raw):
-    from qd.infer.cli import main
 
-    model = tiny_model(tmp_path / "model.onnx", ["a", "b"], preprocessing=raw)
-    np.save(tmp_path / "x.npy", np.zeros((2, 784), np.uint8))
-    result = invoke_cli(main, tmp_path / "x.npy", "--model", model, "--json")
-    assert result.exit_code == 1 and result.stdout == ""
-    assert result.stderr.startswith(f"error: {model}: model metadata qd.preprocessing ") and result.stderr.count("\n") == 1
+# ----------------------------------------------------------------------------- code, damage, a full disk
+
+class _RunsCodeWhenUnpickled:
+    """Unpickling this creates `marker`: proof that code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
 
 
-# ----------------------------------------------------------------------------- 5. one line
+def test_checkpoint_that_would_run_code_is_refused_and_code_never_runs(trained_checkpoint, tmp_path, monkeypatch, capsys):
+    marker = tmp_path / "pwned"
+    payload = load_checkpoint(trained_checkpoint)
+    payload["hparams"] = {"note": _RunsCodeWhenUnpickled(marker)}
+    crafted = tmp_path / "run" / "best.pt"
+    crafted.parent.mkdir()
+    torch.save(payload, crafted)
+
+    monkeypatch.setattr(sys, "argv", ["qd-export", str(crafted), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert "refused: not loadable with weights_only=True" in err and "Traceback" not in err
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()
+
+    torch.load(crafted, weights_only=False)  # the control: an unsafe load really would have run it
+    assert marker.exists()
+    os.remove(marker)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bytes(trained_checkpoint) -> bytes:
+    return trained_checkpoint.read_bytes()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_damaged_checkpoints_load_or_fail_with_one_clear_error(checkpoint_bytes, tmp_path, data):
+    """Truncated, bit-flipped or overwritten checkpoints: a QDError naming the file, or a clean load."""
+    blob = bytearray(checkpoint_bytes)
+    damage = data.draw(st.sampled_from(["truncate", "flip", "overwrite"]))
+    if damage == "truncate":
+        blob = blob[: data.draw(st.integers(0, len(blob) - 1))]
+    else:
+        for _ in range(data.draw(st.integers(1, 8))):
+            at = data.draw(st.integers(0, len(blob) - 1))
+            blob[at] = data.draw(st.integers(0, 255)) if damage == "overwrite" else blob[at] ^ (1 << data.draw(st.integers(0, 7)))
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(bytes(blob))
+    try:
+        source = load_source(path)
+    except QDError as exc:
+        message = str(exc)
+        assert message.startswith(str(path)) or "checkpoint" in message, message
+        assert "\n" not in message
+    else:
+        assert source.classes and source.model is not None
+
 
 def test_a_full_disk_while_a_checkpoint_is_saved_names_it_and_leaves_nothing(tmp_path, monkeypatch):
     from qd.train import checkpoint
@@ -250,149 +298,3 @@ def test_qd_train_on_a_full_disk_is_one_line(shared_bitmaps, tmp_path):
     assert result.returncode == 1, result.stderr
     assert result.stderr == f"error: {out / 'best.pt'}: File too large\n"
     assert list(out.iterdir()) == []
-
-
-class Collect:
-    """A qd-infer writer that keeps what it is given."""
-
-    def __init__(self):
-        self.names, self.failures = [], []
-
-    def rows(self, names, index, probs, unknown=None):
-        assert np.isfinite(probs).all()
-        self.names += names
-
-    def failure(self, message, input):
-        self.failures.append(message)
-
-    def finish(self, summary):
-        self.summary = summary
-
-
-@SETTINGS
-@given(n=st.integers(1, 90), bad=st.sets(st.integers(0, 89), max_size=4), batch=st.integers(1, 64),
-       limit=st.one_of(st.none(), st.integers(1, 40)), nan=st.booleans())
-def test_batches_onnxruntime_cannot_run_are_split_down_to_the_drawings_that_fail(tmp_path, monkeypatch, n, bad,
-                                                                                 batch, limit, nan):
-    from qd.infer import model as model_module
-    from qd.infer.run import run_inference
-
-    bad = {i for i in bad if i < n}
-    rows = np.zeros((n, 784), np.uint8)
-    rows[:, 0] = np.arange(n) % 200
-    rows[sorted(bad), 1] = 255  # marks the drawings the "runtime" fails on
-    np.save(tmp_path / "rows.npy", rows)
-    model = tiny_model(tmp_path / "model.onnx", ["a", "b", "c"])
-    real = model_module.OnnxClassifier.outputs
-
-    def flaky(self, inputs, names=None):
-        marked = inputs[:, 0, 0, 1] > 0.5
-        if limit is not None and len(inputs) > limit:
-            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory")
-        if marked.any() and not nan:
-            raise RuntimeError("kernel failed")
-        outputs = real(self, inputs, names)
-        outputs["probabilities"][marked] = np.nan
-        return outputs
-
-    with monkeypatch.context() as patch:
-        patch.setattr(model_module.OnnxClassifier, "outputs", flaky)
-        writer = Collect()
-        summary = run_inference([tmp_path / "rows.npy"], model=model, batch_size=batch, writer=writer)
-    expected_bad = [f"{tmp_path / 'rows.npy'}[{i}]" for i in sorted(bad)]
-    assert sorted(writer.names) == sorted(f"{tmp_path / 'rows.npy'}[{i}]" for i in range(n) if i not in bad)
-    assert [m.split(": ")[0] for m in writer.failures] == expected_bad
-    assert all("not classified" in m and "\n" not in m for m in writer.failures)
-    assert summary.classified == n - len(bad) and summary.failed == len(bad)
-
-
-def test_json_output_is_strict_even_when_a_model_gives_nan(tmp_path, monkeypatch):
-    from qd.infer import model as model_module
-    from qd.infer.cli import main
-
-    model = tiny_model(tmp_path / "model.onnx", ["a", "b"])
-    np.save(tmp_path / "x.npy", np.zeros((4, 784), np.uint8))
-    real = model_module.OnnxClassifier.outputs
-
-    def half_nan(self, inputs, names=None):
-        outputs = real(self, inputs, names)
-        outputs["probabilities"][::2] = np.nan
-        return outputs
-
-    monkeypatch.setattr(model_module.OnnxClassifier, "outputs", half_nan)
-    result = invoke_cli(main, tmp_path / "x.npy", "--model", model, "--json")
-    records = [json.loads(line) for line in result.stdout.splitlines()]  # strict: json.loads refuses nothing here
-    assert [r["input"] for r in records] == [f"{tmp_path / 'x.npy'}[{i}]" for i in range(4)]  # in input order
-    assert [r["error"] is None for r in records] == [False, True, False, True]  # NaN rows: records with an error
-    assert all("NaN or infinite" in r["error"] and r["probability"] is None for r in records[::2])
-    assert all(math.isfinite(r["probability"]) for r in records[1::2])
-
-    def refuse(constant):
-        raise AssertionError(f"non-strict JSON constant {constant}")
-
-    for line in result.stdout.splitlines():
-        json.loads(line, parse_constant=refuse)  # no NaN/Infinity value anywhere (the errors only name them)
-    assert result.stderr.count("the model gave NaN or infinite probabilities") == 2
-
-
-EXCEPTIONS = st.sampled_from([ValueError, RuntimeError, KeyError, OverflowError, MemoryError, RecursionError,
-                              ZeroDivisionError, AssertionError, IndexError, TypeError, AttributeError, LookupError,
-                              UnicodeError, NotImplementedError, SystemError, ArithmeticError])
-
-
-@SETTINGS
-@given(kind=EXCEPTIONS, message=st.text(max_size=40))
-def test_any_exception_escaping_a_command_is_one_line(kind, message):
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-    @app.command()
-    def broken():
-        raise kind(message)
-
-    result = invoke_cli(lambda: run_app(app))
-    assert result.exit_code == 1 and result.stdout == ""
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("error: out of memory" if kind is MemoryError else "error: unexpected error: ")
-
-
-def test_ctrl_c_in_any_command_says_so_and_exits_130():
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-    @app.command()
-    def interrupted():
-        raise KeyboardInterrupt
-
-    result = invoke_cli(lambda: run_app(app, interrupted_hint="the rest is kept"))
-    assert result.exit_code == 130
-    assert result.stderr == "error: interrupted (Ctrl-C); the rest is kept\n"
-
-
-def test_ctrl_c_during_a_download_says_so_and_keeps_the_part(qd_server, tmp_path):
-    qd_server.stall("cat", seconds=8.0, after=2_200_000)  # after two 1 MiB chunks are written
-    process = subprocess.Popen([sys.executable, "-m", "qd.data.cli", "fetch", "cat", "--source", qd_server.base_url,
-                                "--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=REPO)
-    part = tmp_path / ".cat.npy.part"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (part.exists() and part.stat().st_size >= 2 << 20):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 130
-    assert err.splitlines()[-1] == ("error: interrupted (Ctrl-C); unfinished downloads are kept; "
-                                    "run the same command again to resume")
-    assert part.stat().st_size >= 2 << 20 and not (tmp_path / "cat.npy").exists()
-
-
-@pytest.mark.parametrize("option,value", [("--workers", "65"), ("--threads", "257"), ("--batch-size", "4097")])
-def test_worker_thread_and_batch_options_are_bounded(tmp_path, option, value):
-    from qd.infer.cli import main
-    from qd.infer.run import run_inference
-
-    np.save(tmp_path / "x.npy", np.zeros((1, 784), np.uint8))
-    model = tiny_model(tmp_path / "model.onnx", ["a", "b"])
-    result = invoke_cli(main, tmp_path / "x.npy", "--model", model, option, value)
-    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.stderr
-    name = option[2:].replace("-", "_")
-    with pytest.raises(QDError, match=f"{option} must be 1 to"):
-        run_inference([tmp_path / "x.npy"], model=model, **{name: int(value)})

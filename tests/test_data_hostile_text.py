@@ -1,4 +1,4 @@
-"""Issue 15, class 2: untrusted text never reaches the terminal raw.
+"""Untrusted text never reaches the terminal raw (qd.data.console.shown, through every command).
 
 File names, model labels, category names, server reason phrases and paths are generated
 from pieces of rich markup, terminal escape sequences (CSI, OSC titles and OSC 8
@@ -71,7 +71,7 @@ def test_error_lines_cannot_be_forged_or_crash(text, capsys):
     assert err.count("\n") == 1 and err.startswith("error: ") and not RAW_CONTROL.search(err)
 
 
-def test_the_examples_from_the_report(capsys):
+def test_markup_forged_lines_titles_and_links_in_errors_are_shown_literally(capsys):
     fail("bad_[bold]x.png: not a recognised image file")
     fail("http://mirror/cat.npy: HTTP 404 [/]")
     fail("x\nerror: forged second line")

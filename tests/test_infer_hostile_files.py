@@ -1,14 +1,15 @@
-"""Issue 15, classes 1, 3, 4 and 5 for the files qd-infer reads (and qd-eval, through it).
+"""Hostile files qd-infer reads (and qd-eval, through it): each is one line, and the other inputs go on.
 
-1. Only the decoder the suffix names runs: content of any other image format, under any
-   accepted suffix, is refused with one line saying what it is; no other Pillow plugin is
-   even asked (PostScript never reaches Ghostscript).
-3. Only regular files are read: FIFOs, character devices, sockets and folders behind any
-   input suffix, alone or inside a folder, are refused with one line, quickly.
-4. Sizes declared by headers are checked before anything is allocated: .npy shapes
-   (bools, huge or negative dimensions), Fortran order read without a whole copy, image
-   pixel counts, and decoded images reduced to WORK_PIXELS; memory is measured.
-5. Anything unexpected while reading one input is one line, and the next input goes on.
+- Only the decoder the suffix names runs: content of any other image format, under any
+  accepted suffix, is refused with one line saying what it is; no other Pillow plugin is
+  even asked (PostScript never reaches Ghostscript).
+- Only regular files are read: FIFOs, character devices, sockets and folders behind any
+  input suffix, alone or inside a folder, are refused with one line, quickly; the same for
+  checkpoints, models and model cards.
+- Sizes declared by headers are checked before anything is allocated: .npy shapes
+  (bools, huge or negative dimensions), Fortran order read without a whole copy, image
+  pixel counts, and decoded images reduced to WORK_PIXELS; memory is measured.
+- Anything unexpected while reading one input is one line, and the next input goes on.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def one_failure(events: list) -> str:
     return failures[0]
 
 
-# ----------------------------------------------------------------------------- 1. the file-type gate
+# ----------------------------------------------------------------------------- the file-type gate
 
 def _encode(fmt: str) -> bytes | None:
     """A small drawing saved by Pillow's writer for `fmt`, or None where Pillow cannot write it here."""
@@ -144,7 +145,7 @@ def test_a_multi_page_tiff_named_png_is_refused_unread(tmp_path):
     assert "content is TIFF, not PNG" in one_failure(events_of(tmp_path / "many.png"))
 
 
-# ----------------------------------------------------------------------------- 3. regular files only
+# ----------------------------------------------------------------------------- regular files only
 
 def _special(kind: str, path: Path) -> object:
     """Make `path` a FIFO, a link to a device, a socket or a folder; returns what must stay alive."""
@@ -188,7 +189,7 @@ def test_special_files_are_refused_quickly_alone_or_in_a_folder(tmp_path_factory
 
 @pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "/dev/urandom"])
 def test_special_checkpoints_models_and_cards_are_refused(tmp_path, kind):
-    from qd.evaluate.exports import read_card
+    from qd.evaluate.model_info import read_card
     from qd.infer.model import OnnxClassifier
     from qd.train.checkpoint import load_checkpoint
 
@@ -211,20 +212,6 @@ def test_special_checkpoints_models_and_cards_are_refused(tmp_path, kind):
         path.unlink()
 
 
-def test_a_fifo_in_a_fetch_source_folder_is_one_line(tmp_path, shared_bitmaps):
-    from fixtures_data import invoke_cli
-    from qd.data.cli import main
-
-    source = tmp_path / "source"
-    source.mkdir()
-    (source / "apple.npy").write_bytes((shared_bitmaps / "apple.npy").read_bytes())
-    os.mkfifo(source / "cat.npy")
-    result = invoke_cli(main, "fetch", "apple", "cat", "--source", source, "--out", tmp_path / "out")
-    assert result.exit_code == 1 and (tmp_path / "out" / "apple.npy").is_file()
-    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
-        f"error: cat: source file {source / 'cat.npy'}: is a FIFO (named pipe), not a regular file; refused"]
-
-
 def test_an_ndjson_file_is_read_only_up_to_its_size_when_opened(tmp_path, shared_strokes):
     from qd.data.strokes import iter_ndjson
 
@@ -240,7 +227,7 @@ def test_an_ndjson_file_is_read_only_up_to_its_size_when_opened(tmp_path, shared
     assert seen == [1, 2, 3]
 
 
-# ----------------------------------------------------------------------------- 4. sizes declared by headers
+# ----------------------------------------------------------------------------- sizes declared by headers
 
 def _npy(header: str, body: bytes = b"") -> bytes:
     text = header + " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
@@ -262,7 +249,7 @@ def test_npy_shapes_that_are_not_sizes_are_one_line(tmp_path, dims, fortran, des
     assert one_failure(events_of(path)).startswith(f"{path}: ")
 
 
-def test_the_shape_true_784_from_the_report(tmp_path):
+def test_a_shape_of_true_784_is_one_line(tmp_path):
     path = tmp_path / "bool.npy"
     path.write_bytes(_npy("{'descr': '|u1', 'fortran_order': False, 'shape': (True, 784), }", b"\x00" * 784))
     assert one_failure(events_of(path)) == f"{path}: corrupt .npy header (shape (True, 784))"
@@ -361,7 +348,7 @@ def test_a_7000_px_png_is_preprocessed_in_bounded_memory(tmp_path):
     assert peak - baseline < 400, f"{peak - baseline:.0f} MiB for one 7000x7000 image"
 
 
-# ----------------------------------------------------------------------------- 5. one line, and the rest goes on
+# ----------------------------------------------------------------------------- one line, and the rest goes on
 
 EXCEPTIONS = st.sampled_from([ValueError, RuntimeError, KeyError, OverflowError, MemoryError, RecursionError,
                               struct.error, ZeroDivisionError, AssertionError, IndexError, TypeError, OSError,

@@ -1,28 +1,53 @@
-"""Write-then-rename, for files and for directories (a `.mlpackage` is a folder).
+"""Write-then-rename: the one way every stage writes a finished file or folder.
 
-Every export is first written to a hidden temp path in the destination folder,
-validated there, and only then moved onto its final name, so a reader (or a run
-killed half-way) never sees a half-written model where a finished one belongs.
-A file is replaced with `os.replace` (atomic on POSIX). A directory is swapped in
-with Linux's `renameat2(RENAME_EXCHANGE)` where available (atomic too); elsewhere
-the old folder is renamed aside first, leaving a moment with no folder at all,
-but never a partial one.
+A reader (or a run killed half-way) sees either the previous file or the complete new
+one, never a partial one: the bytes go to a hidden temp path in the same folder
+(`.<name>.<random>.tmp`), are fsynced, and only then moved onto the final name. A file
+is replaced with `os.replace` (atomic on POSIX). A folder (a `.mlpackage`, an export
+folder) is swapped in with Linux's `renameat2(RENAME_EXCHANGE)` where available (atomic
+too); elsewhere the old folder is renamed aside first, leaving a moment with no folder
+at all, but never a partial one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import json
 import os
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
-from qd.data.files import TEMP_SUFFIX, default_file_mode, fsync_dir
+TEMP_SUFFIX = ".tmp"
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
+
+
+def default_file_mode() -> int:
+    """0o666 less the umask: what a plain open() would give (mkstemp gives 0o600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (best effort: not every filesystem allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def temp_path_for(final: Path, directory: bool = False) -> Path:
@@ -55,16 +80,40 @@ def clean_stale_temps(folder: Path, names: list[str]) -> list[Path]:
     return removed
 
 
-def fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def commit_file(tmp: Path, final: Path) -> None:
+    """Move the finished file `tmp` onto `final` (plain-open permissions, fsynced, atomic)."""
     os.chmod(tmp, default_file_mode())
     fsync_file(tmp)
     os.replace(tmp, final)
     fsync_dir(final.parent)
+
+
+@contextmanager
+def atomic_target(path: str | os.PathLike):
+    """Yield a temp path beside `path`; when the block succeeds, move it onto `path` (commit_file).
+
+    If the block raises (or the process dies), the temp file is removed (or left as a
+    hidden `.name.*.tmp`) and `path` keeps its previous content.
+    """
+    path = Path(path)
+    tmp = temp_path_for(path)
+    try:
+        os.chmod(tmp, default_file_mode())
+        yield tmp
+        commit_file(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    with atomic_target(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, payload) -> Path:
+    return write_text_atomic(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
 
 
 def _exchange(a: Path, b: Path) -> bool:

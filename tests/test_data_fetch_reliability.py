@@ -1,4 +1,5 @@
-"""Issue 6 (reliability) for qd-data fetch: SIGKILL mid-download and a full disk."""
+"""qd-data fetch when things go wrong: SIGKILL or Ctrl-C mid-download (no half file, the part is
+resumed), a full disk (one line, earlier files intact), a FIFO in a source folder (one line)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -16,6 +18,8 @@ from qd.data import fetch as fetch_module
 from qd.data.cli import main
 from qd.data.fetch import FetchOptions, fetch_category, part_path, tmp_path as tmp_file_of
 from qd.data.sources import FolderSource, UrlSource
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def wait_for(predicate, seconds: float) -> bool:
@@ -146,3 +150,31 @@ def test_too_little_free_space_is_refused_before_writing(qd_server, shared_bitma
     # A capped fetch needs far less room and goes ahead.
     capped = invoke_cli(main, "fetch", "cat", "-n", "100", "--source", qd_server.base_url, "--out", tmp_path)
     assert capped.exit_code == 0, capped.output
+
+
+def test_ctrl_c_during_a_download_says_so_and_keeps_the_part(qd_server, tmp_path):
+    qd_server.stall("cat", seconds=8.0, after=2_200_000)  # after two 1 MiB chunks are written
+    process = subprocess.Popen([sys.executable, "-m", "qd.data.cli", "fetch", "cat", "--source", qd_server.base_url,
+                                "--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=REPO)
+    part = tmp_path / ".cat.npy.part"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (part.exists() and part.stat().st_size >= 2 << 20):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert err.splitlines()[-1] == ("error: interrupted (Ctrl-C); unfinished downloads are kept; "
+                                    "run the same command again to resume")
+    assert part.stat().st_size >= 2 << 20 and not (tmp_path / "cat.npy").exists()
+
+
+def test_a_fifo_in_a_fetch_source_folder_is_one_line(tmp_path, shared_bitmaps):
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "apple.npy").write_bytes((shared_bitmaps / "apple.npy").read_bytes())
+    os.mkfifo(source / "cat.npy")
+    result = invoke_cli(main, "fetch", "apple", "cat", "--source", source, "--out", tmp_path / "out")
+    assert result.exit_code == 1 and (tmp_path / "out" / "apple.npy").is_file()
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: cat: source file {source / 'cat.npy'}: is a FIFO (named pipe), not a regular file; refused"]

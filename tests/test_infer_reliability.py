@@ -1,4 +1,4 @@
-"""Issue 6 for qd-infer's inputs: hostile files end in a result or one clear error line, never a
+"""qd-infer's inputs when they are hostile: each ends in a result or one clear error line, never a
 traceback, hang or memory blow-up; odd paths; two qd-infer processes at once."""
 
 import io

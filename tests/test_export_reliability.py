@@ -1,4 +1,5 @@
-"""qd-export under stress: killed mid-write, read while being replaced, fed a booby-trapped checkpoint."""
+"""qd-export under stress: killed mid-write (the finished model stays, a rerun completes), read while
+the model is replaced (never a partial file), a full disk (one line, earlier files kept)."""
 
 import os
 import signal
@@ -10,15 +11,8 @@ from pathlib import Path
 
 import onnx
 import pytest
-import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from qd.data.errors import QDError
 from qd.export.api import export_checkpoint
-from qd.export.source import load_source
-from qd.export.cli import main
-from qd.train.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,64 +109,3 @@ def test_full_disk_gives_one_clear_error_and_keeps_earlier_files(trained_checkpo
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no staging folder left behind
     assert (out / "model.onnx").read_bytes() == previous
-
-
-class _RunsCodeWhenUnpickled:
-    """Unpickling this creates `marker`: proof that code ran."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
-def test_checkpoint_that_would_run_code_is_refused_and_code_never_runs(trained_checkpoint, tmp_path, monkeypatch, capsys):
-    marker = tmp_path / "pwned"
-    payload = load_checkpoint(trained_checkpoint)
-    payload["hparams"] = {"note": _RunsCodeWhenUnpickled(marker)}
-    crafted = tmp_path / "run" / "best.pt"
-    crafted.parent.mkdir()
-    torch.save(payload, crafted)
-
-    monkeypatch.setattr(sys, "argv", ["qd-export", str(crafted), "--out", str(tmp_path / "out")])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 1
-    assert "refused: not loadable with weights_only=True" in err and "Traceback" not in err
-    assert not marker.exists()
-    assert not (tmp_path / "out").exists()
-
-    torch.load(crafted, weights_only=False)  # the control: an unsafe load really would have run it
-    assert marker.exists()
-    os.remove(marker)
-
-
-@pytest.fixture(scope="module")
-def checkpoint_bytes(trained_checkpoint) -> bytes:
-    return trained_checkpoint.read_bytes()
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data())
-def test_damaged_checkpoints_load_or_fail_with_one_clear_error(checkpoint_bytes, tmp_path, data):
-    """Truncated, bit-flipped or overwritten checkpoints: a QDError naming the file, or a clean load."""
-    blob = bytearray(checkpoint_bytes)
-    damage = data.draw(st.sampled_from(["truncate", "flip", "overwrite"]))
-    if damage == "truncate":
-        blob = blob[: data.draw(st.integers(0, len(blob) - 1))]
-    else:
-        for _ in range(data.draw(st.integers(1, 8))):
-            at = data.draw(st.integers(0, len(blob) - 1))
-            blob[at] = data.draw(st.integers(0, 255)) if damage == "overwrite" else blob[at] ^ (1 << data.draw(st.integers(0, 7)))
-    path = tmp_path / "damaged.pt"
-    path.write_bytes(bytes(blob))
-    try:
-        source = load_source(path)
-    except QDError as exc:
-        message = str(exc)
-        assert message.startswith(str(path)) or "checkpoint" in message, message
-        assert "\n" not in message
-    else:
-        assert source.classes and source.model is not None

@@ -1,0 +1,77 @@
+"""What qd-export fits on the validation split (qd.export.confidence), on small hand-made numbers:
+the temperature is recovered from labels drawn at it and stays within its bounds; the open-set
+threshold keeps at least the share asked and is the largest that does; the fitted rule and
+temperature are written as metadata that qd.infer.openset parses back.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qd.data.errors import QDError
+from qd.export.confidence import fit_confidence, fit_temperature, fit_threshold, negative_log_likelihood, unfitted
+from qd.infer.openset import LOGITS, OPEN_SET_KEY, TEMPERATURE_KEY, parse_open_set, parse_temperature, softmax
+
+MODEL = Path("some/model.onnx")
+
+
+def test_temperature_is_recovered_from_labels_drawn_at_that_temperature():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, size=(4_000, 10))
+    for true in (0.5, 2.5):
+        p = softmax(logits, true).astype(np.float64)
+        labels = (p.cumsum(1) > rng.random((len(p), 1))).argmax(1)
+        fitted = fit_temperature(logits, labels)
+        assert fitted == pytest.approx(true, rel=0.1)
+        assert negative_log_likelihood(logits, labels, fitted) <= negative_log_likelihood(logits, labels, 1.0) + 1e-12
+
+
+
+def test_temperature_stays_in_bounds_and_defaults_to_one():
+    logits = np.array([[10.0, 0.0], [0.0, 10.0]])
+    assert fit_temperature(logits, np.array([0, 1])) == pytest.approx(0.05, rel=1e-3)  # always right: sharpen
+    assert fit_temperature(logits, np.array([1, 0])) == pytest.approx(20.0, rel=1e-3)  # always wrong: flatten
+    assert fit_temperature(np.zeros((0, 3)), np.zeros(0, dtype=np.int64)) == 1.0
+
+
+
+@settings(max_examples=60, deadline=None)
+@given(scores=st.lists(st.floats(-100, 100, allow_nan=False), min_size=1, max_size=200),
+       kept=st.floats(0.01, 0.99))
+def test_threshold_keeps_at_least_the_share_asked_and_is_the_largest_that_does(scores, kept):
+    scores = np.asarray(scores)
+    threshold = fit_threshold(scores, kept)
+    assert (scores >= threshold).mean() >= kept - 1e-12
+    higher = scores[scores > threshold]
+    if len(higher):  # any larger threshold would keep fewer than asked
+        assert (scores >= higher.min()).mean() < kept
+
+
+
+def test_threshold_refuses_bad_shares_and_empty_scores():
+    for bad in (0, 1, 1.2, math.nan):
+        with pytest.raises(QDError, match="--kept must be a share"):
+            fit_threshold(np.ones(3), bad)
+    with pytest.raises(QDError, match="no validation drawings"):
+        fit_threshold(np.zeros(0), 0.95)
+
+
+
+def test_fit_confidence_writes_a_rule_that_parses_back():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 2, size=(500, 5)).astype(np.float32)
+    labels = logits.argmax(1)
+    confidence = fit_confidence(logits, labels, kept=0.9, rule="max_logit", fitted_on="test")
+    meta = confidence.metadata()
+    assert set(meta) == {TEMPERATURE_KEY, OPEN_SET_KEY}
+    rule = parse_open_set(MODEL, meta)
+    assert parse_temperature(MODEL, meta) == confidence.temperature
+    assert rule.threshold == confidence.rule.threshold and rule.kept == 0.9
+    assert not rule.unknown({LOGITS: logits}).mean() > 0.1
+    assert confidence.rule.validation == {"drawings": 500, "kept": pytest.approx(0.9, abs=0.002)}
+    assert confidence.figures["nll_after"] <= confidence.figures["nll_before"]
+    assert unfitted("no data").metadata() == {} and not unfitted("no data").fitted
