@@ -155,6 +155,9 @@ def test_one_table_drives_parsing_help_and_readme():
     assert export_formats.DEFAULT_FORMATS == "onnx"
 
 
+SIBLINGS = ("model.int8.onnx", "model.canvas.onnx")  # the session export's models besides model.onnx
+
+
 def test_rerun_keeps_vouched_siblings_and_drops_another_checkpoints(trained_checkpoint, exported_model, tmp_path):
     """The folder is one set: a sibling from the same checkpoint stays, one from another checkpoint goes."""
     import shutil
@@ -164,16 +167,19 @@ def test_rerun_keeps_vouched_siblings_and_drops_another_checkpoints(trained_chec
     report = export_checkpoint(trained_checkpoint, "onnx", out=folder)
     assert report.ok and not report.notes
     card = json.loads((folder / "model.json").read_text())
-    assert set(card["files"]) == {"onnx", "onnx-int8", "labels"}  # int8 still from this checkpoint: kept
-    assert (folder / "model.int8.onnx").read_bytes() == (exported_model / "model.int8.onnx").read_bytes()
+    assert set(card["files"]) == {"onnx", "onnx-int8", "onnx-canvas", "labels"}  # still from this checkpoint: kept
+    for sibling in SIBLINGS:
+        assert (folder / sibling).read_bytes() == (exported_model / sibling).read_bytes()
 
     payload = load_checkpoint(trained_checkpoint)
     payload["hparams"] = {**payload["hparams"], "note": "retrained"}
     other = save_checkpoint(payload, tmp_path / "other" / "best.pt")
     report = export_checkpoint(other, "onnx", out=folder)
     assert report.ok
-    assert len(report.notes) == 1 and report.notes[0].startswith(f"{folder / 'model.int8.onnx'}: not from this")
+    assert len(report.notes) == len(SIBLINGS)
+    for sibling in SIBLINGS:
+        assert any(note.startswith(f"{folder / sibling}: not from this") for note in report.notes), report.notes
+        assert not (folder / sibling).exists()  # another checkpoint's model is not part of the set
     card = json.loads((folder / "model.json").read_text())
     assert set(card["files"]) == {"onnx", "labels"}
-    assert not (folder / "model.int8.onnx").exists()  # another checkpoint's model is not part of the set
     assert (folder / "notes.txt").read_text() == "mine\n"  # files that are not ours travel with the folder

@@ -155,7 +155,7 @@ def test_labels_and_card(exported_model, trained_checkpoint, checkpoint):
     assert card["preprocessing"] == checkpoint["preprocessing"]
     assert card["source"]["test"]["top1"] == checkpoint["test"]["top1"]
     assert card["source"]["sha256"] == hashlib.sha256(trained_checkpoint.read_bytes()).hexdigest()
-    assert set(card["files"]) == {"onnx", "onnx-int8", "labels"}
+    assert set(card["files"]) == {"onnx", "onnx-int8", "onnx-canvas", "labels"}
     for entry in card["files"].values():
         assert entry["sha256"] == hashlib.sha256((exported_model / entry["file"]).read_bytes()).hexdigest()
     checks = card["files"]["onnx"]["validation"]
