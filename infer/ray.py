@@ -85,6 +85,8 @@ def classify(inputs, out, address: str | None = None, *, model=None, top: int = 
         raise QDError(f"--threads must be 1 to {MAX_THREADS}, got {threads}")
     if workers is not None and workers < 1:
         raise QDError(f"--workers must be at least 1, got {workers}")
+    if not inputs:
+        raise QDError("no inputs given")
     out = check_out(out, overwrite)
     address = check_address(address)
     model_path = resolve_model_path(model)

@@ -121,6 +121,24 @@ def test_refused_before_any_cluster(monkeypatch, capsys, never_ray, exported_mod
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "garbage.onnx", "in.npy"]
 
 
+def test_a_failed_ray_run_is_one_line():
+    """What Ray raises wraps what the worker raised: a QDError is told as it is, anything else by its type."""
+    from qd.data.errors import QDError
+    from qd.infer.ray import describe_ray_failure
+
+    class TaskError(Exception):  # as ray.exceptions.RayTaskError: the worker's exception in `cause`
+        def __init__(self, cause):
+            super().__init__("Traceback (most recent call last):\n  ...")
+            self.cause = cause
+
+    try:
+        raise RuntimeError("Ray Data: a task failed") from TaskError(QDError("m.onnx: model returned logits of shape (3,)"))
+    except RuntimeError as exc:
+        assert describe_ray_failure(exc) == "m.onnx: model returned logits of shape (3,)"
+    assert describe_ray_failure(TaskError(MemoryError())) == "the Ray run failed: out of memory"
+    assert describe_ray_failure(TaskError(ValueError("bad\nmore"))) == "the Ray run failed: ValueError: bad"
+
+
 def test_units_hold_every_input_once_in_order(mixed_inputs):
     """The driver's plan: plain qd-infer's items in its order; a big uint8 .npy as row ranges."""
     from qd.infer.inputs import Failure, NpyRows, Plan
@@ -185,6 +203,9 @@ def mixed_inputs(tmp_path_factory, shared_bitmaps, shared_strokes):
     bad = root / "local" / "bad"
     bad.mkdir()
     (bad / "text.png").write_text("hello")
+    (bad / "many").mkdir()
+    for i in range(16):  # more failures than stderr shows
+        (bad / "many" / f"{i:02d}.png").write_text("not a picture")
     (bad / "empty.ndjson").write_text("")
     (bad / ".hidden.png").write_text("skipped, as plain qd-infer skips it")
     np.save(bad / "short.npy", rows[:4])
@@ -231,7 +252,7 @@ def test_ray_run_matches_plain_qd_infer(local_ray, mixed_inputs, exported_model,
     assert code == 1
     plain = [json.loads(line) for line in out.splitlines()]
     assert sum(r["error"] is None for r in plain) == 8 + 300 + 5 + 1 + 20 + 1 + 10
-    assert sum(r["error"] is not None for r in plain) == 7  # 4 bad files, a missing one, an .ndjson line, a JPEG
+    assert sum(r["error"] is not None for r in plain) == 7 + 16  # 4 + 16 bad files, a missing one, a line, a JPEG
 
     local_ray.write_text("")  # one worker dies halfway through writing its file
     result = tmp_path / "result"
@@ -248,8 +269,10 @@ def test_ray_run_matches_plain_qd_infer(local_ray, mixed_inputs, exported_model,
     assert sum(r["input"].startswith(str(remote)) for r in records) == 1 + 10 + 1
     assert [p.name for p in tmp_path.iterdir()] == ["result"]  # the temporary folder is gone
     errors = [line.replace(remote.as_uri(), str(remote)) for line in err.splitlines() if line.startswith("error: ")]
-    assert sorted(errors) == sorted(f"error: {r['error']}" for r in plain if r["error"] is not None)
-    assert "345 drawings classified" in err and "7 inputs failed" in err and "1 Ray worker;" in err
+    assert len(errors) == 20 + 1 and errors[-1] == f"error: ... and 3 more inputs failed (each is a record with an " \
+                                                   f"error field in {result})"
+    assert set(errors[:-1]) < {f"error: {r['error']}" for r in plain if r["error"] is not None}
+    assert "345 drawings classified" in err and "23 inputs failed" in err and "1 Ray worker;" in err
     assert "Traceback" not in err
 
 
