@@ -24,8 +24,12 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qd.data.errors import QDError, first_line, reason_of
+
+if TYPE_CHECKING:
+    from .output import Summary
 
 LOCAL = "local"  # start a Ray for the run, on this machine (loopback only)
 AUTO = "auto"  # the cluster RAY_ADDRESS names, or the one running on this machine
@@ -44,7 +48,7 @@ _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 class RayRun:
     """What a Ray run did: the summary qd-infer prints, where the records went, the first failures."""
 
-    summary: object  # qd.infer.output.Summary
+    summary: Summary
     out: Path
     files: int
     workers: int
@@ -74,6 +78,7 @@ def classify(inputs, out, address: str | None = None, *, model=None, top: int = 
 
     from .model import OnnxClassifier, read_model_bytes, resolve_model_path
     from .output import Summary
+    from .ray_worker import FAILURES_REPORTED
     from .run import note_missing_open_set
 
     started = time.perf_counter()
@@ -110,8 +115,6 @@ def classify(inputs, out, address: str | None = None, *, model=None, top: int = 
     summary = Summary(classified=records - failed, failed=failed, seconds=time.perf_counter() - started,
                       unknown=sum(c["unknown"] for c in counts) if classifier.open_set is not None else None)
     failures = [line for c in counts for line in c["failures"]]
-    from .ray_worker import FAILURES_REPORTED
-
     return RayRun(summary, out, files, workers, failures[:FAILURES_REPORTED])
 
 
@@ -145,14 +148,14 @@ def describe_ray_failure(exc: BaseException) -> str:
     """One line for a failed Ray run: the QDError a worker raised, else the innermost cause."""
     from qd.data.console import describe_unexpected
 
-    seen = 0
-    while seen < 20:
-        cause = getattr(exc, "cause", None) or exc.__cause__
-        if isinstance(exc, QDError) and not hasattr(exc, "cause"):
+    for _ in range(20):
+        worker_error = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError: what the worker raised
+        if worker_error is None and isinstance(exc, QDError):
             return str(exc)
-        if cause is None or cause is exc:
+        inner = worker_error or exc.__cause__
+        if inner is None:
             break
-        exc, seen = cause, seen + 1
+        exc = inner
     return f"the Ray run failed: {describe_unexpected(exc)}"
 
 
@@ -182,10 +185,11 @@ def plan_units(inputs: list[str], recursive: bool, batch_size: int) -> list[str]
         cost += item_cost
 
     for item in discover_all(inputs, recursive):
-        name = item if isinstance(item, str) else str(getattr(item, "name", ""))
         if isinstance(item, Failure):
             add(item, 0)
-        elif is_image_path(name):
+            continue
+        name = item if isinstance(item, str) else item.name  # a URI, or a local Path
+        if is_image_path(name):
             add(item, image_cost)
         elif isinstance(item, str) or not name.lower().endswith(NPY_SUFFIX):
             add(item, rows_per_unit)  # a remote .npy or .ndjson, or a local .ndjson: read whole, by one worker

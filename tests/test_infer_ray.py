@@ -1,8 +1,9 @@
 """qd-infer --ray and qd.infer.ray.classify: the same records as plain qd-infer, written by Ray Data.
 
-Bad input and the edge install are checked without any cluster. The rest shares one local Ray
-(2 CPUs, loopback only, small object store) started once for this module and stopped at its end;
-one worker of the JSON run is made to die halfway through writing its file (tests/ray_faults.py).
+Bad input, the edge install and the driver's plan are checked without any cluster. One test runs on a
+local Ray (2 CPUs, loopback only, small object store) started and stopped by its fixture: a JSON-lines
+run through the command line, during which one worker dies halfway through writing its file
+(tests/ray_faults.py), and a Parquet run through the Python API.
 """
 
 from __future__ import annotations
@@ -245,7 +246,17 @@ def assert_same_records(ray_records: list[dict], plain_records: list[dict]) -> N
             assert np.allclose(got, expected, rtol=0, atol=1e-6 + 1e-12), (record, want)
 
 
-def test_ray_run_matches_plain_qd_infer(local_ray, mixed_inputs, exported_model, monkeypatch, capsys, tmp_path):
+def test_ray_runs_write_plain_qd_infers_records(local_ray, mixed_inputs, exported_model, monkeypatch, capsys,
+                                                tmp_path):
+    """Both runs in one test: the local Ray is one per test process, and pytest-xdist may run two tests
+    of a module in different processes."""
+    json_run_with_a_crash(local_ray, mixed_inputs, exported_model, monkeypatch, capsys, tmp_path / "json")
+    parquet_run(mixed_inputs, exported_model, monkeypatch, capsys, tmp_path / "parquet")
+
+
+def json_run_with_a_crash(crash_flag, mixed_inputs, exported_model, monkeypatch, capsys, tmp_path):
+    """qd-infer --ray against plain qd-infer --json, while one worker dies halfway through its file."""
+    tmp_path.mkdir()
     local, remote = mixed_inputs / "local", mixed_inputs / "remote"
     common = ["--model", exported_model, "--batch-size", BATCH, "--top", "3"]
     code, out, _ = qd_infer(monkeypatch, capsys, local, remote, local / "missing.png", *common, "--json")
@@ -254,12 +265,12 @@ def test_ray_run_matches_plain_qd_infer(local_ray, mixed_inputs, exported_model,
     assert sum(r["error"] is None for r in plain) == 8 + 300 + 5 + 1 + 20 + 1 + 10
     assert sum(r["error"] is not None for r in plain) == 7 + 16  # 4 + 16 bad files, a missing one, a line, a JPEG
 
-    local_ray.write_text("")  # one worker dies halfway through writing its file
+    crash_flag.write_text("")  # one worker dies halfway through writing its file
     result = tmp_path / "result"
     code, out, err = qd_infer(monkeypatch, capsys, local, remote.as_uri(), local / "missing.png", *common,
                               "--ray", "--out", result, "--workers", "1")
     assert code == 1 and '"version"' not in out, err  # no records on stdout (Ray prints its crash notice there)
-    assert not local_ray.exists(), "the injected crash did not happen"
+    assert not crash_flag.exists(), "the injected crash did not happen"
     records = records_of(result)
     for record in records:  # the Ray run named the remote files by URI
         for key in ("input", "error"):
@@ -276,14 +287,13 @@ def test_ray_run_matches_plain_qd_infer(local_ray, mixed_inputs, exported_model,
     assert "Traceback" not in err
 
 
-def test_parquet_has_the_json_fields(local_ray, mixed_inputs, exported_model, monkeypatch, capsys, tmp_path):
+def parquet_run(mixed_inputs, exported_model, monkeypatch, capsys, out):
     """From Python, into a folder that is replaced (overwrite), as Parquet: the same fields and values."""
     import pyarrow.parquet as pq
 
     from qd.infer.ray import classify
 
     inputs = [mixed_inputs / "local" / "photos", mixed_inputs / "local" / "bad" / "text.png"]
-    out = tmp_path / "parquet"
     out.mkdir()
     (out / "old.txt").write_text("replaced")
     run = classify(inputs, out, model=exported_model, format="parquet", workers=1, overwrite=True)
