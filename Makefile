@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 $(DEV_STAMP): $(STAMP)
-	$(BIN)/pip install -q --no-compile -c constraints.txt -e ".[train,export,eval,dev]"
+	$(BIN)/pip install -q --no-compile -c constraints.txt -e ".[train,export,eval,dev,ray]"
 	touch $(DEV_STAMP)
 
 # The browser demo's runtime (onnxruntime-web), served locally by qd-demo.

@@ -1,7 +1,7 @@
 """`qd-infer`: classify drawings (images, .npy, .ndjson, folders) with an exported ONNX model.
 
 Only typer is imported at module level: numpy, Pillow and onnxruntime load inside
-the command, so `qd-infer --help` starts fast.
+the command, so `qd-infer --help` starts fast. Ray loads only with --ray (qd.infer.ray).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from qd.data import options as opt
 from qd.data.console import run_app
@@ -17,16 +18,32 @@ from qd.data.errors import QDError
 from qd.data.limits import MAX_THREADS
 
 from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP
+from .ray import LOCAL, is_ray_address
 
 app = opt.make_app()
 
 
-@app.command(help=opt.describe(
+class InferCommand(TyperCommand):
+    """`--ray` takes an optional ADDRESS: a bare `--ray` (last, or before another option or an input
+    that is not an address) means a local Ray."""
+
+    def parse_args(self, ctx, args):
+        args = list(args)
+        for i, arg in enumerate(args):
+            if arg == "--":
+                break
+            if arg == "--ray" and (i + 1 == len(args) or not is_ray_address(args[i + 1])):
+                args[i] = f"--ray={LOCAL}"
+        return super().parse_args(ctx, args)
+
+
+@app.command(cls=InferCommand, help=opt.describe(
     "Classify drawings (images, .npy, .ndjson, folders of them) with an exported quickdraw-edge model.",
     "qd-infer my-drawings/ -m artifacts/exports/first --top 3",
     "Each drawing the model's open-set rule does not recognise is marked unknown (with its closest classes "
     "still listed). Unreadable inputs are reported one line each on stderr (and as records with an error field "
-    "in --json and --csv, docs/output.md) while the rest are classified; the exit code is 1 if any input failed."))
+    "in --json and --csv, docs/output.md) while the rest are classified; the exit code is 1 if any input failed. "
+    "With --ray [ADDRESS] --out DIR the same records go to files in DIR, classified on a Ray cluster (docs/ray.md)."))
 def infer(
     inputs: Annotated[List[str], typer.Argument(
         metavar="INPUT...", show_default=False,
@@ -51,6 +68,17 @@ def infer(
         help="Flag drawings whose open-set score is below X instead of the model's own threshold "
              "(docs/open-set.md).")] = None,
     no_unknown: Annotated[bool, typer.Option("--no-unknown", help="Do not flag any drawing unknown.")] = False,
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray", metavar="[ADDRESS]", show_default=False,
+        help="Classify on Ray Data into --out: a local Ray started for the run (no ADDRESS), auto (the running "
+             "cluster), HOST:PORT or ray://HOST:PORT. --workers is then the number of Ray workers (default: one "
+             "per CPU), --threads their CPUs and onnxruntime threads each (default 1).")] = None,
+    out: Annotated[Optional[str], opt.out_option("With --ray: the folder the records go to (JSON lines or "
+                                                   "Parquet files), written only when the run has finished.")] = None,
+    out_format: Annotated[Optional[str], typer.Option(
+        "--format", metavar="json|parquet", show_default=False,
+        help="With --ray: JSON lines (default, the records of --json) or Parquet.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="With --ray: replace a non-empty --out.")] = False,
     artifacts: Annotated[Optional[Path], opt.artifacts_option()] = None,
     version: Annotated[bool, opt.version_option()] = False,
 ) -> None:
@@ -58,6 +86,20 @@ def infer(
         raise QDError("--json and --csv cannot be used together")
     if no_unknown and unknown_threshold is not None:
         raise QDError("--no-unknown and --unknown-threshold cannot be used together")
+    if ray_address is not None:
+        if csv_out:
+            raise QDError("--ray writes JSON lines or Parquet (--format), not --csv")
+        if out is None:
+            raise QDError("--ray needs --out DIR, the folder the records go to")
+        from .ray import run_cli
+
+        raise typer.Exit(run_cli(inputs, out, ray_address, model=model, top=top, batch_size=batch_size,
+                                 format=out_format or "json", recursive=recursive, workers=workers,
+                                 threads=threads or 1, unknown_threshold=unknown_threshold,
+                                 flag_unknown=not no_unknown, overwrite=overwrite))
+    for given, name in ((out, "--out"), (out_format, "--format"), (overwrite, "--overwrite")):
+        if given:
+            raise QDError(f"{name} needs --ray (without it qd-infer writes to stdout)")
     from qd.data.machine import usable_cpus
 
     from .run import run_inference

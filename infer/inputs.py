@@ -50,6 +50,16 @@ class Failure:
 Event = Drawings | Failure
 
 
+@dataclass(frozen=True)
+class NpyRows:
+    """Rows [start, stop) of a `.npy` drawing array: the share of a big file one Ray worker reads
+    (qd.infer.ray). Its drawings are named as when the whole file is read."""
+
+    path: Path
+    start: int
+    stop: int
+
+
 # ----------------------------------------------------------------------------- discovery
 
 def discover(paths: Iterable[str | os.PathLike], recursive: bool = True) -> Iterator[Path | Failure]:
@@ -70,7 +80,16 @@ def discover(paths: Iterable[str | os.PathLike], recursive: bool = True) -> Iter
         elif path.name.lower().endswith(SUPPORTED_SUFFIXES):
             yield path
         else:
-            yield Failure(f"{path}: unsupported file type (expected {', '.join(SUPPORTED_SUFFIXES)})", str(path))
+            yield Failure(unsupported_type(path), str(path))
+
+
+def unsupported_type(path) -> str:
+    return f"{path}: unsupported file type (expected {', '.join(SUPPORTED_SUFFIXES)})"
+
+
+def nothing_found(root, recursive: bool) -> str:
+    where = "" if recursive else " (not searched recursively)"
+    return f"{root}: no images, .npy or .ndjson files found{where}"
 
 
 def _walk(root: Path, recursive: bool) -> Iterator[Path | Failure]:
@@ -84,8 +103,7 @@ def _walk(root: Path, recursive: bool) -> Iterator[Path | Failure]:
             found += 1
             yield item
     if found == 0:
-        where = "" if recursive else " (not searched recursively)"
-        yield Failure(f"{root}: no images, .npy or .ndjson files found{where}", str(root))
+        yield Failure(nothing_found(root, recursive), str(root))
 
 
 # ----------------------------------------------------------------------------- reading
@@ -94,7 +112,7 @@ def _walk(root: Path, recursive: bool) -> Iterator[Path | Failure]:
 class Plan:
     """Everything discovery found, in order, with the number of images among it."""
 
-    items: list[Path | Failure]
+    items: list[Path | NpyRows | Failure]
     images: int
 
     @classmethod
@@ -146,6 +164,8 @@ def _read_plan(plan: Plan, decoder: ImageDecoder, chunk_rows: int) -> Iterator[E
             pending_images = []
         if isinstance(item, Failure):
             yield item
+        elif isinstance(item, NpyRows):
+            yield from guarded(item.path, read_npy(item.path, chunk_rows, item.start, item.stop))
         elif item.name.lower().endswith(NPY_SUFFIX):
             yield from guarded(item, read_npy(item, chunk_rows))
         else:
@@ -213,20 +233,22 @@ def read_ndjson(path: Path, chunk: int = 1024) -> Iterator[Event]:
         yield Failure(f"{path}: no drawings in the file", str(path))
 
 
-def read_npy(path: Path, chunk_rows: int = NPY_CHUNK_ROWS) -> Iterator[Event]:
-    """Rows of a validated drawing array, read in chunks (never mapped) and converted to uint8."""
+def read_npy(path: Path, chunk_rows: int = NPY_CHUNK_ROWS, first: int = 0, stop: int | None = None) -> Iterator[Event]:
+    """Rows [first, stop) (default: all) of a validated drawing array, read in chunks (never mapped) and
+    converted to uint8; float arrays are range-checked over those rows before any is used."""
     try:
         array = DrawingArray.open(path)
     except QDError as exc:
         yield Failure(str(exc), str(path))
         return
     with array:
+        stop = array.rows if stop is None else min(stop, array.rows)
         try:
             if array.dtype != np.uint8:
-                for start in range(0, array.rows, FLOAT_CHECK_ROWS):
-                    check_float_range(path, array.read(start, start + FLOAT_CHECK_ROWS))
-            for start in range(0, array.rows, chunk_rows):
-                chunk = array.read(start, start + chunk_rows)
+                for start in range(first, stop, FLOAT_CHECK_ROWS):
+                    check_float_range(path, array.read(start, min(stop, start + FLOAT_CHECK_ROWS)))
+            for start in range(first, stop, chunk_rows):
+                chunk = array.read(start, min(stop, start + chunk_rows))
                 if chunk.dtype != np.uint8:
                     chunk = floats_to_uint8(chunk)
                 names = [str(path)] if array.single else [f"{path}[{i}]" for i in range(start, start + len(chunk))]

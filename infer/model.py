@@ -73,12 +73,14 @@ class OnnxClassifier:
 
     `open_set` is the rule that marks drawings unknown: the model's own (None for models
     exported without one), with `unknown_threshold` instead of its threshold if given, or
-    None if `flag_unknown` is False."""
+    None if `flag_unknown` is False. `model_bytes`: the model file's bytes, read already (a Ray
+    worker gets them from the driver); `path` then only names the model in messages."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None,
-                 unknown_threshold: float | None = None, flag_unknown: bool = True):
+                 unknown_threshold: float | None = None, flag_unknown: bool = True,
+                 model_bytes: bytes | None = None):
         self.path = Path(path)
-        self.session = _open_session(self.path, threads)
+        self.session = _open_session(self.path, threads, model_bytes)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.labels: list[str] = _parse_labels(self.path, self.metadata)
         self.preprocessing: dict = _parse_preprocessing(self.path, self.metadata)
@@ -176,7 +178,15 @@ def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return order, np.take_along_axis(probs, order, axis=1)
 
 
-def _open_session(path: Path, threads: int | None):
+def read_model_bytes(path: Path) -> bytes:
+    """The bytes of the regular file `path`, so a FIFO or a swapped file is never opened by onnxruntime."""
+    try:
+        return read_regular(path, MAX_MODEL_BYTES, what="model")
+    except OSError as exc:
+        raise QDError(f"{path}: {exc.strerror or exc}") from None
+
+
+def _open_session(path: Path, threads: int | None, model: bytes | None = None):
     import onnxruntime as ort
 
     if threads is not None and not 1 <= threads <= MAX_THREADS:
@@ -185,11 +195,8 @@ def _open_session(path: Path, threads: int | None):
     options.log_severity_level = 3  # onnxruntime warnings are not the user's business
     if threads:
         options.intra_op_num_threads = threads
-    try:
-        # The bytes of the regular file checked here, so a FIFO or a swapped file is never opened by onnxruntime.
-        model = read_regular(path, MAX_MODEL_BYTES, what="model")
-    except OSError as exc:
-        raise QDError(f"{path}: {exc.strerror or exc}") from None
+    if model is None:
+        model = read_model_bytes(path)
     try:
         return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable files

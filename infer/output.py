@@ -71,6 +71,10 @@ class Writer:
 
     def failure(self, message: str, input: str) -> None:
         """One input that could not be classified: a line on stderr (machine formats add a record)."""
+        self.tell_failure(message)
+
+    def tell_failure(self, message: str) -> None:
+        """How a failure reaches a person: `error: ...` on stderr (a Ray worker collects them for its driver)."""
         fail(message)
 
     def finish(self, summary: Summary) -> None:

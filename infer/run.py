@@ -129,24 +129,29 @@ def run_inference(inputs, model=None, top: int = DEFAULT_TOP, batch_size: int = 
         base = inputs[0] if len(inputs) == 1 and os.path.isdir(inputs[0]) else None
         open_set = classifier.open_set is not None
         writer = writer or make_writer(fmt, classifier.labels, top, base=base, open_set=open_set)
-        if flag_unknown and not open_set:
-            notice(f"{classifier.path}: exported without an open-set rule, so drawings of other categories "
-                          "cannot be flagged unknown (export the checkpoint again with qd-export)")
+        note_missing_open_set(classifier, flag_unknown)
         started = time.perf_counter()
         bar = ProgressBar("classifying", unit="drawings")
         if bar.active:  # counting what there is to do reads .npy headers and .ndjson files: only for the bar
             bar.step("classifying", total=plan.drawings())
         with bar:
             writer.emit = bar.write_stdout
-            runner = _classify(plan, classifier, decoder, writer, bar, top, batch_size)
+            runner = classify_plan(plan, classifier, decoder, writer, bar, top, batch_size)
     summary = Summary(classified=runner.classified, failed=runner.failed, seconds=time.perf_counter() - started,
                       unknown=runner.unknown if open_set else None)
     writer.finish(summary)
     return summary
 
 
-def _classify(plan: Plan, classifier: OnnxClassifier, decoder: ImageDecoder, writer: Writer, bar: ProgressBar,
-              top: int, batch_size: int) -> BatchRunner:
+def note_missing_open_set(classifier: OnnxClassifier, flag_unknown: bool) -> None:
+    if flag_unknown and classifier.open_set is None:
+        notice(f"{classifier.path}: exported without an open-set rule, so drawings of other categories "
+               "cannot be flagged unknown (export the checkpoint again with qd-export)")
+
+
+def classify_plan(plan: Plan, classifier: OnnxClassifier, decoder: ImageDecoder, writer: Writer, bar: ProgressBar,
+                  top: int, batch_size: int) -> BatchRunner:
+    """Every item of `plan` through `classifier` into `writer`, in input order (qd-infer, and each Ray worker)."""
     batcher = Batcher(batch_size)
     # Machine formats are written by a second thread while onnxruntime (which releases the
     # GIL) runs the next batch: with a small model, writing is a large share of the work.
