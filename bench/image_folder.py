@@ -30,6 +30,14 @@ def shared_rows(n: int) -> np.ndarray:
     return np.tile(allrows, (-(-n // len(allrows)), 1))[:n]
 
 
+def drawings_file(path: Path, n: int) -> Path:
+    """`path`, a .npy of shared_rows(n), written once and reused by later runs."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, shared_rows(n))
+    return path
+
+
 def grey_on_white(bitmap: np.ndarray, size: int) -> Image.Image:
     """An ink-high 28x28 bitmap as a size x size grey-on-white picture."""
     ink = bitmap.reshape(28, 28).astype(np.float32) / 255.0

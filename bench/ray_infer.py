@@ -27,9 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from image_folder import make_folder, shared_rows
+from image_folder import drawings_file, make_folder
 from qd.data.machine import cpu, usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,12 +46,8 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"CPU: {cpu().summary()}; {usable_cpus()} usable; load average {os.getloadavg()[0]:.1f} "
           f"(shared machine: compare the ratios)")
-    npy = args.work / f"drawings-{args.drawings}.npy"
-    if not npy.exists():
-        np.save(npy, shared_rows(args.drawings))
-    one = args.work / "one.npy"
-    if not one.exists():
-        np.save(one, shared_rows(1))
+    npy = drawings_file(args.work / f"drawings-{args.drawings}.npy", args.drawings)
+    one = drawings_file(args.work / "one.npy", 1)
     pngs = make_folder(args.work / f"pngs-{args.pngs}", args.pngs, sizes=(254,))
     sections = [(f"{args.drawings:,} drawings in one .npy", npy, args.drawings),
                 (f"{args.pngs:,} PNGs (254 px)", pngs, args.pngs),
