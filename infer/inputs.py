@@ -117,7 +117,10 @@ class Plan:
 
     @classmethod
     def of(cls, paths: Iterable[str | os.PathLike], recursive: bool = True) -> "Plan":
-        items = list(discover(paths, recursive))
+        return cls.from_items(list(discover(paths, recursive)))
+
+    @classmethod
+    def from_items(cls, items: list[Path | NpyRows | Failure]) -> "Plan":
         return cls(items, sum(1 for i in items if isinstance(i, Path) and is_image_path(i)))
 
     def drawings(self) -> int:

@@ -24,7 +24,6 @@ from pathlib import Path
 
 from qd.data.decode import ImageDecoder
 from qd.data.errors import reason_of
-from qd.data.images import is_image_path
 from qd.data.progress import ProgressBar
 
 from .inputs import Failure, NpyRows, Plan
@@ -202,10 +201,9 @@ class Classify:
     def classify_unit(self, items: list):
         with LocalCopies() as copies:
             items = [copies.fetch(item) if isinstance(item, str) else item for item in items]
-            images = sum(1 for item in items if isinstance(item, Path) and is_image_path(item))
             writer = RecordLines(self.classifier.labels, self.top, self.classifier.open_set is not None,
                                  rename=copies.name if copies.folder else None)
-            classify_plan(Plan(items, images), self.classifier, self.decoder, writer, self.bar, self.top,
+            classify_plan(Plan.from_items(items), self.classifier, self.decoder, writer, self.bar, self.top,
                           self.batch_size)
         return writer.table(self.fmt)
 
