@@ -28,7 +28,7 @@ from qd.data.errors import QDError
 from qd.data.limits import MAX_CANVAS_SIDE, MIN_CANVAS_SIDE
 from qd.data.paths import MODEL_CANVAS_ONNX as CANVAS_FILE
 
-from .model import _open_session, _parse_labels
+from .model import _open_session, _parse_labels, parse_precision
 from .openset import PROBABILITIES, parse_open_set, parse_temperature
 
 __all__ = ["BITMAP", "BLANK_LOGIT", "CANVAS_FILE", "CANVAS_INPUT", "CANVAS_OUTPUTS", "CANVAS_KEY", "CanvasModel",
@@ -78,6 +78,7 @@ class CanvasModel:
         self.session = _open_session(self.path, threads)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.labels = _parse_labels(self.path, self.metadata)
+        self.precision = parse_precision(self.metadata)
         self.temperature = parse_temperature(self.path, self.metadata)
         self.open_set = parse_open_set(self.path, self.metadata)
         inputs = [i.name for i in self.session.get_inputs()]

@@ -40,7 +40,6 @@ from rich.text import Text
 from qd.data import options as opt
 from qd.data.console import console, describe_unexpected, err_console, run_app, shown
 from qd.data.errors import QDError
-from qd.data.contract import META_PRECISION
 from qd.data.paths import MODEL_CANVAS_ONNX as CANVAS_FILE, ORT_WEB_DIST_ENV
 
 HOST = "127.0.0.1"
@@ -125,8 +124,7 @@ def check_model(model: str | os.PathLike | None) -> DemoModel:
     from .canvas import CanvasModel
 
     canvas = CanvasModel(canvas_model_path(model), threads=1)
-    return DemoModel(path=canvas.path, labels=canvas.labels,
-                     precision=canvas.metadata.get(META_PRECISION, "fp32"))
+    return DemoModel(path=canvas.path, labels=canvas.labels, precision=canvas.precision)
 
 
 class DemoHandler(BaseHTTPRequestHandler):

@@ -84,7 +84,7 @@ class OnnxClassifier:
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.labels: list[str] = _parse_labels(self.path, self.metadata)
         self.preprocessing: dict = _parse_preprocessing(self.path, self.metadata)
-        self.precision: str = self.metadata.get(META_PRECISION, "fp32")
+        self.precision: str = parse_precision(self.metadata)
         self.temperature: float = parse_temperature(self.path, self.metadata)
         self.model_open_set: OpenSetRule | None = parse_open_set(self.path, self.metadata)
         self._check_io()
@@ -204,6 +204,11 @@ def _open_session(path: Path, threads: int | None, model: bytes | None = None):
         # torch saves checkpoints as zip files: whatever the name, that is the one slip worth a hint
         hint = "; it looks like a torch checkpoint: run qd-export first" if model[:4] == b"PK\x03\x04" else ""
         raise QDError(f"{path}: not a loadable ONNX model ({first[:160]}){hint}") from None
+
+
+def parse_precision(meta: dict[str, str]) -> str:
+    """The model's qd.precision ("fp32" or "int8"); models exported before it was recorded are fp32."""
+    return meta.get(META_PRECISION, "fp32")
 
 
 def _parse_labels(path: Path, meta: dict[str, str]) -> list[str]:
