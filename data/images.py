@@ -356,6 +356,8 @@ class CellGrid:
             if likely > 0:
                 below[i:i + cells.shape[0], j:j + cells.shape[2]] = _cell_counts(cells < likely) >= half
         windows_all_above = ~_max_filter(~above, LOCAL_RADIUS)
+        if not below.any() and not windows_all_above.any():
+            return np.full((self.rows, self.cols), likely, dtype=np.int32)  # each window's minimum is `likely`
         exact = below | (above & _max_filter(windows_all_above, LOCAL_RADIUS))
         # An unselected cell above `likely` shares every window with a lower one: any level over
         # `likely` stands in for its median without changing a minimum.
