@@ -10,9 +10,7 @@ every module it imports, a second or so per qd-infer start on a 2-core machine
 
   1. `.npy` path, per model: qd-infer --json and --csv (stdout to /dev/null) against a bare
      onnxruntime loop over the same array (memory-mapped rows -> float32 batches of 512 ->
-     session.run), for N drawings (default 100,000), the bare loop with onnxruntime's default
-     threads and with the intra-op threads qd-infer gives its session for these formats (the
-     four run in turn). Target >= 0.9x.
+     session.run), for N drawings (default 100,000). Target >= 0.9x.
   2. Image folders: qd-infer --csv --workers P against a bare Pillow loop in P processes
      (open, decode, convert to L, resize to 28x28) over the same files, for P = 1 and P =
      every CPU. The folder: the shared bitmaps as 254 px and 1024 px grey-on-white PNGs
@@ -42,7 +40,6 @@ import numpy as np
 
 from image_folder import make_folder, shared_rows
 from qd.data.machine import cpu, usable_cpus
-from qd.infer.run import model_threads
 
 REPO = Path(__file__).resolve().parents[1]
 # The console script, as people run it (next to this Python when the project is installed in its environment).
@@ -53,10 +50,7 @@ BATCH = 512  # qd-infer's default --batch-size
 BARE_ONNXRUNTIME = """
 import sys, numpy as np, onnxruntime as ort
 rows = np.load(sys.argv[2], mmap_mode="r")
-options = ort.SessionOptions()
-if int(sys.argv[3]):
-    options.intra_op_num_threads = int(sys.argv[3])
-session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
 for start in range(0, len(rows), 512):
     batch = np.asarray(rows[start:start + 512]).reshape(-1, 1, 28, 28).astype(np.float32) / np.float32(255)
     session.run(["probabilities"], {"image": batch})
@@ -110,16 +104,12 @@ def main() -> None:
     if "npy" not in skip:
         print(f"\n1. .npy path, {args.drawings:,} drawings, batch {BATCH} (wall s, start-up included: median "
               f"and range of {args.rounds} rounds):")
-        threads = model_threads(decoding_in_workers=False, writes_beside=True)
         for model in models:
-            bare = {f"bare onnxruntime ({label})": [sys.executable, "-c", BARE_ONNXRUNTIME, model, npy, n]
-                    for label, n in (("default threads", 0), (f"{threads} thread{'s' * (threads > 1)}, as qd-infer", threads))}
-            ours = {mode: [*QD_INFER, npy, "--model", model, mode] for mode in ("--json", "--csv")}
-            times = in_turn([*bare.values(), *ours.values()], args.rounds)
-            for i, mode in enumerate(ours, start=len(bare)):
-                for j, name in enumerate(bare):
-                    print(f"   {arch_of(model):8s} {mode:6s}  "
-                          f"{SideBySide(times[j], times[i]).line(name, args.drawings, 'drawings', 0.9)}")
+            bare = [sys.executable, "-c", BARE_ONNXRUNTIME, model, npy]
+            for mode in ("--json", "--csv"):
+                ours = [*QD_INFER, npy, "--model", model, mode]
+                timed = side_by_side(bare, ours, args.rounds)
+                print(f"   {arch_of(model):8s} {mode:6s}  {timed.line('bare onnxruntime', args.drawings, 'drawings', 0.9)}")
 
     if "images" not in skip:
         folder = make_folder(args.work / f"pngs-{args.pngs}", args.pngs, sizes=(254, 1024))
@@ -189,15 +179,11 @@ def _spread(times: list[float]) -> str:
 
 
 def side_by_side(a: list, b: list, rounds: int) -> SideBySide:
-    return SideBySide(*in_turn([a, b], rounds))
-
-
-def in_turn(commands: list[list], rounds: int) -> list[list[float]]:
-    """Wall seconds of each command, run one after the other `rounds` times, after one untimed
-    run of each (bytecode and page caches warm for all)."""
-    times: list[list[float]] = [[] for _ in commands]
+    """Commands a and b run alternately `rounds` times, after one untimed run of each (bytecode
+    and page caches warm for both)."""
+    times: tuple[list[float], list[float]] = ([], [])
     for round_ in range(rounds + 1):
-        for side, command in enumerate(commands):
+        for side, command in enumerate((a, b)):
             started = time.perf_counter()
             done = subprocess.run([str(c) for c in command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   text=True)
@@ -205,7 +191,7 @@ def in_turn(commands: list[list], rounds: int) -> list[list[float]]:
                 times[side].append(time.perf_counter() - started)
             if done.returncode != 0:
                 sys.exit(f"{' '.join(map(str, command))[:200]} failed: {done.stderr.strip()[-500:]}")
-    return times
+    return SideBySide(*times)
 
 
 def peak_memory(command: list) -> tuple[int, int, float]:

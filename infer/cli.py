@@ -42,8 +42,8 @@ def infer(
         "Worker processes decoding images. Default: one per CPU.")] = None,
     threads: Annotated[Optional[int], typer.Option(
         "--threads", min=1, max=MAX_THREADS, metavar="N",
-        help="onnxruntime intra-op threads (default: 1 while worker processes decode images, one fewer than the "
-             "CPUs while --json/--csv records are written beside the model, else onnxruntime decides).")] = None,
+        help="onnxruntime intra-op threads (default: 1 while worker processes decode images, else onnxruntime "
+             "decides).")] = None,
     unknown_threshold: Annotated[Optional[float], typer.Option(
         "--unknown-threshold", metavar="X",
         help="Flag drawings whose open-set score is below X instead of the model's own threshold "

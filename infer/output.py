@@ -266,7 +266,4 @@ def make_writer(fmt: str, labels: list[str], top: int, base: str | None = None, 
     `open_set`: whether rows will come with the unknown answer."""
     if fmt == "table":
         return TableWriter(labels, top, base, open_set)
-    return WRITERS[fmt](labels, top, open_set)
-
-
-WRITERS: dict[str, type[Writer]] = {"table": TableWriter, "json": JsonLinesWriter, "csv": CsvWriter}
+    return {"json": JsonLinesWriter, "csv": CsvWriter}[fmt](labels, top, open_set)

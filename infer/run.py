@@ -13,14 +13,13 @@ from qd.data.console import describe_unexpected
 from qd.data.decode import ImageDecoder
 from qd.data.errors import QDError
 from qd.data.limits import MAX_BATCH_SIZE, MAX_WORKERS
-from qd.data.machine import usable_cpus
 from qd.data.preprocess import bitmaps_to_input
 from qd.data.progress import ProgressBar
 
 from .inputs import Drawings, Failure, Plan, read_inputs
 from .model import OnnxClassifier, resolve_model_path, top_k
 from .openset import PROBABILITIES
-from .output import WRITERS, Summary, Writer, make_writer, notice
+from .output import Summary, Writer, make_writer, notice
 
 
 class Batcher:
@@ -121,8 +120,9 @@ def run_inference(inputs, model=None, top: int = 3, batch_size: int = 512, fmt: 
     inputs = [str(i) for i in inputs]
     plan = Plan.of(inputs, recursive)
     with ImageDecoder(workers, expected=plan.images) as decoder:
-        writes_beside = getattr(writer, "threaded", False) if writer is not None else WRITERS[fmt].threaded
-        classifier = OnnxClassifier(model_path, threads=threads or model_threads(decoder.parallel, writes_beside),
+        # While worker processes decode, the model gets one core's share: a thread pool of
+        # its own on every core would only fight the decoders (onnxruntime threads spin).
+        classifier = OnnxClassifier(model_path, threads=threads or (1 if decoder.parallel else None),
                                     unknown_threshold=unknown_threshold, flag_unknown=flag_unknown)
         top = min(top, classifier.num_classes)
         base = inputs[0] if len(inputs) == 1 and os.path.isdir(inputs[0]) else None
@@ -142,16 +142,6 @@ def run_inference(inputs, model=None, top: int = 3, batch_size: int = 512, fmt: 
                       unknown=runner.unknown if open_set else None)
     writer.finish(summary)
     return summary
-
-
-def model_threads(decoding_in_workers: bool, writes_beside: bool) -> int | None:
-    """onnxruntime's intra-op threads unless --threads says: one while worker processes decode
-    (the model is a few percent of an image's work), one core fewer than there are while a
-    writer thread formats records beside the model, else onnxruntime's default (a thread per
-    core). Its threads spin while they wait: a pool on every core fights whatever else runs."""
-    if decoding_in_workers:
-        return 1
-    return max(1, usable_cpus() - 1) if writes_beside else None
 
 
 def _classify(plan: Plan, classifier: OnnxClassifier, decoder: ImageDecoder, writer: Writer, bar: ProgressBar,
