@@ -10,7 +10,8 @@ every module it imports, a second or so per qd-infer start on a 2-core machine
 
   1. `.npy` path, per model: qd-infer --json and --csv (stdout to /dev/null) against a bare
      onnxruntime loop over the same array (memory-mapped rows -> float32 batches of 512 ->
-     session.run), for N drawings (default 100,000). Target >= 0.9x.
+     session.run, onnxruntime's default session options, as qd-infer's on this input), for N
+     drawings (default 100,000); the three run in turn. Target >= 0.9x.
   2. Image folders: qd-infer --csv --workers P against a bare Pillow loop in P processes
      (open, decode, convert to L, resize to 28x28) over the same files, for P = 1 and P =
      every CPU. The folder: the shared bitmaps as 254 px and 1024 px grey-on-white PNGs
@@ -106,10 +107,11 @@ def main() -> None:
               f"and range of {args.rounds} rounds):")
         for model in models:
             bare = [sys.executable, "-c", BARE_ONNXRUNTIME, model, npy]
-            for mode in ("--json", "--csv"):
-                ours = [*QD_INFER, npy, "--model", model, mode]
-                timed = side_by_side(bare, ours, args.rounds)
-                print(f"   {arch_of(model):8s} {mode:6s}  {timed.line('bare onnxruntime', args.drawings, 'drawings', 0.9)}")
+            modes = ("--json", "--csv")
+            times = in_turn([bare, *([*QD_INFER, npy, "--model", model, mode] for mode in modes)], args.rounds)
+            for mode, ours in zip(modes, times[1:]):
+                print(f"   {arch_of(model):8s} {mode:6s}  "
+                      f"{SideBySide(times[0], ours).line('bare onnxruntime', args.drawings, 'drawings', 0.9)}")
 
     if "images" not in skip:
         folder = make_folder(args.work / f"pngs-{args.pngs}", args.pngs, sizes=(254, 1024))
@@ -179,11 +181,15 @@ def _spread(times: list[float]) -> str:
 
 
 def side_by_side(a: list, b: list, rounds: int) -> SideBySide:
-    """Commands a and b run alternately `rounds` times, after one untimed run of each (bytecode
-    and page caches warm for both)."""
-    times: tuple[list[float], list[float]] = ([], [])
+    return SideBySide(*in_turn([a, b], rounds))
+
+
+def in_turn(commands: list[list], rounds: int) -> list[list[float]]:
+    """Wall seconds of each command, run one after the other `rounds` times, after one untimed
+    run of each (bytecode and page caches warm for all)."""
+    times: list[list[float]] = [[] for _ in commands]
     for round_ in range(rounds + 1):
-        for side, command in enumerate((a, b)):
+        for side, command in enumerate(commands):
             started = time.perf_counter()
             done = subprocess.run([str(c) for c in command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   text=True)
@@ -191,7 +197,7 @@ def side_by_side(a: list, b: list, rounds: int) -> SideBySide:
                 times[side].append(time.perf_counter() - started)
             if done.returncode != 0:
                 sys.exit(f"{' '.join(map(str, command))[:200]} failed: {done.stderr.strip()[-500:]}")
-    return SideBySide(*times)
+    return times
 
 
 def peak_memory(command: list) -> tuple[int, int, float]:
