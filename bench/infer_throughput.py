@@ -1,12 +1,17 @@
 """qd-infer against the bare loops it must keep up with, side by side in one run (compare the ratios).
 
 Every figure is the wall time of a whole process (start-up included), the two sides of a
-ratio run alternately, `--rounds` times, and each keeps its median, so load on a shared
-machine hits both alike.
+ratio run alternately, `--rounds` times after one untimed warm-up run each, and each keeps
+its median (the range is printed too), so load on a shared machine hits both alike. The
+commands run with Python's bytecode cache on (in the work folder), as in any installed
+environment: where PYTHONDONTWRITEBYTECODE is set, every process would otherwise compile
+every module it imports, a second or so per qd-infer start on a 2-core machine
+(`--no-bytecode-cache` measures that case).
 
   1. `.npy` path, per model: qd-infer --json and --csv (stdout to /dev/null) against a bare
      onnxruntime loop over the same array (memory-mapped rows -> float32 batches of 512 ->
-     session.run), for N drawings (default 100,000). Target >= 0.9x.
+     session.run, onnxruntime's default session options, as qd-infer's on this input), for N
+     drawings (default 100,000); the three run in turn. Target >= 0.9x.
   2. Image folders: qd-infer --csv --workers P against a bare Pillow loop in P processes
      (open, decode, convert to L, resize to 28x28) over the same files, for P = 1 and P =
      every CPU. The folder: the shared bitmaps as 254 px and 1024 px grey-on-white PNGs
@@ -29,6 +34,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +43,9 @@ from image_folder import make_folder, shared_rows
 from qd.data.machine import cpu, usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
-QD_INFER = [sys.executable, "-m", "qd.infer.cli"]
+# The console script, as people run it (next to this Python when the project is installed in its environment).
+_SCRIPT = Path(sys.executable).with_name("qd-infer")
+QD_INFER = [_SCRIPT] if _SCRIPT.exists() else [sys.executable, "-m", "qd.infer.cli"]
 BATCH = 512  # qd-infer's default --batch-size
 
 BARE_ONNXRUNTIME = """
@@ -80,7 +88,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: npy, images, memory")
     ap.add_argument("--work", type=Path, default=REPO / "artifacts" / "bench-infer")
+    ap.add_argument("--no-bytecode-cache", action="store_true",
+                    help="leave PYTHONDONTWRITEBYTECODE as it is (each process compiles what it imports)")
     args = ap.parse_args()
+    if not args.no_bytecode_cache:
+        use_bytecode_cache(args.work / "pycache")
     skip = set(filter(None, args.skip.split(",")))
     models = [m / "model.onnx" if m.is_dir() else m for m in args.model]
     args.work.mkdir(parents=True, exist_ok=True)
@@ -91,16 +103,15 @@ def main() -> None:
         np.save(npy, shared_rows(args.drawings))
 
     if "npy" not in skip:
-        print(f"\n1. .npy path, {args.drawings:,} drawings, batch {BATCH} (median wall s of {args.rounds}, "
-              "start-up included):")
+        print(f"\n1. .npy path, {args.drawings:,} drawings, batch {BATCH} (wall s, start-up included: median "
+              f"and range of {args.rounds} rounds):")
         for model in models:
             bare = [sys.executable, "-c", BARE_ONNXRUNTIME, model, npy]
-            for mode in ("--json", "--csv"):
-                ours = [*QD_INFER, npy, "--model", model, mode]
-                t_bare, t_ours = side_by_side(bare, ours, args.rounds)
-                print(f"   {arch_of(model):8s} {mode:6s}  bare onnxruntime {t_bare:6.2f} s "
-                      f"({args.drawings / t_bare:7,.0f}/s)  qd-infer {t_ours:6.2f} s ({args.drawings / t_ours:7,.0f}/s)"
-                      f"  -> {t_bare / t_ours:.2f}x (target >= 0.9x)")
+            modes = ("--json", "--csv")
+            times = in_turn([bare, *([*QD_INFER, npy, "--model", model, mode] for mode in modes)], args.rounds)
+            for mode, ours in zip(modes, times[1:]):
+                print(f"   {arch_of(model):8s} {mode:6s}  "
+                      f"{SideBySide(times[0], ours).line('bare onnxruntime', args.drawings, 'drawings', 0.9)}")
 
     if "images" not in skip:
         folder = make_folder(args.work / f"pngs-{args.pngs}", args.pngs, sizes=(254, 1024))
@@ -108,10 +119,9 @@ def main() -> None:
         for processes in sorted({1, usable_cpus()}):
             bare = [sys.executable, "-c", BARE_PILLOW, folder, processes]
             ours = [*QD_INFER, folder, "--model", models[0], "--csv", "--workers", processes]
-            t_bare, t_ours = side_by_side(bare, ours, args.rounds)
-            print(f"   {processes} process{'es' if processes > 1 else '  '}  bare Pillow loop {t_bare:6.2f} s "
-                  f"({args.pngs / t_bare:5,.0f} images/s)  qd-infer {t_ours:6.2f} s "
-                  f"({args.pngs / t_ours:5,.0f} images/s)  -> {t_bare / t_ours:.2f}x (target >= 0.5x)")
+            timed = side_by_side(bare, ours, args.rounds)
+            print(f"   {processes} process{'es' if processes > 1 else '  '}  "
+                  f"{timed.line('bare Pillow loop', args.pngs, 'images', 0.5)}")
 
     if "memory" not in skip:
         small = make_folder(args.work / f"pngs-{args.rss_pngs}", args.rss_pngs, sizes=(254,))
@@ -122,6 +132,12 @@ def main() -> None:
                   f"({wall:.1f} s)")
 
     print(f"\n4. cold start of `qd-infer --help`: median {cold_start():.2f} s over 5 runs (target < 1 s)")
+
+
+def use_bytecode_cache(folder: Path) -> None:
+    """Let the timed commands (this process's children) read and write compiled modules in `folder`."""
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(folder)
 
 
 def cold_start(runs: int = 5) -> float:
@@ -145,18 +161,43 @@ def arch_of(model: Path) -> str:
         return arch
 
 
-def side_by_side(a: list, b: list, rounds: int) -> tuple[float, float]:
-    """Median wall seconds of commands a and b, run alternately."""
-    times = {0: [], 1: []}
-    for _ in range(rounds):
-        for side, command in enumerate((a, b)):
+@dataclass
+class SideBySide:
+    """Wall seconds of the bare loop and of qd-infer, round by round (each round runs one, then the other)."""
+
+    bare: list[float]
+    ours: list[float]
+
+    def line(self, bare_name: str, count: int, unit: str, target: float) -> str:
+        bare, ours = statistics.median(self.bare), statistics.median(self.ours)
+        rounds = [b / o for b, o in zip(self.bare, self.ours)]
+        return (f"{bare_name} {_spread(self.bare)} ({count / bare:,.0f} {unit}/s) | qd-infer {_spread(self.ours)} "
+                f"({count / ours:,.0f} {unit}/s) | {bare / ours:.2f}x (rounds {min(rounds):.2f}-{max(rounds):.2f}; "
+                f"target >= {target}x)")
+
+
+def _spread(times: list[float]) -> str:
+    return f"{statistics.median(times):.2f} s [{min(times):.2f}-{max(times):.2f}]"
+
+
+def side_by_side(a: list, b: list, rounds: int) -> SideBySide:
+    return SideBySide(*in_turn([a, b], rounds))
+
+
+def in_turn(commands: list[list], rounds: int) -> list[list[float]]:
+    """Wall seconds of each command, run one after the other `rounds` times, after one untimed
+    run of each (bytecode and page caches warm for all)."""
+    times: list[list[float]] = [[] for _ in commands]
+    for round_ in range(rounds + 1):
+        for side, command in enumerate(commands):
             started = time.perf_counter()
             done = subprocess.run([str(c) for c in command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   text=True)
-            times[side].append(time.perf_counter() - started)
+            if round_:
+                times[side].append(time.perf_counter() - started)
             if done.returncode != 0:
                 sys.exit(f"{' '.join(map(str, command))[:200]} failed: {done.stderr.strip()[-500:]}")
-    return statistics.median(times[0]), statistics.median(times[1])
+    return times
 
 
 def peak_memory(command: list) -> tuple[int, int, float]:

@@ -16,7 +16,9 @@ numpy calls that hold the GIL, so threads do not scale. Files travel in groups (
 round trips), results come back in input order, and only a few groups per worker are
 in flight, so memory stays flat on folders of any size. Each worker (and the calling
 process while it decodes itself) runs numpy's BLAS on one thread: a BLAS thread pool per
-worker would fight the other workers and the model for the same cores. A worker that
+worker would fight the other workers and the model for the same cores. Each worker also
+keeps the memory it frees for the next file (glibc): otherwise every image-sized array is
+handed back to the kernel and faulted in again, page by page. A worker that
 dies (a decoder crash on a hostile file, the OOM killer) costs only the files it held:
 the pool is restarted and those files are retried one by one, and a file that kills a
 worker again gets its own failure line.
@@ -24,9 +26,12 @@ worker again gets its own failure line.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import signal
+import sys
+import types
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -39,8 +44,22 @@ from .errors import QDError
 from .images import load_image_bitmap
 from .strokes import render_drawing
 
-GROUP = 8  # files per task sent to a worker
+# Files per task sent to a worker. A worker gets its next task through the calling process
+# (concurrent.futures queues only one task beyond those running): tasks of a tenth of a
+# second or so keep the workers busy even when that process waits for a core.
+GROUP = 16
+# Enough queued to keep the workers busy while the caller is away (onnxruntime classifying
+# a batch of 512), few enough that memory stays flat.
 GROUPS_IN_FLIGHT_PER_WORKER = 4
+# glibc mallopt: arrays up to this size come from the heap, and this much freed heap is kept
+# (a 2048 x 2048 image, the largest preprocessed, takes about 100 MB at its peak).
+HEAP_ARRAYS_BYTES = 16 * 2**20
+HEAP_KEPT_BYTES = 64 * 2**20
+# Imported once by the fork server rather than by every worker: the task functions (this
+# module), threadpoolctl, and the decoders of the formats the gate accepts (Image.open's
+# preinit loads PPM too).
+WORKER_MODULES = (__name__, "threadpoolctl", "PIL.BmpImagePlugin", "PIL.GifImagePlugin", "PIL.JpegImagePlugin",
+                  "PIL.PngImagePlugin", "PIL.PpmImagePlugin", "PIL.WebPImagePlugin")
 MIN_FILES_FOR_PROCESSES = 32  # fewer decode faster here than a pool starts
 
 Result = tuple[Path, "np.ndarray | str"]
@@ -81,6 +100,18 @@ def _start_worker() -> None:
     # Ctrl-C is the parent's to handle: it stops the pool; workers must not print tracebacks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _single_threaded_blas()
+    _keep_freed_memory()
+
+
+def _keep_freed_memory() -> None:
+    """glibc only (elsewhere nothing): serve image-sized arrays from the heap and keep what is freed."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    mallopt(m_mmap_threshold, HEAP_ARRAYS_BYTES)
+    mallopt(m_trim_threshold, HEAP_KEPT_BYTES)
 
 
 def _single_threaded_blas():
@@ -95,9 +126,22 @@ def _pool_context():
     # already runs onnxruntime threads), with the decoder modules imported once.
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
+        context.set_forkserver_preload([*WORKER_MODULES, *_main_imports()])
         return context
     return multiprocessing.get_context("spawn")
+
+
+def _main_imports() -> list[str]:
+    """What a worker imports when it runs the main script again (multiprocessing does that in
+    each new process), for the fork server to import once: the modules the script's functions
+    come from, such as a console script's entry point (qd-infer's pulls in the whole command
+    line). A main module run with `python -m` is left alone: runpy warns when it finds it
+    imported already."""
+    main = sys.modules.get("__main__")
+    if getattr(main, "__spec__", None) is not None or not getattr(main, "__file__", None):
+        return []
+    return sorted({value.__module__ for value in vars(main).values()
+                   if isinstance(value, types.FunctionType) and value.__module__ not in ("__main__", "__mp_main__")})
 
 
 class ImageDecoder:

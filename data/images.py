@@ -258,7 +258,7 @@ def image_to_gray(image: Image.Image) -> np.ndarray:
         return _wide_gray(image)
     has_alpha = "A" in mode or "a" in mode or "transparency" in image.info
     if mode == "L" and not has_alpha:
-        return np.array(image, dtype=np.uint8)  # the formula below gives G = L exactly
+        return np.asarray(image)  # the formula below gives G = L exactly (read-only: never written)
     try:
         rgb = np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
     except (OSError, ValueError) as exc:
@@ -295,7 +295,10 @@ def _wide_gray(image: Image.Image) -> np.ndarray:
 # S is a monotone function of I (a 256-entry table), so S >= 0.5 is I >= a threshold
 # level, and max-pooling and max-filtering commute with the table. Steps 7-10 therefore
 # run on uint8 levels; only the pooled n x n array becomes float, through the table.
-# Cell medians are selected (np.partition), not counted.
+# Step 5 counts, per cell, the pixels at or below the paper's level, which tells on which
+# side of that level each cell's median lies; a median is selected exactly (np.partition)
+# only where it can be a window's minimum. Where the whole map is 0 (clean paper), step 5
+# changes no pixel, and b and span stand.
 
 def percentile(hist: np.ndarray, q: float) -> int:
     """Step 3: the smallest grey level v with cumsum(hist)[v] >= q * N."""
@@ -336,29 +339,49 @@ class CellGrid:
         self.cell = -(-max(shape) // LOCAL_CELLS)
         self.rows, self.cols = -(-self.height // self.cell), -(-self.width // self.cell)
 
-    def medians(self, levels: np.ndarray, likely: int) -> np.ndarray:
-        """(rows, cols) int32: P(0.5) of each cell of a uint8 (H, W) array.
+    def background(self, levels: np.ndarray, likely: int) -> np.ndarray:
+        """(rows, cols) int32: bg, the minimum of the cell medians P(0.5) over each cell's
+        (2R+1)^2 window, of a uint8 (H, W) array.
 
-        `likely` is the level most cells are expected to have as median (the paper's);
-        it is confirmed by counting, and only the other cells are selected exactly.
+        `likely` is the level most cells are expected to have as median (the paper's). Counting
+        tells each cell's median's side of it; a median is selected exactly only where it can
+        be a window's minimum: below `likely`, or above it in a window with no cell at or below.
         """
-        out = np.empty((self.rows, self.cols), dtype=np.int32)
-        for (r0, r1, nr), (c0, c1, nc) in self._blocks():
-            ch, cw = (r1 - r0) // nr, (c1 - c0) // nc  # cells of one size, one per line:
-            cells = levels[r0:r1, c0:c1].reshape(nr, ch, nc, cw).transpose(0, 2, 1, 3).reshape(nr * nc, ch * cw)
-            i, j = r0 // self.cell, c0 // self.cell
-            out[i:i + nr, j:j + nc] = _row_medians(cells, likely).reshape(nr, nc)
-        return out
+        below = np.zeros((self.rows, self.cols), dtype=bool)
+        above = np.zeros((self.rows, self.cols), dtype=bool)
+        for (i, j), cells in self._blocks(levels):
+            half = 0.5 * cells.shape[1] * cells.shape[3]
+            # P(0.5) > likely  <=>  count(<= likely) < N / 2;  P(0.5) < likely  <=>  count(< likely) >= N / 2
+            above[i:i + cells.shape[0], j:j + cells.shape[2]] = _cell_counts(cells <= likely) < half
+            if likely > 0:
+                below[i:i + cells.shape[0], j:j + cells.shape[2]] = _cell_counts(cells < likely) >= half
+        windows_all_above = ~_max_filter(~above, LOCAL_RADIUS)
+        if not below.any() and not windows_all_above.any():
+            return np.full((self.rows, self.cols), likely, dtype=np.int32)  # each window's minimum is `likely`
+        exact = below | (above & _max_filter(windows_all_above, LOCAL_RADIUS))
+        # An unselected cell above `likely` shares every window with a lower one: any level over
+        # `likely` stands in for its median without changing a minimum.
+        medians = np.where(above, 255, likely).astype(np.int32)
+        if exact.any():
+            for (i, j), cells in self._blocks(levels):
+                rows, cols = np.nonzero(exact[i:i + cells.shape[0], j:j + cells.shape[2]])
+                if rows.size:
+                    medians[i + rows, j + cols] = _medians(cells[rows, :, cols, :])
+        return _min_filter(medians, LOCAL_RADIUS)
 
-    def _blocks(self):
-        """Rectangles of equal-sized cells: the full ones, then the clipped last row/column."""
+    def _blocks(self, levels: np.ndarray):
+        """((first cell row, first cell column), (nr, ch, nc, cw) view) for each rectangle of
+        equal-sized cells: the full ones, then the clipped last row/column."""
         def spans(length):
             full = length // self.cell
             out = [(0, full * self.cell, full)] if full else []
             if length % self.cell:
                 out.append((full * self.cell, length, 1))
             return out
-        return [(r, c) for r in spans(self.height) for c in spans(self.width)]
+        for r0, r1, nr in spans(self.height):
+            for c0, c1, nc in spans(self.width):
+                cells = levels[r0:r1, c0:c1].reshape(nr, (r1 - r0) // nr, nc, (c1 - c0) // nc)
+                yield (r0 // self.cell, c0 // self.cell), cells
 
     def per_pixel(self, values: np.ndarray) -> np.ndarray:
         """A (rows, cols) map of levels 0..255 spread over the (H, W) pixels of each cell, as uint8."""
@@ -366,29 +389,36 @@ class CellGrid:
         return spread[:self.height, :self.width]
 
 
-def _row_medians(rows: np.ndarray, likely: int) -> np.ndarray:
-    """P(0.5) of each row of a uint8 (M, N) array, as int32."""
-    half = 0.5 * rows.shape[1]
-    # P(0.5) == likely  <=>  count(<= likely) >= N / 2 > count(< likely)
-    is_likely = (rows <= likely).view(np.uint8).sum(axis=1, dtype=np.int64) >= half
-    if likely > 0:
-        is_likely &= (rows < likely).view(np.uint8).sum(axis=1, dtype=np.int64) < half
-    out = np.full(len(rows), likely, dtype=np.int32)
-    others = np.flatnonzero(~is_likely)
-    if others.size:
-        k = -(-rows.shape[1] // 2) - 1  # P(0.5) of N sorted values is the one at index ceil(N / 2) - 1
-        out[others] = np.partition(rows[others], k, axis=1)[:, k]
-    return out
+def _cell_counts(mask: np.ndarray) -> np.ndarray:
+    """(nr, nc) int64: the True pixels of each cell of a (nr, ch, nc, cw) boolean array."""
+    per_column = mask.view(np.uint8).sum(axis=1, dtype=_counter(mask.shape[1]))  # narrow sums vectorise
+    return per_column.sum(axis=2, dtype=np.int64)
+
+
+def _counter(length: int):
+    """The narrowest unsigned type that counts up to `length` (numpy sums those many times faster)."""
+    return np.uint16 if length <= np.iinfo(np.uint16).max else np.int64
+
+
+def _medians(cells: np.ndarray) -> np.ndarray:
+    """P(0.5) of each of k uint8 (ch, cw) cells, (k, ch, cw) -> (k,) int32."""
+    flat = cells.reshape(len(cells), -1)
+    k = -(-flat.shape[1] // 2) - 1  # P(0.5) of N sorted values is the one at index ceil(N / 2) - 1
+    return np.partition(flat, k, axis=1)[:, k].astype(np.int32)
 
 
 def subtract_local_background(ink: np.ndarray, b: int) -> np.ndarray:
     """Step 5: remove uneven lighting (shadows, gradients) with a coarse background map.
 
-    `b` is the whole image's background level, the likely median of most cells.
+    `b` is the whole image's background level, the likely median of most cells. Returns `ink`
+    itself when the map is 0 everywhere (max(I - 0, 0) = I), as on clean paper.
     """
     grid = CellGrid(ink.shape)
-    background = grid.per_pixel(_min_filter(grid.medians(ink, likely=b), LOCAL_RADIUS))
-    return ink - np.minimum(ink, background)  # max(I - bg, 0) in uint8
+    cells = grid.background(ink, likely=b)
+    if not cells.any():
+        return ink
+    lit = np.minimum(ink, grid.per_pixel(cells))
+    return np.subtract(ink, lit, out=lit)  # max(I - bg, 0) in uint8
 
 
 def _min_filter(a: np.ndarray, radius: int) -> np.ndarray:
@@ -402,8 +432,10 @@ def gray_to_bitmap(gray: np.ndarray) -> np.ndarray:
         raise BlankImageError(f"expected a non-empty 2-D grey image, got shape {gray.shape}")
     ink, b, span = ink_high(gray)
     if span >= MIN_CONTRAST and max(ink.shape) >= LOCAL_MIN_SIDE:
-        ink = subtract_local_background(ink, b)
-        b, span = background_and_span(histogram(ink))
+        lit = subtract_local_background(ink, b)
+        if lit is not ink:  # when nothing was subtracted, b and span stand as they are
+            ink = lit
+            b, span = background_and_span(histogram(ink))
     if span < MIN_CONTRAST:
         raise BlankImageError(f"no drawing found (blank image or too little contrast: {span} grey levels)")
     return levels_to_bitmap(ink, stretch_table(b, span))
@@ -421,8 +453,8 @@ def levels_to_bitmap(ink: np.ndarray, table: np.ndarray) -> np.ndarray:
     strong = int(np.argmax(table >= 0.5)) if table[-1] >= 0.5 else 256  # S >= 0.5  <=>  I >= strong
     mask = ink >= strong
     counted = mask.view(np.uint8)
-    col = counted.sum(axis=0, dtype=np.int64)
-    row = counted.sum(axis=1, dtype=np.int64)
+    col = counted.sum(axis=0, dtype=_counter(mask.shape[0])).astype(np.int64)
+    row = counted.sum(axis=1, dtype=_counter(mask.shape[1])).astype(np.int64)
     total = int(col.sum())
     if total == 0:
         raise BlankImageError("no drawing found (no ink after contrast stretch)")
