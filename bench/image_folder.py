@@ -60,6 +60,28 @@ def make_folder(folder: Path, count: int, sizes=(254, 1024)) -> Path:
     return folder
 
 
+def make_class_folders(folder: Path, count: int, sizes=(254, 1024)) -> Path:
+    """At least count PNGs as folder/<category>/*.png (the layout qd-eval --data and qd-data
+    import read), as many per shared category, sizes cycled; reused like make_folder's."""
+    from qd.data.bitmaps import open_bitmaps
+
+    files = sorted((SHARED / "bitmaps").glob("*.npy"))
+    if not files:
+        raise SystemExit(f"no shared bitmaps in {SHARED / 'bitmaps'} (set QD_SHARED)")
+    per_category = -(-count // len(files))
+    stamp = folder / ".complete"
+    recipe = f"{per_category} per category {','.join(map(str, sizes))} {INK_GREY}\n"
+    if stamp.exists() and stamp.read_text() == recipe:
+        return folder
+    for file in files:
+        (folder / file.stem).mkdir(parents=True, exist_ok=True)
+        for i, row in enumerate(np.asarray(open_bitmaps(file)[:per_category])):
+            size = sizes[i % len(sizes)]
+            grey_on_white(row, size).save(folder / file.stem / f"{i:05d}-{size}.png", optimize=False)
+    stamp.write_text(recipe)
+    return folder
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)

@@ -19,7 +19,9 @@ every module it imports, a second or so per qd-infer start on a 2-core machine
   3. Peak memory: qd-infer over N drawings (.npy) and over 10,000 PNGs, as the largest
      sampled sum of resident memory over qd-infer and its decode workers (and the main
      process's own peak).
-  4. Cold start of `qd-infer --help` (target < 1 s).
+  4. Every command that reads images (qd-infer, qd-eval --data, qd-data import: one decode
+     path) over the same PNGs in class folders, against the bare Pillow loop, every CPU.
+  5. Cold start of `qd-infer --help` (target < 1 s).
 
     python bench/infer_throughput.py --model artifacts/exports/<default> --model artifacts/exports/<seed>
                                      [--drawings 100000] [--pngs 2000] [--rss-pngs 10000] [--rounds 3]
@@ -37,15 +39,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
-from image_folder import make_folder, shared_rows
+from image_folder import drawings_file, make_class_folders, make_folder
 from qd.data.machine import cpu, usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
 # The console script, as people run it (next to this Python when the project is installed in its environment).
 _SCRIPT = Path(sys.executable).with_name("qd-infer")
 QD_INFER = [_SCRIPT] if _SCRIPT.exists() else [sys.executable, "-m", "qd.infer.cli"]
+QD_EVAL = [_SCRIPT.with_name("qd-eval")] if _SCRIPT.exists() else [sys.executable, "-m", "qd.evaluate.cli"]
+QD_DATA = [_SCRIPT.with_name("qd-data")] if _SCRIPT.exists() else [sys.executable, "-m", "qd.data.cli"]
 BATCH = 512  # qd-infer's default --batch-size
 
 BARE_ONNXRUNTIME = """
@@ -68,7 +71,7 @@ def load(path):
 
 if __name__ == "__main__":
     folder, processes = sys.argv[1], int(sys.argv[2])
-    paths = sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".png"))
+    paths = sorted(os.path.join(root, n) for root, _, names in os.walk(folder) for n in names if n.endswith(".png"))
     if processes == 1:
         out = [load(p) for p in paths]
     else:
@@ -86,7 +89,7 @@ def main() -> None:
     ap.add_argument("--pngs", type=int, default=2_000)
     ap.add_argument("--rss-pngs", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--skip", default="", help="comma-separated sections to skip: npy, images, memory")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: npy, images, memory, commands")
     ap.add_argument("--work", type=Path, default=REPO / "artifacts" / "bench-infer")
     ap.add_argument("--no-bytecode-cache", action="store_true",
                     help="leave PYTHONDONTWRITEBYTECODE as it is (each process compiles what it imports)")
@@ -98,9 +101,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"CPU: {cpu().summary()}; {usable_cpus()} usable; load average {os.getloadavg()[0]:.1f} "
           f"(shared machine: compare the ratios)")
-    npy = args.work / f"drawings-{args.drawings}.npy"
-    if not npy.exists():
-        np.save(npy, shared_rows(args.drawings))
+    npy = drawings_file(args.work / f"drawings-{args.drawings}.npy", args.drawings)
 
     if "npy" not in skip:
         print(f"\n1. .npy path, {args.drawings:,} drawings, batch {BATCH} (wall s, start-up included: median "
@@ -131,7 +132,35 @@ def main() -> None:
             print(f"   {label:28s} {total / 2**20:6.0f} MiB in all, main process {main_peak / 2**20:5.0f} MiB "
                   f"({wall:.1f} s)")
 
-    print(f"\n4. cold start of `qd-infer --help`: median {cold_start():.2f} s over 5 runs (target < 1 s)")
+    if "commands" not in skip:
+        every_command_reading_images(args.work, args.pngs, models[0], args.rounds)
+
+    print(f"\n5. cold start of `qd-infer --help`: median {cold_start():.2f} s over 5 runs (target < 1 s)")
+
+
+def every_command_reading_images(work: Path, count: int, model: Path, rounds: int) -> None:
+    """qd-infer, qd-eval --data and qd-data import over one folder of class-named subfolders,
+    each against the bare Pillow loop over the same files, every CPU."""
+    folder = make_class_folders(work / f"classes-{count}", count, sizes=(254, 1024))
+    files = sum(1 for _ in folder.rglob("*.png"))
+    processes = usable_cpus()
+    imported, report = work / "imported", work / "eval"
+    commands = {
+        "bare Pillow loop": [sys.executable, "-c", BARE_PILLOW, folder, processes],
+        "qd-infer --csv": [*QD_INFER, folder, "--model", model, "--csv", "--workers", processes],
+        "qd-eval --data": [*QD_EVAL, "--model", model, "--data", folder, "--backend", "onnx", "--no-speed",
+                           "--out", report],
+        "qd-data import": ["sh", "-c", 'rm -rf "$0" && shift && exec "$@"', imported, *QD_DATA, "import", folder,
+                           "--data", imported, "--workers", processes],
+    }
+    print(f"\n4. every command that reads images: {files:,} PNGs (254 px and 1024 px) in class folders, "
+          f"{processes} processes, model {arch_of(model)} (qd-eval includes its report and plots):")
+    times = in_turn(list(commands.values()), rounds)
+    bare = statistics.median(times[0])
+    for (name, _), timed in zip(commands.items(), times):
+        ours = statistics.median(timed)
+        print(f"   {name:17s} {_spread(timed)} ({files / ours:,.0f} images/s)"
+              + ("" if timed is times[0] else f" | {bare / ours:.2f}x the bare loop"))
 
 
 def use_bytecode_cache(folder: Path) -> None:
