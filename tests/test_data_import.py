@@ -1,6 +1,7 @@
 """qd-data import: class folders of images and .ndjson files -> Google-layout <category>.npy."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from qd.data.bitmaps import open_bitmaps
 from qd.data.decode import decode_file
 from qd.data.importer import ImportOptions, category_of_file, import_drawings
 from qd.data.strokes import draw_strokes_image, parse_ndjson_line, render_drawing
+from terminal import run_on_terminal, shows_a_bar
 
 
 def strokes_of(shared_strokes, category, count):
@@ -141,3 +143,17 @@ def test_sources_that_cannot_make_a_data_folder_write_nothing(layout, expected, 
     errors = error_lines(err)
     assert code == 1 and any(expected in e for e in errors), err
     assert not out.exists() or not list(out.iterdir())
+
+
+def test_progress_bar_on_a_terminal_only_and_the_same_files_either_way(source, tmp_path):
+    def command(out):
+        return [sys.executable, "-m", "qd.data.cli", "import", source, "--data", out, "--workers", "2"]
+    _, piped, code = run_on_terminal(command(tmp_path / "piped"))
+    assert code == 0, piped
+    _, terminal, code = run_on_terminal(command(tmp_path / "terminal"), stderr_tty=True)
+    assert code == 0, terminal
+    assert shows_a_bar(terminal) and "importing" in terminal
+    assert "\x1b" not in piped and not shows_a_bar(piped)
+    for category in ("apple", "cat", "dog"):
+        assert (tmp_path / "terminal" / f"{category}.npy").read_bytes() == \
+            (tmp_path / "piped" / f"{category}.npy").read_bytes()

@@ -1,19 +1,14 @@
 """Progress on long runs: a rich bar on stderr when stderr is a terminal, nothing extra otherwise."""
 
-import os
-import pty
 import re
-import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
 
 from images_synth import bitmap_as_paper
 from qd.data.bitmaps import open_bitmaps
-
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+from terminal import ANSI, run_on_terminal
 
 
 @pytest.fixture(scope="module")
@@ -28,36 +23,7 @@ def inputs(tmp_path_factory, shared_bitmaps):
 
 
 def run(args, stdout_tty=False, stderr_tty=False):
-    """qd-infer with stdout and/or stderr on a pseudo-terminal: (stdout, stderr, exit code)."""
-    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
-    env.pop("NO_COLOR", None)
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "qd.infer.cli", *map(str, args)], env=env,
-                            stdin=subprocess.DEVNULL,
-                            stdout=slave if stdout_tty else subprocess.PIPE,
-                            stderr=slave if stderr_tty else subprocess.PIPE)
-    os.close(slave)
-    screen = bytearray()
-
-    def read_terminal():
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                return
-            if not data:
-                return
-            screen.extend(data)
-
-    reader = threading.Thread(target=read_terminal, daemon=True)
-    reader.start()
-    out = proc.stdout.read() if proc.stdout else b""
-    err = proc.stderr.read() if proc.stderr else b""
-    code = proc.wait(timeout=180)
-    reader.join(timeout=10)
-    os.close(master)
-    terminal = screen.decode("utf-8", "replace").replace("\r\n", "\n")
-    return (terminal if stdout_tty else out.decode()), (terminal if stderr_tty else err.decode()), code
+    return run_on_terminal([sys.executable, "-m", "qd.infer.cli", *args], stdout_tty, stderr_tty)
 
 
 @pytest.mark.parametrize("mode", ["--csv", "--json"])
