@@ -17,7 +17,7 @@ from qd.data.console import run_app
 from qd.data.errors import QDError
 from qd.data.limits import MAX_THREADS
 
-from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP, MAX_LANES
 from .ray import LOCAL, is_ray_address
 
 app = opt.make_app()
@@ -61,8 +61,8 @@ def infer(
         "Worker processes decoding images. Default: one per CPU.")] = None,
     threads: Annotated[Optional[int], typer.Option(
         "--threads", min=1, max=MAX_THREADS, metavar="N",
-        help="onnxruntime intra-op threads (default: 1 while worker processes decode images, else onnxruntime "
-             "decides).")] = None,
+        help="onnxruntime threads, one batch at a time. Default: 1 while worker processes decode images; "
+             f"else one batch per CPU core side by side (up to {MAX_LANES}).")] = None,
     unknown_threshold: Annotated[Optional[float], typer.Option(
         "--unknown-threshold", metavar="X",
         help="Flag drawings whose open-set score is below X instead of the model's own threshold "

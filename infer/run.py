@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -13,10 +14,11 @@ from qd.data.console import describe_unexpected
 from qd.data.decode import ImageDecoder
 from qd.data.errors import QDError
 from qd.data.limits import MAX_BATCH_SIZE, MAX_WORKERS
+from qd.data.machine import usable_cpus
 from qd.data.preprocess import bitmaps_to_input
 from qd.data.progress import ProgressBar
 
-from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP, MAX_LANES
 from .inputs import Drawings, Failure, Plan, read_inputs
 from .model import OnnxClassifier, resolve_model_path, top_k
 from .openset import PROBABILITIES
@@ -52,25 +54,65 @@ class Batcher:
 
 
 class BatchRunner:
-    """Classifies batches and writes their rows; a batch onnxruntime cannot run (its allocator at
-    a huge batch, a kernel failing on some input) is split in halves and retried, down to single
-    drawings, so one bad drawing is one failure line and the rest of the batch goes on. After a
-    split, later batches are cut to the size that last worked."""
+    """Classifies batches and writes their rows in input order; a batch onnxruntime cannot run (its
+    allocator at a huge batch, a kernel failing on some input) is split in halves and retried, down
+    to single drawings, so one bad drawing is one failure line and the rest of the batch goes on.
+    After a split, later batches are cut to the size that last worked.
 
-    def __init__(self, classifier: OnnxClassifier, top: int, write, report_failure):
+    With `lanes` > 1, that many batches run at once (threads: onnxruntime releases the GIL), each
+    on its own share of the session's threads; results are still taken, checked and written in
+    order. Call drain() before reporting anything that must come after the batches given so far."""
+
+    def __init__(self, classifier: OnnxClassifier, top: int, write, report_failure, lanes: int = 1):
         self.classifier, self.top = classifier, top
         self.write, self.report_failure = write, report_failure  # (names, index, probs, unknown) and (message, input)
         self.limit: int | None = None  # batch size known to work, once one has failed
         self.classified = self.failed = self.unknown = 0
+        self.lanes = lanes
+        self._pool = ThreadPoolExecutor(lanes, thread_name_prefix="qd-run") if lanes > 1 else None
+        self._running: deque = deque()  # (names, bitmaps, future of outputs), oldest first
 
     def run(self, names: list[str], bitmaps: np.ndarray) -> None:
         step = self.limit or len(names)
         for start in range(0, len(names), step):
-            self._run(names[start:start + step], bitmaps[start:start + step])
+            part_names, part = names[start:start + step], bitmaps[start:start + step]
+            if self._pool is None:
+                self._run(part_names, part)
+                continue
+            self._running.append((part_names, part, self._pool.submit(self._outputs, part)))
+            # One batch queued beyond those running keeps every lane busy while this thread reads.
+            while len(self._running) > self.lanes:
+                self._take_oldest()
+
+    def drain(self) -> None:
+        """Write every batch given so far."""
+        while self._running:
+            self._take_oldest()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            for _, _, future in self._running:
+                future.cancel()
+            self._running.clear()
+            self._pool.shutdown(wait=True)
+
+    def _take_oldest(self) -> None:
+        names, bitmaps, future = self._running.popleft()
+        try:
+            outputs = future.result()
+        except QDError:
+            raise  # the model itself is wrong (output shape): every batch would fail alike
+        except Exception:
+            self._run(names, bitmaps)  # again, in this thread, splitting as it must
+            return
+        self._check_and_write(names, outputs)
+
+    def _outputs(self, bitmaps: np.ndarray) -> dict[str, np.ndarray]:
+        return self.classifier.outputs(bitmaps_to_input(bitmaps, self.classifier.preprocessing))
 
     def _run(self, names: list[str], bitmaps: np.ndarray) -> None:
         try:
-            outputs = self.classifier.outputs(bitmaps_to_input(bitmaps, self.classifier.preprocessing))
+            outputs = self._outputs(bitmaps)
         except QDError:
             raise  # the model itself is wrong (output shape): every batch would fail alike
         except Exception as exc:
@@ -82,6 +124,9 @@ class BatchRunner:
             self._run(names[:half], bitmaps[:half])
             self._run(names[half:], bitmaps[half:])
             return
+        self._check_and_write(names, outputs)
+
+    def _check_and_write(self, names: list[str], outputs: dict[str, np.ndarray]) -> None:
         finite = np.all([np.isfinite(v).all(axis=1) for v in outputs.values()], axis=0)
         if finite.all():
             self._write(names, outputs)
@@ -121,9 +166,8 @@ def run_inference(inputs, model=None, top: int = DEFAULT_TOP, batch_size: int = 
     inputs = [str(i) for i in inputs]
     plan = Plan.of(inputs, recursive)
     with ImageDecoder(workers, expected=plan.images) as decoder:
-        # While worker processes decode, the model gets one core's share: a thread pool of
-        # its own on every core would only fight the decoders (onnxruntime threads spin).
-        classifier = OnnxClassifier(model_path, threads=threads or (1 if decoder.parallel else None),
+        lanes, model_threads = model_lanes(threads, decoder.parallel)
+        classifier = OnnxClassifier(model_path, threads=model_threads,
                                     unknown_threshold=unknown_threshold, flag_unknown=flag_unknown)
         top = min(top, classifier.num_classes)
         base = inputs[0] if len(inputs) == 1 and os.path.isdir(inputs[0]) else None
@@ -136,7 +180,7 @@ def run_inference(inputs, model=None, top: int = DEFAULT_TOP, batch_size: int = 
             bar.step("classifying", total=plan.drawings())
         with bar:
             writer.emit = bar.write_stdout
-            runner = classify_plan(plan, classifier, decoder, writer, bar, top, batch_size)
+            runner = classify_plan(plan, classifier, decoder, writer, bar, top, batch_size, lanes)
     summary = Summary(classified=runner.classified, failed=runner.failed, seconds=time.perf_counter() - started,
                       unknown=runner.unknown if open_set else None)
     writer.finish(summary)
@@ -149,9 +193,27 @@ def note_missing_open_set(classifier: OnnxClassifier, flag_unknown: bool) -> Non
                "cannot be flagged unknown (export the checkpoint again with qd-export)")
 
 
+def model_lanes(threads: int | None, decoding_in_workers: bool) -> tuple[int, int | None]:
+    """(batches run at once, onnxruntime intra-op threads) for qd-infer.
+
+    A small network's batch spreads badly over threads (the seed network runs 1.7x faster on
+    2 threads than on 1, but two 1-thread batches side by side run 2x): so batches run side by
+    side, one lane per core up to MAX_LANES, the cores shared out among the lanes. While worker
+    processes decode, the model gets one core's share: more would only fight the decoders
+    (onnxruntime threads spin). `--threads N` runs one batch at a time on N threads."""
+    if threads:
+        return 1, threads
+    if decoding_in_workers:
+        return 1, 1
+    cpus = usable_cpus()
+    lanes = min(cpus, MAX_LANES)
+    return lanes, cpus // lanes
+
+
 def classify_plan(plan: Plan, classifier: OnnxClassifier, decoder: ImageDecoder, writer: Writer, bar: ProgressBar,
-                  top: int, batch_size: int) -> BatchRunner:
-    """Every item of `plan` through `classifier` into `writer`, in input order (qd-infer, and each Ray worker)."""
+                  top: int, batch_size: int, lanes: int = 1) -> BatchRunner:
+    """Every item of `plan` through `classifier` into `writer`, in input order (qd-infer, and each
+    Ray worker); `lanes` batches at once (model_lanes)."""
     batcher = Batcher(batch_size)
     # Machine formats are written by a second thread while onnxruntime (which releases the
     # GIL) runs the next batch: with a small model, writing is a large share of the work.
@@ -177,21 +239,24 @@ def classify_plan(plan: Plan, classifier: OnnxClassifier, decoder: ImageDecoder,
         writer.failure(message, input)
         bar.advance(1)
 
-    runner = BatchRunner(classifier, top, write, report_failure)
+    runner = BatchRunner(classifier, top, write, report_failure, lanes)
     try:
         for event in read_inputs(plan, chunk_rows=batch_size, decoder=decoder):
             if isinstance(event, Failure):
                 if batcher.count:  # the drawings before it first: records stay in input order
                     runner.run(*batcher.flush())
+                runner.drain()
                 runner.fail(event.message, event.input)
                 continue
             for names, bitmaps in batcher.add(event):
                 runner.run(names, bitmaps)
         if batcher.count:
             runner.run(*batcher.flush())
+        runner.drain()
         if written is not None:
             written.result()
     finally:
+        runner.close()
         if writing is not None:
             writing.shutdown(wait=True)
     return runner
