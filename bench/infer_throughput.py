@@ -150,7 +150,7 @@ def every_command_reading_images(work: Path, count: int, model: Path, rounds: in
         "qd-infer --csv": [*QD_INFER, folder, "--model", model, "--csv", "--workers", processes],
         "qd-eval --data": [*QD_EVAL, "--model", model, "--data", folder, "--backend", "onnx", "--no-speed",
                            "--out", report],
-        "qd-data import": ["sh", "-c", 'rm -rf "$0" && shift && exec "$@"', imported, *QD_DATA, "import", folder,
+        "qd-data import": ["sh", "-c", 'rm -rf "$0" && exec "$@"', imported, *QD_DATA, "import", folder,
                            "--data", imported, "--workers", processes],
     }
     print(f"\n4. every command that reads images: {files:,} PNGs (254 px and 1024 px) in class folders, "
