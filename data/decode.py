@@ -30,8 +30,6 @@ import ctypes
 import multiprocessing
 import os
 import signal
-import sys
-import types
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -42,6 +40,7 @@ import numpy as np
 
 from .errors import QDError
 from .images import load_image_bitmap
+from .processes import worker_context
 from .strokes import render_drawing
 
 # Files per task sent to a worker. A worker gets its next task through the calling process
@@ -121,29 +120,6 @@ def _single_threaded_blas():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _pool_context():
-    # forkserver: workers fork from a clean server process (never from a parent that
-    # already runs onnxruntime threads), with the decoder modules imported once.
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([*WORKER_MODULES, *_main_imports()])
-        return context
-    return multiprocessing.get_context("spawn")
-
-
-def _main_imports() -> list[str]:
-    """What a worker imports when it runs the main script again (multiprocessing does that in
-    each new process), for the fork server to import once: the modules the script's functions
-    come from, such as a console script's entry point (qd-infer's pulls in the whole command
-    line). A main module run with `python -m` is left alone: runpy warns when it finds it
-    imported already."""
-    main = sys.modules.get("__main__")
-    if getattr(main, "__spec__", None) is not None or not getattr(main, "__file__", None):
-        return []
-    return sorted({value.__module__ for value in vars(main).values()
-                   if isinstance(value, types.FunctionType) and value.__module__ not in ("__main__", "__mp_main__")})
-
-
 class ImageDecoder:
     """Decodes image files with `workers` processes (in this process when workers is 1 or the
     expected number of files is small). Use as a context manager, or call close()."""
@@ -155,6 +131,7 @@ class ImageDecoder:
         self.parallel = self.workers > 1 and (expected is None or expected >= MIN_FILES_FOR_PROCESSES)
         self._context = context
         self._pool: ProcessPoolExecutor | None = None
+        self._pool_served = False  # has the current pool finished a task?
 
     def __enter__(self) -> "ImageDecoder":
         return self
@@ -195,15 +172,37 @@ class ImageDecoder:
 
     def _pool_or_start(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=self._context or _pool_context(),
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=self._context or worker_context(WORKER_MODULES),
                                              initializer=_start_worker)
+            self._pool_served = False
         return self._pool
 
     def _restart(self, broken: ProcessPoolExecutor | None) -> None:
-        """Replace the pool if it is the one that broke (futures of an older one break too)."""
+        """Replace the pool if it is the one that broke (futures of an older one break too).
+
+        A pool that broke before finishing any task may have workers that cannot start at all
+        (not a hostile file): a task with no file tells, and ends the run with one line
+        rather than a pool restarted for every file."""
         if broken is not None and broken is self._pool:
             self._pool = None
             broken.shutdown(wait=False, cancel_futures=True)
+            if not self._pool_served:
+                self._check_workers_start()
+
+    def _check_workers_start(self) -> None:
+        pool = self._pool_or_start()
+        try:
+            pool.submit(_nothing).result()
+        except BrokenProcessPool:
+            self._pool = None
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise QDError("the image decoder's worker processes die as they start, before reading any file; "
+                          "decode in one process instead (--workers 1; workers=1 in Python)") from None
+        self._pool_served = True
+
+    def _served(self, pool: ProcessPoolExecutor) -> None:
+        if pool is self._pool:
+            self._pool_served = True
 
     def _in_pool(self, items: list, group_task, to_task) -> Iterator[tuple]:
         groups = [items[i:i + GROUP] for i in range(0, len(items), GROUP)]
@@ -238,6 +237,7 @@ class ImageDecoder:
             self._restart(pool)
             yield from self._one_by_one(group, group_task, to_task)
             return
+        self._served(pool)
         yield from zip(group, results)
 
     def _one_by_one(self, group: list, group_task, to_task) -> Iterator[tuple]:
@@ -247,10 +247,17 @@ class ImageDecoder:
             try:
                 if future is None:
                     raise BrokenProcessPool
-                yield item, future.result()[0]
+                result = future.result()[0]
             except BrokenProcessPool:
                 self._restart(pool)
                 yield item, _CRASHED
+            else:
+                self._served(pool)
+                yield item, result
+
+
+def _nothing() -> None:
+    """The task that tells a pool whose workers cannot start from one that met a hostile file."""
 
 
 _CRASHED = object()  # a worker died on this very item

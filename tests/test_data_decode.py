@@ -2,6 +2,8 @@
 
 import multiprocessing
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from images_synth import bitmap_as_paper
 from qd.data import decode
 from qd.data.bitmaps import open_bitmaps
 from qd.data.decode import GROUP, ImageDecoder
+from qd.data.errors import QDError
 from qd.data.images import load_image_bitmap
 
 
@@ -89,6 +92,53 @@ def test_a_worker_that_dies_costs_only_the_file_that_killed_it(folder, monkeypat
     assert "crashed" in failed["017.png"] and failed["017.png"].startswith(str(folder[17]))
     good = [(p, r) for p, r in results if not isinstance(r, str)]
     assert len(good) == len(folder) - 3 and all(np.array_equal(r, real(p)) for p, r in good[:5])
+
+
+def test_hostile_first_files_are_not_taken_for_workers_that_cannot_start(folder, monkeypatch):
+    real = decode.load_image_bitmap
+
+    def crashing(path, *args, **kwargs):
+        if os.path.basename(path) in ("000.png", "001.png"):
+            os._exit(1)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(decode, "load_image_bitmap", crashing)
+    results = decoded(folder, workers=2, context=multiprocessing.get_context("fork"))
+    failed = {p.name for p, r in results if isinstance(r, str)}
+    assert failed == {"000.png", "001.png", "005.png", "011.png"}
+
+
+def test_workers_that_cannot_start_end_the_run_with_one_error(folder, monkeypatch):
+    monkeypatch.setattr(decode, "_start_worker", lambda: os._exit(1))  # inherited by forked workers
+    with pytest.raises(QDError, match="die as they start") as caught:
+        decoded(folder, workers=2, context=multiprocessing.get_context("fork"))
+    assert "\n" not in str(caught.value)
+
+
+UNGUARDED_SCRIPT = """
+import sys
+from qd.data.decode import ImageDecoder
+print("script started", file=sys.stderr)
+with ImageDecoder(workers=2) as decoder:
+    results = [r for _, r in decoder.decode(sys.argv[1:])]
+print(sum(not isinstance(r, str) for r in results))
+"""
+
+
+@pytest.mark.parametrize("how", ["file", "stdin"])
+def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(folder, tmp_path, how):
+    """The default pool (forkserver) never imports the caller's main module in its workers: a script
+    with no `if __name__ == "__main__":` would start over in each one, and one read from stdin cannot
+    be imported at all."""
+    script = tmp_path / "classify.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    args = [str(p) for p in folder]
+    command = [sys.executable, str(script), *args] if how == "file" else [sys.executable, "-", *args]
+    done = subprocess.run(command, input=None if how == "file" else UNGUARDED_SCRIPT, capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("script started") == 1, done.stderr[-2000:]
+    assert done.stdout.split() == [str(len(folder) - 2)]
 
 
 def test_memory_stays_bounded_only_a_window_is_in_flight(folder, monkeypatch):
