@@ -20,7 +20,9 @@ every module it imports, a second or so per qd-infer start on a 2-core machine
      sampled sum of resident memory over qd-infer and its decode workers (and the main
      process's own peak).
   4. Every command that reads images (qd-infer, qd-eval --data, qd-data import: one decode
-     path) over the same PNGs in class folders, against the bare Pillow loop, every CPU.
+     path) over the same PNGs in class folders, against the bare Pillow loop, every CPU;
+     qd-eval with --no-plots (the report alone), then with its plots (matplotlib's import and
+     three figures: a fixed few seconds whatever the folder's size).
   5. Cold start of `qd-infer --help` (target < 1 s).
 
     python bench/infer_throughput.py --model artifacts/exports/<default> --model artifacts/exports/<seed>
@@ -148,18 +150,20 @@ def every_command_reading_images(work: Path, count: int, model: Path, rounds: in
     commands = {
         "bare Pillow loop": [sys.executable, "-c", BARE_PILLOW, folder, processes],
         "qd-infer --csv": [*QD_INFER, folder, "--model", model, "--csv", "--workers", processes],
-        "qd-eval --data": [*QD_EVAL, "--model", model, "--data", folder, "--backend", "onnx", "--no-speed",
-                           "--out", report],
+        "qd-eval --no-plots": [*QD_EVAL, "--model", model, "--data", folder, "--backend", "onnx", "--no-speed",
+                               "--no-plots", "--out", report],
+        "qd-eval (plots)": [*QD_EVAL, "--model", model, "--data", folder, "--backend", "onnx", "--no-speed",
+                            "--out", report],
         "qd-data import": ["sh", "-c", 'rm -rf "$0" && exec "$@"', imported, *QD_DATA, "import", folder,
                            "--data", imported, "--workers", processes],
     }
     print(f"\n4. every command that reads images: {files:,} PNGs (254 px and 1024 px) in class folders, "
-          f"{processes} processes, model {arch_of(model)} (qd-eval includes its report and plots):")
+          f"{processes} processes, model {arch_of(model)} (qd-eval: --data, its report; then with its three plots):")
     times = in_turn(list(commands.values()), rounds)
     bare = statistics.median(times[0])
     for (name, _), timed in zip(commands.items(), times):
         ours = statistics.median(timed)
-        print(f"   {name:17s} {_spread(timed)} ({files / ours:,.0f} images/s)"
+        print(f"   {name:18s} {_spread(timed)} ({files / ours:,.0f} images/s)"
               + ("" if timed is times[0] else f" | {bare / ours:.2f}x the bare loop"))
 
 

@@ -47,6 +47,9 @@ def evaluate_command(
         "--checkpoint", metavar="PATH",
         help="Checkpoint for the torch backend. Default: the source named in the export's model.json.")] = None,
     speed: Annotated[bool, typer.Option("--speed/--no-speed", help="Measure images/s and single-image latency.")] = True,
+    plots: Annotated[bool, typer.Option(
+        "--plots/--no-plots", help="Draw confusion.png, mistakes.png and calibration.png (matplotlib); "
+                                   "--no-plots writes report.json alone, seconds sooner.")] = True,
     unknown: Annotated[Optional[List[Path]], typer.Option(
         "--unknown", "-u", metavar="PATH",
         help="Drawings of categories the model does not know (folders, images, .npy, .ndjson); repeat for "
@@ -71,14 +74,14 @@ def evaluate_command(
             result = evaluate(path, data=data, split=split, backends=backend, out_dir=out,
                               checkpoint=checkpoint, ignore_unknown=ignore_unknown,
                               max_per_category=max_per_category, measure_speed=speed, unknown=unknown,
-                              write_files=False, progress=bar)
+                              write_files=False, plots=plots, progress=bar)
             if out is not None and len(models) > 1:
                 result.out_dir = out / result.model.name
             if any(r.out_dir.resolve() == result.out_dir.resolve() for r in results):
                 raise QDError(f"{result.model.path}: another model given has the same name "
                               f"{result.model.name!r}; evaluate them one at a time with --out")
-            bar.step("drawing plots")
-            write_outputs(result)
+            bar.step("drawing plots" if plots else "writing the report")
+            write_outputs(result, plots)
         render(build_report(result), console, result.out_dir)
         results.append(result)
     if len(results) > 1:

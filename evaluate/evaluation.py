@@ -24,7 +24,7 @@ from .backends import BackendRun, parse_backends, predict_all, run_backend
 from .confidence import Calibration, OpenSetFigures, measure_calibration, open_set_figures
 from .heldout import HeldOut, UnknownDrawings, load_heldout, load_unknown
 from .model_info import ModelInfo, load_model_info
-from .plots import plot_confusion, plot_mistakes, plot_reliability
+from .plots import plot_confusion, plot_mistakes, plot_reliability, require_matplotlib
 from .report import build_report
 
 CONFUSED_PAIRS = 10
@@ -60,14 +60,16 @@ def evaluate(model_path: str | os.PathLike | None = None, data: str | os.PathLik
              split: str | None = None, backends: list[str] | None = None, out_dir: str | os.PathLike | None = None,
              checkpoint: str | os.PathLike | None = None, ignore_unknown: bool = False,
              max_per_category: int | None = None, measure_speed: bool = True, write_files: bool = True,
-             progress: ProgressBar | None = None, unknown: list[str | os.PathLike] | None = None) -> Evaluation:
+             plots: bool = True, progress: ProgressBar | None = None, unknown: list[str | os.PathLike] | None = None) -> Evaluation:
     """Evaluate one model; write report.json, confusion.png, mistakes.png and calibration.png unless
-    write_files is False. `unknown`: paths of drawings of categories outside the model.
+    write_files is False (report.json alone when plots is False). `unknown`: paths of drawings of categories outside the model.
 
     `progress` (the CLI's bar on stderr) is stepped through the slow parts: reading, each backend.
     """
     bar = progress or ProgressBar("qd-eval", enabled=False)
     names = parse_backends(backends)
+    if plots:
+        require_matplotlib()
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
@@ -106,8 +108,8 @@ def evaluate(model_path: str | os.PathLike | None = None, data: str | os.PathLik
     )
     result.open_set, result.open_set_note = _open_set(model, reference, heldout)
     if write_files:
-        bar.step("drawing plots")
-        write_outputs(result)
+        bar.step("drawing plots" if plots else "writing the report")
+        write_outputs(result, plots)
     return result
 
 
@@ -121,9 +123,18 @@ def _open_set(model: ModelInfo, reference: BackendRun, heldout: HeldOut) -> tupl
     return open_set_figures(rule, reference.outputs, heldout.labels, reference.unknown_outputs), None
 
 
-def write_outputs(result: Evaluation) -> dict[str, Path]:
-    """confusion.png, mistakes.png, calibration.png, then report.json (which lists them), each written atomically."""
+def write_outputs(result: Evaluation, plots: bool = True) -> dict[str, Path]:
+    """confusion.png, mistakes.png, calibration.png (unless plots is False), then report.json (which lists
+    what was written), each written atomically."""
     out = result.out_dir
+    if plots:
+        _write_plots(result, out)
+    result.files["report"] = out / "report.json"
+    write_json_atomic(result.files["report"], build_report(result))
+    return result.files
+
+
+def _write_plots(result: Evaluation, out: Path) -> None:
     title = f"{result.model.name}: top-1 {result.summary.top1:.1%} on {len(result.heldout):,} drawings ({result.reference.name})"
     result.files["confusion"] = plot_confusion(result.confusion, result.model.labels, out / "confusion.png", title)
     result.files["mistakes"] = plot_mistakes(result.heldout.bitmaps, result.heldout.labels, result.reference.probabilities,
@@ -133,6 +144,3 @@ def write_outputs(result: Evaluation) -> dict[str, Path]:
     result.files["calibration"] = plot_reliability(result.calibration, out / "calibration.png",
                                                    f"{result.model.name}: calibration on {len(result.heldout):,} "
                                                    f"drawings ({result.reference.name})")
-    result.files["report"] = out / "report.json"
-    write_json_atomic(result.files["report"], build_report(result))
-    return result.files

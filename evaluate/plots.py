@@ -12,10 +12,20 @@ import numpy as np
 
 from qd.data.atomic import atomic_target
 from qd.data.console import shown
+from qd.data.errors import QDError
 from .metrics import normalize_rows
 
 MISTAKES_SHOWN = 48
 MISTAKE_COLUMNS = 8
+
+
+def require_matplotlib() -> None:
+    """Fail before any work is done, not after it, where the plots cannot be drawn."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise QDError("the plots need matplotlib, which is not installed: add the eval extra "
+                      "(pip install '.[eval]'), or pass --no-plots for report.json alone")
 
 
 def _pyplot():

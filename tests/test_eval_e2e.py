@@ -154,3 +154,33 @@ def test_cli_unknown_option_in_the_terminal_report(exported_model, unknown_drawi
     out = " ".join(result.stdout.split())
     assert "--unknown drawings flagged:" in out and "AUROC" in out and "of 325" in out
     assert "known drawings flagged unknown:" in out and "expected calibration error" in out
+
+
+def test_no_plots_writes_the_report_alone_without_matplotlib(exported_model, tmp_path):
+    code = (
+        "import sys; from qd.evaluate.evaluation import evaluate; "
+        f"evaluate({str(exported_model)!r}, backends=['onnx'], out_dir={str(tmp_path / 'api')!r}, "
+        "measure_speed=False, plots=False); "
+        "assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "api").iterdir()) == ["report.json"]
+    assert json.loads((tmp_path / "api" / "report.json").read_text())["files"] == {"report": "report.json"}
+
+    cli = subprocess.run([sys.executable, "-m", "qd.evaluate.cli", "-m", str(exported_model), "--backend", "onnx",
+                          "--no-speed", "--no-plots", "--out", str(tmp_path / "cli")],
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["report.json"]
+    assert "wrote report.json to" in " ".join(cli.stdout.split())
+
+
+def test_without_matplotlib_the_plots_fail_up_front_in_one_line(exported_model, tmp_path):
+    code = ("import sys; sys.modules['matplotlib'] = None; from qd.evaluate.cli import main; "
+            f"sys.argv = ['qd-eval', '-m', {str(exported_model)!r}, '--backend', 'onnx', '--no-speed', "
+            f"'--out', {str(tmp_path / 'out')!r}]; main()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1 and "matplotlib" in done.stderr and "--no-plots" in done.stderr
+    assert not (tmp_path / "out").exists()
