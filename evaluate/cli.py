@@ -55,6 +55,8 @@ def evaluate_command(
         help="Drawings of categories the model does not know (folders, images, .npy, .ndjson); repeat for "
              "several. Reports the share the model flags unknown and the AUROC against the held-out "
              "drawings.")] = None,
+    workers: Annotated[Optional[int], opt.workers_option(
+        "Processes decoding image files (class folders, --unknown). Default: the usable CPU cores.")] = None,
     artifacts: Annotated[Optional[Path], opt.artifacts_option()] = None,
     version: Annotated[bool, opt.version_option()] = False,
 ) -> None:
@@ -74,7 +76,7 @@ def evaluate_command(
             result = evaluate(path, data=data, split=split, backends=backend, out_dir=out,
                               checkpoint=checkpoint, ignore_unknown=ignore_unknown,
                               max_per_category=max_per_category, measure_speed=speed, unknown=unknown,
-                              write_files=False, plots=plots, progress=bar)
+                              write_files=False, plots=plots, progress=bar, workers=workers)
             if out is not None and len(models) > 1:
                 result.out_dir = out / result.model.name
             if any(r.out_dir.resolve() == result.out_dir.resolve() for r in results):

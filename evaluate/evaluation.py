@@ -60,9 +60,11 @@ def evaluate(model_path: str | os.PathLike | None = None, data: str | os.PathLik
              split: str | None = None, backends: list[str] | None = None, out_dir: str | os.PathLike | None = None,
              checkpoint: str | os.PathLike | None = None, ignore_unknown: bool = False,
              max_per_category: int | None = None, measure_speed: bool = True, write_files: bool = True,
-             plots: bool = True, progress: ProgressBar | None = None, unknown: list[str | os.PathLike] | None = None) -> Evaluation:
+             plots: bool = True, progress: ProgressBar | None = None, unknown: list[str | os.PathLike] | None = None,
+             workers: int | None = None) -> Evaluation:
     """Evaluate one model; write report.json, confusion.png, mistakes.png and calibration.png unless
     write_files is False (report.json alone when plots is False). `unknown`: paths of drawings of categories outside the model.
+    `workers`: processes decoding image files (default: one per usable CPU).
 
     `progress` (the CLI's bar on stderr) is stepped through the slow parts: reading, each backend.
     """
@@ -76,11 +78,12 @@ def evaluate(model_path: str | os.PathLike | None = None, data: str | os.PathLik
             raise QDError(f"{checkpoint}: checkpoint not found")
     model = load_model_info(model_path)
     bar.step(f"loading held-out data for {model.name}")
-    heldout = load_heldout(model, None if data is None else str(data), split, ignore_unknown, max_per_category, bar)
+    heldout = load_heldout(model, None if data is None else str(data), split, ignore_unknown, max_per_category, bar,
+                           workers=workers)
     unknown_set = None
     if unknown:
         bar.step("loading the --unknown drawings")
-        unknown_set = load_unknown(unknown, progress=bar)
+        unknown_set = load_unknown(unknown, workers=workers, progress=bar)
     runs = []
     for name in names:
         bar.step(f"{name}: classifying", total=len(heldout))

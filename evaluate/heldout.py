@@ -163,7 +163,8 @@ def from_class_folders(data_dir: Path, model, ignore_unknown: bool, workers: int
 
 
 def load_heldout(model, data_dir: str | None, split: str | None, ignore_unknown: bool,
-                 max_per_category: int | None = None, progress: ProgressBar | None = None) -> HeldOut:
+                 max_per_category: int | None = None, progress: ProgressBar | None = None,
+                 workers: int | None = None) -> HeldOut:
     """Pick the source: the model's own data (default: test split) or --data DIR.
 
     max_per_category caps a --data folder of .npy files at its first N rows per category
@@ -191,7 +192,7 @@ def load_heldout(model, data_dir: str | None, split: str | None, ignore_unknown:
     if any(p.is_dir() and not p.name.startswith(".") for p in data_dir.iterdir()):
         if split not in (None, ALL):
             raise QDError(f"{data_dir}: --split applies to a folder of <category>.npy files; class folders are evaluated whole")
-        return from_class_folders(data_dir, model, ignore_unknown, progress=progress)
+        return from_class_folders(data_dir, model, ignore_unknown, workers=workers, progress=progress)
     raise QDError(f"{data_dir}: no <category>.npy files and no class-named subfolders of drawings")
 
 

@@ -167,3 +167,14 @@ def test_model_without_training_data_needs_data(model, shared_bitmaps, tmp_path)
 def test_canonical_names():
     assert canonical("House Plant") == canonical("house_plant") == canonical(" house-plant ")
     assert canonical("The Eiffel Tower") == "the_eiffel_tower"
+
+
+def test_class_folders_read_the_same_in_one_process_and_in_workers(model, shared_bitmaps, tmp_path):
+    root = tmp_path / "images"
+    for folder, source in (("Apple", "apple"), ("square", "square")):
+        (root / folder).mkdir(parents=True)
+        for i, row in enumerate(np.load(shared_bitmaps / f"{source}.npy", mmap_mode="r")[:20]):
+            save_black_on_white(row, root / folder / f"{i:02d}.png", offset=(i % 5, i % 3))
+    one, pool = (load_heldout(model, str(root), None, False, workers=w) for w in (1, 2))  # 40 files: a pool of 2
+    assert one.origins == pool.origins and one.labels.tolist() == pool.labels.tolist()
+    assert np.array_equal(one.bitmaps, pool.bitmaps)
