@@ -147,13 +147,12 @@ def every_command_reading_images(work: Path, count: int, model: Path, rounds: in
     files = sum(1 for _ in folder.rglob("*.png"))
     processes = usable_cpus()
     imported, report = work / "imported", work / "eval"
+    qd_eval = [*QD_EVAL, "--model", model, "--data", folder, "--backend", "onnx", "--no-speed", "--out", report]
     commands = {
         "bare Pillow loop": [sys.executable, "-c", BARE_PILLOW, folder, processes],
         "qd-infer --csv": [*QD_INFER, folder, "--model", model, "--csv", "--workers", processes],
-        "qd-eval --no-plots": [*QD_EVAL, "--model", model, "--data", folder, "--backend", "onnx", "--no-speed",
-                               "--no-plots", "--out", report],
-        "qd-eval (plots)": [*QD_EVAL, "--model", model, "--data", folder, "--backend", "onnx", "--no-speed",
-                            "--out", report],
+        "qd-eval --no-plots": [*qd_eval, "--no-plots"],
+        "qd-eval (plots)": qd_eval,
         "qd-data import": ["sh", "-c", 'rm -rf "$0" && exec "$@"', imported, *QD_DATA, "import", folder,
                            "--data", imported, "--workers", processes],
     }

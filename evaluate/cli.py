@@ -63,6 +63,7 @@ def evaluate_command(
     from qd.data.progress import ProgressBar
 
     from .evaluation import evaluate, write_outputs
+    from .plots import require_matplotlib
     from .report import build_report, render
 
     models = list(model) if model else [None]
@@ -70,6 +71,8 @@ def evaluate_command(
         raise QDError("--checkpoint applies to one model; give one --model with it")
     if len(models) != len({str(m) for m in models}):
         raise QDError("--model: the same model is given twice")
+    if plots:
+        require_matplotlib()
     results = []
     for path in models:
         with ProgressBar("qd-eval", unit="drawings") as bar:
@@ -82,8 +85,7 @@ def evaluate_command(
             if any(r.out_dir.resolve() == result.out_dir.resolve() for r in results):
                 raise QDError(f"{result.model.path}: another model given has the same name "
                               f"{result.model.name!r}; evaluate them one at a time with --out")
-            bar.step("drawing plots" if plots else "writing the report")
-            write_outputs(result, plots)
+            write_outputs(result, plots, bar)
         render(build_report(result), console, result.out_dir)
         results.append(result)
     if len(results) > 1:

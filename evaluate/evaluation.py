@@ -70,7 +70,7 @@ def evaluate(model_path: str | os.PathLike | None = None, data: str | os.PathLik
     """
     bar = progress or ProgressBar("qd-eval", enabled=False)
     names = parse_backends(backends)
-    if plots:
+    if write_files and plots:
         require_matplotlib()
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
@@ -111,8 +111,7 @@ def evaluate(model_path: str | os.PathLike | None = None, data: str | os.PathLik
     )
     result.open_set, result.open_set_note = _open_set(model, reference, heldout)
     if write_files:
-        bar.step("drawing plots" if plots else "writing the report")
-        write_outputs(result, plots)
+        write_outputs(result, plots, bar)
     return result
 
 
@@ -126,10 +125,12 @@ def _open_set(model: ModelInfo, reference: BackendRun, heldout: HeldOut) -> tupl
     return open_set_figures(rule, reference.outputs, heldout.labels, reference.unknown_outputs), None
 
 
-def write_outputs(result: Evaluation, plots: bool = True) -> dict[str, Path]:
+def write_outputs(result: Evaluation, plots: bool = True, progress: ProgressBar | None = None) -> dict[str, Path]:
     """confusion.png, mistakes.png, calibration.png (unless plots is False), then report.json (which lists
     what was written), each written atomically."""
     out = result.out_dir
+    if progress is not None:
+        progress.step("drawing plots" if plots else "writing the report")
     if plots:
         _write_plots(result, out)
     result.files["report"] = out / "report.json"

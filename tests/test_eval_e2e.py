@@ -184,3 +184,9 @@ def test_without_matplotlib_the_plots_fail_up_front_in_one_line(exported_model, 
     assert done.returncode == 1, done.stderr
     assert done.stderr.count("\n") == 1 and "matplotlib" in done.stderr and "--no-plots" in done.stderr
     assert not (tmp_path / "out").exists()
+
+    code = ("import sys; sys.modules['matplotlib'] = None; from qd.evaluate.evaluation import evaluate; "
+            f"r = evaluate({str(exported_model)!r}, backends=['onnx'], measure_speed=False, write_files=False); "
+            "print(r.summary.top1)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr  # nothing to draw: evaluating needs no matplotlib
