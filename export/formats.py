@@ -49,7 +49,7 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     ExportFormat(
         "onnx-int8", MODEL_INT8_ONNX, "int8 ONNX (static QDQ, calibrated on training drawings)",
         export_int8, validate_int8,
-        "onnx.checker; contract; size ≤ 0.30× fp32; vs fp32 on the test split, with this CPU's int8 kernels "
+        "onnx.checker; contract; every weight in 8 bits (weight bytes ≤ 0.25× fp32's); vs fp32 on the test split, with this CPU's int8 kernels "
         "and with exact int8 arithmetic (as CPUs with VNNI compute): top-1 agreement ≥ 99% (refused only when "
         "an exact binomial test shows, at 95% confidence, that more than 1% of drawings change: e.g. up to 4 "
         "of 142, 35 of 2,656), max |Δp| ≤ 0.25, test top-1 loses no more drawings than that; "

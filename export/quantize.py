@@ -42,7 +42,10 @@ QUANTIZATION = dict(
     quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
     per_channel=True, reduce_range=True, calibrate_method=CalibrationMethod.MinMax,
 )
-MAX_SIZE_RATIO = 0.30
+# What int8 promises is 8-bit weights: a quarter of the fp32 weights' bytes. The file as a whole shrinks
+# less, by an amount that depends on the network (graph, metadata, per-channel scales and int32 biases
+# are a larger share of a small network's file), so the rule is on the weights, not the file.
+WEIGHT_BYTES_RATIO = 0.25
 # The options that loosen the rule, named when int8 is refused (declared in export/cli.py).
 TOLERANCE_OPTION, MAX_PROB_DIFF_OPTION = "--int8-tolerance", "--int8-max-dp"
 BENCH_BATCH = 256
@@ -94,9 +97,7 @@ def validate_int8(ctx: ExportContext, path: Path) -> list[Check]:
     if not all(c.passed for c in checks):
         return checks
     fp32_path = _fp32_model(ctx)
-    ratio = os.path.getsize(path) / os.path.getsize(fp32_path)
-    checks.append(Check("size", ratio <= MAX_SIZE_RATIO, f"{ratio:.2f}× the fp32 file (limit {MAX_SIZE_RATIO:.2f}×)",
-                        {"size_ratio": ratio}))
+    checks.append(size_check(fp32_path, path))
     fp32_probs = run_batched(ort_session(fp32_path, threads=1), ctx.data.inputs, BENCH_BATCH)[0]
     int8_probs = {kernels: run_batched(ort_session(path, threads=1, optimization=level), ctx.data.inputs,
                                        BENCH_BATCH)[0] for kernels, level in KERNEL_PATHS.items()}
@@ -107,6 +108,33 @@ def validate_int8(ctx: ExportContext, path: Path) -> list[Check]:
         checks.append(top1_check(fp32_probs, on_this_cpu, ctx.data.labels, ctx.int8_tolerance))
     checks.append(speed_check(fp32_path, path, ctx.data.inputs))
     return checks
+
+
+def weight_bytes(path: Path) -> tuple[int, int]:
+    """(bytes, elements) of a model's weight tensors: its initializers of two or more dimensions (conv
+    kernels, linear matrices); biases, scales, zero points and shapes are one-dimensional."""
+    total_bytes = total_elements = 0
+    for tensor in onnx.load(str(path)).graph.initializer:
+        if len(tensor.dims) >= 2:
+            elements = int(np.prod(tensor.dims))
+            total_elements += elements
+            total_bytes += elements * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return total_bytes, total_elements
+
+
+def size_check(fp32_path: Path, int8_path: Path) -> Check:
+    """Every weight is stored in 8 bits: the int8 model's weights take a quarter of the fp32 model's bytes."""
+    fp32_bytes, fp32_elements = weight_bytes(fp32_path)
+    int8_bytes, int8_elements = weight_bytes(int8_path)
+    ratio = int8_bytes / max(fp32_bytes, 1)
+    file_ratio = os.path.getsize(int8_path) / os.path.getsize(fp32_path)
+    passed = int8_elements == fp32_elements and int8_bytes <= fp32_bytes * WEIGHT_BYTES_RATIO
+    return Check(
+        "size", passed,
+        f"weights {ratio:.2f}× fp32's ({int8_bytes:,} of {fp32_bytes:,} bytes for {fp32_elements:,} weights; "
+        f"limit {WEIGHT_BYTES_RATIO:.2f}×: 8 bits each); the file {file_ratio:.2f}× the fp32 file",
+        {"weight_bytes_ratio": ratio, "weight_bytes_int8": int8_bytes, "weight_bytes_fp32": fp32_bytes,
+         "weights": fp32_elements, "size_ratio": file_ratio})
 
 
 def agreement_check(kernels: str, fp32: np.ndarray, int8: np.ndarray, tolerance: float,

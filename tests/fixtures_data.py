@@ -10,7 +10,8 @@ request) that serves the shared bitmaps in Google's layout,
         qd_server.serve_html("dog")                 # dog.npy answers with an HTML error page
         qd_server.fail_with("apple", 503, times=2)  # two 503s, then the file
         qd_server.ignore_range()                    # answer every Range request with a full 200
-        qd_server.stall("bird", seconds=2.0, after=4096)  # pause mid-body (timeouts, SIGKILL tests)
+        qd_server.stall("bird", seconds=2.0, after=4096)  # pause mid-body for a while
+        release = qd_server.hold("bird", after=4096)  # pause mid-body until release.set() (or the reset)
         qd_server.add("The Eiffel Tower", some_path)  # serve another file under any name
         qd_server.validators("etag")                # send only an ETag (or "last_modified", or none)
         qd_server.honour_if_range(False)            # answer Range with 206 whatever If-Range says
@@ -47,6 +48,7 @@ BASE_PATH = "/quickdraw_dataset/full/numpy_bitmap"
 HTML_PAGE = (b"<!DOCTYPE html>\n<html lang=en><head><title>Error 429 (Too Many Requests)</title></head>"
              b"<body><p>We're sorry, but you have sent too many requests to us recently.</p></body></html>\n")
 MAX_STALL_SECONDS = 10.0  # a stalled handler never outlives the test run by much
+MAX_HOLD_SECONDS = 300.0  # a held response is released by the test or the reset; this only bounds a crash
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ class BitmapServer:
         be done (and its test over) before the hit lands; waiting keeps a previous test's
         late hit out of the next test's log."""
         with self._lock:
+            for held in getattr(self, "_holds", {}).values():
+                held[0].set()  # a test that failed before releasing its hold frees its handler here
             self._no_requests_in_flight.wait_for(lambda: self._in_flight == 0, timeout=wait_s)
             self.files: dict[str, Path] = {p.stem: p for p in sorted(self.folder.glob("*.npy"))}
             self.hits: list[Hit] = []
@@ -112,6 +116,7 @@ class BitmapServer:
             self._html: set[str] = set()
             self._status: dict[str, list[int]] = {}  # category -> [status, times left]
             self._stalls: dict[str, tuple[float, int]] = {}
+            self._holds: dict[str, tuple[threading.Event, int]] = {}
             self._ignore_range = False
             self._validators = {"etag", "last_modified"}
             self._honour_if_range = True
@@ -166,6 +171,14 @@ class BitmapServer:
         with self._lock:
             self._stalls[category] = (min(seconds, MAX_STALL_SECONDS), after)
 
+    def hold(self, category: str, after: int = 0) -> threading.Event:
+        """Send `after` body bytes of each response for `category`, then wait until the returned event is set
+        (or the server is reset): a transfer that stays open exactly as long as the test needs, on any machine."""
+        release = threading.Event()
+        with self._lock:
+            self._holds[category] = (release, after)
+        return release
+
     def ignore_range(self, ignore: bool = True) -> None:
         with self._lock:
             self._ignore_range = ignore
@@ -197,6 +210,7 @@ class BitmapServer:
                 change[0] -= 1
             plan = {"path": self.files.get(category), "html": category in self._html,
                     "status": None, "drop": None, "stall": self._stalls.get(category),
+                    "hold": self._holds.get(category),
                     "ignore_range": self._ignore_range, "validators": set(self._validators),
                     "honour_if_range": self._honour_if_range, "reason": self._reasons.get(category)}
             if category in self._status:
@@ -301,21 +315,26 @@ class _Handler(BaseHTTPRequestHandler):
             if drop is not None and start < drop[0] < end:
                 stop = drop[0]
                 owner._consume_drop(category)
-            sent = self._write_body(data, start, stop, plan["stall"])
+            sent = self._write_body(data, start, stop, plan["stall"], plan["hold"])
             if stop < end:
                 self._abort(reset=drop[2])
         owner._record(Hit(self.command, category, range_header, status, sent))
 
-    def _write_body(self, data: bytes, start: int, stop: int, stall) -> int:
+    def _write_body(self, data: bytes, start: int, stop: int, stall, hold) -> int:
         sent = 0
         try:
-            if stall is not None:
-                seconds, after = stall
+            for pause in (stall, hold):
+                if pause is None:
+                    continue
+                wait, after = pause
                 cut = min(start + after, stop)
                 self.wfile.write(data[start:cut])
                 self.wfile.flush()
-                sent = cut - start
-                time.sleep(seconds)
+                sent += cut - start
+                if isinstance(wait, threading.Event):
+                    wait.wait(MAX_HOLD_SECONDS)
+                else:
+                    time.sleep(wait)
                 start = cut
             self.wfile.write(data[start:stop])
             self.wfile.flush()

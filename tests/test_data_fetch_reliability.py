@@ -34,7 +34,7 @@ def wait_for(predicate, seconds: float) -> bool:
 def test_sigkill_mid_download_leaves_no_half_file_and_rerun_completes(qd_server, shared_bitmaps, tmp_path):
     out = tmp_path / "data"
     part = part_path(out, "cat")
-    qd_server.stall("cat", seconds=8.0, after=1_500_000)  # hold the transfer open mid-file
+    release = qd_server.hold("cat", after=1_500_000)  # the transfer stays open mid-file until the kill
     proc = subprocess.Popen([sys.executable, "-c", "from qd.data.cli import main; main()", "fetch", "cat",
                              "--source", qd_server.base_url, "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -43,6 +43,7 @@ def test_sigkill_mid_download_leaves_no_half_file_and_rerun_completes(qd_server,
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
+        release.set()
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "cat.npy").exists()  # nothing half-written where the finished file belongs
     kept = part.stat().st_size
@@ -153,16 +154,18 @@ def test_too_little_free_space_is_refused_before_writing(qd_server, shared_bitma
 
 
 def test_ctrl_c_during_a_download_says_so_and_keeps_the_part(qd_server, tmp_path):
-    qd_server.stall("cat", seconds=8.0, after=2_200_000)  # after two 1 MiB chunks are written
+    release = qd_server.hold("cat", after=2_200_000)  # open after two 1 MiB chunks are written, until the signal
     process = subprocess.Popen([sys.executable, "-m", "qd.data.cli", "fetch", "cat", "--source", qd_server.base_url,
                                 "--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                cwd=REPO)
     part = tmp_path / ".cat.npy.part"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (part.exists() and part.stat().st_size >= 2 << 20):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    try:
+        assert wait_for(lambda: part.exists() and part.stat().st_size >= 2 << 20, 120), "download never started"
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        release.set()
     assert process.returncode == 130
     assert err.splitlines()[-1] == ("error: interrupted (Ctrl-C); unfinished downloads are kept; "
                                     "run the same command again to resume")

@@ -5,7 +5,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -79,8 +78,25 @@ def test_early_stopping_keeps_the_best_epoch(shared_bitmaps, tmp_path, monkeypat
     assert not same_weights(ckpt["state_dict"], last["state_dict"])  # best.pt holds epoch 2's weights
 
 
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "qd.train.cli", *args]
+# qd-train in a child process that kills itself (SIGKILL, as the OOM killer would) at the `steps`-th training step
+# after last.pt first exists: always mid-run, at a step the test chooses, however fast or busy the machine is.
+SELF_KILLING_TRAIN = """
+import os, signal, sys
+from pathlib import Path
+import torch
+last, steps = Path(sys.argv.pop(1)), int(sys.argv.pop(1))
+backward, seen = torch.Tensor.backward, []
+def backward_or_die(self, *args, **kwargs):
+    if last.exists():
+        seen.append(1)
+        if len(seen) == steps:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return backward(self, *args, **kwargs)
+torch.Tensor.backward = backward_or_die
+from qd.train.cli import main
+sys.argv[0] = "qd-train"
+main()
+"""
 
 
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(shared_bitmaps, tmp_path):
@@ -88,27 +104,16 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(shared_bitma
     reference = load_checkpoint(loop.train(tiny(shared_bitmaps, tmp_path / "whole", **settings)))
 
     run = tmp_path / "killed"
-    delay = random.uniform(0.0, 0.2)
-    proc = subprocess.Popen(cli("--data-dir", str(shared_bitmaps), "--categories", ",".join(CATEGORIES),
-                                "--max-per-category", "200", "--epochs", "3", "--batch-size", "16",
-                                "--device", "cpu", "--out", str(run), "--quiet"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    try:
-        deadline = time.monotonic() + 120
-        while not (run / "last.pt").exists():  # epoch 1 is done; epoch 2 is under way
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "no last.pt after 120 s"
-            time.sleep(0.02)
-        time.sleep(delay)  # a random step of epoch 2
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
+    step = random.randint(1, 25)  # a random step of epoch 2 (30 steps an epoch)
+    proc = subprocess.run([sys.executable, "-c", SELF_KILLING_TRAIN, str(run / "last.pt"), str(step),
+                           "--data-dir", str(shared_bitmaps), "--categories", ",".join(CATEGORIES),
+                           "--max-per-category", "200", "--epochs", "3", "--batch-size", "16",
+                           "--device", "cpu", "--out", str(run), "--quiet"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     killed_at = load_checkpoint(run / "last.pt")["train_state"]["epoch"]
-    assert killed_at < 3, f"the run finished before it could be killed ({delay:.3f} s into epoch 2)"
+    assert killed_at == 1, f"killed at step {step} of epoch 2, but last.pt is from epoch {killed_at}"
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
 
     resumed = load_checkpoint(loop.train(TrainConfig(data_dir=None, resume=run / "last.pt", quiet=True)))
