@@ -37,3 +37,34 @@ def test_torchrun_two_ranks_train_one_run(shared_bitmaps, tmp_path):
     assert all(m["samples"] in (train_drawings, train_drawings + 1) for m in ckpt["metrics"])
     val_drawings = int(out.split(" val / ")[0].rsplit(" ", 1)[-1].replace(",", ""))
     assert all(m["val_count"] == val_drawings for m in ckpt["metrics"])  # every val drawing exactly once
+
+
+def test_the_trainer_is_freed_before_the_process_group_is_destroyed(shared_bitmaps, tmp_path, monkeypatch):
+    """Under torchrun the trainer's DDP wrapper holds the process group's gloo work: freed late (by the cyclic
+    collector, at interpreter shutdown) it aborted a rank. train() frees it before Distributed.close()."""
+    import gc
+    import weakref
+
+    import qd.train.loop as loop
+    from qd.train.config import TrainConfig
+    from qd.train.distributed import Distributed
+
+    trainers, alive_at_close = [], []
+    init = loop.Trainer.__init__
+
+    def remembered(self, *args, **kwargs):
+        trainers.append(weakref.ref(self))
+        init(self, *args, **kwargs)
+
+    def close(self):
+        alive_at_close.append(any(ref() is not None for ref in trainers))
+
+    monkeypatch.setattr(loop.Trainer, "__init__", remembered)
+    monkeypatch.setattr(Distributed, "close", close)
+    gc.disable()  # only what train() itself frees counts
+    try:
+        loop.train(TrainConfig(data_dir=shared_bitmaps, categories=["circle", "square"], max_per_category=50,
+                               epochs=1, batch_size=32, arch="seed", device="cpu", out=tmp_path / "run", quiet=True))
+    finally:
+        gc.enable()
+    assert alive_at_close == [False]

@@ -13,6 +13,7 @@ resumed from last.pt replays that epoch from its start and ends bit-identical (C
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 import time
@@ -49,9 +50,17 @@ RUNTIME_OPTIONS = ("device", "workers", "quiet")
 def train(config: TrainConfig) -> Path:
     """Train as configured; return the path of best.pt (test metrics included)."""
     dist = Distributed.from_env(config.device)
+    trainer = None
     try:
-        return Trainer(config, dist).run()
+        trainer = Trainer(config, dist)
+        return trainer.run()
     finally:
+        # The trainer sits in reference cycles, so the cyclic collector would free it (and with it the DDP
+        # wrapper, whose reducer holds the process group's gloo work) at any later moment: once during
+        # interpreter shutdown, which aborted a torchrun rank ("terminate called without an active
+        # exception"). Free it now, while the process group still exists, then destroy the group.
+        del trainer
+        gc.collect()
         dist.close()
 
 
