@@ -36,7 +36,7 @@ def test_sigkill_mid_download_leaves_no_half_file_and_rerun_completes(qd_server,
     part = part_path(out, "cat")
     release = qd_server.hold("cat", after=1_500_000)  # the transfer stays open mid-file until the kill
     proc = subprocess.Popen([sys.executable, "-c", "from qd.data.cli import main; main()", "fetch", "cat",
-                             "--source", qd_server.base_url, "--out", str(out)],
+                             "--source", qd_server.base_url, "--out", str(out), "--timeout", "600"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for(lambda: part.exists() and part.stat().st_size > 0, 30), "download never started"
@@ -155,18 +155,19 @@ def test_too_little_free_space_is_refused_before_writing(qd_server, shared_bitma
 
 def test_ctrl_c_during_a_download_says_so_and_keeps_the_part(qd_server, tmp_path):
     release = qd_server.hold("cat", after=2_200_000)  # open after two 1 MiB chunks are written, until the signal
+    # --timeout: the client never gives up on the held response (and resumes past the hold) while the test runs
     process = subprocess.Popen([sys.executable, "-m", "qd.data.cli", "fetch", "cat", "--source", qd_server.base_url,
-                                "--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                "--out", str(tmp_path), "--timeout", "600"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                cwd=REPO)
     part = tmp_path / ".cat.npy.part"
     try:
         assert wait_for(lambda: part.exists() and part.stat().st_size >= 2 << 20, 120), "download never started"
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=60)
+        out, err = process.communicate(timeout=60)
     finally:
         process.kill()
         release.set()
-    assert process.returncode == 130
+    assert process.returncode == 130, (out, err, qd_server.hits_for("cat"))
     assert err.splitlines()[-1] == ("error: interrupted (Ctrl-C); unfinished downloads are kept; "
                                     "run the same command again to resume")
     assert part.stat().st_size >= 2 << 20 and not (tmp_path / "cat.npy").exists()
