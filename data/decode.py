@@ -21,7 +21,8 @@ keeps the memory it frees for the next file (glibc): otherwise every image-sized
 handed back to the kernel and faulted in again, page by page. A worker that
 dies (a decoder crash on a hostile file, the OOM killer) costs only the files it held:
 the pool is restarted and those files are retried one by one, and a file that kills a
-worker again gets its own failure line.
+worker again gets its own failure line. Workers never run the caller's main script
+(worker_context, at the end).
 """
 
 from __future__ import annotations
