@@ -18,11 +18,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from qd.data.contract import META_PREPROCESSING
-from qd.data.machine import cpu
-from qd.data.paths import MODEL_INT8_ONNX, MODEL_ONNX, exports_dir
-from qd.data.preprocess import bitmaps_to_input
+from qd.data.contract import META_PREPROCESSING, MODEL_INT8_ONNX, MODEL_ONNX, bitmaps_to_input, exports_dir
 from qd.export.validate import interleaved_throughput, ort_session
+from qd.machine import cpu
 
 
 def newest_export() -> Path:

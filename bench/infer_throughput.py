@@ -43,7 +43,7 @@ from pathlib import Path
 
 
 from image_folder import drawings_file, make_class_folders, make_folder
-from qd.data.machine import cpu, usable_cpus
+from qd.machine import cpu, usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
 # The console script, as people run it (next to this Python when the project is installed in its environment).

@@ -80,7 +80,7 @@ def npy(work: Path, rows: int) -> str:
 
 
 def main() -> None:
-    from qd.data.machine import cpu
+    from qd.machine import cpu
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--drawings", type=int, default=200_000)
@@ -121,8 +121,8 @@ def main() -> None:
     print("\n3. a checkpoint whose architecture says width=4000")
     import torch
 
-    from qd.data.preprocess import DEFAULT_PREPROCESSING
-    from qd.data.split import SplitSpec
+    from qd.data.bitmaps import SplitSpec
+    from qd.data.contract import DEFAULT_PREPROCESSING
     from qd.train.checkpoint import FORMAT
 
     checkpoint = work / "wide" / "best.pt"

@@ -38,16 +38,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from qd.data.bitmaps import open_bitmaps
-from qd.data.dataset import BitmapDataset
+from qd.data.bitmaps import BitmapDataset, SplitSpec, open_bitmaps
+from qd.data.contract import bitmaps_to_input
 from qd.data.images import image_to_bitmap
-from qd.data.machine import cpu
-from qd.data.preprocess import bitmaps_to_input
-from qd.data.split import SplitSpec
 from qd.data.strokes import draw_strokes_image, parse_ndjson_line
 from qd.evaluate.metrics import auroc
 from qd.export.confidence import fit_temperature, fit_threshold
 from qd.infer.openset import SCORES, softmax
+from qd.machine import cpu
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
 from qd.train.config import TrainConfig
 from qd.train.loop import train

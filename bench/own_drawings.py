@@ -93,7 +93,7 @@ def top1(checkpoint: Path, data_dir: Path) -> float:
     import torch
 
     from qd.data.bitmaps import open_bitmaps
-    from qd.data.preprocess import bitmaps_to_input
+    from qd.data.contract import bitmaps_to_input
     from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
 
     payload = load_checkpoint(checkpoint)
@@ -158,7 +158,7 @@ def part_tiny(work: Path) -> None:
 
 
 def part_init(work: Path) -> None:
-    from qd.data.categories import list_categories
+    from qd.data.bitmaps import list_categories
     from qd.data.fetch import FetchOptions, fetch_categories
     from qd.data.sources import FolderSource
 

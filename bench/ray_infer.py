@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from image_folder import drawings_file, make_folder
-from qd.data.machine import cpu, usable_cpus
+from qd.machine import cpu, usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
 QD_INFER = [sys.executable, "-m", "qd.infer.cli"]

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from qd.data.machine import cpu
+from qd.machine import cpu
 from qd.train.checkpoint import load_checkpoint
 from qd.train.config import TrainConfig
 from qd.train.loop import train

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qd.data.machine import cpu
+from qd.machine import cpu
 
 SHARED = Path(os.environ.get("QD_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "quickdraw" / "bitmaps"
 ROW_BYTES = 784
@@ -37,7 +37,7 @@ LIMIT_BYTES = 2 * 1024**3
 
 
 def write_synthetic(folder: Path, drawings: int, categories: int) -> None:
-    from qd.data.dataset import BitmapDataset
+    from qd.data.bitmaps import BitmapDataset
 
     base, _ = BitmapDataset(SHARED).take(np.arange(len(BitmapDataset(SHARED))))
     folder.mkdir(parents=True, exist_ok=True)

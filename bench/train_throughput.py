@@ -34,10 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qd.data.dataset import BitmapDataset
-from qd.data.machine import cpu
-from qd.data.preprocess import DEFAULT_PREPROCESSING
-from qd.data.split import SplitSpec
+from qd.data.bitmaps import BitmapDataset, SplitSpec
+from qd.data.contract import DEFAULT_PREPROCESSING
+from qd.machine import cpu
 from qd.train.augment import AffineAugment
 from qd.train.batches import BatchLoader, ShardedBatches
 from qd.train.compute import autocast, input_layout, resolve_precision, to_device_layout

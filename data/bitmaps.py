@@ -1,31 +1,43 @@
-"""Google's numpy_bitmap files: `<category>.npy`, a uint8 array shaped (N, 784).
+"""Quick, Draw! drawings as files: Google's numpy_bitmap `<category>.npy` (a uint8 array shaped
+(N, 784)), the category names they go by, the one train/validation/test split, and a folder of
+them as one labelled dataset.
 
-Files are validated from their header and size alone, then opened memory-mapped:
-the full dataset (345 categories, ~50M drawings) never has to fit in RAM.
-Pickle is never allowed.
+Bitmap files. Validated from their header and size alone, then opened memory-mapped: the full
+dataset (345 categories, ~50M drawings) never has to fit in RAM. Pickle is never allowed.
+
+Categories. A category's name is its file stem, exactly as Google spells it (spaces allowed,
+e.g. `The Eiffel Tower`). The class list is always sorted, so class indices do not depend on
+directory listing order; checkpoints and models store the list itself.
+
+The split, shared by training, export and evaluation. Each drawing goes to a split by a hash of
+its 784 bytes (and the seed), so the assignment is stable across runs, machines and file order,
+and the same drawing, wherever it appears, always lands in the same split. Vectorised: one pass
+of integer arithmetic over memory-mapped rows, in chunks.
+
+The dataset. A folder of `<category>.npy` files, drawings addressed by global index (class
+offset + row). Nothing is copied into RAM until a batch is gathered with `take`.
 """
 
 from __future__ import annotations
 
+import difflib
 import io
 import math
 import mmap
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
-from .errors import BitmapFileError, QDError, first_line
-from .files import open_regular
-from .limits import MAX_NPY_HEADER_BYTES, MAX_NPY_ROWS
+from qd.command import BitmapFileError, QDError, first_line
+from qd.files import open_regular
 
-SIDE = 28
-PIXELS = SIDE * SIDE  # 784
-MAX_HEADER_BYTES = MAX_NPY_HEADER_BYTES
+from .contract import MAX_LABELS, MAX_LABEL_CHARS, MAX_NPY_HEADER_BYTES, MAX_NPY_ROWS, PIXELS
 
+# ----------------------------------------------------------------------------- bitmap files
 
 @dataclass(frozen=True)
 class NpyHeader:
@@ -139,7 +151,6 @@ def open_bitmaps(path: str | os.PathLike) -> np.ndarray:
         return np.memmap(f, dtype=np.uint8, mode="r", offset=header.data_offset, shape=(header.rows, PIXELS))
 
 
-
 def _short_repr(value: object, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
@@ -160,3 +171,209 @@ def release_mapped_pages(arrays: list[np.ndarray]) -> None:
         mapping = getattr(array, "_mmap", None)
         if mapping is not None and not mapping.closed:
             mapping.madvise(mmap.MADV_DONTNEED)
+
+
+# ----------------------------------------------------------------------------- categories
+
+SUFFIX = ".npy"
+# What to do when a data folder is missing or empty: one hint, the same in every command.
+FETCH_HINT = "get drawings with: qd-data fetch CATEGORY... or point --data at a folder of <category>.npy files"
+
+
+def check_labels(labels) -> list[str]:
+    """The one check of a class list as a checkpoint or a model stores it (names in output order):
+    a non-empty list of distinct names within qd.data.contract's bounds. Returns it; ValueError with a
+    one-line reason otherwise (the caller names the file and the field)."""
+    if (not isinstance(labels, list) or not 0 < len(labels) <= MAX_LABELS
+            or not all(isinstance(name, str) and 0 < len(name) <= MAX_LABEL_CHARS for name in labels)):
+        raise ValueError(f"must be a non-empty list of names (at most {MAX_LABELS:,}, each 1 to {MAX_LABEL_CHARS} "
+                         "characters)")
+    if len(set(labels)) != len(labels):
+        raise ValueError("has duplicate names")
+    return labels
+
+
+def check_category_name(category: str) -> str:
+    """The one rule for a category name, used by `qd-data fetch` and `qd-data import`: the name
+    becomes a file stem, so it must be non-empty, without leading or trailing spaces, without a
+    slash, backslash or NUL, and must not start with a dot (which also rules out `.` and `..`).
+    Returns the name; QDError (one line) otherwise."""
+    if not category or category != category.strip():
+        raise QDError(f"{category!r}: category names cannot be empty or start/end with spaces")
+    if "/" in category or "\\" in category or category.startswith(".") or "\0" in category:
+        raise QDError(f"{category!r}: not a category name (no slashes, no leading dot)")
+    return category
+
+
+def category_path(data_dir: str | os.PathLike, category: str) -> Path:
+    return Path(data_dir) / f"{category}{SUFFIX}"
+
+
+def list_categories(data_dir: str | os.PathLike) -> list[str]:
+    """Sorted category names of the `<category>.npy` files in `data_dir`."""
+    data_dir = Path(data_dir)
+    if not data_dir.exists():
+        raise QDError(f"{data_dir}: data directory does not exist ({FETCH_HINT})")
+    if not data_dir.is_dir():
+        raise QDError(f"{data_dir}: not a directory")
+    # Hidden names are never categories: partial downloads (`.cat.npy.part`) and
+    # macOS resource forks (`._cat.npy`) live beside the real files.
+    return sorted(p.name[: -len(SUFFIX)] for p in data_dir.iterdir()
+                  if p.name.endswith(SUFFIX) and not p.name.startswith(".") and p.is_file())
+
+
+def resolve_categories(data_dir: str | os.PathLike, requested: list[str] | None) -> list[str]:
+    """The sorted class list: every category in `data_dir`, or the requested ones (checked)."""
+    available = list_categories(data_dir)
+    if not available:
+        raise QDError(f"{data_dir}: no <category>.npy files found ({FETCH_HINT})")
+    if not requested:
+        return available
+    wanted = [name.strip() for name in requested if name.strip()]
+    unknown = sorted(set(wanted) - set(available))
+    if unknown:
+        raise QDError(f"{data_dir}: unknown categor{'y' if len(unknown) == 1 else 'ies'} "
+                      + ", ".join(name + did_you_mean(name, available) for name in unknown))
+    return sorted(set(wanted))
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    """' (did you mean 'x'?)' for a close match among `known`, else ''."""
+    lowered = {k.lower().replace("_", " "): k for k in known}
+    key = name.lower().replace("_", " ")
+    if key in lowered and lowered[key] != name:
+        return f" (did you mean {lowered[key]!r}?)"
+    close = difflib.get_close_matches(key, list(lowered), n=1, cutoff=0.75)
+    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
+
+
+# ----------------------------------------------------------------------------- the split
+
+SCHEME = "mulhash64-splitmix-v1"
+SPLITS = ("train", "val", "test")
+_WORDS = PIXELS // 8  # 98 little-endian uint64 words per drawing
+_CHUNK_ROWS = 1 << 16
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    scheme: str = SCHEME
+
+    def __post_init__(self):
+        if self.scheme != SCHEME:
+            raise QDError(f"unknown split scheme {self.scheme!r} (this version knows {SCHEME!r})")
+        for name, value in (("val_fraction", self.val_fraction), ("test_fraction", self.test_fraction)):
+            if not 0.0 <= value < 1.0:
+                raise QDError(f"{name} must be in [0, 1), got {value}")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise QDError("val_fraction + test_fraction must be below 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SplitSpec":
+        return cls(**{k: d[k] for k in ("val_fraction", "test_fraction", "seed", "scheme") if k in d})
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def _word_weights(seed: int) -> np.ndarray:
+    counter = np.arange(_WORDS, dtype=np.uint64) + np.uint64(seed & 0xFFFFFFFF) * np.uint64(_WORDS)
+    return _splitmix64(counter) | np.uint64(1)  # odd weights
+
+
+def drawing_hashes(rows: np.ndarray, seed: int = 0) -> np.ndarray:
+    """64-bit hash per drawing of a (N, 784) uint8 array (memmap-friendly: chunked, pages released)."""
+    weights = _word_weights(seed)
+    out = np.empty(len(rows), dtype=np.uint64)
+    for start in range(0, len(rows), _CHUNK_ROWS):
+        chunk = np.ascontiguousarray(rows[start : start + _CHUNK_ROWS], dtype=np.uint8)
+        words = chunk.view("<u8").reshape(len(chunk), _WORDS)
+        with np.errstate(over="ignore"):
+            mixed = (words * weights).sum(axis=1, dtype=np.uint64)
+        out[start : start + len(chunk)] = _splitmix64(mixed ^ np.uint64(seed & 0xFFFFFFFF))
+        release_mapped_pages([rows])  # hashing 50M drawings must not leave them all resident
+    return out
+
+
+def assign_splits(rows: np.ndarray, spec: SplitSpec) -> np.ndarray:
+    """Split id per drawing: 0 = train, 1 = val, 2 = test (indices into SPLITS)."""
+    unit = (drawing_hashes(rows, spec.seed) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    ids = np.zeros(len(rows), dtype=np.int8)
+    ids[unit < spec.test_fraction + spec.val_fraction] = 1
+    ids[unit < spec.test_fraction] = 2
+    return ids
+
+
+def split_rows(rows: np.ndarray, spec: SplitSpec) -> dict[str, np.ndarray]:
+    """Row indices (int64, ascending) of each split for one category's array."""
+    ids = assign_splits(rows, spec)
+    return {name: np.flatnonzero(ids == i).astype(np.int64) for i, name in enumerate(SPLITS)}
+
+
+# ----------------------------------------------------------------------------- the dataset
+
+class BitmapDataset:
+    def __init__(self, data_dir: str | os.PathLike, categories: list[str] | None = None,
+                 max_per_category: int | None = None):
+        self.data_dir = Path(data_dir)
+        self.classes: list[str] = resolve_categories(self.data_dir, categories)
+        if max_per_category is not None and max_per_category < 1:
+            raise QDError(f"max_per_category must be at least 1, got {max_per_category}")
+        self.max_per_category = max_per_category
+        self.arrays: list[np.ndarray] = []
+        for name in self.classes:
+            rows = open_bitmaps(category_path(self.data_dir, name))
+            if len(rows) == 0:
+                raise QDError(f"{category_path(self.data_dir, name)}: category {name!r} has no drawings")
+            self.arrays.append(rows[:max_per_category] if max_per_category else rows)
+        self.counts = np.array([len(a) for a in self.arrays], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def fingerprint(self) -> dict:
+        """What the data was: enough to tell whether a checkpoint saw the same set."""
+        return {
+            "categories": list(self.classes),
+            "counts": [int(c) for c in self.counts],
+            "max_per_category": self.max_per_category,
+        }
+
+    def split_indices(self, spec: SplitSpec) -> dict[str, np.ndarray]:
+        """Global indices (ascending) of each split."""
+        parts: dict[str, list[np.ndarray]] = {}
+        for cls, rows in enumerate(self.arrays):
+            for name, idx in split_rows(rows, spec).items():
+                parts.setdefault(name, []).append(idx + self.offsets[cls])
+        return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+    def labels(self, indices: np.ndarray) -> np.ndarray:
+        return (np.searchsorted(self.offsets, indices, side="right") - 1).astype(np.int64)
+
+    def take(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gather drawings (B, 784) uint8 and labels (B,) int64, in the order given."""
+        indices = np.asarray(indices, dtype=np.int64)
+        labels = self.labels(indices)
+        out = np.empty((len(indices), self.arrays[0].shape[1]), dtype=np.uint8)
+        for cls in np.unique(labels):
+            where = np.flatnonzero(labels == cls)
+            rows = indices[where] - self.offsets[cls]
+            order = np.argsort(rows, kind="stable")  # ascending reads are kind to the page cache
+            out[where[order]] = self.arrays[cls][rows[order]]
+        return out, labels

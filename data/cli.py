@@ -13,10 +13,10 @@ import typer
 from rich.filesize import decimal as human_size
 from rich.text import Text
 
-from . import options as opt
-from .console import console, err_console, fail, run_app, shown
-from .errors import QDError
-from .paths import DEFAULT_RETRIES, DEFAULT_SOURCE, DEFAULT_TIMEOUT, default_data_dir
+from qd import options as opt
+from qd.command import BitmapFileError, QDError, console, err_console, fail, run_app, shown
+
+from .contract import DEFAULT_RETRIES, DEFAULT_SOURCE, DEFAULT_TIMEOUT, default_data_dir
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -138,9 +138,10 @@ def import_(
         "Keep only the first N distinct drawings of each category.")] = None,
     workers: Annotated[Optional[int], opt.workers_option("Decoding processes. Default: the usable CPU cores.")] = None,
 ) -> None:
+    from qd.command import ProgressBar
+    from qd.machine import usable_cpus
+
     from .importer import ImportOptions, import_drawings
-    from .machine import usable_cpus
-    from .progress import ProgressBar
 
     out = data if data is not None else default_data_dir()
     options = ImportOptions(max_per_category=max_per_category, workers=workers or usable_cpus())
@@ -190,9 +191,7 @@ def list_(
     from rich import box
     from rich.table import Table
 
-    from .bitmaps import read_bitmap_header
-    from .categories import category_path, list_categories
-    from .errors import BitmapFileError
+    from .bitmaps import category_path, list_categories, read_bitmap_header
 
     if data is not None and data_dir is not None:
         raise QDError("give the folder once: --data DIR")
@@ -234,7 +233,8 @@ def list_(
 
 
 def _wanted(categories: list[str], all_categories: bool, src) -> list[str]:
-    from .sources import UrlSource, did_you_mean, google_categories
+    from .bitmaps import did_you_mean
+    from .sources import UrlSource, google_categories
 
     if all_categories and categories:
         raise QDError("give category names or --all, not both")

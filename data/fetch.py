@@ -32,14 +32,12 @@ from typing import Callable, Iterable, Protocol
 
 from rich.filesize import decimal as human_size
 
-from .atomic import commit_file, write_json_atomic
-from .bitmaps import PIXELS, bitmap_header_bytes, parse_bitmap_header, read_bitmap_header
-from .categories import category_path, check_category_name
-from .errors import BitmapFileError, QDError
-from .files import read_regular
-from .paths import DEFAULT_RETRIES
-from .sources import (Body, FolderSource, Remote, RemoteChanged, SourceUnreachable, TransientError, UrlSource,
-                      Version)
+from qd.command import BitmapFileError, QDError
+from qd.files import commit_file, read_regular, write_json_atomic
+
+from .bitmaps import bitmap_header_bytes, category_path, check_category_name, parse_bitmap_header, read_bitmap_header
+from .contract import DEFAULT_RETRIES, PIXELS
+from .sources import Body, FolderSource, Remote, RemoteChanged, SourceUnreachable, TransientError, UrlSource, Version
 
 CHUNK_BYTES = 1 << 20
 # Out of disk or quota: every later category would fail the same way.
@@ -140,7 +138,7 @@ def _record_failure(report: FetchReport, category: str, exc: QDError, on_failure
 
 
 def _describe_unexpected(exc: BaseException) -> str:
-    from .console import describe_unexpected
+    from qd.command import describe_unexpected
 
     return describe_unexpected(exc)
 

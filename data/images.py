@@ -107,10 +107,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .bitmaps import SIDE
-from .errors import QDError, first_line
-from .files import open_regular
-from .limits import MAX_PIXELS, WORK_PIXELS
+from qd.command import QDError, first_line
+from qd.files import open_regular
+
+from .contract import MAX_PIXELS, SIDE, WORK_PIXELS
 MIN_CONTRAST = 32  # grey levels between background and ink, else "blank"
 STRETCH_LO = 0.25
 STRETCH_HI = 0.75

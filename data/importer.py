@@ -10,7 +10,7 @@ Sources, mixed freely:
   pool; each line's category is its `word`, else the file's name (`full_raw_` and
   `full_simplified_` prefixes dropped).
 
-Category names follow qd.data.categories.check_category_name, the rule `qd-data fetch`
+Category names follow qd.data.bitmaps.check_category_name, the rule `qd-data fetch`
 uses. Within a category, identical drawings (the same 784 bytes after preprocessing) are
 kept once. Drawings are taken in a fixed order (sources as given, folders and files in
 name order, lines in file order) and `max_per_category` keeps the first N distinct ones,
@@ -29,12 +29,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .atomic import atomic_target
-from .bitmaps import bitmap_header_bytes, read_bitmap_header
-from .categories import category_path, check_category_name, list_categories
+from qd.command import BitmapFileError, QDError, reason_of
+from qd.files import UnlistableFolder, atomic_target, count_lines, walk_files
+
+from .bitmaps import bitmap_header_bytes, category_path, check_category_name, list_categories, read_bitmap_header
 from .decode import ImageDecoder
-from .errors import BitmapFileError, QDError, reason_of
-from .files import UnlistableFolder, count_lines, walk_files
 from .images import is_image_path
 from .strokes import NDJSON_SUFFIX, iter_ndjson_records
 
@@ -254,7 +253,7 @@ def _entries(folder: Path, plan: _Plan) -> list[Path] | None:
 
 
 def _files_under(folder: Path, plan: _Plan) -> Iterator[Path]:
-    """Files under `folder` (qd.data.files.walk_files); folders that cannot be listed become failures."""
+    """Files under `folder` (qd.files.walk_files); folders that cannot be listed become failures."""
     for item in walk_files(folder):
         if isinstance(item, UnlistableFolder):
             plan.failures.append(f"{item.path}: {item.reason}")

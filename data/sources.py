@@ -36,12 +36,13 @@ from importlib import resources
 from pathlib import Path
 from typing import BinaryIO
 
-from . import __version__
-from .bitmaps import BitmapHeader, parse_bitmap_header, read_bitmap_header
-from .categories import SUFFIX, category_path, did_you_mean, list_categories
-from .errors import BitmapFileError, QDError
-from .files import open_regular
-from .paths import DEFAULT_SOURCE, DEFAULT_TIMEOUT, SOURCE_ENV  # noqa: F401 (imported from here too)
+from qd import __version__
+from qd.command import BitmapFileError, QDError
+from qd.files import open_regular
+
+from .bitmaps import (SUFFIX, BitmapHeader, category_path, did_you_mean, list_categories, parse_bitmap_header,
+                      read_bitmap_header)
+from .contract import DEFAULT_SOURCE, DEFAULT_TIMEOUT, SOURCE_ENV
 
 # A bitmap header is 128 bytes; the probe asks for a little more so that a
 # (rare) version 2 header or the start of an error page is seen whole.

@@ -30,10 +30,10 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .bitmaps import SIDE
-from .errors import QDError, reason_of
-from .files import open_regular
-from .limits import MAX_COORDINATE, MAX_NDJSON_LINE_BYTES, MAX_RAW_COORDINATE, MAX_STROKE_POINTS
+from qd.command import QDError, reason_of
+from qd.files import open_regular
+
+from .contract import MAX_COORDINATE, MAX_NDJSON_LINE_BYTES, MAX_RAW_COORDINATE, MAX_STROKE_POINTS, SIDE
 
 NDJSON_SUFFIX = ".ndjson"
 ORIGINAL_SIDE = 256.0

@@ -21,11 +21,9 @@ from typing import Callable
 
 import numpy as np
 
-from qd.data.contract import META_SOURCE_SHA256
-from qd.data.errors import QDError
-from qd.data.files import path_size, sha256_file
-from qd.data.preprocess import bitmaps_to_input
-
+from qd.command import QDError
+from qd.data.contract import META_SOURCE_SHA256, bitmaps_to_input
+from qd.files import path_size, sha256_file
 from qd.infer.model import OnnxClassifier
 from qd.infer.openset import LOGITS, PROBABILITIES
 
@@ -209,7 +207,7 @@ class BackendRun:
 
 def run_backend(name: str, model: ModelInfo, checkpoint: Path | None, bitmaps: np.ndarray,
                 measure_speed: bool = True, progress=None) -> BackendRun:
-    """`progress`: a qd.data.progress.ProgressBar advanced batch by batch."""
+    """`progress`: a qd.command.ProgressBar advanced batch by batch."""
     try:
         runner = BACKENDS[name](model, checkpoint)
     except (Unavailable, QDError) as why:  # a broken int8 file or checkpoint must not sink the other backends

@@ -7,9 +7,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from qd.data import options as opt
-from qd.data.console import console, run_app
-from qd.data.errors import QDError
+from qd import options as opt
+from qd.command import QDError, console, run_app
 
 app = opt.make_app()
 # Old spellings, still accepted (hidden) for one release: -b is --batch-size in every other command.
@@ -60,7 +59,7 @@ def evaluate_command(
     artifacts: Annotated[Optional[Path], opt.artifacts_option()] = None,
     version: Annotated[bool, opt.version_option()] = False,
 ) -> None:
-    from qd.data.progress import ProgressBar
+    from qd.command import ProgressBar
 
     from .evaluation import evaluate, write_outputs
     from .plots import require_matplotlib

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from qd.data.atomic import write_json_atomic
-from qd.data.errors import QDError
-from qd.data.paths import eval_dir
-from qd.data.progress import ProgressBar
+from qd.command import ProgressBar, QDError
+from qd.data.contract import eval_dir
+from qd.files import write_json_atomic
 
 from . import metrics
 from .backends import BackendRun, parse_backends, predict_all, run_backend

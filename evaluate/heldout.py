@@ -24,12 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from qd.data.categories import SUFFIX, category_path, list_categories
-from qd.data.dataset import BitmapDataset
-from qd.data.machine import usable_cpus
-from qd.data.errors import QDError
-from qd.data.progress import ProgressBar
-from qd.data.split import SPLITS, SplitSpec
+from qd.command import ProgressBar, QDError
+from qd.data.bitmaps import SPLITS, SUFFIX, BitmapDataset, SplitSpec, category_path, list_categories
+from qd.machine import usable_cpus
 
 ALL = "all"
 MAX_DRAWINGS = 500_000  # held in memory with one probability row per backend; ~2 GB at 345 classes

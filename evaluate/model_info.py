@@ -20,11 +20,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qd.data.contract import META_DATA, META_SOURCE_SHA256, META_SPLIT
-from qd.data.errors import QDError, first_line
-from qd.data.files import read_regular, sha256_path
-from qd.data.limits import MAX_CARD_BYTES
-from qd.data.paths import MODEL_CARD
+from qd.command import QDError, first_line
+from qd.data.contract import MAX_CARD_BYTES, META_DATA, META_SOURCE_SHA256, META_SPLIT, MODEL_CARD
+from qd.files import read_regular, sha256_path
 from qd.infer.model import MODEL_FILE, OnnxClassifier, resolve_model_path
 
 INT8_SUFFIX = ".int8.onnx"

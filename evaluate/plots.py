@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from qd.data.atomic import atomic_target
-from qd.data.console import shown
-from qd.data.errors import QDError
+from qd.command import QDError, shown
+from qd.files import atomic_target
+
 from .metrics import normalize_rows
 
 MISTAKES_SHOWN = 48

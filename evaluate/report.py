@@ -16,10 +16,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from qd.data import __version__
+from qd import __version__
+from qd.command import shown
 from qd.data.contract import EVAL_REPORT_FORMAT
-from qd.data.console import shown
-from qd.data.machine import cpu
+from qd.machine import cpu
 
 from . import metrics
 

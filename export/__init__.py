@@ -11,5 +11,5 @@ Where things are:
   canvas.py, canvas_export.py, canvas_render.py  the canvas models and their validation canvases
   validate.py     checker, I/O contract, onnxruntime-vs-torch fidelity, side-by-side speed
   card.py         labels.txt and model.json;  folder.py  the export folder replaced as a whole
-Files are written with qd.data.atomic (write-then-rename for files and folders).
+Files are written with qd.files (write-then-rename for files and folders).
 """

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from qd.data.atomic import commit_dir, commit_file, remove_temp, temp_path_for
-from qd.data.errors import QDError, first_line
-from qd.data.paths import INT8_PREPARED, exports_dir
+from qd.command import QDError, first_line
+from qd.data.contract import INT8_PREPARED, exports_dir
+from qd.files import commit_dir, commit_file, remove_temp, temp_path_for
 from qd.infer.openset import DEFAULT_KEPT
 
 from . import folder

@@ -38,10 +38,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from qd.data.bitmaps import SIDE
-from qd.data.images import (FRAME_UNITS, INK_UNITS, LINE_UNITS, MIN_CONTRAST, SKELETON_UNITS, STRETCH_HI,
-                            STRETCH_LO, TRIM, WORK_SIDE)
-from qd.data.limits import MAX_CANVAS_SIDE
+from qd.data.contract import MAX_CANVAS_SIDE, SIDE
+from qd.data.images import (FRAME_UNITS, INK_UNITS, LINE_UNITS, MIN_CONTRAST, SKELETON_UNITS, STRETCH_HI, STRETCH_LO,
+                            TRIM, WORK_SIDE)
 from qd.infer.canvas import BLANK_LOGIT
 
 LEVELS = 256
@@ -176,7 +175,7 @@ class CanvasClassifier(torch.nn.Module):
     """canvas (1, 1, H, W) 0-255 -> probabilities (1, C), logits (1, C), bitmap (1, 1, 28, 28) 0-255.
 
     probabilities = softmax(logits / temperature); the network sees the bitmap scaled as
-    the model's preprocessing spec says (qd.data.preprocess.bitmaps_to_input)."""
+    the model's preprocessing spec says (qd.data.contract.bitmaps_to_input)."""
 
     def __init__(self, net: torch.nn.Module, preprocessing: dict, temperature: float = 1.0,
                  dtype: torch.dtype = torch.float64):

@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 import torch
 
-from qd.data.errors import QDError
+from qd.command import QDError
+from qd.data.contract import MAX_CANVAS_SIDE, MIN_CANVAS_SIDE
 from qd.data.images import BlankImageError, gray_to_bitmap
-from qd.data.limits import MAX_CANVAS_SIDE, MIN_CANVAS_SIDE
 from qd.infer.canvas import BITMAP, CANVAS_INPUT, CANVAS_OUTPUTS, CanvasModel, canvas_metadata
 from qd.infer.model import OnnxClassifier
 from qd.infer.openset import LOGITS, PROBABILITIES

@@ -16,14 +16,13 @@ from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from qd.data import __version__ as QD_VERSION
-from qd.data.atomic import write_text_atomic
-from qd.data.contract import CARD_FORMAT, LICENSE_NOTE
-from qd.data.errors import QDError
-from qd.data.files import path_size, read_regular, sha256_path
-from qd.data.limits import MAX_CARD_BYTES
+from qd import __version__ as QD_VERSION
+from qd.command import QDError
+from qd.data.contract import (CARD_FORMAT, LABELS_FILE as LABELS_NAME, LICENSE_NOTE, MAX_CARD_BYTES,
+                              MODEL_CARD as CARD_NAME)
+from qd.files import path_size, read_regular, sha256_path, write_text_atomic
+
 from .context import Check, ExportContext
-from qd.data.paths import LABELS_FILE as LABELS_NAME, MODEL_CARD as CARD_NAME
 
 
 def write_labels(ctx: ExportContext) -> Path:

@@ -18,14 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qd.data import __version__ as QD_VERSION
+from qd import __version__ as QD_VERSION
+from qd.command import QDError
 from qd.data import contract as C
-from qd.data.contract import LICENSE_NOTE, MODEL_FORMAT as ONNX_FORMAT_TAG
-from qd.data.dataset import BitmapDataset
-from qd.data.errors import QDError
-from qd.data.files import sha256_file
-from qd.data.preprocess import bitmaps_to_input
-from qd.data.split import SplitSpec
+from qd.data.bitmaps import BitmapDataset, SplitSpec
+from qd.data.contract import LICENSE_NOTE, MODEL_FORMAT as ONNX_FORMAT_TAG, bitmaps_to_input
+from qd.files import sha256_file
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
 
 from .defaults import DEFAULT_MAX_DRAWINGS  # noqa: F401 (imported from here too)

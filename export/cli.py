@@ -13,11 +13,10 @@ import typer
 from rich.filesize import decimal as human_size
 from rich.text import Text
 
-from qd.data import options as opt
-from qd.data.console import EXIT_ERROR, console, fail, run_app, shown
-from qd.data.contract import DEFAULT_KEPT
-from qd.data.files import path_size
-from qd.data.paths import LABELS_FILE
+from qd import options as opt
+from qd.command import EXIT_ERROR, console, fail, run_app, shown
+from qd.data.contract import DEFAULT_KEPT, LABELS_FILE
+from qd.files import path_size
 
 from .defaults import (ALL, DEFAULT_FORMATS, DEFAULT_INT8_MAX_PROB_DIFF, DEFAULT_INT8_TOLERANCE, DEFAULT_MAX_DRAWINGS,
                        DEFAULT_OPSET, FORMAT_NAMES)

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qd.data.errors import QDError
-from qd.infer.openset import (DEFAULT_KEPT, LOGITS, OPEN_SET_KEY, PROBABILITIES, SCORES, TEMPERATURE_KEY,
-                              OpenSetRule, softmax)
+from qd.command import QDError
+from qd.infer.openset import (DEFAULT_KEPT, LOGITS, OPEN_SET_KEY, PROBABILITIES, SCORES, TEMPERATURE_KEY, OpenSetRule,
+                              softmax)
 
 # The rule qd-export writes, chosen by measurement: bench/open_set.py, docs/open-set.md.
 CHOSEN_RULE = "max_logit"

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qd.data import __version__ as QD_VERSION
+from qd import __version__ as QD_VERSION
+from qd.command import QDError, first_line
 from qd.data.contract import INPUT, LICENSE_NOTE, LOGITS, META_SOURCE_CHECKPOINT
-from qd.data.errors import QDError, first_line
 
 from .checkpoint_source import inputs_to_bitmaps
 from .context import Check, ExportContext

@@ -4,7 +4,7 @@
 A run writes into a hidden staging folder beside the export folder
 (`.<name>.<random>.tmp`), carries over what stays (files of formats not re-exported,
 if provably from the same checkpoint, and any file that is not ours), and then swaps
-the staging folder with the export folder in one atomic step (qd.data.atomic.commit_dir:
+the staging folder with the export folder in one atomic step (qd.files.commit_dir:
 renameat2(RENAME_EXCHANGE) on Linux). A run killed at any moment leaves the previous
 folder untouched plus a staging leftover, which the next run removes.
 
@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from qd.data.atomic import TEMP_SUFFIX, clean_stale_temps, commit_dir, commit_file, fsync_dir, remove_temp
+from qd.files import TEMP_SUFFIX, clean_stale_temps, commit_dir, commit_file, fsync_dir, remove_temp
 
 STAGING_PREFIX = ".staging"  # in-place staging folder, inside the export folder
 

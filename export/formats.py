@@ -12,8 +12,8 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Callable
 
-from qd.data.errors import QDError
-from qd.data.paths import MODEL_CANVAS_COREML, MODEL_CANVAS_ONNX, MODEL_COREML, MODEL_INT8_ONNX, MODEL_ONNX
+from qd.command import QDError
+from qd.data.contract import MODEL_CANVAS_COREML, MODEL_CANVAS_ONNX, MODEL_COREML, MODEL_INT8_ONNX, MODEL_ONNX
 
 from .canvas_export import export_coreml_canvas, export_onnx_canvas, validate_coreml_canvas, validate_onnx_canvas
 from .defaults import ALL, DEFAULT_FORMATS, FORMAT_NAMES  # noqa: F401

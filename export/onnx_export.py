@@ -20,12 +20,13 @@ import numpy as np
 import onnx
 import torch
 
-from qd.data import __version__ as QD_VERSION
-from qd.data.errors import QDError
+from qd import __version__ as QD_VERSION
+from qd.command import QDError
 from qd.infer.openset import LOGITS, PROBABILITIES
 
 from .context import Check, ExportContext
-from .validate import INPUT_NAME, OUTPUT_NAMES, check_contract, check_fidelity, check_onnx_file, ort_session, run_batched
+from .validate import (INPUT_NAME, OUTPUT_NAMES, check_contract, check_fidelity, check_onnx_file, ort_session,
+                       run_batched)
 
 MIN_OPSET = 13
 DYNAMO_MIN_OPSET = 18

@@ -28,10 +28,10 @@ import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from qd.data.atomic import remove_temp, temp_path_for
-from qd.data.errors import QDError
-from qd.data.machine import cpu
-from qd.data.paths import INT8_PREPARED
+from qd.command import QDError
+from qd.data.contract import INT8_PREPARED
+from qd.files import remove_temp, temp_path_for
+from qd.machine import cpu
 
 from .context import Check, ExportContext
 from .onnx_export import quiet, set_metadata

@@ -17,9 +17,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from qd.data.bitmaps import SIDE
-from qd.data.contract import INPUT as INPUT_NAME, OUTPUTS as OUTPUT_NAMES
-from qd.data.errors import first_line
+from qd.command import first_line
+from qd.data.contract import INPUT as INPUT_NAME, OUTPUTS as OUTPUT_NAMES, SIDE
 
 from .context import Check, ExportContext
 

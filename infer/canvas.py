@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from qd.data.contract import BITMAP, BLANK_LOGIT, CANVAS_INPUT, CANVAS_OUTPUTS, META_CANVAS as CANVAS_KEY
-from qd.data.errors import QDError
-from qd.data.limits import MAX_CANVAS_SIDE, MIN_CANVAS_SIDE
-from qd.data.paths import MODEL_CANVAS_ONNX as CANVAS_FILE
+from qd.command import QDError
+from qd.data.contract import (BITMAP, BLANK_LOGIT, CANVAS_INPUT, CANVAS_OUTPUTS, MAX_CANVAS_SIDE,
+                              META_CANVAS as CANVAS_KEY, MIN_CANVAS_SIDE, MODEL_CANVAS_ONNX as CANVAS_FILE)
 
 from .model import _open_session, _parse_labels, parse_precision
 from .openset import PROBABILITIES, parse_open_set, parse_temperature

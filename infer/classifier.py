@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from qd.data.bitmaps import PIXELS, SIDE
-from qd.data.errors import QDError
+from qd.command import QDError
+from qd.data.contract import PIXELS, SIDE
 
 from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP
 from .inputs import Drawings, check_float_range, floats_to_uint8, read_inputs

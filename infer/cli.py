@@ -12,10 +12,9 @@ from typing import Annotated, List, Optional
 import typer
 from typer.core import TyperCommand
 
-from qd.data import options as opt
-from qd.data.console import run_app
-from qd.data.errors import QDError
-from qd.data.limits import MAX_THREADS
+from qd import options as opt
+from qd.command import QDError, run_app
+from qd.data.contract import MAX_THREADS
 
 from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP, MAX_LANES
 from .ray import LOCAL, is_ray_address
@@ -100,7 +99,7 @@ def infer(
     for given, name in ((out, "--out"), (out_format, "--format"), (overwrite, "--overwrite")):
         if given:
             raise QDError(f"{name} needs --ray (without it qd-infer writes to stdout)")
-    from qd.data.machine import usable_cpus
+    from qd.machine import usable_cpus
 
     from .run import run_inference
 

@@ -37,10 +37,9 @@ from typing import Annotated, Optional
 import typer
 from rich.text import Text
 
-from qd.data import options as opt
-from qd.data.console import console, describe_unexpected, err_console, run_app, shown
-from qd.data.errors import QDError
-from qd.data.paths import MODEL_CANVAS_ONNX as CANVAS_FILE, ORT_WEB_DIST_ENV
+from qd import options as opt
+from qd.command import QDError, console, describe_unexpected, err_console, run_app, shown
+from qd.data.contract import MODEL_CANVAS_ONNX as CANVAS_FILE, ORT_WEB_DIST_ENV
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8765

@@ -15,14 +15,13 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from qd.data.bitmaps import PIXELS, SIDE, parse_npy_header
-from qd.data.categories import SUFFIX as NPY_SUFFIX
-from qd.data.console import describe_unexpected
+from qd.command import QDError, describe_unexpected, reason_of
+from qd.data.bitmaps import SUFFIX as NPY_SUFFIX, parse_npy_header
+from qd.data.contract import PIXELS, SIDE
 from qd.data.decode import ImageDecoder
-from qd.data.errors import QDError, reason_of
-from qd.data.files import UnlistableFolder, count_lines, open_regular, walk_files
 from qd.data.images import IMAGE_SUFFIXES, is_image_path
 from qd.data.strokes import NDJSON_SUFFIX, iter_ndjson
+from qd.files import UnlistableFolder, count_lines, open_regular, walk_files
 
 SUPPORTED_SUFFIXES = IMAGE_SUFFIXES + (NPY_SUFFIX, NDJSON_SUFFIX)
 NPY_CHUNK_ROWS = 4096

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from qd.data.categories import check_labels
-from qd.data.errors import QDError, first_line
-from qd.data.contract import INPUT, META_FORMAT, META_LABELS, META_PREPROCESSING, META_PRECISION, MODEL_FORMAT
-from qd.data.paths import MODEL_ONNX, exports_dir
-from qd.data.files import read_regular
-from qd.data.limits import MAX_MODEL_BYTES, MAX_THREADS
-from qd.data.preprocess import REQUIRED_KEYS as PREPROCESSING_KEYS, bitmaps_to_input, check_preprocessing
+from qd.command import QDError, first_line
+from qd.data.bitmaps import check_labels
+from qd.data.contract import (INPUT, MAX_MODEL_BYTES, MAX_THREADS, META_FORMAT, META_LABELS, META_PRECISION,
+                              META_PREPROCESSING, MODEL_FORMAT, MODEL_ONNX, REQUIRED_KEYS as PREPROCESSING_KEYS,
+                              bitmaps_to_input, check_preprocessing, exports_dir)
+from qd.files import read_regular
 
 from .defaults import DEFAULT_BATCH_SIZE
 from .openset import PROBABILITIES, OpenSetRule, parse_open_set, parse_temperature

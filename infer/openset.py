@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from qd.data.contract import DEFAULT_KEPT, LOGITS, META_OPEN_SET as OPEN_SET_KEY, META_TEMPERATURE as TEMPERATURE_KEY, PROBABILITIES  # noqa: E501,F401
-from qd.data.errors import QDError
+from qd.command import QDError
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

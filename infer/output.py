@@ -2,7 +2,7 @@
 
 Machine formats (--json, --csv) own stdout; failures and the closing summary go to
 stderr, so `qd-infer ... --csv > out.csv` stays a clean file. The table and every
-failure line show names and labels through qd.data.console.shown (escape codes made
+failure line show names and labels through qd.command.shown (escape codes made
 visible); CSV carries them exactly, JSON exactly too (strict JSON, with invisible
 characters written as \\u escapes).
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from rich.text import Text
 
-from qd.data.console import console, err_console, fail, shown
+from qd.command import console, err_console, fail, shown
 
 # The version of the --json/--csv record schema (docs/output.md); changed whenever a field's meaning changes.
 OUTPUT_VERSION = 1

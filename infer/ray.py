@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qd.data.errors import QDError, first_line, reason_of
+from qd.command import QDError, first_line, reason_of
 
 if TYPE_CHECKING:
     from .output import Summary
@@ -72,7 +72,7 @@ def classify(inputs, out, address: str | None = None, *, model=None, top: int = 
     run; "auto", HOST:PORT or ray://HOST:PORT joins a cluster; a Ray this process already
     initialised is used as it is. `workers`: actors (default: the cluster's CPUs / threads);
     `threads`: CPUs and onnxruntime threads per actor."""
-    from qd.data.limits import MAX_BATCH_SIZE, MAX_THREADS
+    from qd.data.contract import MAX_BATCH_SIZE, MAX_THREADS
 
     from .model import OnnxClassifier, read_model_bytes, resolve_model_path
     from .output import Summary
@@ -144,7 +144,7 @@ def run_dataset(ray, units: list[str], folder: Path, settings: dict, workers: in
 
 def describe_ray_failure(exc: BaseException) -> str:
     """One line for a failed Ray run: the QDError a worker raised, else the innermost cause."""
-    from qd.data.console import describe_unexpected
+    from qd.command import describe_unexpected
 
     for _ in range(20):
         worker_error = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError: what the worker raised
@@ -294,7 +294,7 @@ def connected(ray, address: str):
     quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
     try:
         if address == LOCAL:
-            from qd.data.machine import usable_cpus
+            from qd.machine import usable_cpus
 
             ray.init(address=LOCAL, num_cpus=usable_cpus(), include_dashboard=False,
                      _node_ip_address="127.0.0.1", **quiet)
@@ -329,9 +329,9 @@ def check_out(out, overwrite: bool) -> Path:
 
 @contextmanager
 def output_folder(out: Path, overwrite: bool):
-    """A temporary folder beside `out` to write into; moved onto `out` if the block succeeds (qd.data.atomic),
+    """A temporary folder beside `out` to write into; moved onto `out` if the block succeeds (qd.files),
     removed if it fails, so `out` is never half-written."""
-    from qd.data.atomic import remove_temp, temp_path_for
+    from qd.files import remove_temp, temp_path_for
 
     partial = temp_path_for(out, directory=True)
     try:
@@ -343,7 +343,7 @@ def output_folder(out: Path, overwrite: bool):
 
 
 def replace_folder(partial: Path, out: Path, overwrite: bool) -> None:
-    from qd.data.atomic import commit_dir
+    from qd.files import commit_dir
 
     if out.is_dir() and not overwrite:
         try:
@@ -372,7 +372,7 @@ def run_cli(inputs, out, address: str, **options) -> int:
     """qd-infer --ray: the run, its failures (the first few) and summary on stderr; the exit code."""
     from rich.text import Text
 
-    from qd.data.console import err_console, fail, shown
+    from qd.command import err_console, fail, shown
 
     run = classify(inputs, out, address, **options)
     for line in run.failures:

@@ -22,9 +22,8 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+from qd.command import ProgressBar, reason_of
 from qd.data.decode import ImageDecoder
-from qd.data.errors import reason_of
-from qd.data.progress import ProgressBar
 
 from .inputs import Failure, NpyRows, Plan
 from .model import OnnxClassifier

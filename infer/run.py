@@ -9,14 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from qd.data.bitmaps import PIXELS
-from qd.data.console import describe_unexpected
+from qd.command import ProgressBar, QDError, describe_unexpected
+from qd.data.contract import MAX_BATCH_SIZE, MAX_WORKERS, PIXELS, bitmaps_to_input
 from qd.data.decode import ImageDecoder
-from qd.data.errors import QDError
-from qd.data.limits import MAX_BATCH_SIZE, MAX_WORKERS
-from qd.data.machine import usable_cpus
-from qd.data.preprocess import bitmaps_to_input
-from qd.data.progress import ProgressBar
+from qd.machine import usable_cpus
 
 from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP, MAX_LANES
 from .inputs import Drawings, Failure, Plan, read_inputs

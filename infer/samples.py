@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from qd.data.atomic import atomic_target
 from qd.data.bitmaps import open_bitmaps
 from qd.data.strokes import draw_strokes_image, parse_ndjson_line
+from qd.files import atomic_target
 
 DEFAULT_SHARED = Path(os.environ.get("QD_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "quickdraw"
 STROKE_CATEGORIES = ["apple", "bicycle", "cat", "fish", "house", "star", "tree", "clock"]

@@ -15,9 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from qd.data.dataset import BitmapDataset
-from qd.data.preprocess import DEFAULT_PREPROCESSING, bitmaps_to_input
-from qd.data.split import SplitSpec
+from qd.data.bitmaps import BitmapDataset, SplitSpec
+from qd.data.contract import DEFAULT_PREPROCESSING, bitmaps_to_input
 
 
 def template_weights(dataset: BitmapDataset, spec: SplitSpec) -> tuple[np.ndarray, np.ndarray]:

@@ -12,10 +12,10 @@ import math
 
 import numpy as np
 
-from qd.data.images import (FRAME_UNITS, INK_UNITS, LINE_UNITS, LOCAL_CELLS, LOCAL_MIN_SIDE, LOCAL_RADIUS,
-                            MIN_CONTRAST, SKELETON_UNITS, STRETCH_HI, STRETCH_LO, TRIM, WORK_SIDE, BlankImageError,
-                            area_weights, percentile)
-from qd.data.bitmaps import SIDE
+from qd.data.contract import SIDE
+from qd.data.images import (FRAME_UNITS, INK_UNITS, LINE_UNITS, LOCAL_CELLS, LOCAL_MIN_SIDE, LOCAL_RADIUS, MIN_CONTRAST,
+                            SKELETON_UNITS, STRETCH_HI, STRETCH_LO, TRIM, WORK_SIDE, BlankImageError, area_weights,
+                            percentile)
 
 
 def ink_high(gray):

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from qd.data.preprocess import DEFAULT_PREPROCESSING
+from qd.data.contract import DEFAULT_PREPROCESSING
 
 
 def tiny_model(path: Path, labels: list[str], preprocessing: dict | str | None = None, seed: int = 0,

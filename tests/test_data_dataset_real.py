@@ -2,8 +2,7 @@
 
 import numpy as np
 
-from qd.data.categories import list_categories
-from qd.data.dataset import BitmapDataset
+from qd.data.bitmaps import BitmapDataset, list_categories
 
 
 def test_every_shared_category_loads(shared_bitmaps):

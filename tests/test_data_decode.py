@@ -10,10 +10,10 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from images_synth import bitmap_as_paper
+from qd.command import QDError
 from qd.data import decode
 from qd.data.bitmaps import open_bitmaps
 from qd.data.decode import GROUP, ImageDecoder
-from qd.data.errors import QDError
 from qd.data.images import load_image_bitmap
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fixtures_data import invoke_cli
-
+from qd.command import QDError
 from qd.data.bitmaps import read_bitmap_header
 from qd.data.cli import main
-from qd.data.errors import QDError
 from qd.data.fetch import FetchOptions, fetch_category, part_path
 from qd.data.sources import FolderSource, UrlSource, google_categories, resolve_source
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qd.data.errors import QDError
+from qd.command import QDError
 from qd.data.fetch import FetchOptions, fetch_category, part_path, version_path
 from qd.data.sources import UrlSource
 

@@ -1,9 +1,9 @@
-"""Untrusted text never reaches the terminal raw (qd.data.console.shown, through every command).
+"""Untrusted text never reaches the terminal raw (qd.command.shown, through every command).
 
 File names, model labels, category names, server reason phrases and paths are generated
 from pieces of rich markup, terminal escape sequences (CSI, OSC titles and OSC 8
 hyperlinks), C1 controls, newlines that would forge an `error:` line, bidi overrides and
-undecodable bytes. Every command shows them through qd.data.console.shown: no control
+undecodable bytes. Every command shows them through qd.command.shown: no control
 character in the output, the markup printed as written, one line per error; CSV and
 JSON carry the exact strings.
 """
@@ -26,7 +26,7 @@ from rich.text import Text
 from fixtures_data import invoke_cli
 from images_synth import bitmap_as_paper
 from onnx_synth import tiny_canvas_model, tiny_model
-from qd.data.console import fail, shown
+from qd.command import fail, shown
 
 PIECES = ["[bold]", "[/]", "[/bold]", "[link=http://evil.example/]", "\\[b]", "\\", "\x1b[2J", "\x1b]0;owned\x07",
           "\x1b]8;;http://evil.example/\x1b\\", "\x9b31m", "\x85", "\x00", "\x7f", "\n", "\r", "\t", "error: forged",

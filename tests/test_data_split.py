@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qd.data.bitmaps import open_bitmaps
-from qd.data.dataset import BitmapDataset
-from qd.data.errors import QDError
-from qd.data.split import SCHEME, SPLITS, SplitSpec, assign_splits, drawing_hashes, split_rows
+from qd.command import QDError
+from qd.data.bitmaps import (SCHEME, SPLITS, BitmapDataset, SplitSpec, assign_splits, drawing_hashes, open_bitmaps,
+                             split_rows)
 
 
 @pytest.fixture(scope="module")
@@ -127,11 +126,11 @@ def test_spec_round_trips_through_a_dict():
 
 def test_chunked_hashing_gives_the_same_split(shared_bitmaps, monkeypatch):
     """The split is hashed chunk by chunk (pages released in between): chunking changes nothing."""
-    import qd.data.split as split
+    import qd.data.bitmaps as bitmaps
 
     dataset = BitmapDataset(shared_bitmaps, ["apple", "circle", "clock"])
     whole = dataset.split_indices(SplitSpec())
-    monkeypatch.setattr(split, "_CHUNK_ROWS", 700)  # several chunks per category
+    monkeypatch.setattr(bitmaps, "_CHUNK_ROWS", 700)  # several chunks per category
     chunked = dataset.split_indices(SplitSpec())
     for name in whole:
         assert np.array_equal(whole[name], chunked[name]), name

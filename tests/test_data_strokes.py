@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from images_synth import correlation
+from qd.command import QDError
 from qd.data.bitmaps import open_bitmaps
-from qd.data.errors import QDError
 from qd.data.strokes import iter_ndjson, load_ndjson, parse_ndjson_line, render_strokes
 
 # For these the stroke files are not the first rows of the bitmap files (see bench/tune_strokes.py).

@@ -23,7 +23,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image, ImageDraw
 
-from qd.data.errors import QDError
+from qd.command import QDError
 from qd.data.images import image_to_bitmap
 from qd.infer import demo
 

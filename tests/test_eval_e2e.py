@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from qd.data.errors import QDError
+from qd.command import QDError
 from qd.evaluate.evaluation import evaluate
 
 

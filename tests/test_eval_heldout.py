@@ -6,11 +6,10 @@ import pytest
 from PIL import Image
 
 from eval_synthetic import make_export
-from qd.data.dataset import BitmapDataset
-from qd.data.errors import QDError
-from qd.data.split import SplitSpec
-from qd.evaluate.model_info import load_model_info
+from qd.command import QDError
+from qd.data.bitmaps import BitmapDataset, SplitSpec
 from qd.evaluate.heldout import canonical, load_heldout
+from qd.evaluate.model_info import load_model_info
 
 CATEGORIES = ["apple", "circle", "square", "star"]
 MAX_ROWS = 200

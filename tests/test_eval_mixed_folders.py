@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from onnx_synth import tiny_model
-from qd.data.errors import QDError
-from qd.data.files import sha256_path
+from qd.command import QDError
+from qd.files import sha256_path
 
 def _card(folder: Path, source_sha: str, files: dict[str, str]) -> None:
     """model.json as qd-export writes it (the parts readers check)."""

@@ -9,11 +9,11 @@ import pytest
 from rich.console import Console
 
 from eval_synthetic import make_export
-from qd.data.atomic import atomic_target, write_json_atomic as write_json
 from qd.evaluate import cli, metrics
 from qd.evaluate.evaluation import evaluate
 from qd.evaluate.plots import pick_mistakes, plot_confusion, plot_mistakes
 from qd.evaluate.report import build_report, render
+from qd.files import atomic_target, write_json_atomic as write_json
 
 CATEGORIES = ["apple", "circle", "square", "star"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from images_synth import bitmap_as_paper, off_centre
+from qd.command import QDError
 from qd.data import images
 from qd.data.bitmaps import open_bitmaps
-from qd.data.errors import QDError
 from qd.data.strokes import draw_strokes_image, parse_ndjson_line
 from qd.export import canvas_export
 from qd.export.api import export_checkpoint

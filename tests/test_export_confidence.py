@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qd.data.errors import QDError
+from qd.command import QDError
 from qd.export.confidence import fit_confidence, fit_temperature, fit_threshold, negative_log_likelihood, unfitted
 from qd.infer.openset import LOGITS, OPEN_SET_KEY, TEMPERATURE_KEY, parse_open_set, parse_temperature, softmax
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from qd.data.atomic import commit_dir, temp_path_for
 from qd.export.coreml import import_coremltools
+from qd.files import commit_dir, temp_path_for
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
 
 ct = import_coremltools()

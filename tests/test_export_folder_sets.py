@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from qd.data.files import sha256_path
+from qd.files import sha256_path
 
 REPO = Path(__file__).resolve().parents[1]
 

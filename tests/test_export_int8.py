@@ -10,15 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import numpy_helper
 
-from qd.data.dataset import BitmapDataset
-from qd.data.preprocess import bitmaps_to_input
-from qd.data.split import SplitSpec
+from fixtures_export import run_export_cli
+from qd.data.bitmaps import BitmapDataset, SplitSpec
+from qd.data.contract import bitmaps_to_input
 from qd.export.api import export_checkpoint
 from qd.export.quantize import KERNEL_PATHS
 from qd.export.validate import allowed_changes
 from qd.train.checkpoint import load_checkpoint
-
-from fixtures_export import run_export_cli
 
 # x86 CPUs without VNNI add each pair of u8 x s8 products into a saturating int16.
 INT16_MAX = 32767

@@ -10,9 +10,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from qd.data.dataset import BitmapDataset
-from qd.data.preprocess import bitmaps_to_input
-from qd.data.split import SplitSpec
+from qd.data.bitmaps import BitmapDataset, SplitSpec
+from qd.data.contract import bitmaps_to_input
 from qd.export.canvas_export import CANVAS_INPUT_SHAPE
 from qd.export.validate import check_contract
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint

@@ -75,7 +75,7 @@ def test_every_accepted_input_gives_one_prediction_per_drawing(clf, shared_bitma
     ([[[0, 1], [0]]], "different lengths"),
 ])
 def test_inputs_it_cannot_read_are_refused_not_guessed(clf, bad, message):
-    from qd.data.errors import QDError
+    from qd.command import QDError
 
     with pytest.raises(QDError, match=message.replace("(", r"\(").replace(")", r"\)")):
         clf.predict(bad)

@@ -14,10 +14,10 @@ import pytest
 
 from images_synth import bitmap_as_paper, off_centre
 from model_files import model_with_metadata
-from qd.data.bitmaps import open_bitmaps
-from qd.data.errors import QDError
-from qd.data.images import image_to_bitmap
 from qd import Classifier
+from qd.command import QDError
+from qd.data.bitmaps import open_bitmaps
+from qd.data.images import image_to_bitmap
 from qd.infer.model import OnnxClassifier, newest_export, resolve_model_path
 
 

@@ -32,9 +32,9 @@ from PIL import Image, ImageDraw
 
 from images_synth import correlation, png_header_only
 from memory_probe import peak_rss_mib
+from qd.command import QDError
 from qd.data import images
-from qd.data.errors import QDError
-from qd.data.limits import MAX_PIXELS, WORK_PIXELS
+from qd.data.contract import MAX_PIXELS, WORK_PIXELS
 from qd.infer.inputs import Drawings, Failure, read_inputs
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

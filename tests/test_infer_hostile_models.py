@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from fixtures_data import invoke_cli
 from onnx_synth import tiny_model
-from qd.data.errors import QDError
+from qd.command import QDError
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -69,8 +69,7 @@ def test_qd_data_cli_works_without_torch(shared_bitmaps, tmp_path):
             main()
         except SystemExit as exc:
             assert not exc.code, exc.code
-        from qd.data.dataset import BitmapDataset
-        from qd.data.split import SplitSpec
+        from qd.data.bitmaps import BitmapDataset, SplitSpec
         ds = BitmapDataset("data")
         parts = ds.split_indices(SplitSpec())
         assert sum(len(p) for p in parts.values()) == 40

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qd.data.errors import QDError
-from qd.infer.openset import (LOGITS, OPEN_SET_KEY, PROBABILITIES, SCORES, TEMPERATURE_KEY, OpenSetRule,
-                              parse_open_set, parse_temperature, softmax)
+from qd.command import QDError
+from qd.infer.openset import (LOGITS, OPEN_SET_KEY, PROBABILITIES, SCORES, TEMPERATURE_KEY, OpenSetRule, parse_open_set,
+                              parse_temperature, softmax)
 
 MODEL = Path("some/model.onnx")
 

@@ -124,7 +124,7 @@ def test_refused_before_any_cluster(monkeypatch, capsys, never_ray, exported_mod
 
 def test_a_failed_ray_run_is_one_line():
     """What Ray raises wraps what the worker raised: a QDError is told as it is, anything else by its type."""
-    from qd.data.errors import QDError
+    from qd.command import QDError
     from qd.infer.ray import describe_ray_failure
 
     class TaskError(Exception):  # as ray.exceptions.RayTaskError: the worker's exception in `cause`

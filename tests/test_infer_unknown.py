@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 
 from model_files import model_with_metadata
-from qd.data.bitmaps import open_bitmaps
-from qd.data.dataset import BitmapDataset
-from qd.data.errors import QDError
-from qd.data.split import SplitSpec
+from qd.command import QDError
+from qd.data.bitmaps import BitmapDataset, SplitSpec, open_bitmaps
 from qd.infer.model import OnnxClassifier
 from qd.infer.openset import LOGITS, OPEN_SET_KEY, PROBABILITIES, TEMPERATURE_KEY, softmax
 
@@ -53,7 +51,7 @@ def run_cli(*args):
 
 def test_the_graph_applies_the_temperature_in_the_metadata(classifier, test_split):
     x = test_split[0][:64]
-    from qd.data.preprocess import bitmaps_to_input
+    from qd.data.contract import bitmaps_to_input
 
     out = classifier.outputs(bitmaps_to_input(x, classifier.preprocessing), [PROBABILITIES, LOGITS])
     assert classifier.temperature == json.loads(classifier.metadata[TEMPERATURE_KEY]) > 0

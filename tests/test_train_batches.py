@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from qd.data.dataset import BitmapDataset
-from qd.data.preprocess import DEFAULT_PREPROCESSING, bitmaps_to_input
-from qd.data.split import SplitSpec
+from qd.data.bitmaps import BitmapDataset, SplitSpec
+from qd.data.contract import DEFAULT_PREPROCESSING, bitmaps_to_input
 from qd.train.augment import AffineAugment
 from qd.train.batches import BatchLoader, ShardedBatches, to_float_batch
 

@@ -113,7 +113,7 @@ def test_console_script_prints_one_line_without_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "qd.train.cli", "--data-dir", str(tmp_path / "missing")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
-    from qd.data.categories import FETCH_HINT
+    from qd.data.bitmaps import FETCH_HINT
 
     assert result.stderr.strip() == f"error: {tmp_path / 'missing'}: data directory does not exist ({FETCH_HINT})"
 

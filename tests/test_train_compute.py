@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import qd.train.loop as loop
-from qd.data.errors import QDError
+from qd.command import QDError
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
 from qd.train.compute import native_bf16, resolve_precision
 from qd.train.config import TrainConfig

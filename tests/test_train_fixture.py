@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from qd.data.preprocess import DEFAULT_PREPROCESSING
-from qd.data.split import SplitSpec
+from qd.data.bitmaps import SplitSpec
+from qd.data.contract import DEFAULT_PREPROCESSING
 from qd.train.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint
 
 CONTRACT_KEYS = {"format", "classes", "arch", "preprocessing", "split", "data", "hparams", "metrics", "best",

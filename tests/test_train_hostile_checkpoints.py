@@ -28,11 +28,10 @@ from hypothesis import strategies as st
 
 from memory_probe import peak_rss_mib
 from onnx_synth import tiny_model
-from qd.data.errors import QDError
-from qd.data.limits import MAX_PARAMETERS
-from qd.data.preprocess import DEFAULT_PREPROCESSING, bitmaps_to_input
-from qd.export.cli import main
+from qd.command import QDError
+from qd.data.contract import DEFAULT_PREPROCESSING, MAX_PARAMETERS, bitmaps_to_input
 from qd.export.checkpoint_source import load_source
+from qd.export.cli import main
 from qd.train.checkpoint import load_checkpoint
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -72,7 +71,7 @@ def test_architecture_descriptions_are_built_only_within_bounds(arch, kwargs, cl
 
 
 def _payload(**changes) -> dict:
-    from qd.data.split import SplitSpec
+    from qd.data.bitmaps import SplitSpec
     from qd.train.checkpoint import FORMAT
     from qd.train.models import build_model
 

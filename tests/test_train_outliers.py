@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from qd.data.dataset import BitmapDataset
-from qd.data.errors import QDError
+from qd.command import QDError
+from qd.data.bitmaps import BitmapDataset
 from qd.train.config import TrainConfig
 from qd.train.outliers import FRAME_UNITS, INK_UNITS, SyntheticOutliers, exposure_loss, scribbles
 

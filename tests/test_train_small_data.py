@@ -8,7 +8,7 @@ import torch
 from rich.console import Console
 
 from fixtures_data import run_entry_point
-from qd.data.files import sha256_file
+from qd.files import sha256_file
 from qd.train import cli
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from qd.train.config import MIN_BATCH_SIZE, MIN_STEPS, TrainConfig, auto_schedule

@@ -25,9 +25,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from qd.data.bitmaps import release_mapped_pages
-from qd.data.dataset import BitmapDataset
-from qd.data.preprocess import bitmaps_to_input
+from qd.data.bitmaps import BitmapDataset, release_mapped_pages
+from qd.data.contract import bitmaps_to_input
 
 PREFETCH_BATCHES = 3
 # Mapped pages are released after every batch when the data is larger than this: on kernels
@@ -47,7 +46,7 @@ def epoch_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
 
 
 def to_float_batch(bitmaps: np.ndarray, preprocessing: dict) -> torch.Tensor:
-    """(B, 784) uint8 -> float32 (B, 1, S, S) torch tensor, by qd.data.preprocess.bitmaps_to_input itself.
+    """(B, 784) uint8 -> float32 (B, 1, S, S) torch tensor, by qd.data.contract.bitmaps_to_input itself.
 
     numpy does the conversion (one batch, single-threaded, GIL released) and torch
     wraps the result without a copy. Converting with torch ops instead woke the OpenMP

@@ -20,14 +20,10 @@ from pathlib import Path
 
 import torch
 
-from qd.data.atomic import atomic_target
-from qd.data.categories import check_labels
-from qd.data.contract import CHECKPOINT_FORMAT
-from qd.data.errors import QDError, first_line
-from qd.data.files import open_regular
-from qd.data.limits import MAX_CHECKPOINT_BYTES, MAX_CHECKPOINT_ENTRIES
-from qd.data.preprocess import check_preprocessing
-from qd.data.split import SplitSpec
+from qd.command import QDError, first_line
+from qd.data.bitmaps import SplitSpec, check_labels
+from qd.data.contract import CHECKPOINT_FORMAT, MAX_CHECKPOINT_BYTES, MAX_CHECKPOINT_ENTRIES, check_preprocessing
+from qd.files import atomic_target, open_regular
 
 from .models import build_model
 

@@ -11,9 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from qd.data import options as opt
-from qd.data.console import run_app
-from qd.data.errors import QDError
+from qd import options as opt
+from qd.command import QDError, run_app
 
 from .config import SCHEDULES, TrainConfig, default
 from .defaults import (ARCH_NAMES, DEFAULT_ARCH, DEFAULT_EPOCHS, DEFAULT_PATIENCE, MAX_AUTO_EPOCHS, MAX_BATCH_SIZE,
@@ -93,7 +92,7 @@ def train_command(
     artifacts: Annotated[Optional[Path], opt.artifacts_option()] = None,
     version: Annotated[bool, opt.version_option()] = False,
 ) -> None:
-    from qd.data.paths import default_data_dir
+    from qd.data.contract import default_data_dir
 
     from .loop import train
 

@@ -18,7 +18,7 @@ import contextlib
 
 import torch
 
-from qd.data.errors import QDError
+from qd.command import QDError
 
 from .defaults import PRECISIONS
 

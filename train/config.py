@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from qd.data.errors import QDError
-from qd.data.limits import MAX_WORKERS
+from qd.command import QDError
+from qd.data.contract import MAX_WORKERS
 
 from .defaults import ARCH_NAMES, DEFAULT_ARCH, PRECISIONS
 

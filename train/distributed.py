@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from qd.data.errors import QDError
+from qd.command import QDError
 
 
 def pick_device(requested: str) -> torch.device:

@@ -24,12 +24,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from qd.data import __version__
-from qd.data.dataset import BitmapDataset
-from qd.data.errors import QDError
-from qd.data.paths import BEST_CHECKPOINT, LAST_CHECKPOINT, runs_dir
-from qd.data.preprocess import DEFAULT_PREPROCESSING
-from qd.data.split import SplitSpec
+from qd import __version__
+from qd.command import QDError
+from qd.data.bitmaps import BitmapDataset, SplitSpec
+from qd.data.contract import BEST_CHECKPOINT, DEFAULT_PREPROCESSING, LAST_CHECKPOINT, runs_dir
 
 from .augment import AffineAugment
 from .batches import BatchLoader, ShardedBatches, epoch_seed

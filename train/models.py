@@ -7,8 +7,8 @@ import inspect
 import torch
 from torch import nn
 
-from qd.data.errors import QDError
-from qd.data.limits import ARCH_KWARG_BOUNDS, MAX_LABELS, MAX_PARAMETERS
+from qd.command import QDError
+from qd.data.contract import ARCH_KWARG_BOUNDS, MAX_LABELS, MAX_PARAMETERS
 
 from .defaults import ARCH_NAMES, DEFAULT_ARCH  # noqa: F401 (DEFAULT_ARCH is imported from here too)
 
@@ -67,7 +67,7 @@ assert tuple(ARCHITECTURES) == ARCH_NAMES, "train/defaults.py names the architec
 
 
 def build_model(arch: str, num_classes: int, /, **kwargs) -> nn.Module:
-    """The network, after its description is checked: kwargs within qd.data.limits, and the
+    """The network, after its description is checked: kwargs within qd.data.contract, and the
     parameter count (from a copy built on the meta device, which allocates nothing) within
     MAX_PARAMETERS. A checkpoint saying `width=4000` is refused here, before any weight exists."""
     try:

@@ -15,9 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from qd.data.console import console as default_console
-from qd.data.console import shown
-from qd.data.paths import BEST_CHECKPOINT
+from qd.command import console as default_console, shown
+from qd.data.contract import BEST_CHECKPOINT
 
 
 def near_chance(top1: float, classes: int) -> bool:

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qd.data.errors import QDError
-from qd.data.files import sha256_file
-from qd.data.preprocess import DEFAULT_PREPROCESSING
+from qd.command import QDError
+from qd.data.contract import DEFAULT_PREPROCESSING
+from qd.files import sha256_file
 
 from .checkpoint import load_checkpoint
 from .models import full_kwargs, head_name

@@ -1,6 +1,6 @@
-"""qd.data.machine: every speed figure names its CPU and the features that decide int8 and bf16."""
+"""qd.machine: every speed figure names its CPU and the features that decide int8 and bf16."""
 
-from qd.data.machine import cpu, parse_cpuinfo
+from qd.machine import cpu, parse_cpuinfo
 
 AMD_EPYC = """processor\t: 0
 vendor_id\t: AuthenticAMD

@@ -1,4 +1,4 @@
-"""One vocabulary for every qd-* command (qd.data.options): -h, --version and an example in every help,
+"""One vocabulary for every qd-* command (qd.options): -h, --version and an example in every help,
 which loads nothing heavy; shared options spelled one way, with their environment variables shown;
 old spellings still accepted as hidden aliases; and a one-line hint wherever people slip (a checkpoint
 given as a model, a misspelt category, an empty artifacts folder, a missing --data folder, the next
@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from fixtures_export import run_export_cli
-from qd.data.options import rewrite_aliases
+from qd.options import rewrite_aliases
 
 COMMANDS = {"qd-data": "qd.data.cli", "qd-train": "qd.train.cli", "qd-export": "qd.export.cli",
             "qd-infer": "qd.infer.cli", "qd-eval": "qd.evaluate.cli", "qd-demo": "qd.infer.demo"}
@@ -72,7 +72,7 @@ def test_a_checkpoint_given_as_model_says_run_qd_export_first(trained_checkpoint
     renamed = trained_checkpoint.parent / "model-from-a-friend.onnx"
     renamed.write_bytes(trained_checkpoint.read_bytes())  # a torch zip, whatever its name says
     from qd import Classifier
-    from qd.data.errors import QDError
+    from qd.command import QDError
 
     with pytest.raises(QDError, match="run qd-export first"):
         Classifier(renamed)

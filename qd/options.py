@@ -9,7 +9,8 @@ default are shown in the help as `[env var: ...]`.
 
 A renamed option keeps its old spelling for one release as a hidden alias: the command's
 class (`aliased(...)`) rewrites it to the new name before parsing, so help shows only the
-new name. Only typer is imported here: `--help` must stay fast.
+new name. Only typer is imported here (and qd.data.contract's plain constants): `--help` must stay
+fast. Apart from qd.command, so that the library (which imports QDError from there) never loads typer.
 """
 
 from __future__ import annotations
@@ -21,14 +22,13 @@ from typing import Optional
 import typer
 from typer.core import TyperCommand
 
-from .limits import MAX_BATCH_SIZE, MAX_WORKERS
-from .paths import ARTIFACTS_ENV, SOURCE_ENV
+from qd.data.contract import ARTIFACTS_ENV, MAX_BATCH_SIZE, MAX_WORKERS, SOURCE_ENV
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def make_app(help: str | None = None, **kwargs) -> typer.Typer:
-    """A typer app as every qd-* command has it: -h, completion on, no pretty tracebacks (qd.data.console.run_app
+    """A typer app as every qd-* command has it: -h, completion on, no pretty tracebacks (qd.command.run_app
     turns errors into one line) and click's plain help: typer's rich help imports markdown-it and more, which
     alone takes longer than the 0.5 s a --help may (bench/cli_help.py)."""
     return typer.Typer(help=help, add_completion=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -70,7 +70,7 @@ def rewrite_aliases(args: list[str], aliases: dict[str, str]) -> list[str]:
 
 def _show_version(ctx: typer.Context, value: bool) -> None:
     if value and not ctx.resilient_parsing:
-        from . import __version__
+        from qd import __version__
 
         typer.echo(f"{ctx.find_root().info_name} (quickdraw-edge) {__version__}")
         raise typer.Exit()

@@ -1,4 +1,4 @@
-"""qd.data.console.run_app, every command's top level: any exception that escapes a command is
+"""qd.command.run_app, every command's top level: any exception that escapes a command is
 one `error:` line (never a traceback), out of memory says so, and Ctrl-C says it was interrupted,
 with the command's hint, and exits 130."""
 
@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fixtures_data import invoke_cli
-from qd.data.console import run_app
+from qd.command import run_app
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
