@@ -123,7 +123,7 @@ def main() -> None:
 
     from qd.data.bitmaps import SplitSpec
     from qd.data.contract import DEFAULT_PREPROCESSING
-    from qd.train.checkpoint import FORMAT
+    from qd.data.contract import CHECKPOINT_FORMAT as FORMAT
 
     checkpoint = work / "wide" / "best.pt"
     checkpoint.parent.mkdir(exist_ok=True)

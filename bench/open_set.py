@@ -47,7 +47,7 @@ from qd.export.confidence import fit_temperature, fit_threshold
 from qd.infer.openset import SCORES, softmax
 from qd.machine import cpu
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
-from qd.train.config import TrainConfig
+from qd.train.cli import TrainConfig
 from qd.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]

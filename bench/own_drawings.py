@@ -110,7 +110,7 @@ def top1(checkpoint: Path, data_dir: Path) -> float:
 
 def run(out: Path, **options) -> tuple[Path, float, dict]:
     from qd.train.checkpoint import load_checkpoint
-    from qd.train.config import TrainConfig
+    from qd.train.cli import TrainConfig
     from qd.train.loop import train
 
     best = out / "best.pt"

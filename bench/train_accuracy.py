@@ -26,9 +26,9 @@ from pathlib import Path
 
 from qd.machine import cpu
 from qd.train.checkpoint import load_checkpoint
-from qd.train.config import TrainConfig
+from qd.train.cli import DEFAULT_ARCH, TrainConfig
 from qd.train.loop import train
-from qd.train.models import DEFAULT_ARCH, build_model, count_parameters
+from qd.train.models import build_model, count_parameters
 
 SHARED = Path(os.environ.get("QD_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "quickdraw" / "bitmaps"
 
@@ -63,7 +63,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
             overrides[key] = value not in ("0", "false", "no")
         elif key in ("schedule",):
             overrides[key] = value
-        elif key in ("lr", "weight_decay", "label_smoothing"):
+        elif key in ("lr", "weight_decay"):
             overrides[key] = float(value)
         elif key in ("epochs", "batch_size"):
             overrides[key] = int(value)

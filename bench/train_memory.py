@@ -83,7 +83,7 @@ class StatusSampler(threading.Thread):
 
 
 def child(args) -> None:
-    from qd.train.config import TrainConfig
+    from qd.train.cli import TrainConfig
     from qd.train.loop import train
 
     sampler = StatusSampler()

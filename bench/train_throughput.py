@@ -10,7 +10,7 @@ categories. The issue's comparison uses the seed architecture for both sides:
                repeat the whole dataset)
   ours         as qd-train runs: qd.train.batches (seeded shuffled index batches gathered
                from the memmaps, converted uint8 -> float once per batch, prefetched by a
-               thread), batch 256, and qd.train.compute's step (channels_last, bf16
+               thread), batch 256, and qd.train.loop's step (channels_last, bf16
                autocast where the CPU has it natively)
   compute-only the same batch reused every step (no data pipeline at all)
 Then what each part gives (pipeline alone at batch 100 in fp32, channels_last alone), the
@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from qd.data.bitmaps import BitmapDataset, SplitSpec
 from qd.data.contract import DEFAULT_PREPROCESSING
 from qd.machine import cpu
-from qd.train.augment import AffineAugment
-from qd.train.batches import BatchLoader, ShardedBatches
-from qd.train.compute import autocast, input_layout, resolve_precision, to_device_layout
-from qd.train.models import DEFAULT_ARCH, build_model
+from qd.train.batches import AffineAugment, BatchLoader, ShardedBatches
+from qd.train.cli import DEFAULT_ARCH
+from qd.train.loop import autocast, input_layout, resolve_precision, to_device_layout
+from qd.train.models import build_model
 
 SHARED = Path(os.environ.get("QD_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "quickdraw" / "bitmaps"
 
@@ -67,7 +67,7 @@ def endless(make_iter):
 def time_steps(model, batches, samples: int, augment=None, fast: bool = True, precision: str | None = None) -> float:
     """samples/s over about `samples` drawings of training steps (after 3 warm-up steps).
 
-    fast=True runs the step the way qd-train does (qd.train.compute: channels_last, bf16
+    fast=True runs the step the way qd-train does (qd.train.loop: channels_last, bf16
     autocast where native); fast=False is plain float32 in the default layout, as the seed
     script ran. `precision` overrides the precision alone (for the knob table)."""
     cpu = torch.device("cpu")

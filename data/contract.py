@@ -225,12 +225,6 @@ MAX_RAW_COORDINATE = 1_000_000.0  # raw drawings are in canvas pixels (a few tho
 MAX_CHECKPOINT_BYTES = 1 << 30
 MAX_CHECKPOINT_ENTRIES = 10_000
 MAX_PARAMETERS = 20_000_000  # of the network a checkpoint describes, counted before it is built
-# Architecture keyword arguments a checkpoint may carry: name -> (smallest, largest).
-ARCH_KWARG_BOUNDS: dict[str, tuple[float, float]] = {
-    "width": (1, 256),
-    "stage3": (1, 8),
-    "dropout": (0.0, 0.95),
-}
 
 # -- models and labels
 MAX_LABELS = 100_000

@@ -18,7 +18,7 @@ def trained_checkpoint(shared_bitmaps, tmp_path_factory) -> Path:
     """
     import torch
 
-    from qd.train.config import TrainConfig
+    from qd.train.cli import TrainConfig
     from qd.train.loop import train
 
     run_dir = tmp_path_factory.mktemp("trained-run") / "run"

@@ -21,7 +21,7 @@ def checkpoints(shared_bitmaps, tmp_path_factory):
     """best.pt of a 1-epoch run per architecture on 3 shared categories (trained on first use)."""
     import torch
 
-    from qd.train.config import TrainConfig
+    from qd.train.cli import TrainConfig
     from qd.train.loop import train
 
     made = {}

@@ -6,8 +6,7 @@ import torch
 
 from qd.data.bitmaps import BitmapDataset, SplitSpec
 from qd.data.contract import DEFAULT_PREPROCESSING, bitmaps_to_input
-from qd.train.augment import AffineAugment
-from qd.train.batches import BatchLoader, ShardedBatches, to_float_batch
+from qd.train.batches import AffineAugment, BatchLoader, ShardedBatches, to_float_batch
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Speed choices of a training step (qd.train.compute): layout and precision change speed, not the checkpoint."""
+"""Speed choices of a training step (qd.train.loop): layout and precision change speed, not the checkpoint."""
 
 import pytest
 import torch
@@ -6,8 +6,8 @@ import torch
 import qd.train.loop as loop
 from qd.command import QDError
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
-from qd.train.compute import native_bf16, resolve_precision
-from qd.train.config import TrainConfig
+from qd.train.loop import native_bf16, resolve_precision
+from qd.train.cli import TrainConfig
 
 CPU = torch.device("cpu")
 
@@ -29,7 +29,7 @@ def test_auto_precision_is_bf16_only_where_native():
 @pytest.mark.parametrize("amx, expected", [(True, "bf16"), (False, "fp32"), (None, "fp32")])
 def test_auto_precision_on_cpus_with_and_without_native_bf16(monkeypatch, amx, expected):
     """Both paths, forced, whatever this machine is: AMX (Intel) -> bf16; AVX2 only (AMD EPYC) -> fp32."""
-    import qd.train.compute as compute
+    import qd.train.loop as compute
 
     if amx is None:  # a torch without the private probe
         monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)

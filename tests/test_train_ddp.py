@@ -46,7 +46,7 @@ def test_the_trainer_is_freed_before_the_process_group_is_destroyed(shared_bitma
     import weakref
 
     import qd.train.loop as loop
-    from qd.train.config import TrainConfig
+    from qd.train.cli import TrainConfig
     from qd.train.distributed import Distributed
 
     trainers, alive_at_close = [], []

@@ -7,7 +7,8 @@ import torch
 
 from qd.data.bitmaps import SplitSpec
 from qd.data.contract import DEFAULT_PREPROCESSING
-from qd.train.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint
+from qd.data.contract import CHECKPOINT_FORMAT as FORMAT
+from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
 
 CONTRACT_KEYS = {"format", "classes", "arch", "preprocessing", "split", "data", "hparams", "metrics", "best",
                  "test", "versions", "state_dict"}

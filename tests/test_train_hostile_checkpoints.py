@@ -53,14 +53,14 @@ def test_architecture_descriptions_are_built_only_within_bounds(arch, kwargs, cl
     from qd.train.models import ARCHITECTURES, build_model, count_parameters
 
     real_builds = []  # parameter counts of every network built with real (not meta-device) weights
-    original = ARCHITECTURES[arch].__init__
+    original = ARCHITECTURES[arch].network.__init__
 
     def recorded(self, *args, **kw):
         original(self, *args, **kw)
         if any(p.device.type != "meta" for p in self.parameters()):
             real_builds.append(count_parameters(self))
 
-    with mock.patch.object(ARCHITECTURES[arch], "__init__", recorded):
+    with mock.patch.object(ARCHITECTURES[arch].network, "__init__", recorded):
         try:
             model = build_model(arch, classes, **kwargs)
         except QDError as exc:
@@ -72,7 +72,7 @@ def test_architecture_descriptions_are_built_only_within_bounds(arch, kwargs, cl
 
 def _payload(**changes) -> dict:
     from qd.data.bitmaps import SplitSpec
-    from qd.train.checkpoint import FORMAT
+    from qd.data.contract import CHECKPOINT_FORMAT as FORMAT
     from qd.train.models import build_model
 
     arch = changes.pop("arch", {"name": "seed", "kwargs": {}})

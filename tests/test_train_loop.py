@@ -11,7 +11,7 @@ import torch
 
 import qd.train.loop as loop
 from qd.train.checkpoint import load_checkpoint
-from qd.train.config import TrainConfig
+from qd.train.cli import TrainConfig
 
 CATEGORIES = ["circle", "square", "star"]
 TIMING_KEYS = {"seconds", "samples_per_s"}

@@ -6,8 +6,9 @@ import torch
 
 from qd.command import QDError
 from qd.data.bitmaps import BitmapDataset
-from qd.train.config import TrainConfig
-from qd.train.outliers import FRAME_UNITS, INK_UNITS, SyntheticOutliers, exposure_loss, scribbles
+from qd.train.cli import TrainConfig
+from qd.data.images import FRAME_UNITS, INK_UNITS
+from qd.train.outliers import SyntheticOutliers, exposure_loss, scribbles
 
 CATEGORIES = ["circle", "square", "star"]
 

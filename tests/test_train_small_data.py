@@ -11,11 +11,11 @@ from fixtures_data import run_entry_point
 from qd.files import sha256_file
 from qd.train import cli
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from qd.train.config import MIN_BATCH_SIZE, MIN_STEPS, TrainConfig, auto_schedule
+from qd.train.cli import MIN_BATCH_SIZE, MIN_STEPS, TrainConfig, auto_schedule
 from qd.train.loop import train
 from qd.train.models import build_model, head_name
-from qd.train.report import Reporter, near_chance
-from qd.train.transfer import init_from
+from qd.train.loop import Reporter, near_chance
+from qd.train.checkpoint import init_from
 
 
 def test_small_sets_get_smaller_batches_and_enough_steps():

@@ -13,10 +13,16 @@ Two ways to overlap gathering with compute:
   float conversion release the GIL), no extra processes;
 - `workers > 0`: a torch DataLoader whose sampler hands out whole index batches, so
   each worker process gathers whole batches and no batch is produced twice.
+
+The training loop then warps each batch (`AffineAugment`): one random affine per drawing
+(small rotation, scale, shift), applied to the whole batch in one `affine_grid` +
+`grid_sample` call (torch only, no torchvision). Its randomness comes from an explicit
+generator, so a run is reproducible and a resumed epoch replays exactly.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from dataclasses import dataclass
@@ -24,6 +30,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from qd.data.bitmaps import BitmapDataset, release_mapped_pages
 from qd.data.contract import bitmaps_to_input
@@ -35,8 +42,6 @@ PREFETCH_BATCHES = 3
 # costs a madvise per file and a page fault per row of the next batch (measured: 1.3 ms vs
 # 0.5 ms per batch of 256 from the 27 shared files, ~8% of a seed-architecture step).
 RELEASE_ABOVE_BYTES = 512 * 2**20
-
-
 
 
 def epoch_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
@@ -208,3 +213,29 @@ def _prefetched(items: Iterator, depth: int) -> Iterator:
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+# ---------------------------------------------------------------- augmentation
+
+@dataclass(frozen=True)
+class AffineAugment:
+    max_rotation_deg: float = 10.0
+    max_scale: float = 0.10        # scale in [1 - s, 1 + s]
+    max_shift: float = 0.10        # fraction of the image half-width (0.1 ~ 1.4 px at 28 px)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, background: float = 0.0) -> torch.Tensor:
+        """Warp (B, C, H, W) `x`; pixels shifted in from outside take the value `background`."""
+        b = x.shape[0]
+        u = torch.rand(b, 4, generator=generator, device="cpu") * 2 - 1  # uniform in [-1, 1]
+        angle = u[:, 0] * math.radians(self.max_rotation_deg)
+        scale = 1 + u[:, 1] * self.max_scale
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([
+            torch.stack([cos, -sin, u[:, 2] * self.max_shift], dim=1),
+            torch.stack([sin, cos, u[:, 3] * self.max_shift], dim=1),
+        ], dim=1).to(device=x.device, dtype=x.dtype)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        if background == 0.0:
+            return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        warped = F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return warped + background

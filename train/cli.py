@@ -1,11 +1,17 @@
-"""`qd-train`: a thin typer layer over qd.train.loop.train.
+"""`qd-train`, and the one config of a training run it fills (`TrainConfig`).
 
-Every option's default is TrainConfig's (train/config.py). torch loads inside the command,
-so `qd-train --help` and `--version` print at once.
+The CLI, the Python API (`qd.train.loop.train(TrainConfig(...))`) and `--resume` all go
+through `TrainConfig`, a plain dataclass; a checkpoint stores it as `hparams` (plain data), and
+a resumed run is rebuilt from there. Its field defaults are the only ones: each qd-train option
+takes its default from the field of the same name (`default`), and the parsed options become
+the config by name. Nothing here imports torch, so `qd-train --help` and `--version` print at
+once; the command loads the training loop (and torch) when it runs.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,10 +19,145 @@ import typer
 
 from qd import options as opt
 from qd.command import QDError, run_app
+from qd.data.contract import MAX_WORKERS
 
-from .config import SCHEDULES, TrainConfig, default
-from .defaults import (ARCH_NAMES, DEFAULT_ARCH, DEFAULT_EPOCHS, DEFAULT_PATIENCE, MAX_AUTO_EPOCHS, MAX_BATCH_SIZE,
-                       MIN_BATCH_SIZE, MIN_STEPS, MIN_STEPS_PER_EPOCH)
+ARCH_NAMES = ("seed", "compact")  # qd.train.models.ARCHITECTURES builds them (and checks it has these)
+DEFAULT_ARCH = "compact"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")  # qd.train.loop.resolve_precision runs them
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+# Batch size and epochs, when not given, adapt to the number of training drawings
+# (auto_schedule): small sets get smaller batches and more epochs, so a run takes at
+# least MIN_STEPS optimizer steps. Measured with bench/own_drawings.py (docs/own-drawings.md).
+DEFAULT_EPOCHS = 10            # the fewest epochs a run gets by default
+MAX_BATCH_SIZE = 256           # the default batch size once the data is large enough
+MIN_BATCH_SIZE = 32
+MIN_STEPS_PER_EPOCH = 50       # the default batch halves (down to MIN_BATCH_SIZE) until an epoch has this many steps
+MIN_STEPS = 1000               # epochs rise above DEFAULT_EPOCHS until the run has this many steps
+MAX_AUTO_EPOCHS = 200
+DEFAULT_PATIENCE = 5           # the fewest epochs without improvement before stopping early by default
+PATIENCE_SHARE = 0.25          # ... or this share of the epochs, if more: many short epochs on a tiny, noisy
+                               # validation split must not stop a run before the learning rate has peaked
+
+
+def auto_patience(epochs: int) -> int:
+    return max(DEFAULT_PATIENCE, math.ceil(PATIENCE_SHARE * epochs))
+
+
+def auto_schedule(train_drawings: int, world_size: int = 1, batch_size: int | None = None,
+                  epochs: int | None = None, steps_per_epoch: int | None = None) -> tuple[int, int]:
+    """(global batch size, epochs) for a training split of `train_drawings`; a value the user
+    gave is kept (and the other one fitted to it)."""
+    if batch_size is None:
+        batch_size = MAX_BATCH_SIZE
+        while batch_size > MIN_BATCH_SIZE and train_drawings < batch_size * MIN_STEPS_PER_EPOCH:
+            batch_size //= 2
+    if epochs is None:
+        per_rank_batch = -(-batch_size // world_size)
+        per_rank_drawings = -(-train_drawings // world_size)
+        steps = max(1, -(-per_rank_drawings // per_rank_batch))
+        if steps_per_epoch is not None:
+            steps = min(steps, steps_per_epoch)
+        epochs = min(MAX_AUTO_EPOCHS, max(DEFAULT_EPOCHS, -(-MIN_STEPS // steps)))
+    return batch_size, epochs
+
+
+@dataclass
+class TrainConfig:
+    data_dir: Path | None                    # None only with `resume` (then the run's own data folder)
+    categories: list[str] | None = None      # None: every <category>.npy in data_dir
+    arch: str | None = None                  # None: DEFAULT_ARCH, or the --init-from checkpoint's
+    arch_kwargs: dict = field(default_factory=dict)
+    epochs: int | None = None                # None: auto_schedule (DEFAULT_EPOCHS or more for small sets)
+    batch_size: int | None = None            # global batch (split across DDP ranks); None: auto_schedule
+    lr: float = 3e-3                         # peak learning rate (AdamW)
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    augment: bool = True                     # random affine per batch (train only)
+    outlier_exposure: float = 0.0            # weight of the loss on synthetic negatives (train/outliers.py); 0 = off
+    max_per_category: int | None = None
+    steps_per_epoch: int | None = None       # cap on optimizer steps per epoch (huge datasets, smoke runs)
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    patience: int | None = None              # epochs without val-loss improvement; 0 = never; None: auto_patience
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"                  # auto: bf16 autocast where native (AMX CPU, CUDA), else fp32
+    workers: int = 0                         # 0: one prefetch thread; N: N DataLoader worker processes
+    out: Path | None = None                  # run folder; default artifacts/runs/<arch>-<timestamp>
+    resume: Path | None = None
+    init_from: Path | None = None            # start from this checkpoint's weights (qd.train.checkpoint.init_from)
+    freeze_backbone: bool = False            # with init_from: train only the output layer
+    quiet: bool = False
+
+    def __post_init__(self):
+        if self.data_dir is None and self.resume is None:
+            raise QDError("no data folder given (--data-dir)")
+        if self.data_dir is not None:
+            self.data_dir = Path(self.data_dir)
+        if self.out is not None:
+            self.out = Path(self.out)
+        if self.resume is not None:
+            self.resume = Path(self.resume)
+        if self.init_from is not None:
+            self.init_from = Path(self.init_from)
+        elif self.arch is None:
+            self.arch = DEFAULT_ARCH
+        self.validate()
+
+    def validate(self) -> None:
+        if self.freeze_backbone and self.init_from is None:
+            raise QDError("--freeze-backbone needs --init-from CHECKPOINT (a backbone to keep)")
+        if self.arch is not None and self.arch not in ARCH_NAMES:
+            raise QDError(f"unknown architecture {self.arch!r} (choose from {', '.join(ARCH_NAMES)})")
+        if self.device not in DEVICES:
+            raise QDError(f"unknown device {self.device!r} (choose from {', '.join(DEVICES)})")
+        if self.precision not in PRECISIONS:
+            raise QDError(f"unknown precision {self.precision!r} (choose from {', '.join(PRECISIONS)})")
+        if self.schedule not in SCHEDULES:
+            raise QDError(f"unknown schedule {self.schedule!r} (choose from {', '.join(SCHEDULES)})")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise QDError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("patience", "workers"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise QDError(f"--{name} must be 0 or more, got {getattr(self, name)}")
+        if not 0.0 <= self.outlier_exposure <= 10.0:  # also refuses NaN
+            raise QDError(f"--outlier-exposure must be between 0 and 10, got {self.outlier_exposure}")
+        if self.workers > MAX_WORKERS:
+            raise QDError(f"--workers must be at most {MAX_WORKERS}, got {self.workers}")
+        if not self.lr > 0:
+            raise QDError(f"--lr must be positive, got {self.lr}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise QDError(f"--steps-per-epoch must be at least 1, got {self.steps_per_epoch}")
+        if self.max_per_category is not None and self.max_per_category < 1:
+            raise QDError(f"--max-per-category must be at least 1, got {self.max_per_category}")
+
+    def hparams(self) -> dict:
+        """Plain data for the checkpoint (paths as strings, so weights_only loading works)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        out["data_dir"] = str(Path(self.data_dir).resolve())
+        return out
+
+    @classmethod
+    def from_hparams(cls, hparams: dict, **overrides) -> "TrainConfig":
+        """The config a checkpoint's hparams describe; keys this version no longer has are ignored."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in hparams.items() if k in known}
+        values.update(overrides)
+        return cls(**values)
+
+
+def default(name: str):
+    """TrainConfig's default for field `name` (what qd-train uses when the option is not given)."""
+    return TrainConfig.__dataclass_fields__[name].default
+
+
+# ----------------------------------------------------------------------------- qd-train
 
 app = opt.make_app()
 # Old spellings, still accepted (hidden) for one release.
@@ -32,11 +173,12 @@ def _categories(text: Optional[str]) -> Optional[list[str]]:
     return names
 
 
+# Each parameter named like a TrainConfig field is passed on as that field.
 @app.command(cls=opt.aliased(ALIASES), help=opt.describe(
     "Train a small CNN on Quick, Draw! bitmaps into ARTIFACTS/runs/<run>/best.pt and last.pt.",
     "qd-train -d artifacts/data --epochs 3 -o artifacts/runs/first"))
 def train_command(
-    data: Annotated[Optional[Path], opt.data_option(
+    data_dir: Annotated[Optional[Path], opt.data_option(
         "Folder of <category>.npy bitmap files. Default: ARTIFACTS/data.")] = None,
     categories: Annotated[Optional[str], typer.Option(
         "--categories", "-c", help="Comma-separated categories (default: all in --data).")] = None,
@@ -92,20 +234,16 @@ def train_command(
     artifacts: Annotated[Optional[Path], opt.artifacts_option()] = None,
     version: Annotated[bool, opt.version_option()] = False,
 ) -> None:
+    options = dict(locals())  # the parsed options, by parameter name: first, before any other name is bound
     from qd.data.contract import default_data_dir
 
     from .loop import train
 
-    config = TrainConfig(
-        data_dir=data if data is not None or resume is not None else default_data_dir(),
-        categories=_categories(categories),
-        arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, max_per_category=max_per_category,
-        steps_per_epoch=steps_per_epoch, val_fraction=val_fraction, test_fraction=test_fraction,
-        patience=patience, seed=seed, device=device, precision=precision, workers=workers, out=out, resume=resume,
-        augment=augment, schedule=schedule, outlier_exposure=outlier_exposure, quiet=quiet,
-        init_from=init_from, freeze_backbone=freeze_backbone,
-    )
-    train(config)
+    given = {f.name: options[f.name] for f in fields(TrainConfig) if f.name in options}
+    given["categories"] = _categories(categories)
+    if data_dir is None and resume is None:
+        given["data_dir"] = default_data_dir()
+    train(TrainConfig(**given))
 
 
 def main() -> None:

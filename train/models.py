@@ -1,16 +1,23 @@
-"""The architectures, in one table. Every model maps float32 (B, 1, 28, 28) to logits."""
+"""The architectures, in one table (`ARCHITECTURES`). Every model maps float32 (B, 1, 28, 28) to logits.
+
+A row is the network and the bounds of each of its keyword arguments: a checkpoint (or
+TrainConfig.arch_kwargs) may set only those, within them, and `build_model` checks that before any
+weight exists, for training, `--resume` and qd-export alike. qd-train's --help lists the names
+without loading torch, from qd.train.cli.ARCH_NAMES, which this table must match.
+"""
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from qd.command import QDError
-from qd.data.contract import ARCH_KWARG_BOUNDS, MAX_LABELS, MAX_PARAMETERS
+from qd.data.contract import MAX_LABELS, MAX_PARAMETERS
 
-from .defaults import ARCH_NAMES, DEFAULT_ARCH  # noqa: F401 (DEFAULT_ARCH is imported from here too)
+from .cli import ARCH_NAMES
 
 
 class SeedCNN(nn.Module):
@@ -59,19 +66,34 @@ class CompactCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+@dataclass(frozen=True)
+class Architecture:
+    network: type[nn.Module]
+    # every keyword argument of the network: (smallest, largest), ints where it takes whole numbers
+    bounds: dict[str, tuple[float, float]]
+
+    def __post_init__(self):
+        defaults = {name: p.default for name, p in inspect.signature(self.network).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+        assert set(defaults) == set(self.bounds), f"{self.network.__name__}: give every keyword argument its bounds"
+        assert all(type(self.bounds[name][0]) is type(default) for name, default in defaults.items()), \
+            f"{self.network.__name__}: a bound is not of its argument's type"
+
+
+DROPOUT_BOUNDS = (0.0, 0.95)
 ARCHITECTURES = {
-    "seed": SeedCNN,
-    "compact": CompactCNN,
+    "seed": Architecture(SeedCNN, {"dropout": DROPOUT_BOUNDS}),
+    "compact": Architecture(CompactCNN, {"width": (1, 256), "dropout": DROPOUT_BOUNDS, "stage3": (1, 8)}),
 }
-assert tuple(ARCHITECTURES) == ARCH_NAMES, "train/defaults.py names the architectures --help shows"
+assert tuple(ARCHITECTURES) == ARCH_NAMES, "qd.train.cli.ARCH_NAMES names the architectures --help shows"
 
 
 def build_model(arch: str, num_classes: int, /, **kwargs) -> nn.Module:
-    """The network, after its description is checked: kwargs within qd.data.contract, and the
+    """The network, after its description is checked: kwargs within its row's bounds, and the
     parameter count (from a copy built on the meta device, which allocates nothing) within
     MAX_PARAMETERS. A checkpoint saying `width=4000` is refused here, before any weight exists."""
     try:
-        cls = ARCHITECTURES[arch]
+        cls = ARCHITECTURES[arch].network
     except (KeyError, TypeError):
         raise QDError(f"unknown architecture {arch!r} (choose from {', '.join(ARCHITECTURES)})") from None
     if type(num_classes) is not int or not 1 <= num_classes <= MAX_LABELS:
@@ -87,18 +109,19 @@ def build_model(arch: str, num_classes: int, /, **kwargs) -> nn.Module:
 
 def check_arch_kwargs(arch: str, kwargs: dict) -> None:
     """Each keyword must be a parameter of the architecture, of its default's type, within its bounds."""
-    params = inspect.signature(ARCHITECTURES[arch]).parameters
+    bounds = ARCHITECTURES[arch].bounds
     for name, value in kwargs.items():
-        if name not in params or name == "num_classes" or name not in ARCH_KWARG_BOUNDS:
+        if name not in bounds:
             raise QDError(f"architecture {arch!r} has no argument {_short(name)}")
-        low, high = ARCH_KWARG_BOUNDS[name]
-        if isinstance(params[name].default, int):
+        low, high = bounds[name]
+        whole = isinstance(low, int)
+        if whole:
             ok = type(value) is int
         else:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not ok or not low <= value <= high:  # NaN fails the comparison too
             raise QDError(f"architecture argument {name}={_short(value)} is not a "
-                          f"{'whole ' if isinstance(params[name].default, int) else ''}number in {low}..{high}")
+                          f"{'whole ' if whole else ''}number in {low}..{high}")
 
 
 def _short(value: object, limit: int = 40) -> str:
@@ -113,7 +136,7 @@ def _describe(kwargs: dict) -> str:
 def full_kwargs(arch: str, kwargs: dict) -> dict:
     """`kwargs` with every default filled in, so a checkpoint still describes its network
     exactly after a default changes here."""
-    params = inspect.signature(ARCHITECTURES[arch]).parameters
+    params = inspect.signature(ARCHITECTURES[arch].network).parameters
     defaults = {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
     return {**defaults, **kwargs}
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
+from qd.data.images import FRAME_UNITS, INK_UNITS, LINE_UNITS  # Google's framing of a drawing
+
 KINDS = ("halves", "overlay", "scribble")
-# Google's framing (qd.data.strokes): ink box 272 units (256 + a line) in a 304-unit frame.
-FRAME_UNITS, INK_UNITS, LINE_UNITS = 304.0, 272.0, 16.0
 
 
 def exposure_loss(logits: torch.Tensor) -> torch.Tensor:
