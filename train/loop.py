@@ -116,7 +116,6 @@ def merged_resume_config(config: TrainConfig, payload: dict) -> TrainConfig:
 
 # ---------------------------------------------------------------- how a step runs
 
-
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` computes bfloat16 matrix products in hardware."""
     if device.type == "cuda":
@@ -448,7 +447,6 @@ class Trainer:
 
 
 # ---------------------------------------------------------------- what a run shows
-
 
 def near_chance(top1: float, classes: int) -> bool:
     """Top-1 that says the network has learned (almost) nothing: below twice chance, or below
