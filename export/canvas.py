@@ -244,9 +244,6 @@ class CanvasVariant:
     ink: int
     paper: int
 
-    def describe(self) -> str:
-        return f"{self.size[0]}x{self.size[1]}, {self.line} lines, ink {self.ink} on {self.paper}"
-
 
 def variant(index: int) -> CanvasVariant:
     """The index-th variant: each property cycles with its own period, so combinations vary."""
