@@ -23,6 +23,7 @@ import numpy as np
 
 from qd.command import QDError
 from qd.data.contract import META_SOURCE_SHA256, bitmaps_to_input
+from qd.export.formats import FORMATS
 from qd.files import path_size, sha256_file
 from qd.infer.model import OnnxClassifier
 from qd.infer.openset import LOGITS, PROBABILITIES
@@ -83,7 +84,7 @@ def open_torch(model: ModelInfo, checkpoint: Path | None) -> Runner:
         if not checkpoint.is_file():
             raise Unavailable(f"source checkpoint {checkpoint} is gone: pass --checkpoint PATH")
     try:
-        import torch
+        from qd.export.checkpoint_source import torch_outputs
         from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
     except ImportError:
         raise Unavailable("torch is not installed (pip install 'quickdraw-edge[train]')") from None
@@ -98,10 +99,8 @@ def open_torch(model: ModelInfo, checkpoint: Path | None) -> Runner:
     temperature = model.classifier.temperature  # as the exported graphs apply it
 
     def predict(inputs: np.ndarray) -> dict[str, np.ndarray]:
-        with torch.inference_mode():
-            logits = network(torch.from_numpy(inputs))
-            probabilities = torch.softmax(logits / temperature, dim=1)
-        return {PROBABILITIES: probabilities.numpy(), LOGITS: logits.numpy()}
+        probabilities, logits = torch_outputs(network, inputs, temperature)
+        return {PROBABILITIES: probabilities, LOGITS: logits}
 
     return Runner(checkpoint, tensor_input(payload["preprocessing"]), predict, note)
 
@@ -152,13 +151,16 @@ def coreml_io_names(ct, path: Path) -> tuple[str, str]:
     return description.input[0].name, description.predictedProbabilitiesName
 
 
-# name -> opener; the order is the default order, and the first that runs is the reference.
-BACKENDS: dict[str, Callable[[ModelInfo, Path | None], Runner]] = {
-    "onnx": open_onnx,
-    "onnx-int8": open_onnx_int8,
-    "torch": open_torch,
-    "coreml": open_coreml,
-}
+def _backends() -> dict[str, Callable[[ModelInfo, Path | None], Runner]]:
+    """name -> opener: each export format whose row names one (qd.export.formats), and the checkpoint
+    in torch. The order is the default order (the ONNX files, the checkpoint, then the rest), and the
+    first that runs is the reference."""
+    files = {f.name: f.evaluated_by for f in FORMATS.values() if f.evaluated_by}
+    onnx = {name: opener for name, opener in files.items() if FORMATS[name].filename.endswith(".onnx")}
+    return {**onnx, "torch": open_torch, **files}
+
+
+BACKENDS = _backends()
 
 
 def parse_backends(values: list[str] | None) -> list[str]:

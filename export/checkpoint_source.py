@@ -1,4 +1,6 @@
-"""What an export starts from: the checkpoint (loaded safely) and the drawings to check with.
+"""What an export starts from, and what it fits: the checkpoint (loaded safely), the
+drawings to check with, the temperature and open-set threshold fitted on them, and
+ExportContext, the state one run's formats share.
 
 Classes, preprocessing, split and data location all come from the checkpoint.
 Validation uses the checkpoint's own test split; int8 calibration its train split;
@@ -6,13 +8,25 @@ the temperature and the open-set threshold are fitted on its validation split.
 If the data folder recorded in the checkpoint is gone (and no `--data` is given),
 ONNX/Core ML fidelity is checked on seeded random bitmaps instead, and every report
 says so; int8 calibration cannot be faked and fails with a clear message.
+
+Temperature scaling (Guo et al., 2017): one T > 0 that minimises the negative log-likelihood
+of the validation labels under softmax(logits / T). It changes no top-1 answer, only how
+sure the probabilities say the model is. The NLL is convex in 1 / T, so a golden-section
+search over 1 / T finds it. The threshold: the score below which a drawing is flagged
+unknown, chosen so that a share `kept` of the known validation drawings stay at or above it.
+
+torch_outputs() is the one place the checkpoint's network runs in torch, for the
+validators and for qd-eval's torch backend.
 """
+
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +36,13 @@ from qd import __version__ as QD_VERSION
 from qd.command import QDError
 from qd.data import contract as C
 from qd.data.bitmaps import BitmapDataset, SplitSpec
-from qd.data.contract import LICENSE_NOTE, MODEL_FORMAT as ONNX_FORMAT_TAG, bitmaps_to_input
+from qd.data.contract import (DEFAULT_KEPT, LICENSE_NOTE, LOGITS, META_OPEN_SET, META_TEMPERATURE, MODEL_FORMAT,
+                              PROBABILITIES, bitmaps_to_input)
 from qd.files import sha256_file
+from qd.infer.openset import SCORES, OpenSetRule, softmax
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
 
-from .defaults import DEFAULT_MAX_DRAWINGS  # noqa: F401 (imported from here too)
+from .formats import ExportOptions
 
 CALIBRATION_DRAWINGS = 512
 SYNTHETIC_DRAWINGS = 512
@@ -55,7 +71,7 @@ class CheckpointSource:
         """The metadata every exported model carries (docs/contracts.md), all strings."""
         p = self.payload
         return {
-            C.META_FORMAT: ONNX_FORMAT_TAG,
+            C.META_FORMAT: MODEL_FORMAT,
             C.META_LABELS: json.dumps(self.classes),
             C.META_PREPROCESSING: json.dumps(self.preprocessing),
             C.META_ARCH: json.dumps({"name": p["arch"]["name"], "kwargs": p["arch"].get("kwargs", {})}),
@@ -107,7 +123,7 @@ def _evenly_spaced(indices: np.ndarray, limit: int) -> np.ndarray:
 
 
 def load_validation_data(source: CheckpointSource, data_dir: str | os.PathLike | None = None,
-                         max_drawings: int = DEFAULT_MAX_DRAWINGS) -> ValidationData:
+                         max_drawings: int = ExportOptions.max_drawings) -> ValidationData:
     if data_dir and not Path(data_dir).is_dir():
         raise QDError(f"{data_dir}: --data folder does not exist (give the folder of <category>.npy files "
                       "the checkpoint was trained on, or leave --data out)")
@@ -165,13 +181,13 @@ def _synthetic(source: CheckpointSource, why: str) -> ValidationData:
     )
 
 
-def torch_outputs(source: CheckpointSource, inputs: np.ndarray, temperature: float = 1.0,
+def torch_outputs(network: torch.nn.Module, inputs: np.ndarray, temperature: float = 1.0,
                   batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Reference (probabilities, logits) from the checkpoint's own network: softmax(logits / temperature)."""
+    """Reference (probabilities, logits) from a checkpoint's network: softmax(logits / temperature)."""
     probs, logits = [], []
     with torch.inference_mode():
         for start in range(0, len(inputs), batch):
-            out = source.model(torch.from_numpy(inputs[start : start + batch]))
+            out = network(torch.from_numpy(inputs[start : start + batch]))
             logits.append(out.numpy())
             probs.append(torch.softmax(out / temperature, dim=1).numpy())
     return np.concatenate(probs), np.concatenate(logits)
@@ -182,3 +198,132 @@ def inputs_to_bitmaps(inputs: np.ndarray, preprocessing: dict) -> np.ndarray:
     std = float(preprocessing.get("std", 1.0))
     pixels = (inputs[:, 0] * std + float(preprocessing.get("mean", 0.0))) / float(preprocessing["scale"])
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- fitted on the validation split
+
+# The rule qd-export writes, chosen by measurement: bench/open_set.py, docs/open-set.md.
+CHOSEN_RULE = "max_logit"
+
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
+_GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    top = z.max(axis=1, keepdims=True)
+    log_norm = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
+    return float(np.mean(log_norm - z[np.arange(len(z)), labels]))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, iterations: int = 40) -> float:
+    """The T in [0.05, 20] with the lowest validation NLL (1.0 when there is nothing to fit on)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        return 1.0
+    lo, hi = 1.0 / MAX_TEMPERATURE, 1.0 / MIN_TEMPERATURE  # over beta = 1 / T
+
+    def nll(beta: float) -> float:
+        return negative_log_likelihood(logits, labels, 1.0 / beta)
+
+    a, b = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    for _ in range(iterations):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - _GOLDEN * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + _GOLDEN * (hi - lo)
+            fb = nll(b)
+    return float(round(1.0 / ((lo + hi) / 2), 6))
+
+
+def fit_threshold(scores: np.ndarray, kept: float) -> float:
+    """The largest threshold that keeps at least `kept` of `scores` (unknown = score < threshold)."""
+    if not 0 < kept < 1:
+        raise QDError(f"--kept must be a share between 0 and 1 (e.g. 0.95), got {kept}")
+    scores = np.sort(np.asarray(scores, dtype=np.float64))
+    if len(scores) == 0:
+        raise QDError("no validation drawings to fit the open-set threshold on")
+    flagged = int(math.floor((1.0 - kept) * len(scores) + 1e-9))
+    return float(scores[flagged])
+
+
+@dataclass(frozen=True)
+class Confidence:
+    """What an export run fitted on the validation split, written into every model's metadata."""
+
+    temperature: float
+    rule: OpenSetRule | None      # None: not fitted (no validation drawings), the models cannot flag unknowns
+    fitted_on: str                # which drawings, or why nothing was fitted
+    figures: dict = field(default_factory=dict)  # NLL and ECE before / after, share kept: for model.json
+
+    @property
+    def fitted(self) -> bool:
+        return self.rule is not None
+
+    def metadata(self) -> dict[str, str]:
+        if not self.fitted:
+            return {}
+        return {META_TEMPERATURE: json.dumps(self.temperature), META_OPEN_SET: self.rule.to_json()}
+
+    def card(self) -> dict:
+        """model.json's "confidence" entry."""
+        return {"temperature": self.temperature, "open_set": json.loads(self.rule.to_json()) if self.rule else None,
+                "fitted_on": self.fitted_on, **self.figures}
+
+
+def unfitted(why: str) -> Confidence:
+    return Confidence(temperature=1.0, rule=None, fitted_on=why)
+
+
+def fit_confidence(logits: np.ndarray, labels: np.ndarray, kept: float = DEFAULT_KEPT, rule: str = CHOSEN_RULE,
+                   fitted_on: str = "") -> Confidence:
+    """Temperature first (it changes the probabilities a rule may score), then the threshold."""
+    temperature = fit_temperature(logits, labels)
+    outputs = {PROBABILITIES: softmax(logits, temperature), LOGITS: np.asarray(logits, dtype=np.float32)}
+    scores = SCORES[rule](outputs[SCORES[rule].output])
+    threshold = fit_threshold(scores, kept)
+    measured = float((scores >= threshold).mean())
+    figures = {
+        "nll_before": negative_log_likelihood(logits, labels, 1.0),
+        "nll_after": negative_log_likelihood(logits, labels, temperature),
+    }
+    validation = {"drawings": int(len(labels)), "kept": round(measured, 6)}
+    return Confidence(temperature, OpenSetRule(rule, threshold, kept, validation), fitted_on, figures)
+
+
+# ----------------------------------------------------------------------------- one run's shared state
+
+@dataclass
+class ExportContext:
+    source: CheckpointSource
+    out_dir: Path  # where this run writes (the staging folder)
+    previous_dir: Path | None = None  # the export folder being replaced (its previous set), if any
+    options: ExportOptions = field(default_factory=ExportOptions)
+    written: dict[str, Path] = field(default_factory=dict)  # format name -> committed file
+    shared: dict = field(default_factory=dict)  # what one format's validation computed that another reuses
+
+    @cached_property
+    def data(self) -> ValidationData:
+        return load_validation_data(self.source, self.options.data_dir, self.options.max_drawings)
+
+    @cached_property
+    def confidence(self) -> Confidence:
+        """Temperature and open-set threshold, fitted once per run on the validation split."""
+        data = self.data
+        if data.synthetic or data.fit_inputs is None:
+            return unfitted(data.fit_description)
+        _, logits = torch_outputs(self.source.model, data.fit_inputs)
+        return fit_confidence(logits, data.fit_labels, self.options.kept, fitted_on=data.fit_description)
+
+    def model_metadata(self, precision: str = "fp32") -> dict[str, str]:
+        """Every exported model's metadata: the checkpoint's card plus what this run fitted."""
+        return {**self.source.model_metadata(precision), **self.confidence.metadata()}
+
+    @cached_property
+    def reference(self) -> tuple[np.ndarray, np.ndarray]:
+        """torch (calibrated probabilities, logits) on the validation inputs, computed once per run."""
+        return torch_outputs(self.source.model, self.data.inputs, self.confidence.temperature)

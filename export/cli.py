@@ -15,14 +15,13 @@ from rich.text import Text
 
 from qd import options as opt
 from qd.command import EXIT_ERROR, console, fail, run_app, shown
-from qd.data.contract import DEFAULT_KEPT, LABELS_FILE
+from qd.data.contract import LABELS_FILE
 from qd.files import path_size
 
-from .defaults import (ALL, DEFAULT_FORMATS, DEFAULT_INT8_MAX_PROB_DIFF, DEFAULT_INT8_TOLERANCE, DEFAULT_MAX_DRAWINGS,
-                       DEFAULT_OPSET, FORMAT_NAMES)
+from .formats import DEFAULT_FORMATS, FORMATS, ExportOptions, help_text
 
 if TYPE_CHECKING:
-    from .api import ExportReport
+    from .run import ExportReport
 
 app = opt.make_app()
 
@@ -37,30 +36,30 @@ def export(
         help="A qd-train checkpoint (best.pt); loaded with weights_only=True.")],
     format: Annotated[str, typer.Option(
         "--format", "-f", metavar="FORMATS",
-        help=f"Comma-separated: {', '.join(FORMAT_NAMES)}; or '{ALL}'.")] = DEFAULT_FORMATS,
+        help=help_text())] = DEFAULT_FORMATS,
     out: Annotated[Optional[Path], opt.out_option(
         "Export folder. Default: ARTIFACTS/exports/<run-name>, run-name being the checkpoint's folder name.")] = None,
     opset: Annotated[int, typer.Option(
-        "--opset", help="ONNX opset (13 and newer; 18+ uses the torch.export exporter).")] = DEFAULT_OPSET,
+        "--opset", help="ONNX opset (13 and newer; 18+ uses the torch.export exporter).")] = ExportOptions.opset,
     data: Annotated[Optional[Path], opt.data_option(
         "Folder of <category>.npy files to validate and calibrate with, if the checkpoint's own data "
         "folder has moved.")] = None,
     max_drawings: Annotated[int, typer.Option(
-        "--max-drawings", help="Check on at most this many test-split drawings (evenly spaced).")] = DEFAULT_MAX_DRAWINGS,
+        "--max-drawings", help="Check on at most this many test-split drawings (evenly spaced).")] = ExportOptions.max_drawings,
     int8_tolerance: Annotated[float, typer.Option(
         "--int8-tolerance", help="onnx-int8: the share of test drawings whose top-1 may differ from fp32 "
-                                 "(0.01: agreement ≥ 99%).")] = DEFAULT_INT8_TOLERANCE,
+                                 "(0.01: agreement ≥ 99%).")] = ExportOptions.int8_tolerance,
     int8_max_dp: Annotated[float, typer.Option(
         "--int8-max-dp", help="onnx-int8: the largest change of any probability of any test drawing "
-                              "against fp32.")] = DEFAULT_INT8_MAX_PROB_DIFF,
+                              "against fp32.")] = ExportOptions.int8_max_prob_diff,
     kept: Annotated[float, typer.Option(
         "--kept", metavar="SHARE", help="Fit the unknown-drawing threshold so that this share of the known "
-                                        "validation drawings is kept (the rest would be flagged unknown).")] = DEFAULT_KEPT,
+                                        "validation drawings is kept (the rest would be flagged unknown).")] = ExportOptions.kept,
     artifacts: Annotated[Optional[Path], opt.artifacts_option()] = None,
     version: Annotated[bool, opt.version_option()] = False,
 ) -> None:
     try:  # the edge install (no torch/onnx) gets one clear line, not a traceback
-        from .api import export_checkpoint
+        from .run import export_checkpoint
     except ImportError as exc:
         fail(f"qd-export needs {exc.name or exc}: pip install -c constraints.txt 'quickdraw-edge[export]'")
         raise typer.Exit(EXIT_ERROR) from None
@@ -78,12 +77,14 @@ def export(
 
 
 def next_commands(report: "ExportReport") -> list[str]:
-    """Ready-to-run commands for what this export wrote (ONNX models only: qd-infer, qd-eval, qd-demo read those)."""
+    """Ready-to-run commands for what this export wrote (the formats whose row says qd-infer, qd-eval and
+    qd-demo read them)."""
     written = {result.format.name for result in report.results if result.ok}
-    if not written & {"onnx", "onnx-int8"}:
+    readable = [f.name for f in FORMATS.values() if f.in_next_steps and f.name in written]
+    if not readable:
         return []
     folder = shlex.quote(str(report.out_dir))
-    backends = ",".join(name for name in ("onnx", "onnx-int8") if name in written)
+    backends = ",".join(readable)
     return [f"qd-infer my-drawings/ -m {folder}",
             f"qd-eval -m {folder}" + (f" --backend {backends}" if "," in backends else ""),
             f"qd-demo -m {folder}"]

@@ -33,11 +33,10 @@ from qd import __version__ as QD_VERSION
 from qd.command import QDError, first_line
 from qd.data.contract import INPUT, LICENSE_NOTE, LOGITS, META_SOURCE_CHECKPOINT
 
-from .checkpoint_source import inputs_to_bitmaps
-from .context import Check, ExportContext
-from .onnx_export import WithProbabilities, quiet
+from .checkpoint_source import ExportContext, inputs_to_bitmaps
+from .formats import Check
+from .onnx_export import PROB_TOLERANCE, WithProbabilities, quiet
 
-PROB_TOLERANCE = 1e-4
 LABEL_OUTPUT = "classLabel"
 PROBS_OUTPUT = "classLabel_probs"
 MIN_SPEC_VERSION = 7  # iOS 16 / macOS 13

@@ -6,6 +6,15 @@ and slated for removal) and gives a clean graph here: batch norm folded into the
 convolutions, no shape-computation noise. It cannot target opsets below 18 (it
 silently keeps 18), so `--opset 13..17`, for older runtimes, uses the TorchScript
 exporter, which emits the same operators. Both go through the same validation.
+
+The checks an exported ONNX model must pass before it is declared done (the canvas and
+int8 formats share the first two, with their own contract):
+1. `onnx.checker` (full check, with shape inference).
+2. The I/O contract: input "image" float32 (batch, 1, 28, 28) with a symbolic batch
+   axis; outputs "probabilities" and "logits"; metadata exactly as docs/contracts.md says.
+3. Fidelity: onnxruntime against torch on the checkpoint's test split at batch 1 and
+   64: max |p_onnx - p_torch| <= 1e-4 and the same top-1 on every drawing.
+4. The open-set decisions: onnxruntime flags the same drawings as torch.
 """
 
 from __future__ import annotations
@@ -21,16 +30,19 @@ import onnx
 import torch
 
 from qd import __version__ as QD_VERSION
-from qd.command import QDError
-from qd.infer.openset import LOGITS, PROBABILITIES
+from qd.command import QDError, first_line
+from qd.data.contract import INPUT, LOGITS, OUTPUTS, PROBABILITIES, SIDE
 
-from .context import Check, ExportContext
-from .validate import (INPUT_NAME, OUTPUT_NAMES, check_contract, check_fidelity, check_onnx_file, ort_session,
-                       run_batched)
+from .checkpoint_source import ExportContext
+from .formats import Check
+from .validate import ort_session, run_batched
 
 MIN_OPSET = 13
 DYNAMO_MIN_OPSET = 18
 DECISION_MARGIN = 1e-4  # open-set scores this close to the threshold may fall either side between runtimes
+INPUT_SHAPE = ("batch", 1, SIDE, SIDE)  # symbolic batch axis
+PROB_TOLERANCE = 1e-4
+FIDELITY_BATCHES = (1, 64)
 
 
 class WithProbabilities(torch.nn.Module):
@@ -80,16 +92,16 @@ def to_onnx_proto(net: torch.nn.Module, opset: int, side: int = 28, temperature:
         if opset >= DYNAMO_MIN_OPSET:
             program = torch.onnx.export(
                 wrapped, example, None, dynamo=True, opset_version=opset, external_data=False,
-                input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}}, verbose=False,
+                input_names=[INPUT], output_names=list(OUTPUTS),
+                dynamic_shapes={INPUT: {0: torch.export.Dim("batch")}}, verbose=False,
             )
             model = program.model_proto
         else:
             buffer = io.BytesIO()
             torch.onnx.export(
                 wrapped, example, buffer, dynamo=False, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
+                input_names=[INPUT], output_names=list(OUTPUTS),
+                dynamic_axes={name: {0: "batch"} for name in (INPUT, *OUTPUTS)},
             )
             model = onnx.load_from_string(buffer.getvalue())
     got = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
@@ -118,7 +130,7 @@ def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
 
 
 def export_onnx(ctx: ExportContext, path: Path) -> None:
-    model = to_onnx_proto(ctx.source.model, ctx.opset, int(ctx.source.preprocessing["input_size"]),
+    model = to_onnx_proto(ctx.source.model, ctx.options.opset, int(ctx.source.preprocessing["input_size"]),
                           ctx.confidence.temperature)
     set_metadata(model, ctx.model_metadata("fp32"))
     onnx.save_model(model, str(path))
@@ -150,3 +162,66 @@ def check_open_set(ctx: ExportContext, path: Path) -> Check:
               f"decisions differ from torch on {differ} of {len(ours)}")
     return Check("open set", differ == 0, detail,
                  {"rule": rule.rule, "threshold": rule.threshold, "test_flagged": flagged, "decisions_differ": differ})
+
+
+def check_onnx_file(path: Path) -> Check:
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        return Check("onnx.checker", False, first_line(exc, 200))
+    return Check("onnx.checker", True, "full check with shape inference passed")
+
+
+def check_contract(path: Path, expected_metadata: dict[str, str], input_name: str = INPUT,
+                   input_shape: tuple[str | int, ...] = INPUT_SHAPE, output_names: tuple[str, ...] = OUTPUTS,
+                   ) -> Check:
+    """The I/O contract of an exported ONNX file: one float32 input named `input_name` shaped like
+    `input_shape` (a string is a symbolic axis, a number a fixed one), exactly `output_names`, and
+    exactly `expected_metadata`. The canvas formats check theirs with their own names and shape."""
+    model = onnx.load(str(path), load_external_data=False)
+    problems = []
+    inputs = [i for i in model.graph.input]
+    shape_text = f"[{', '.join(map(str, input_shape))}]"
+    if [i.name for i in inputs] != [input_name]:
+        problems.append(f"inputs are {[i.name for i in inputs]}, expected ['{input_name}']")
+    else:
+        tensor = inputs[0].type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+        if tensor.elem_type != onnx.TensorProto.FLOAT:
+            problems.append("input is not float32")
+        if not _shape_matches(dims, input_shape):
+            problems.append(f"input shape is {dims}, expected {shape_text}")
+    outputs = [o.name for o in model.graph.output]
+    if outputs != list(output_names):
+        problems.append(f"outputs are {outputs}, expected {list(output_names)}")
+    metadata = {p.key: p.value for p in model.metadata_props}
+    if metadata != expected_metadata:
+        wrong = sorted(k for k in set(metadata) | set(expected_metadata) if metadata.get(k) != expected_metadata.get(k))
+        problems.append(f"metadata differs at {', '.join(wrong)}")
+    if problems:
+        return Check("contract", False, "; ".join(problems))
+    return Check("contract", True, f"{input_name}{shape_text.replace(' ', '')} → {', '.join(output_names)}; "
+                                   "metadata complete")
+
+
+def _shape_matches(dims: list[str | int], expected: tuple[str | int, ...]) -> bool:
+    return len(dims) == len(expected) and all(
+        isinstance(d, str) if isinstance(want, str) else d == want for d, want in zip(dims, expected))
+
+
+def check_fidelity(ctx: ExportContext, path: Path, tolerance: float = PROB_TOLERANCE) -> list[Check]:
+    """onnxruntime vs torch at each batch size: probability difference and top-1 agreement."""
+    ref_probs, _ = ctx.reference
+    session = ort_session(path)
+    checks = []
+    for batch in FIDELITY_BATCHES:
+        probs, _ = run_batched(session, ctx.data.inputs, batch)
+        diff = float(np.abs(probs - ref_probs).max())
+        disagree = int((probs.argmax(1) != ref_probs.argmax(1)).sum())
+        passed = diff <= tolerance and disagree == 0
+        detail = (f"max |Δp| {diff:.1e} (≤ {tolerance:.0e}), top-1 differs on "
+                  f"{disagree} of {len(probs)}")
+        checks.append(Check(f"vs torch, batch {batch}", passed, detail,
+                            {"batch": batch, "max_abs_prob_diff": diff, "top1_disagreements": disagree,
+                             "drawings": len(probs)}))
+    return checks

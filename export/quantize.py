@@ -19,6 +19,7 @@ passes is faithful on both kinds of CPU, whichever one exported it.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -29,14 +30,14 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from qd.command import QDError
-from qd.data.contract import INT8_PREPARED
+from qd.data.contract import INPUT, INT8_PREPARED
 from qd.files import remove_temp, temp_path_for
 from qd.machine import cpu
 
-from .context import Check, ExportContext
-from .onnx_export import quiet, set_metadata
-from .validate import (INPUT_NAME, allowed_changes, check_contract, check_onnx_file, interleaved_throughput,
-                       ort_session, run_batched)
+from .checkpoint_source import ExportContext
+from .formats import Check
+from .onnx_export import check_contract, check_onnx_file, quiet, set_metadata
+from .validate import interleaved_throughput, ort_session, run_batched
 
 QUANTIZATION = dict(
     quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
@@ -61,7 +62,7 @@ class DrawingCalibrationReader(CalibrationDataReader):
     """Feeds preprocessed training-split drawings to the calibrator, a batch at a time."""
 
     def __init__(self, inputs: np.ndarray, batch: int = CALIBRATION_BATCH):
-        self._batches = iter([{INPUT_NAME: inputs[i : i + batch]} for i in range(0, len(inputs), batch)])
+        self._batches = iter([{INPUT: inputs[i : i + batch]} for i in range(0, len(inputs), batch)])
 
     def get_next(self) -> dict | None:
         return next(self._batches, None)
@@ -102,10 +103,10 @@ def validate_int8(ctx: ExportContext, path: Path) -> list[Check]:
     int8_probs = {kernels: run_batched(ort_session(path, threads=1, optimization=level), ctx.data.inputs,
                                        BENCH_BATCH)[0] for kernels, level in KERNEL_PATHS.items()}
     for kernels, probs in int8_probs.items():
-        checks.append(agreement_check(kernels, fp32_probs, probs, ctx.int8_tolerance, ctx.int8_max_prob_diff))
+        checks.append(agreement_check(kernels, fp32_probs, probs, ctx.options.int8_tolerance, ctx.options.int8_max_prob_diff))
     if ctx.data.labels is not None:
         on_this_cpu = int8_probs[next(iter(KERNEL_PATHS))]
-        checks.append(top1_check(fp32_probs, on_this_cpu, ctx.data.labels, ctx.int8_tolerance))
+        checks.append(top1_check(fp32_probs, on_this_cpu, ctx.data.labels, ctx.options.int8_tolerance))
     checks.append(speed_check(fp32_path, path, ctx.data.inputs))
     return checks
 
@@ -139,7 +140,7 @@ def size_check(fp32_path: Path, int8_path: Path) -> Check:
 
 def agreement_check(kernels: str, fp32: np.ndarray, int8: np.ndarray, tolerance: float,
                     max_prob_diff: float) -> Check:
-    """Top-1 agreement with fp32 (the rule: validate.allowed_changes) and the largest probability change."""
+    """Top-1 agreement with fp32 (the rule: allowed_changes) and the largest probability change."""
     drawings = len(fp32)
     changed = int((fp32.argmax(1) != int8.argmax(1)).sum())
     allowed = allowed_changes(drawings, tolerance)
@@ -187,3 +188,28 @@ def speed_check(fp32_path: Path, int8_path: Path, inputs: np.ndarray) -> Check:
         "speed (batch 256, 1 thread)", True,
         f"fp32 {speed['fp32']:,.0f} img/s, int8 {speed['int8']:,.0f} img/s: {verdict} on {machine}",
         {"images_per_s_fp32": speed["fp32"], "images_per_s_int8": speed["int8"], "speedup": speedup, "cpu": machine})
+
+
+def allowed_changes(drawings: int, share: float, confidence: float = 0.95) -> int:
+    """How many of `drawings` may change before the data show, at `confidence`, that more than `share` change.
+
+    One-sided exact binomial test: k changes are refused when P(X >= k) < 1 - confidence
+    for X ~ Binomial(drawings, share). On large splits this tends to share * drawings; on
+    small ones it does not refuse a model over one or two unlucky drawings (on 142 drawings
+    at a 1% share: up to 4, where "drop <= 1 point" allowed 1).
+    """
+    if drawings <= 0:
+        return 0
+    if share <= 0:
+        return 0
+    if share >= 1:
+        return drawings
+    log_p, log_q = math.log(share), math.log1p(-share)
+    log_pmf = [math.lgamma(drawings + 1) - math.lgamma(k + 1) - math.lgamma(drawings - k + 1)
+               + k * log_p + (drawings - k) * log_q for k in range(drawings + 1)]
+    tail = 0.0  # P(X >= k), summed from the top
+    for k in range(drawings, -1, -1):
+        tail += math.exp(log_pmf[k])
+        if tail >= 1 - confidence:
+            return k
+    return 0

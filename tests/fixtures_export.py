@@ -15,7 +15,7 @@ def run_export_cli(monkeypatch, capsys, *args):
 
 
 def _export(checkpoint: Path, formats: str, out: Path):
-    from qd.export.api import export_checkpoint
+    from qd.export.run import export_checkpoint
 
     report = export_checkpoint(checkpoint, formats, out=out)
     if not report.ok:

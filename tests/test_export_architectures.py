@@ -6,7 +6,7 @@ import dataclasses
 import onnx
 import pytest
 
-from qd.export.api import export_checkpoint
+from qd.export.run import export_checkpoint
 from qd.export.formats import FORMATS
 from qd.export.onnx_export import set_metadata
 from qd.train.models import ARCHITECTURES

@@ -15,10 +15,9 @@ from qd.command import QDError
 from qd.data import images
 from qd.data.bitmaps import open_bitmaps
 from qd.data.strokes import draw_strokes_image, parse_ndjson_line
-from qd.export import canvas_export
-from qd.export.api import export_checkpoint
-from qd.export.canvas import CanvasClassifier, CanvasPreprocess
-from qd.export.canvas_render import render_canvases
+from qd.export import canvas as canvas_export
+from qd.export.run import export_checkpoint
+from qd.export.canvas import CanvasClassifier, CanvasPreprocess, render_canvases
 from qd.export.formats import FORMATS
 from qd.export.onnx_export import set_metadata
 from qd.infer.canvas import BLANK_LOGIT, CanvasModel

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from qd.export import formats as export_formats
-from qd.export.api import export_checkpoint
+from qd.export.run import export_checkpoint
 from qd.export.formats import FORMATS, help_text, markdown_table, parse_formats
 from qd.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -183,3 +183,31 @@ def test_rerun_keeps_vouched_siblings_and_drops_another_checkpoints(trained_chec
     card = json.loads((folder / "model.json").read_text())
     assert set(card["files"]) == {"onnx", "labels"}
     assert (folder / "notes.txt").read_text() == "mine\n"  # files that are not ours travel with the folder
+
+
+def test_every_format_row_drives_the_help_qd_eval_and_the_file_names(exported_report, monkeypatch, capsys):
+    """A format's row is its one home: its name in `qd-export --help`, its qd-eval backend, its file."""
+    from qd.evaluate.backends import BACKENDS
+    from qd.evaluate.model_info import load_model_info
+    from qd.export.cli import next_commands
+    from qd.infer.canvas import CanvasModel
+
+    code, out, _ = run_export_cli(monkeypatch, capsys, "--help")
+    assert code == 0
+    shown = re.sub(r"[\s│]+", "", out)  # rich wraps the help inside a box
+    for fmt in FORMATS.values():
+        assert fmt.name in shown and fmt.filename in shown
+    evaluated = {f.name for f in FORMATS.values() if f.evaluated_by}
+    assert set(BACKENDS) - {"torch"} == evaluated
+    assert all(BACKENDS[name] is FORMATS[name].evaluated_by for name in evaluated)
+    folder = exported_report.out_dir
+    card = json.loads((folder / "model.json").read_text())
+    for result in exported_report.results:  # onnx, onnx-int8, onnx-canvas
+        assert result.path == folder / result.format.filename and result.path.is_file()
+        assert card["files"][result.format.name]["file"] == result.format.filename
+    info = load_model_info(folder)
+    for name in ("onnx", "onnx-int8"):
+        assert BACKENDS[name](info, None).file == folder / FORMATS[name].filename
+    assert CanvasModel(folder).path == folder / FORMATS["onnx-canvas"].filename
+    readable = [f.name for f in FORMATS.values() if f.in_next_steps]
+    assert any(f"--backend {','.join(readable)}" in command for command in next_commands(exported_report))

@@ -105,8 +105,7 @@ def test_macos_prediction_check_plumbing_with_a_stand_in_model(trained_checkpoin
     import onnxruntime as ort
 
     from qd.export import coreml
-    from qd.export.context import ExportContext
-    from qd.export.checkpoint_source import load_source
+    from qd.export.checkpoint_source import ExportContext, load_source
 
     source = load_source(trained_checkpoint)
     session = ort.InferenceSession(str(exported_model / "model.onnx"), providers=["CPUExecutionProvider"])

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_leftovers_of_killed_runs_are_removed_and_never_carried(tmp_path):
-    from qd.export import folder
+    from qd.export import run as folder
 
     out = tmp_path / "export"
     out.mkdir()
@@ -45,7 +45,7 @@ def test_leftovers_of_killed_runs_are_removed_and_never_carried(tmp_path):
 
 
 def test_in_place_fallback_when_the_parent_cannot_hold_a_staging_folder(tmp_path, monkeypatch):
-    from qd.export import folder
+    from qd.export import run as folder
 
     out = tmp_path / "export"
     out.mkdir()
@@ -96,7 +96,7 @@ def test_sigkill_between_format_commits_leaves_the_previous_set_whole(trained_ch
     assert process.returncode == -signal.SIGKILL
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous set, whole
 
-    from qd.export.api import export_checkpoint
+    from qd.export.run import export_checkpoint
 
     report = export_checkpoint(other, "onnx,onnx-int8", out=out)
     assert report.ok, report.errors
@@ -113,7 +113,7 @@ def test_a_full_disk_during_int8_is_one_clear_line_and_leaves_no_temp_file(train
     import resource
 
     import qd.export.quantize as quantize
-    from qd.export.api import export_checkpoint
+    from qd.export.run import export_checkpoint
 
     real = quantize.quant_pre_process
     limits = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -137,7 +137,7 @@ def test_a_full_disk_during_int8_is_one_clear_line_and_leaves_no_temp_file(train
 
 
 def test_a_converter_failing_on_a_nearly_full_disk_says_the_disk_is_full(trained_checkpoint, tmp_path, monkeypatch):
-    import qd.export.api as api
+    import qd.export.run as api
     import qd.export.quantize as quantize
 
     def truncated(source, target, **kwargs):

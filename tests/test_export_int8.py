@@ -13,9 +13,9 @@ from onnx import numpy_helper
 from fixtures_export import run_export_cli
 from qd.data.bitmaps import BitmapDataset, SplitSpec
 from qd.data.contract import bitmaps_to_input
-from qd.export.api import export_checkpoint
+from qd.export.run import export_checkpoint
 from qd.export.quantize import KERNEL_PATHS
-from qd.export.validate import allowed_changes
+from qd.export.quantize import allowed_changes
 from qd.train.checkpoint import load_checkpoint
 
 # x86 CPUs without VNNI add each pair of u8 x s8 products into a saturating int16.

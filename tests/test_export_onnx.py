@@ -12,8 +12,8 @@ import torch
 
 from qd.data.bitmaps import BitmapDataset, SplitSpec
 from qd.data.contract import bitmaps_to_input
-from qd.export.canvas_export import CANVAS_INPUT_SHAPE
-from qd.export.validate import check_contract
+from qd.export.canvas import CANVAS_INPUT_SHAPE
+from qd.export.onnx_export import check_contract
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
 
 

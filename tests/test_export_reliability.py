@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from qd.export.api import export_checkpoint
+from qd.export.run import export_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
