@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from qd.command import QDError, first_line
-from qd.data.contract import INT8_PREPARED, exports_dir
+from qd.data.contract import DEFAULT_KEPT, INT8_PREPARED, exports_dir
 from qd.files import commit_dir, commit_file, remove_temp, temp_path_for
-from qd.infer.openset import DEFAULT_KEPT
 
 from . import folder
 from .card import CARD_NAME, LABELS_NAME, previous_files, stale_models, write_card, write_labels

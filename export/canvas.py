@@ -38,10 +38,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from qd.data.contract import MAX_CANVAS_SIDE, SIDE
+from qd.data.contract import BLANK_LOGIT, MAX_CANVAS_SIDE, SIDE
 from qd.data.images import (FRAME_UNITS, INK_UNITS, LINE_UNITS, MIN_CONTRAST, SKELETON_UNITS, STRETCH_HI, STRETCH_LO,
                             TRIM, WORK_SIDE)
-from qd.infer.canvas import BLANK_LOGIT
 
 LEVELS = 256
 MAX_FACTOR = math.floor(MAX_CANVAS_SIDE * FRAME_UNITS / SKELETON_UNITS / WORK_SIDE)  # 22

@@ -1,7 +1,7 @@
 """The canvas formats: onnx-canvas (model.canvas.onnx) and coreml-canvas (model.canvas.mlpackage).
 
 Both are converted from export/canvas.py's CanvasClassifier. The contract (input,
-outputs, limits, the blank answer) is qd.infer.canvas's. Validation renders the test
+outputs, limits, the blank answer) is qd.infer.model's. Validation renders the test
 split as canvases (export/canvas_render.py) and compares each model's answer with what
 qd-infer answers for the same canvas (qd.data.images' full preprocessing, then
 model.onnx): top-1 agreement >= 99%, max |Δp| reported; and a blank canvas must give
@@ -19,11 +19,9 @@ import onnx
 import torch
 
 from qd.command import QDError
-from qd.data.contract import MAX_CANVAS_SIDE, MIN_CANVAS_SIDE
+from qd.data.contract import BITMAP, CANVAS_INPUT, CANVAS_OUTPUTS, LOGITS, MAX_CANVAS_SIDE, MIN_CANVAS_SIDE, PROBABILITIES
 from qd.data.images import BlankImageError, gray_to_bitmap
-from qd.infer.canvas import BITMAP, CANVAS_INPUT, CANVAS_OUTPUTS, CanvasModel, canvas_metadata
-from qd.infer.model import OnnxClassifier
-from qd.infer.openset import LOGITS, PROBABILITIES
+from qd.infer.model import CanvasModel, OnnxClassifier, canvas_metadata
 
 from .canvas import CanvasClassifier
 from .canvas_render import render_canvases

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qd.command import QDError
-from qd.infer.openset import (DEFAULT_KEPT, LOGITS, OPEN_SET_KEY, PROBABILITIES, SCORES, TEMPERATURE_KEY, OpenSetRule,
-                              softmax)
+from qd.data.contract import DEFAULT_KEPT, LOGITS, META_OPEN_SET, META_TEMPERATURE, PROBABILITIES
+from qd.infer.model import SCORES, OpenSetRule, softmax
 
 # The rule qd-export writes, chosen by measurement: bench/open_set.py, docs/open-set.md.
 CHOSEN_RULE = "max_logit"
@@ -86,7 +86,7 @@ class Confidence:
     def metadata(self) -> dict[str, str]:
         if not self.fitted:
             return {}
-        return {TEMPERATURE_KEY: json.dumps(self.temperature), OPEN_SET_KEY: self.rule.to_json()}
+        return {META_TEMPERATURE: json.dumps(self.temperature), META_OPEN_SET: self.rule.to_json()}
 
     def card(self) -> dict:
         """model.json's "confidence" entry."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qd.infer.openset import DEFAULT_KEPT
+from qd.data.contract import DEFAULT_KEPT
 
 from .defaults import DEFAULT_INT8_MAX_PROB_DIFF, DEFAULT_INT8_TOLERANCE, DEFAULT_OPSET  # noqa: F401
 from .confidence import Confidence, fit_confidence, unfitted

@@ -22,11 +22,10 @@ import torch
 
 from qd import __version__ as QD_VERSION
 from qd.command import QDError
-from qd.infer.openset import LOGITS, PROBABILITIES
+from qd.data.contract import LOGITS, PROBABILITIES
 
 from .context import Check, ExportContext
-from .validate import (INPUT_NAME, OUTPUT_NAMES, check_contract, check_fidelity, check_onnx_file, ort_session,
-                       run_batched)
+from .validate import INPUT_NAME, OUTPUT_NAMES, check_contract, check_fidelity, check_onnx_file, onnx_outputs
 
 MIN_OPSET = 13
 DYNAMO_MIN_OPSET = 18
@@ -138,9 +137,8 @@ def check_open_set(ctx: ExportContext, path: Path) -> Check:
         return Check("open set", True, f"not fitted ({confidence.fitted_on}): the model cannot flag unknown "
                      "drawings", {"skipped": "no validation drawings"})
     rule = confidence.rule
-    probs, logits = run_batched(ort_session(path), ctx.data.inputs, 256)
     ref_probs, ref_logits = ctx.reference
-    ours = rule.scores({PROBABILITIES: probs, LOGITS: logits})
+    ours = rule.scores(onnx_outputs(path, ctx.data.inputs, 256))
     torch_scores = rule.scores({PROBABILITIES: ref_probs, LOGITS: ref_logits})
     clear = np.abs(torch_scores - rule.threshold) > DECISION_MARGIN * max(1.0, abs(rule.threshold))
     differ = int(((ours < rule.threshold) != (torch_scores < rule.threshold))[clear].sum())

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import math
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,8 @@ import onnx
 import onnxruntime as ort
 
 from qd.command import first_line
-from qd.data.contract import INPUT as INPUT_NAME, OUTPUTS as OUTPUT_NAMES, SIDE
+from qd.data.contract import INPUT as INPUT_NAME, OUTPUTS as OUTPUT_NAMES, PROBABILITIES, SIDE
+from qd.infer.model import call_seconds, open_session, run_batched, session_outputs
 
 from .context import Check, ExportContext
 
@@ -27,25 +28,12 @@ PROB_TOLERANCE = 1e-4
 FIDELITY_BATCHES = (1, 64)
 
 
-def ort_session(path: Path, threads: int | None = None,
-                optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                ) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only
-    options.graph_optimization_level = optimization
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def run_batched(session: ort.InferenceSession, inputs: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    probs, logits = [], []
-    for start in range(0, len(inputs), batch):
-        p, z = session.run(list(OUTPUT_NAMES), {INPUT_NAME: inputs[start : start + batch]})
-        probs.append(p)
-        logits.append(z)
-    return np.concatenate(probs), np.concatenate(logits)
+def onnx_outputs(path: Path, inputs: np.ndarray, batch: int, threads: int | None = None,
+                 optimization: ort.GraphOptimizationLevel | None = None) -> dict[str, np.ndarray]:
+    """Probabilities and logits of the ONNX file at `path` on `inputs`, `batch` at a time, through
+    qd-infer's session and batch loop (a row that fails is NaN, and fails the checks)."""
+    session = open_session(path, threads, optimization=optimization)
+    return run_batched(session_outputs(session, OUTPUT_NAMES), inputs, batch)[0]
 
 
 def check_onnx_file(path: Path) -> Check:
@@ -96,10 +84,9 @@ def _shape_matches(dims: list[str | int], expected: tuple[str | int, ...]) -> bo
 def check_fidelity(ctx: ExportContext, path: Path, tolerance: float = PROB_TOLERANCE) -> list[Check]:
     """onnxruntime vs torch at each batch size: probability difference and top-1 agreement."""
     ref_probs, _ = ctx.reference
-    session = ort_session(path)
     checks = []
     for batch in FIDELITY_BATCHES:
-        probs, _ = run_batched(session, ctx.data.inputs, batch)
+        probs = onnx_outputs(path, ctx.data.inputs, batch)[PROBABILITIES]
         diff = float(np.abs(probs - ref_probs).max())
         disagree = int((probs.argmax(1) != ref_probs.argmax(1)).sum())
         passed = diff <= tolerance and disagree == 0
@@ -142,18 +129,10 @@ def top1_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def interleaved_throughput(sessions: dict[str, ort.InferenceSession], inputs: np.ndarray,
                            batch: int = 256, rounds: int = 15) -> dict[str, float]:
-    """Images/s of each session at a fixed batch, measured side by side.
-
-    Runs alternate between the sessions (after a warm-up) and each keeps its median
-    run time, so background load on a shared machine hits all of them alike.
-    """
+    """Images/s of each session at a fixed batch, measured side by side by qd.infer's call_seconds
+    (runs alternate between the sessions, each keeps its median), so background load on a shared
+    machine hits all of them alike."""
     x = np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])))
-    for session in sessions.values():
-        session.run(None, {INPUT_NAME: x})
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(rounds):
-        for name, session in sessions.items():
-            start = time.perf_counter()
-            session.run(None, {INPUT_NAME: x})
-            times[name].append(time.perf_counter() - start)
-    return {name: batch / float(np.median(t)) for name, t in times.items()}
+    seconds = call_seconds({name: partial(session.run, None, {INPUT_NAME: x}) for name, session in sessions.items()},
+                           min_rounds=rounds)
+    return {name: batch / value for name, value in seconds.items()}

@@ -21,7 +21,8 @@ from qd.export.canvas import CanvasClassifier, CanvasPreprocess
 from qd.export.canvas_render import render_canvases
 from qd.export.formats import FORMATS
 from qd.export.onnx_export import set_metadata
-from qd.infer.canvas import BLANK_LOGIT, CanvasModel
+from qd.data.contract import BLANK_LOGIT
+from qd.infer.model import CanvasModel
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
 
 
