@@ -1,7 +1,5 @@
 """The model to evaluate, its export set, and the runtimes it can be evaluated with, in one table.
 
-Where a model to evaluate lives, and what its metadata says.
-
 `--model` may name an export folder (artifacts/exports/<run>/) or an `.onnx` file.
 The fp32 ONNX model is the reference, opened with qd-infer's classifier: its
 metadata (labels, preprocessing, split, training data) drives everything else. Its
@@ -14,13 +12,14 @@ in model.json with the same sha256, and, for ONNX, exported from the same checkp
 (qd.source_sha256). A mixed folder (an interrupted or hand-made mix) is never compared
 silently: the odd file is refused with one line that says so.
 
-
 Each backend opens its own file (found beside the reference model.onnx, or the
 source checkpoint for torch) and turns the held-out bitmaps into its outputs:
 calibrated probabilities (softmax(logits / T), T from the model's metadata), and the
 raw logits where the backend has them (the open-set rule and the "before calibration"
 figures read them). One that cannot run here is skipped with a reason rather than
 failing the report. torch and coremltools are imported only inside their backends.
+Every backend's drawings go through qd.infer's batch loop (predict_all) and its speed through
+qd.infer's call_seconds (measure).
 """
 
 from __future__ import annotations

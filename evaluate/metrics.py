@@ -9,7 +9,7 @@ Conventions (the ones scikit-learn uses with zero_division=0, made explicit):
 - recall of a class without examples is None;
 - F1 is 0.0 when precision + recall is 0, None when either is None.
 
-How far the probabilities can be trusted: calibration, and the open-set rule at work.
+How far the probabilities can be trusted (below the figures): calibration, and the open-set rule at work.
 
 Calibration: the expected calibration error (ECE) of the raw softmax(logits) ("before")
 and of the model's calibrated probabilities ("after", softmax(logits / T) with the T

@@ -4,7 +4,7 @@ model.json records what the models are (classes, preprocessing, architecture, sp
 source checkpoint and its metrics), the temperature and open-set rule fitted at export
 (the same as in each model's metadata), every file with its sha256, and the validation
 results: it is the manifest of the set, which readers check files against
-(qd.evaluate.model_info). Entries for formats not re-exported in this run are kept from
+(qd.evaluate.backends). Entries for formats not re-exported in this run are kept from
 the previous card only if they come from the same checkpoint and still match their
 checksum; such files are carried into the new set, other models are not.
 """

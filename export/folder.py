@@ -11,7 +11,7 @@ folder untouched plus a staging leftover, which the next run removes.
 Where the staging folder cannot sit beside the export folder (the parent is not
 writable, or the export folder is a mount point), it sits inside it and files are
 moved in one by one, model.json last: readers then tell a mixed set from its
-checksums (qd.evaluate.model_info), and the report says so.
+checksums (qd.evaluate.backends), and the report says so.
 """
 
 from __future__ import annotations
