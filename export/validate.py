@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from qd.command import first_line
+from qd.command import QDError, first_line
 from qd.data.contract import INPUT as INPUT_NAME, OUTPUTS as OUTPUT_NAMES, PROBABILITIES, SIDE
 from qd.infer.model import call_seconds, open_session, run_batched, session_outputs
 
@@ -33,7 +33,10 @@ def onnx_outputs(path: Path, inputs: np.ndarray, batch: int, threads: int | None
     """Probabilities and logits of the ONNX file at `path` on `inputs`, `batch` at a time, through
     qd-infer's session and batch loop (a row that fails is NaN, and fails the checks)."""
     session = open_session(path, threads, optimization=optimization)
-    return run_batched(session_outputs(session, OUTPUT_NAMES), inputs, batch)[0]
+    outputs, failures = run_batched(session_outputs(session, OUTPUT_NAMES), inputs, batch)
+    if failures and not outputs:
+        raise QDError(f"{path}: validation drawing {failures[0]}")
+    return outputs
 
 
 def check_onnx_file(path: Path) -> Check:

@@ -350,7 +350,14 @@ class OnnxClassifier:
     def predict(self, bitmaps: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> Predictions:
         """uint8 ink-high (N, 784) or (N, 28, 28) bitmaps -> calibrated probabilities and the unknown answer
         (a drawing the model cannot classify has NaN probabilities and is not unknown)."""
-        outputs, _ = run_batched(self.bitmap_outputs, np.asarray(bitmaps), batch_size)
+        bitmaps = np.asarray(bitmaps)
+        outputs, failures = run_batched(self.bitmap_outputs, bitmaps, batch_size)
+        if not outputs:
+            if failures:
+                raise QDError(f"{self.path}: drawing {failures[0]}")
+            outputs = {PROBABILITIES: np.empty((0, len(self.labels)), np.float32)}
+            if self.open_set is not None:
+                outputs[self.open_set.output] = outputs[PROBABILITIES]
         return Predictions(outputs[PROBABILITIES], self.unknown(outputs))
 
 
@@ -572,8 +579,8 @@ class BatchRunner:
 def run_batched(compute: Callable[[np.ndarray], dict[str, np.ndarray]], rows, batch_size: int,
                 advance: Callable[[int], None] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
     """Every row through `compute`, `batch_size` at a time, by BatchRunner: each output for all rows
-    (float32; NaN in the rows that failed) and the failures' messages ("<row index>: not classified
-    (...)"). `advance(n)` after each batch (a progress bar). Refused in one line if no row ran."""
+    (float32; NaN in the rows that failed; no output at all when no row ran) and the failures'
+    messages ("<row index>: not classified (...)"). `advance(n)` after each batch (a progress bar)."""
     done: list[tuple[int, dict[str, np.ndarray]]] = []
     failures: list[str] = []
 
@@ -592,8 +599,6 @@ def run_batched(compute: Callable[[np.ndarray], dict[str, np.ndarray]], rows, ba
         runner.run(range(len(rows)), rows)
     finally:
         runner.close()
-    if not done and failures:
-        raise QDError(f"row {failures[0]}")
     if not done:
         return {}, failures
     outputs = {name: np.full((len(rows), *value.shape[1:]), np.nan, np.float32) for name, value in done[0][1].items()}
