@@ -19,7 +19,8 @@ import numpy as np
 import onnx
 
 from qd.data.contract import META_PREPROCESSING, MODEL_INT8_ONNX, MODEL_ONNX, bitmaps_to_input, exports_dir
-from qd.export.validate import interleaved_throughput, ort_session
+from qd.export.onnx_export import interleaved_throughput
+from qd.infer.model import open_session
 from qd.machine import cpu
 
 
@@ -51,7 +52,7 @@ def main() -> None:
     print(f"CPU: {cpu().summary()} (shared machine: compare ratios)")
     print(f"{'threads':>8} {'batch':>6} {'fp32 img/s':>12} {'int8 img/s':>12} {'int8/fp32':>10}")
     for threads in (1, None):
-        sessions = {"fp32": ort_session(fp32, threads=threads), "int8": ort_session(int8, threads=threads)}
+        sessions = {"fp32": open_session(fp32, threads=threads), "int8": open_session(int8, threads=threads)}
         for batch in (1, 64, 256):
             speed = interleaved_throughput(sessions, x, batch=batch, rounds=args.rounds)
             print(f"{threads or 'default':>8} {batch:>6} {speed['fp32']:>12,.0f} {speed['int8']:>12,.0f} "

@@ -44,7 +44,7 @@ from qd.data.images import image_to_bitmap
 from qd.data.strokes import draw_strokes_image, parse_ndjson_line
 from qd.evaluate.metrics import auroc
 from qd.export.checkpoint_source import fit_temperature, fit_threshold
-from qd.infer.openset import SCORES, softmax
+from qd.infer.model import SCORES, softmax
 from qd.machine import cpu
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
 from qd.train.cli import TrainConfig

@@ -1,4 +1,16 @@
-"""The runtimes a model can be evaluated with, in one table.
+"""The model to evaluate, its export set, and the runtimes it can be evaluated with, in one table.
+
+`--model` may name an export folder (artifacts/exports/<run>/) or an `.onnx` file.
+The fp32 ONNX model is the reference, opened with qd-infer's classifier: its
+metadata (labels, preprocessing, split, training data) drives everything else. Its
+siblings are the other backends' files: `model.int8.onnx`, `model.mlpackage`, and
+`model.json`, which points at the source checkpoint for the torch backend.
+
+An export folder is one set (qd-export replaces it as a whole). Before a sibling is
+compared with the reference, `check_member` proves it belongs to the same set: listed
+in model.json with the same sha256, and, for ONNX, exported from the same checkpoint
+(qd.source_sha256). A mixed folder (an interrupted or hand-made mix) is never compared
+silently: the odd file is refused with one line that says so.
 
 Each backend opens its own file (found beside the reference model.onnx, or the
 source checkpoint for torch) and turns the held-out bitmaps into its outputs:
@@ -6,32 +18,143 @@ calibrated probabilities (softmax(logits / T), T from the model's metadata), and
 raw logits where the backend has them (the open-set rule and the "before calibration"
 figures read them). One that cannot run here is skipped with a reason rather than
 failing the report. torch and coremltools are imported only inside their backends.
+Every backend's drawings go through qd.infer's batch loop (predict_all) and its speed through
+qd.infer's call_seconds (measure).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import statistics
+import itertools
+import json
+import os
 import sys
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from qd.command import QDError
-from qd.data.contract import META_SOURCE_SHA256, bitmaps_to_input
+from qd.command import QDError, first_line
+from qd.data.contract import (LOGITS, MAX_CARD_BYTES, META_DATA, META_SOURCE_SHA256, META_SPLIT, MODEL_CARD, MODEL_ONNX,
+                              PROBABILITIES, bitmaps_to_input)
 from qd.export.formats import FORMATS
-from qd.files import path_size, sha256_file
-from qd.infer.model import OnnxClassifier
-from qd.infer.openset import LOGITS, PROBABILITIES
+from qd.files import path_size, read_regular, sha256_file, sha256_path
+from qd.infer.model import OnnxClassifier, call_seconds, resolve_model_path, run_batched
 
-from .model_info import COREML_SUFFIX, INT8_SUFFIX, ModelInfo
-
+INT8_SUFFIX = ".int8.onnx"
+COREML_SUFFIX = ".mlpackage"
 BENCH_BATCH = 256
 EVAL_BATCH = 256
+
+
+# ----------------------------------------------------------------------------- the model to evaluate
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The fp32 reference model, open in onnxruntime, and what its metadata promises."""
+
+    path: Path
+    name: str
+    labels: list[str]
+    preprocessing: dict
+    split: dict | None
+    data: dict | None
+    source_sha256: str | None
+    classifier: OnnxClassifier = field(repr=False, compare=False)
+    card: dict | None = field(default=None, repr=False, compare=False)  # the folder's model.json, if any
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def sibling(self, suffix: str) -> Path:
+        """`model.onnx` -> `model<suffix>` beside it (e.g. model.int8.onnx)."""
+        return self.path.with_name(self.path.name[: -len(".onnx")] + suffix)
+
+    def source_checkpoint(self) -> Path | None:
+        """The checkpoint named by the export folder's model.json card (source.checkpoint), if any."""
+        info = self.card
+        source = info.get("source") if isinstance(info, dict) else None
+        value = source.get("checkpoint") if isinstance(source, dict) else None
+        if not isinstance(value, str) or not value:
+            return None
+        path = Path(value)
+        return path if path.is_absolute() else self.folder / path
+
+    def check_member(self, path: Path, source_sha256: str | None = None) -> None:
+        """Refuse `path` unless it is provably of the same export set as this model (see module doc)."""
+        mixed = "the folder mixes two exports (an interrupted or hand-made one); export it again"
+        if self.card is not None:
+            files = self.card.get("files") if isinstance(self.card.get("files"), dict) else {}
+            entry = next((e for e in files.values() if isinstance(e, dict) and e.get("file") == path.name), None)
+            if entry is None:
+                raise QDError(f"{path}: not in the set {MODEL_CARD} lists; {mixed}")
+            if sha256_path(path) != entry.get("sha256"):
+                raise QDError(f"{path}: not the file {MODEL_CARD} lists (sha256 differs); {mixed}")
+        if source_sha256 and self.source_sha256 and source_sha256 != self.source_sha256:
+            raise QDError(f"{path}: exported from another checkpoint (sha256 {source_sha256[:12]}) than "
+                          f"{self.path.name} ({self.source_sha256[:12]}); {mixed}")
+
+
+def load_model_info(path: str | os.PathLike | None) -> ModelInfo:
+    """An export folder or .onnx file (default: the newest export), checked as qd-infer checks it."""
+    model = resolve_model_path(path)
+    if model.suffix != ".onnx":
+        raise QDError(f"{model}: expected an .onnx model or an export folder")
+    classifier = OnnxClassifier(model)
+    metadata = classifier.metadata
+    info = ModelInfo(
+        path=model,
+        name=model_name(model),
+        labels=classifier.labels,
+        preprocessing=classifier.preprocessing,
+        split=_json_field(model, metadata, META_SPLIT),
+        data=_json_field(model, metadata, META_DATA),
+        source_sha256=metadata.get(META_SOURCE_SHA256),
+        classifier=classifier,
+        card=read_card(model.parent / MODEL_CARD),
+    )
+    if info.card is not None:  # the model must be the one its folder's card lists, of the card's checkpoint
+        source = info.card.get("source") if isinstance(info.card.get("source"), dict) else {}
+        info.check_member(model, source.get("sha256"))
+    return info
+
+
+def read_card(path: Path) -> dict | None:
+    """An export folder's model.json (None if there is none), read within MAX_CARD_BYTES."""
+    if not path.exists():
+        return None
+    try:
+        card = json.loads(read_regular(path, MAX_CARD_BYTES, what=MODEL_CARD))
+    except OSError as exc:
+        raise QDError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise QDError(f"{path}: unreadable ({first_line(exc, 120) if str(exc).strip() else 'not JSON'})") from None
+    if not isinstance(card, dict):
+        raise QDError(f"{path}: unreadable (not a JSON object)")
+    return card
+
+
+def model_name(model: Path) -> str:
+    """The run name for a file inside an export folder, else the file's stem."""
+    if model.name == MODEL_ONNX or (model.parent / MODEL_CARD).is_file():
+        return model.resolve().parent.name
+    return model.name.split(".")[0]
+
+
+def _json_field(model: Path, metadata: dict, key: str):
+    raw = metadata.get(key)
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise QDError(f"{model}: {key} metadata is not valid JSON") from None
+
+
+# ----------------------------------------------------------------------------- the backends
 
 
 class Unavailable(Exception):
@@ -227,36 +350,23 @@ def run_backend(name: str, model: ModelInfo, checkpoint: Path | None, bitmaps: n
 
 def predict_all(runner: Runner, bitmaps: np.ndarray, batch_size: int = EVAL_BATCH,
                 advance=None) -> dict[str, np.ndarray]:
-    chunks = []
-    for i in range(0, len(bitmaps), batch_size):
-        chunks.append(runner.predict(runner.prepare(bitmaps[i : i + batch_size])))
-        if advance is not None:
-            advance(len(chunks[-1][PROBABILITIES]))
-    return {name: np.concatenate([c[name] for c in chunks]).astype(np.float32, copy=False) for name in chunks[0]}
+    """The backend's outputs on every drawing, by qd.infer's batch loop; a drawing it cannot classify
+    (an error, NaN or infinite outputs) is refused in one line."""
+    outputs, failures = run_batched(lambda rows: runner.predict(runner.prepare(rows)), bitmaps, batch_size, advance)
+    if failures:
+        raise QDError(f"{runner.file}: held-out drawing {failures[0]}")
+    return outputs
 
 
 def measure(runner: Runner, bitmaps: np.ndarray, min_seconds: float = 0.5) -> tuple[float, float]:
-    """(images/s on full batches of BENCH_BATCH, median single-image latency in ms).
-
-    Drawings are repeated to fill a batch when there are fewer; each figure is the
-    median of repeated timed calls after one warm-up call, so one noisy call on a
-    shared machine does not decide it.
-    """
+    """(images/s on full batches of BENCH_BATCH, median single-image latency in ms), by qd.infer's
+    call_seconds. Drawings are repeated to fill a batch when there are fewer; each figure is the
+    median of repeated timed calls after one warm-up call, so one noisy call on a shared machine
+    does not decide it."""
     reps = int(np.ceil(BENCH_BATCH / len(bitmaps)))
-    batch = np.tile(bitmaps, (reps, 1))[:BENCH_BATCH]
-    batch_times = _timed_calls(runner.predict, [runner.prepare(batch)], min_calls=3, min_seconds=min_seconds)
-    singles = [runner.prepare(batch[i : i + 1]) for i in range(min(len(bitmaps), 64))]
-    single_times = _timed_calls(runner.predict, singles, min_calls=20, min_seconds=min_seconds / 2)
-    return BENCH_BATCH / statistics.median(batch_times), 1000.0 * statistics.median(single_times)
-
-
-def _timed_calls(predict, inputs: list[np.ndarray], min_calls: int, min_seconds: float, max_calls: int = 1000) -> list[float]:
-    predict(inputs[0])  # warm-up: first-call allocations are not the steady state
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < max_calls and (len(times) < min_calls or time.perf_counter() - started < min_seconds):
-        x = inputs[len(times) % len(inputs)]
-        t0 = time.perf_counter()
-        predict(x)
-        times.append(time.perf_counter() - t0)
-    return times
+    batch = runner.prepare(np.tile(bitmaps, (reps, 1))[:BENCH_BATCH])
+    singles = itertools.cycle([runner.prepare(bitmaps[i : i + 1]) for i in range(min(len(bitmaps), 64))])
+    batch_seconds = call_seconds({"batch": lambda: runner.predict(batch)}, min_rounds=3, min_seconds=min_seconds)
+    single_seconds = call_seconds({"single": lambda: runner.predict(next(singles))}, min_rounds=20,
+                                  min_seconds=min_seconds / 2)
+    return BENCH_BATCH / batch_seconds["batch"], 1000.0 * single_seconds["single"]

@@ -62,7 +62,7 @@ def evaluate_command(
     from qd.command import ProgressBar
 
     from .evaluation import evaluate, write_outputs
-    from .plots import require_matplotlib
+    from .report import require_matplotlib
     from .report import build_report, render
 
     models = list(model) if model else [None]

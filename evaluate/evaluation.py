@@ -19,12 +19,10 @@ from qd.data.contract import eval_dir
 from qd.files import write_json_atomic
 
 from . import metrics
-from .backends import BackendRun, parse_backends, predict_all, run_backend
-from .confidence import Calibration, OpenSetFigures, measure_calibration, open_set_figures
+from .backends import BackendRun, ModelInfo, load_model_info, parse_backends, predict_all, run_backend
 from .heldout import HeldOut, UnknownDrawings, load_heldout, load_unknown
-from .model_info import ModelInfo, load_model_info
-from .plots import plot_confusion, plot_mistakes, plot_reliability, require_matplotlib
-from .report import build_report
+from .metrics import Calibration, OpenSetFigures, measure_calibration, open_set_figures
+from .report import build_report, plot_confusion, plot_mistakes, plot_reliability, require_matplotlib
 
 CONFUSED_PAIRS = 10
 

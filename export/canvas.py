@@ -61,8 +61,7 @@ from qd.data.contract import (BITMAP, BLANK_LOGIT, CANVAS_INPUT, CANVAS_OUTPUTS,
                               MIN_CANVAS_SIDE, PROBABILITIES, SIDE)
 from qd.data.images import (FRAME_UNITS, INK_UNITS, LINE_UNITS, MIN_CONTRAST, SKELETON_UNITS, STRETCH_HI, STRETCH_LO,
                             TRIM, WORK_SIDE, BlankImageError, gray_to_bitmap)
-from qd.infer.canvas import CanvasModel, canvas_metadata
-from qd.infer.model import OnnxClassifier
+from qd.infer.model import CanvasModel, OnnxClassifier, canvas_metadata
 
 from .checkpoint_source import ExportContext, inputs_to_bitmaps
 from .formats import Check

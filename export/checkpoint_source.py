@@ -39,7 +39,7 @@ from qd.data.bitmaps import BitmapDataset, SplitSpec
 from qd.data.contract import (DEFAULT_KEPT, LICENSE_NOTE, LOGITS, META_OPEN_SET, META_TEMPERATURE, MODEL_FORMAT,
                               PROBABILITIES, bitmaps_to_input)
 from qd.files import sha256_file
-from qd.infer.openset import SCORES, OpenSetRule, softmax
+from qd.infer.model import SCORES, OpenSetRule, softmax
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
 
 from .formats import ExportOptions

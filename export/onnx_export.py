@@ -23,19 +23,21 @@ import contextlib
 import io
 import logging
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 
 from qd import __version__ as QD_VERSION
 from qd.command import QDError, first_line
 from qd.data.contract import INPUT, LOGITS, OUTPUTS, PROBABILITIES, SIDE
+from qd.infer.model import call_seconds, open_session, run_batched, session_outputs
 
 from .checkpoint_source import ExportContext
 from .formats import Check
-from .validate import ort_session, run_batched
 
 MIN_OPSET = 13
 DYNAMO_MIN_OPSET = 18
@@ -150,9 +152,8 @@ def check_open_set(ctx: ExportContext, path: Path) -> Check:
         return Check("open set", True, f"not fitted ({confidence.fitted_on}): the model cannot flag unknown "
                      "drawings", {"skipped": "no validation drawings"})
     rule = confidence.rule
-    probs, logits = run_batched(ort_session(path), ctx.data.inputs, 256)
     ref_probs, ref_logits = ctx.reference
-    ours = rule.scores({PROBABILITIES: probs, LOGITS: logits})
+    ours = rule.scores(onnx_outputs(path, ctx.data.inputs, 256))
     torch_scores = rule.scores({PROBABILITIES: ref_probs, LOGITS: ref_logits})
     clear = np.abs(torch_scores - rule.threshold) > DECISION_MARGIN * max(1.0, abs(rule.threshold))
     differ = int(((ours < rule.threshold) != (torch_scores < rule.threshold))[clear].sum())
@@ -212,10 +213,9 @@ def _shape_matches(dims: list[str | int], expected: tuple[str | int, ...]) -> bo
 def check_fidelity(ctx: ExportContext, path: Path, tolerance: float = PROB_TOLERANCE) -> list[Check]:
     """onnxruntime vs torch at each batch size: probability difference and top-1 agreement."""
     ref_probs, _ = ctx.reference
-    session = ort_session(path)
     checks = []
     for batch in FIDELITY_BATCHES:
-        probs, _ = run_batched(session, ctx.data.inputs, batch)
+        probs = onnx_outputs(path, ctx.data.inputs, batch)[PROBABILITIES]
         diff = float(np.abs(probs - ref_probs).max())
         disagree = int((probs.argmax(1) != ref_probs.argmax(1)).sum())
         passed = diff <= tolerance and disagree == 0
@@ -225,3 +225,25 @@ def check_fidelity(ctx: ExportContext, path: Path, tolerance: float = PROB_TOLER
                             {"batch": batch, "max_abs_prob_diff": diff, "top1_disagreements": disagree,
                              "drawings": len(probs)}))
     return checks
+
+
+def onnx_outputs(path: Path, inputs: np.ndarray, batch: int, threads: int | None = None,
+                 optimization: ort.GraphOptimizationLevel | None = None) -> dict[str, np.ndarray]:
+    """Probabilities and logits of the ONNX file at `path` on `inputs`, `batch` at a time, through
+    qd-infer's session and batch loop (a row that fails is NaN, and fails the checks)."""
+    session = open_session(path, threads, optimization=optimization)
+    outputs, failures = run_batched(session_outputs(session, OUTPUTS), inputs, batch)
+    if failures and not outputs:
+        raise QDError(f"{path}: validation drawing {failures[0]}")
+    return outputs
+
+
+def interleaved_throughput(sessions: dict[str, ort.InferenceSession], inputs: np.ndarray,
+                           batch: int = 256, rounds: int = 15) -> dict[str, float]:
+    """Images/s of each session at a fixed batch, measured side by side by qd.infer's call_seconds
+    (runs alternate between the sessions, each keeps its median), so background load on a shared
+    machine hits all of them alike."""
+    x = np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])))
+    seconds = call_seconds({name: partial(session.run, None, {INPUT: x}) for name, session in sessions.items()},
+                           min_rounds=rounds)
+    return {name: batch / value for name, value in seconds.items()}

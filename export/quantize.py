@@ -30,14 +30,14 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from qd.command import QDError
-from qd.data.contract import INPUT, INT8_PREPARED
+from qd.data.contract import INPUT, INT8_PREPARED, PROBABILITIES
 from qd.files import remove_temp, temp_path_for
+from qd.infer.model import open_session
 from qd.machine import cpu
 
 from .checkpoint_source import ExportContext
 from .formats import Check
-from .onnx_export import check_contract, check_onnx_file, quiet, set_metadata
-from .validate import interleaved_throughput, ort_session, run_batched
+from .onnx_export import check_contract, check_onnx_file, interleaved_throughput, onnx_outputs, quiet, set_metadata
 
 QUANTIZATION = dict(
     quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
@@ -99,9 +99,9 @@ def validate_int8(ctx: ExportContext, path: Path) -> list[Check]:
         return checks
     fp32_path = _fp32_model(ctx)
     checks.append(size_check(fp32_path, path))
-    fp32_probs = run_batched(ort_session(fp32_path, threads=1), ctx.data.inputs, BENCH_BATCH)[0]
-    int8_probs = {kernels: run_batched(ort_session(path, threads=1, optimization=level), ctx.data.inputs,
-                                       BENCH_BATCH)[0] for kernels, level in KERNEL_PATHS.items()}
+    fp32_probs = onnx_outputs(fp32_path, ctx.data.inputs, BENCH_BATCH, threads=1)[PROBABILITIES]
+    int8_probs = {kernels: onnx_outputs(path, ctx.data.inputs, BENCH_BATCH, threads=1, optimization=level)[PROBABILITIES]
+                  for kernels, level in KERNEL_PATHS.items()}
     for kernels, probs in int8_probs.items():
         checks.append(agreement_check(kernels, fp32_probs, probs, ctx.options.int8_tolerance, ctx.options.int8_max_prob_diff))
     if ctx.data.labels is not None:
@@ -176,7 +176,7 @@ def top1_check(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray, tolerance
 
 def speed_check(fp32_path: Path, int8_path: Path, inputs: np.ndarray) -> Check:
     """Images/s of both models side by side, on this CPU, named: what int8 gains here, honestly."""
-    sessions = {"fp32": ort_session(fp32_path, threads=1), "int8": ort_session(int8_path, threads=1)}
+    sessions = {"fp32": open_session(fp32_path, threads=1), "int8": open_session(int8_path, threads=1)}
     speed = interleaved_throughput(sessions, inputs, BENCH_BATCH)
     speedup = speed["int8"] / speed["fp32"]
     if speedup >= 1.05:

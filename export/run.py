@@ -17,7 +17,7 @@ any moment leaves the previous folder untouched plus a staging leftover, which t
 run removes. Where the staging folder cannot sit beside the export folder (the parent is
 not writable, or the export folder is a mount point), it sits inside it and files are
 moved in one by one, model.json last: readers then tell a mixed set from its checksums
-(qd.evaluate.model_info), and the report says so.
+(qd.evaluate.backends), and the report says so.
 
 model.json, the card, records what the models are (classes, preprocessing, architecture,
 split, source checkpoint and its metrics), the temperature and open-set rule fitted at

@@ -5,8 +5,9 @@
     print(clf.predict("my-drawings/cat.png")[0].label)
 
 It is a thin layer over what qd-infer runs: OnnxClassifier (labels, preprocessing,
-calibration and the open-set rule from the model's metadata), read_inputs (files and
-folders) and qd.data.images (photos and scans). No torch.
+calibration and the open-set rule from the model's metadata) run by the same BatchRunner
+(a drawing the model cannot classify is a Prediction with `error` set), read_inputs (files
+and folders) and qd.data.images (photos and scans). No torch.
 
 `predict` returns one Prediction per drawing, in order, whatever it is given: a path, a
 list of paths, a folder, a PIL image (or a list of them), an array of one or more
@@ -24,11 +25,11 @@ from typing import Any
 import numpy as np
 
 from qd.command import QDError
-from qd.data.contract import PIXELS, SIDE
+from qd.data.contract import PIXELS, PROBABILITIES, SIDE
 
-from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP
+from . import DEFAULT_BATCH_SIZE, DEFAULT_TOP
 from .inputs import Drawings, check_float_range, floats_to_uint8, read_inputs
-from .model import OnnxClassifier, resolve_model_path, top_k
+from .model import BatchRunner, OnnxClassifier, resolve_model_path, top_k
 
 ARRAY_SHAPES = "(28, 28), (N, 28, 28), (N, 1, 28, 28), (784,) or (N, 784)"
 
@@ -123,14 +124,25 @@ class Classifier:
         return results
 
     def _predict_bitmaps(self, names: list[str], bitmaps: np.ndarray, top: int, batch_size: int) -> list[Prediction]:
-        predictions = self.model.predict(bitmaps, batch_size=batch_size)
-        index, values = top_k(predictions.probabilities, top)
-        unknown = [None] * len(names) if predictions.unknown is None else predictions.unknown.tolist()
         labels = self.model.labels
-        results = []
-        for name, row_i, row_p, flagged in zip(names, index.tolist(), values.tolist(), unknown):
-            guesses = tuple(Guess(labels[i], p) for i, p in zip(row_i, row_p))
-            results.append(Prediction(name, guesses[0].label, guesses[0].probability, guesses, flagged))
+        results: list[Prediction] = []
+
+        def write(batch_names: list[str], outputs: dict[str, np.ndarray]) -> None:
+            unknown = self.model.unknown(outputs)
+            flags = [None] * len(batch_names) if unknown is None else unknown.tolist()
+            index, values = top_k(outputs[PROBABILITIES], top)
+            for name, row_i, row_p, flagged in zip(batch_names, index.tolist(), values.tolist(), flags):
+                guesses = tuple(Guess(labels[i], p) for i, p in zip(row_i, row_p))
+                results.append(Prediction(name, guesses[0].label, guesses[0].probability, guesses, flagged))
+
+        def report_failure(message: str, name: str) -> None:
+            results.append(Prediction(name, None, None, (), None, error=message))
+
+        runner = BatchRunner(self.model.bitmap_outputs, write, report_failure, batch_size)
+        try:
+            runner.run(names, np.asarray(bitmaps))
+        finally:
+            runner.close()
         return results
 
 

@@ -1,7 +1,7 @@
 """`qd-infer`: classify drawings (images, .npy, .ndjson, folders) with an exported ONNX model.
 
 Only typer is imported at module level: numpy, Pillow and onnxruntime load inside
-the command, so `qd-infer --help` starts fast. Ray loads only with --ray (qd.infer.ray).
+the command, so `qd-infer --help` starts fast. qd.infer.ray (and Ray) load only with --ray.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from qd import options as opt
 from qd.command import QDError, run_app
 from qd.data.contract import MAX_THREADS
 
-from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP, MAX_LANES
-from .ray import LOCAL, is_ray_address
+from . import DEFAULT_BATCH_SIZE, DEFAULT_TOP, MAX_LANES
 
 app = opt.make_app()
 
@@ -28,6 +27,10 @@ class InferCommand(TyperCommand):
 
     def parse_args(self, ctx, args):
         args = list(args)
+        if "--ray" not in args:
+            return super().parse_args(ctx, args)
+        from .ray import LOCAL, is_ray_address
+
         for i, arg in enumerate(args):
             if arg == "--":
                 break

@@ -26,7 +26,6 @@ import socket
 import sys
 import threading
 from dataclasses import dataclass
-from functools import partial
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,7 +38,7 @@ from rich.text import Text
 
 from qd import options as opt
 from qd.command import QDError, console, describe_unexpected, err_console, run_app, shown
-from qd.data.contract import MODEL_CANVAS_ONNX as CANVAS_FILE, ORT_WEB_DIST_ENV
+from qd.data.contract import MODEL_CANVAS_ONNX, ORT_WEB_DIST_ENV
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -107,12 +106,12 @@ def canvas_model_path(model: str | os.PathLike | None) -> Path:
         folder = Path(model)
     else:
         path = resolve_model_path(model)
-        if path.name == CANVAS_FILE:
+        if path.name == MODEL_CANVAS_ONNX:
             return path
         folder = path.parent
-    canvas = folder / CANVAS_FILE
+    canvas = folder / MODEL_CANVAS_ONNX
     if not canvas.is_file():
-        raise QDError(f"{folder}: no {CANVAS_FILE} in this export; the demo page runs the canvas model "
+        raise QDError(f"{folder}: no {MODEL_CANVAS_ONNX} in this export; the demo page runs the canvas model "
                       f"(qd-export CHECKPOINT --format onnx-canvas --out {folder})")
     return canvas
 
@@ -120,7 +119,7 @@ def canvas_model_path(model: str | os.PathLike | None) -> Path:
 def check_model(model: str | os.PathLike | None) -> DemoModel:
     """The canvas model the page will run, opened once here (refuses non-ONNX files, models without qd.*
     metadata and models that are not canvas models)."""
-    from .canvas import CanvasModel
+    from .model import CanvasModel
 
     canvas = CanvasModel(canvas_model_path(model), threads=1)
     return DemoModel(path=canvas.path, labels=canvas.labels, precision=canvas.precision)
@@ -216,7 +215,7 @@ class DemoServer(ThreadingHTTPServer):
 def build_routes(model: DemoModel, ort_dist: Path) -> dict[str, Path]:
     routes = {f"/{name}": WEB_DIR / name for name in PAGE_FILES}
     routes.update({f"/ort/{name}": ort_dist / name for name in ORT_FILES})
-    routes[f"/{CANVAS_FILE}"] = model.path
+    routes[f"/{MODEL_CANVAS_ONNX}"] = model.path
     return routes
 
 
@@ -240,12 +239,6 @@ def server_url(server: ThreadingHTTPServer) -> str:
     return f"http://{HOST}:{server.server_address[1]}/"
 
 
-def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
-    thread = threading.Thread(target=partial(server.serve_forever, poll_interval=0.1), daemon=True)
-    thread.start()
-    return thread
-
-
 app = opt.make_app()
 
 
@@ -255,7 +248,7 @@ app = opt.make_app()
     "qd-demo -m artifacts/exports/first"))
 def demo(
     model: Annotated[Optional[str], opt.model_option(
-        f"An export folder, or a model file in one: the page runs the export's {CANVAS_FILE} "
+        f"An export folder, or a model file in one: the page runs the export's {MODEL_CANVAS_ONNX} "
         "(qd-export --format onnx-canvas). Default: the newest export.")] = None,
     port: Annotated[int, typer.Option(
         "--port", "-p", min=0, max=65535, help="Port on 127.0.0.1 (0 = any free port).")] = DEFAULT_PORT,

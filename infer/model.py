@@ -1,40 +1,239 @@
-"""An exported quickdraw-edge ONNX model, run with onnxruntime.
+"""An exported quickdraw-edge model, run with onnxruntime: the one session, the one batch loop.
 
-Labels, preprocessing, temperature and open-set rule come from the model's
-metadata_props (contracts.md, infer/openset.py), parsed as data and validated: a
-model that is not ONNX, lacks the labels, whose label count differs from its output
-width, or whose open-set metadata is malformed is refused with one line. A model
-exported before the open-set rule existed still works; it just cannot flag unknowns.
+Everything that runs an exported ONNX model goes through here: qd-infer, qd.Classifier, the
+Ray workers, the canvas model qd-demo checks, qd-eval's ONNX backends and qd-export's checks.
+`open_session` is the one place an onnxruntime session is opened; `BatchRunner` the one loop
+that runs a model over batches (a batch onnxruntime cannot run is split down to the drawings
+that fail, a row with NaN or infinite outputs is a failure); `call_seconds` the one speed
+measurement (qd-export's int8 check, qd-eval's speed columns).
+
+Labels, preprocessing, temperature and open-set rule come from the model's metadata_props
+(docs/contracts.md), parsed as data and validated: a model that is not ONNX, lacks the labels,
+whose label count differs from its output width, or whose open-set metadata is malformed is
+refused with one line. A model exported without an open-set rule still works; it just cannot
+flag unknowns.
+
+Calibration and the open-set rule, as qd-export writes them (metadata names in qd.data.contract):
+
+  qd.temperature  a JSON number T > 0: the graph's "probabilities" are softmax(logits / T)
+                  (temperature scaling fitted on the validation split; "logits" stay raw)
+  qd.open_set     a JSON object {"rule": ..., "threshold": x, "kept": share, "validation": {...}}:
+                  a drawing is unknown when SCORES[rule] of its outputs is below `threshold`;
+                  `kept` is the share of known validation drawings the threshold keeps
+
+A score is higher for drawings that look like the known classes. SCORES is the one place the
+rules are written; qd-export, qd-infer, qd-eval read them from here and the browser demo's
+infer/web/openset.js mirrors them (tests/test_demo.py checks it does).
+
+A canvas model (qd-export's onnx-canvas, model.canvas.onnx; docs/canvas.md):
+  input  "canvas"         float32 (1, 1, H, W), grey levels 0-255, dark ink on a light
+                          background (light ink on dark is detected too), H and W from
+                          MIN_CANVAS_SIDE to MAX_CANVAS_SIDE
+  output "probabilities"  (1, C) calibrated; all zero for a blank canvas
+         "logits"         (1, C) raw; all BLANK_LOGIT for a blank canvas (below any
+                          open-set threshold: a blank canvas reads as unknown)
+         "bitmap"         (1, 1, 28, 28) 0-255, ink high: what the network saw
+  metadata: every model's qd.* entries plus META_CANVAS (the limits above, as JSON).
+Its preprocessing is qd.data.images without step 5 (uneven lighting): a clean canvas needs
+none; photos and scans belong to qd-infer's full preprocessing.
+
+numpy and onnxruntime only (onnxruntime loads with the first session): no torch.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import statistics
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from qd.command import QDError, first_line
+from qd.command import QDError, describe_unexpected, first_line
 from qd.data.bitmaps import check_labels
-from qd.data.contract import (INPUT, MAX_MODEL_BYTES, MAX_THREADS, META_FORMAT, META_LABELS, META_PRECISION,
-                              META_PREPROCESSING, MODEL_FORMAT, MODEL_ONNX, REQUIRED_KEYS as PREPROCESSING_KEYS,
+from qd.data.contract import (BITMAP, BLANK_LOGIT, CANVAS_INPUT, CANVAS_OUTPUTS, DEFAULT_KEPT, INPUT, LOGITS,
+                              MAX_CANVAS_SIDE, MAX_MODEL_BYTES, MAX_THREADS, META_CANVAS, META_FORMAT, META_LABELS,
+                              META_OPEN_SET, META_PRECISION, META_PREPROCESSING, META_TEMPERATURE, MIN_CANVAS_SIDE,
+                              MODEL_CANVAS_ONNX, MODEL_FORMAT, MODEL_ONNX, PROBABILITIES, REQUIRED_KEYS,
                               bitmaps_to_input, check_preprocessing, exports_dir)
 from qd.files import read_regular
 
-from .defaults import DEFAULT_BATCH_SIZE
-from .openset import PROBABILITIES, OpenSetRule, parse_open_set, parse_temperature
+from . import DEFAULT_BATCH_SIZE
 
-MODEL_FILE = MODEL_ONNX  # qd-infer's model in an export folder
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")  # qd-train writes these; a model comes from qd-export
+
+
+# ----------------------------------------------------------------------------- calibration and the open-set rule
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float32) / np.float32(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Score:
+    """A familiarity score of one graph output, (N, C) -> (N,), higher = more like the known classes."""
+
+    name: str
+    output: str
+    fn: Callable[[np.ndarray], np.ndarray]
+    description: str
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        return self.fn(np.asarray(values, dtype=np.float32))
+
+
+def _logsumexp(z: np.ndarray) -> np.ndarray:
+    top = z.max(axis=1)
+    return top + np.log(np.exp(z - top[:, None]).sum(axis=1))
+
+
+SCORES: dict[str, Score] = {s.name: s for s in (
+    Score("max_probability", PROBABILITIES, lambda p: p.max(axis=1),
+          "the top (calibrated) probability"),
+    Score("max_logit", LOGITS, lambda z: z.max(axis=1), "the largest logit"),
+    Score("energy", LOGITS, _logsumexp, "minus the energy: logsumexp of the logits (Liu et al., 2020)"),
+)}
+
+
+@dataclass(frozen=True)
+class OpenSetRule:
+    """'unknown' when the score of a drawing is below the threshold."""
+
+    rule: str
+    threshold: float
+    kept: float = DEFAULT_KEPT           # share of known validation drawings kept at export
+    validation: dict | None = None       # what the threshold was fitted on (drawings, measured share kept)
+
+    @property
+    def score(self) -> Score:
+        return SCORES[self.rule]
+
+    @property
+    def output(self) -> str:
+        return self.score.output
+
+    def with_threshold(self, threshold: float) -> "OpenSetRule":
+        return OpenSetRule(self.rule, check_threshold(threshold, "--unknown-threshold"), self.kept, self.validation)
+
+    def scores(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.score(outputs[self.output])
+
+    def unknown(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.scores(outputs) < self.threshold
+
+    def to_json(self) -> str:
+        record = {"rule": self.rule, "threshold": self.threshold, "kept": self.kept}
+        if self.validation is not None:
+            record["validation"] = self.validation
+        return json.dumps(record)
+
+
+def check_threshold(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise QDError(f"{what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def parse_temperature(path: Path, meta: dict[str, str]) -> float:
+    """qd.temperature, or 1.0 for models exported before calibration existed."""
+    raw = meta.get(META_TEMPERATURE)
+    if raw is None:
+        return 1.0
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        value = raw
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise QDError(f"{path}: model metadata {META_TEMPERATURE} must be a finite number above 0, got {raw[:40]!r}")
+    return float(value)
+
+
+def parse_open_set(path: Path, meta: dict[str, str]) -> OpenSetRule | None:
+    """The model's open-set rule, None for models exported without one; malformed ones are refused."""
+    raw = meta.get(META_OPEN_SET)
+    if raw is None:
+        return None
+
+    def bad(why: str) -> QDError:
+        return QDError(f"{path}: model metadata {META_OPEN_SET} {why}")
+
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise bad("is not valid JSON") from None
+    if not isinstance(record, dict):
+        raise bad("must be a JSON object with rule and threshold")
+    rule = record.get("rule")
+    if not isinstance(rule, str) or rule not in SCORES:
+        shown = repr(rule)[:40]
+        raise bad(f"names rule {shown}, this version knows {', '.join(SCORES)}")
+    threshold, kept = record.get("threshold"), record.get("kept", DEFAULT_KEPT)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise bad(f"threshold must be a finite number, got {str(threshold)[:40]!r}")
+    if isinstance(kept, bool) or not isinstance(kept, (int, float)) or not 0 < kept < 1:
+        raise bad(f"kept must be a share between 0 and 1, got {str(kept)[:40]!r}")
+    validation = record.get("validation")
+    return OpenSetRule(rule, float(threshold), float(kept), validation if isinstance(validation, dict) else None)
+
+
+# ----------------------------------------------------------------------------- the model
+
+def read_model_bytes(path: Path) -> bytes:
+    """The bytes of the regular file `path`, so a FIFO or a swapped file is never opened by onnxruntime."""
+    try:
+        return read_regular(path, MAX_MODEL_BYTES, what="model")
+    except OSError as exc:
+        raise QDError(f"{path}: {exc.strerror or exc}") from None
+
+
+def open_session(path: Path, threads: int | None = None, model: bytes | None = None, optimization=None):
+    """The one onnxruntime session of every tool: the CPU provider, warnings off, `threads` intra-op
+    threads (None: onnxruntime's default), `optimization` an ort.GraphOptimizationLevel (None: all).
+    `model`: the file's bytes, read already (a Ray worker gets them from the driver); `path` then
+    only names the model in messages. A file onnxruntime cannot load is one QDError line."""
+    import onnxruntime as ort
+
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise QDError(f"--threads must be 1 to {MAX_THREADS}, got {threads}")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # onnxruntime warnings are not the user's business
+    if optimization is not None:
+        options.graph_optimization_level = optimization
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if model is None:
+        model = read_model_bytes(path)
+    try:
+        return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
+        first = first_line(exc, 10_000)
+        # torch saves checkpoints as zip files: whatever the name, that is the one slip worth a hint
+        hint = "; it looks like a torch checkpoint: run qd-export first" if model[:4] == b"PK\x03\x04" else ""
+        raise QDError(f"{path}: not a loadable ONNX model ({first[:160]}){hint}") from None
+
+
+def session_outputs(session, names: tuple[str, ...] | list[str], input_name: str = INPUT
+                    ) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """inputs -> {name: output} of one plain session run (qd-export's checks, on its own tensors)."""
+    names = list(names)
+    return lambda inputs: dict(zip(names, session.run(names, {input_name: inputs})))
 
 
 def newest_export(root: str | os.PathLike | None = None) -> Path:
     """The newest (mtime) <root>/exports/*/model.onnx: qd-infer's default model."""
     exports = Path(root) / exports_dir().name if root is not None else exports_dir()
     found = []
-    for path in exports.glob(f"*/{MODEL_FILE}"):
+    for path in exports.glob(f"*/{MODEL_ONNX}"):
         try:
             found.append((path.stat().st_mtime, str(path), path))
         except OSError:
@@ -50,7 +249,7 @@ def resolve_model_path(model: str | os.PathLike | None) -> Path:
         return newest_export()
     path = Path(model)
     if path.is_dir():
-        path = path / MODEL_FILE
+        path = path / MODEL_ONNX
     if path.suffix.lower() in CHECKPOINT_SUFFIXES:
         raise QDError(f"{path}: a qd-train checkpoint, not an exported model; run qd-export first "
                       f"(qd-export {path}) and pass the export folder it writes")
@@ -79,7 +278,7 @@ class OnnxClassifier:
                  unknown_threshold: float | None = None, flag_unknown: bool = True,
                  model_bytes: bytes | None = None):
         self.path = Path(path)
-        self.session = _open_session(self.path, threads, model_bytes)
+        self.session = open_session(self.path, threads, model_bytes)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.labels: list[str] = _parse_labels(self.path, self.metadata)
         self.preprocessing: dict = _parse_preprocessing(self.path, self.metadata)
@@ -144,65 +343,22 @@ class OnnxClassifier:
         """Which drawings the open-set rule marks unknown (None when no rule applies)."""
         return None if self.open_set is None else self.open_set.unknown(outputs)
 
+    def bitmap_outputs(self, bitmaps: np.ndarray) -> dict[str, np.ndarray]:
+        """outputs() of uint8 ink-high (B, 784) or (B, 28, 28) bitmaps, preprocessed as the metadata says."""
+        return self.outputs(bitmaps_to_input(bitmaps, self.preprocessing))
+
     def predict(self, bitmaps: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> Predictions:
-        """uint8 ink-high (N, 784) or (N, 28, 28) bitmaps -> calibrated probabilities and the unknown answer."""
+        """uint8 ink-high (N, 784) or (N, 28, 28) bitmaps -> calibrated probabilities and the unknown answer
+        (a drawing the model cannot classify has NaN probabilities and is not unknown)."""
         bitmaps = np.asarray(bitmaps)
-        probs = np.empty((len(bitmaps), len(self.labels)), dtype=np.float32)
-        unknown = np.zeros(len(bitmaps), dtype=bool) if self.open_set is not None else None
-        for start in range(0, len(bitmaps), batch_size):
-            batch = bitmaps[start:start + batch_size]
-            outputs = self.outputs(bitmaps_to_input(batch, self.preprocessing))
-            probs[start:start + len(batch)] = outputs[PROBABILITIES]
-            if unknown is not None:
-                unknown[start:start + len(batch)] = self.unknown(outputs)
-        return Predictions(probs, unknown)
-
-    def predict_bitmaps(self, bitmaps: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
-        """uint8 ink-high (N, 784) or (N, 28, 28) bitmaps -> probabilities (N, C), in batches."""
-        bitmaps = np.asarray(bitmaps)
-        n = len(bitmaps)
-        out = np.empty((n, len(self.labels)), dtype=np.float32)
-        for start in range(0, n, batch_size):
-            batch = bitmaps[start:start + batch_size]
-            out[start:start + len(batch)] = self.probabilities(bitmaps_to_input(batch, self.preprocessing))
-        return out
-
-
-def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and values of the k largest probabilities per row, largest first (ties: lower index).
-    The one ranking every tool uses: qd-infer's top-k, qd-eval's top-k accuracy and MAP@k."""
-    probs = np.asarray(probs)
-    k = max(1, min(k, probs.shape[1]))
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return order, np.take_along_axis(probs, order, axis=1)
-
-
-def read_model_bytes(path: Path) -> bytes:
-    """The bytes of the regular file `path`, so a FIFO or a swapped file is never opened by onnxruntime."""
-    try:
-        return read_regular(path, MAX_MODEL_BYTES, what="model")
-    except OSError as exc:
-        raise QDError(f"{path}: {exc.strerror or exc}") from None
-
-
-def _open_session(path: Path, threads: int | None, model: bytes | None = None):
-    import onnxruntime as ort
-
-    if threads is not None and not 1 <= threads <= MAX_THREADS:
-        raise QDError(f"--threads must be 1 to {MAX_THREADS}, got {threads}")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # onnxruntime warnings are not the user's business
-    if threads:
-        options.intra_op_num_threads = threads
-    if model is None:
-        model = read_model_bytes(path)
-    try:
-        return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
-        first = first_line(exc, 10_000)
-        # torch saves checkpoints as zip files: whatever the name, that is the one slip worth a hint
-        hint = "; it looks like a torch checkpoint: run qd-export first" if model[:4] == b"PK\x03\x04" else ""
-        raise QDError(f"{path}: not a loadable ONNX model ({first[:160]}){hint}") from None
+        outputs, failures = run_batched(self.bitmap_outputs, bitmaps, batch_size)
+        if not outputs:
+            if failures:
+                raise QDError(f"{self.path}: drawing {failures[0]}")
+            outputs = {PROBABILITIES: np.empty((0, len(self.labels)), np.float32)}
+            if self.open_set is not None:
+                outputs[self.open_set.output] = outputs[PROBABILITIES]
+        return Predictions(outputs[PROBABILITIES], self.unknown(outputs))
 
 
 def parse_precision(meta: dict[str, str]) -> str:
@@ -232,9 +388,9 @@ def _parse_preprocessing(path: Path, meta: dict[str, str]) -> dict:
         raise QDError(f"{path}: model metadata has no qd.preprocessing") from None
     except (ValueError, RecursionError):
         raise QDError(f"{path}: model metadata qd.preprocessing is not valid JSON") from None
-    if not isinstance(spec, dict) or any(k not in spec for k in PREPROCESSING_KEYS):
+    if not isinstance(spec, dict) or any(k not in spec for k in REQUIRED_KEYS):
         raise QDError(f"{path}: model metadata qd.preprocessing must be a JSON object with "
-                      f"{', '.join(PREPROCESSING_KEYS)}")
+                      f"{', '.join(REQUIRED_KEYS)}")
     try:
         spec = check_preprocessing(spec)
     except ValueError as exc:
@@ -242,3 +398,230 @@ def _parse_preprocessing(path: Path, meta: dict[str, str]) -> dict:
     if spec.get("polarity", "ink-high") != "ink-high":
         raise QDError(f"{path}: model expects polarity {spec.get('polarity')!r}; qd-infer produces 'ink-high'")
     return spec
+
+
+def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the k largest probabilities per row, largest first (ties: lower index).
+    The one ranking every tool uses: qd-infer's top-k, qd-eval's top-k accuracy and MAP@k."""
+    probs = np.asarray(probs)
+    k = max(1, min(k, probs.shape[1]))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(probs, order, axis=1)
+
+
+# ----------------------------------------------------------------------------- the canvas model
+
+def canvas_metadata() -> dict[str, str]:
+    """The META_CANVAS entry every canvas model carries."""
+    return {META_CANVAS: json.dumps({"input": CANVAS_INPUT, "min_side": MIN_CANVAS_SIDE, "max_side": MAX_CANVAS_SIDE,
+                                    "values": "0-255 grey levels, dark ink on a light background",
+                                    "blank": {"probabilities": 0.0, "logits": BLANK_LOGIT}})}
+
+
+def check_canvas(canvas: np.ndarray, name: str = "canvas") -> np.ndarray:
+    """A (H, W) or (1, 1, H, W) grey canvas -> float32 (1, 1, H, W); a wrong one is refused in one line."""
+    array = np.asarray(canvas)
+    if array.ndim == 4 and array.shape[:2] == (1, 1):
+        array = array[0, 0]
+    if array.ndim != 2:
+        raise QDError(f"{name}: expected a grey canvas (H, W) or (1, 1, H, W), got shape {array.shape}")
+    height, width = array.shape
+    if min(height, width) < MIN_CANVAS_SIDE or max(height, width) > MAX_CANVAS_SIDE:
+        raise QDError(f"{name}: canvas is {width}x{height} px; canvas models take {MIN_CANVAS_SIDE} to "
+                      f"{MAX_CANVAS_SIDE} px a side (scale it first)")
+    if array.dtype.kind not in "uif" or (array.dtype.kind == "f" and not np.isfinite(array).all()):
+        raise QDError(f"{name}: canvas must hold finite numbers (grey levels 0-255), got {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.float32)[None, None]
+
+
+@dataclass
+class CanvasAnswer:
+    probabilities: np.ndarray   # (C,), all zero when blank
+    unknown: bool | None        # the open-set rule's answer (None: the model has no rule)
+    blank: bool                 # no ink found on the canvas
+    bitmap: np.ndarray          # (28, 28) uint8, ink high: what the network saw
+
+
+class CanvasModel:
+    """model.canvas.onnx with its labels and open-set rule from metadata."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        self.path = Path(path)
+        if self.path.is_dir():
+            self.path = self.path / MODEL_CANVAS_ONNX
+        if not self.path.is_file():
+            raise QDError(f"{self.path}: canvas model file does not exist")
+        self.session = open_session(self.path, threads)
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.labels = _parse_labels(self.path, self.metadata)
+        self.precision = parse_precision(self.metadata)
+        self.temperature = parse_temperature(self.path, self.metadata)
+        self.open_set = parse_open_set(self.path, self.metadata)
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if inputs != [CANVAS_INPUT] or outputs != list(CANVAS_OUTPUTS):
+            raise QDError(f"{self.path}: not a canvas model (expected {CANVAS_INPUT} -> {', '.join(CANVAS_OUTPUTS)}, "
+                          f"found {', '.join(inputs)} -> {', '.join(outputs)})")
+
+    def outputs(self, canvas: np.ndarray, name: str = "canvas") -> dict[str, np.ndarray]:
+        return dict(zip(CANVAS_OUTPUTS, self.session.run(list(CANVAS_OUTPUTS), {CANVAS_INPUT: check_canvas(canvas, name)})))
+
+    def classify(self, canvas: np.ndarray, name: str = "canvas") -> CanvasAnswer:
+        out = self.outputs(canvas, name)
+        probs = out[PROBABILITIES][0]
+        blank = not probs.any()
+        unknown = None if self.open_set is None else bool(self.open_set.unknown(out)[0])
+        return CanvasAnswer(probs, unknown, blank, out[BITMAP][0, 0].astype(np.uint8))
+
+
+# ----------------------------------------------------------------------------- the batch loop
+
+class BatchRunner:
+    """Runs `compute` on batches and hands each batch's rows to `write` in input order; a batch
+    onnxruntime cannot run (its allocator at a huge batch, a kernel failing on some input) is split in
+    halves and retried, down to single drawings, so one bad drawing is one failure and the rest of the
+    batch goes on; a row with a NaN or infinite output is a failure too. After a split, later batches
+    are cut to the size that last worked.
+
+    `compute(rows) -> {output name: (B, ...) array}`; `write(names, outputs)` gets a run of rows that
+    worked; `report_failure(message, name)` one that did not. `batch_size` cuts what run() is given
+    (None: as given). With `lanes` > 1, that many batches run at once (threads: onnxruntime releases
+    the GIL), each on its own share of the session's threads; results are still taken, checked and
+    written in order. Call drain() before reporting anything that must come after the batches given
+    so far, and close() at the end."""
+
+    def __init__(self, compute: Callable[[np.ndarray], dict[str, np.ndarray]], write, report_failure,
+                 batch_size: int | None = None, lanes: int = 1):
+        self.compute, self.write, self.report_failure = compute, write, report_failure
+        self.batch_size = batch_size
+        self.limit: int | None = None  # batch size known to work, once one has failed
+        self.classified = self.failed = 0
+        self.lanes = lanes
+        self._pool = ThreadPoolExecutor(lanes, thread_name_prefix="qd-run") if lanes > 1 else None
+        self._running: deque = deque()  # (names, rows, future of outputs), oldest first
+
+    def run(self, names, rows) -> None:
+        """`names`: a sequence as long as `rows` (a list of strings, a range)."""
+        step = self.limit or self.batch_size or len(names)
+        for start in range(0, len(names), step):
+            part_names, part = names[start:start + step], rows[start:start + step]
+            if self._pool is None:
+                self._run(part_names, part)
+                continue
+            self._running.append((part_names, part, self._pool.submit(self.compute, part)))
+            # One batch queued beyond those running keeps every lane busy while this thread reads.
+            while len(self._running) > self.lanes:
+                self._take_oldest()
+
+    def drain(self) -> None:
+        """Write every batch given so far."""
+        while self._running:
+            self._take_oldest()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            for _, _, future in self._running:
+                future.cancel()
+            self._running.clear()
+            self._pool.shutdown(wait=True)
+
+    def fail(self, message: str, name) -> None:
+        self.report_failure(message, name)
+        self.failed += 1
+
+    def _take_oldest(self) -> None:
+        names, rows, future = self._running.popleft()
+        try:
+            outputs = future.result()
+        except QDError:
+            raise  # the model itself is wrong (output shape): every batch would fail alike
+        except Exception:
+            self._run(names, rows)  # again, in this thread, splitting as it must
+            return
+        self._check_and_write(names, outputs)
+
+    def _run(self, names, rows) -> None:
+        try:
+            outputs = self.compute(rows)
+        except QDError:
+            raise  # the model itself is wrong (output shape): every batch would fail alike
+        except Exception as exc:
+            if len(names) == 1:
+                self.fail(f"{names[0]}: not classified (onnxruntime: {describe_unexpected(exc)})", names[0])
+                return
+            half = len(names) // 2
+            self.limit = half if self.limit is None else min(self.limit, half)
+            self._run(names[:half], rows[:half])
+            self._run(names[half:], rows[half:])
+            return
+        self._check_and_write(names, outputs)
+
+    def _check_and_write(self, names, outputs: dict[str, np.ndarray]) -> None:
+        finite = np.all([np.isfinite(v.reshape(len(v), -1)).all(axis=1) for v in outputs.values()], axis=0)
+        if finite.all():
+            self._write(names, outputs)
+            return
+        # Runs of finite rows and of failures, in order: records stay in input order.
+        edges = [0, *(np.flatnonzero(np.diff(finite.astype(np.int8))) + 1).tolist(), len(names)]
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            if finite[lo]:
+                self._write(names[lo:hi], {name: value[lo:hi] for name, value in outputs.items()})
+                continue
+            for i in range(lo, hi):
+                self.fail(f"{names[i]}: not classified (the model gave NaN or infinite probabilities)", names[i])
+
+    def _write(self, names, outputs: dict[str, np.ndarray]) -> None:
+        if len(names):
+            self.write(names, outputs)
+            self.classified += len(names)
+
+
+def run_batched(compute: Callable[[np.ndarray], dict[str, np.ndarray]], rows, batch_size: int,
+                advance: Callable[[int], None] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Every row through `compute`, `batch_size` at a time, by BatchRunner: each output for all rows
+    (float32; NaN in the rows that failed; no output at all when no row ran) and the failures'
+    messages ("<row index>: not classified (...)"). `advance(n)` after each batch (a progress bar)."""
+    done: list[tuple[int, dict[str, np.ndarray]]] = []
+    failures: list[str] = []
+
+    def write(names: range, outputs: dict[str, np.ndarray]) -> None:
+        done.append((names[0], outputs))
+        if advance is not None:
+            advance(len(names))
+
+    def report_failure(message: str, index: int) -> None:
+        failures.append(message)
+        if advance is not None:
+            advance(1)
+
+    runner = BatchRunner(compute, write, report_failure, batch_size)
+    try:
+        runner.run(range(len(rows)), rows)
+    finally:
+        runner.close()
+    if not done:
+        return {}, failures
+    outputs = {name: np.full((len(rows), *value.shape[1:]), np.nan, np.float32) for name, value in done[0][1].items()}
+    for start, part in done:
+        for name, value in part.items():
+            outputs[name][start:start + len(value)] = value
+    return outputs, failures
+
+
+def call_seconds(calls: dict[str, Callable[[], object]], min_rounds: int, min_seconds: float = 0.0,
+                 max_rounds: int = 1000) -> dict[str, float]:
+    """The median seconds of each call, measured side by side: after one warm-up call each (first-call
+    allocations are not the steady state), rounds call each in turn, so background load on a shared
+    machine hits all of them alike, for at least `min_rounds` rounds and `min_seconds`."""
+    for call in calls.values():
+        call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    started = time.perf_counter()
+    rounds = 0
+    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - started < min_seconds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+        rounds += 1
+    return {name: statistics.median(t) for name, t in times.items()}

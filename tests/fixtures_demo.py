@@ -1,5 +1,6 @@
 """Fixtures for the browser demo's tests: the exported model it serves and one live server."""
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ def demo_model(exported_model) -> Path:
 def live_server(demo_model):
     """(url, info) of a qd-demo server on 127.0.0.1, on a free port, for the whole session."""
     server, info = demo.make_server(demo_model, port=0)
-    demo.serve_in_thread(server)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
     yield demo.server_url(server), info
     server.shutdown()
     server.server_close()

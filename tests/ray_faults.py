@@ -18,7 +18,7 @@ def install() -> None:
     flag = os.environ.get(FLAG_ENV)
     if not flag:
         return
-    import qd.infer.ray_worker as worker
+    import qd.infer.ray as worker
 
     write_records = worker.write_records
 

@@ -218,8 +218,7 @@ def test_canvas_model_sees_page_drawings_as_qd_infer_does(demo_model):
     """What the page computes (the canvas model on the pad's grey levels) against qd-infer on the same
     pixels (qd.data.images + model.onnx): the same bitmap within one grey level, the same top-1, and a
     blank pad answered as blank, never classified."""
-    from qd.infer.canvas import CanvasModel
-    from qd.infer.model import OnnxClassifier
+    from qd.infer.model import CanvasModel, OnnxClassifier
 
     canvas_model = CanvasModel(demo_model)
     classifier = OnnxClassifier(demo_model.with_name("model.onnx"))
@@ -227,7 +226,7 @@ def test_canvas_model_sees_page_drawings_as_qd_infer_does(demo_model):
         answer = canvas_model.classify(page_grey(image), f"drawing {i}")
         bitmap = image_to_bitmap(image)
         assert np.abs(answer.bitmap.astype(np.int64) - bitmap).max() <= 1, i
-        expected = classifier.predict_bitmaps(bitmap[None])
+        expected = classifier.predict(bitmap[None]).probabilities
         assert int(answer.probabilities.argmax()) == int(expected.argmax()), i
         assert np.abs(answer.probabilities - expected[0]).max() < 1e-3, i
     blank = canvas_model.classify(page_grey(Image.new("RGBA", (512, 512), "white")))
@@ -236,8 +235,9 @@ def test_canvas_model_sees_page_drawings_as_qd_infer_does(demo_model):
 
 @needs_node
 def test_javascript_open_set_rule_matches_python(tmp_path):
-    """openset.js scores, decides and refuses as qd.infer.openset does, rule by rule."""
-    from qd.infer.openset import OPEN_SET_KEY, SCORES, OpenSetRule, parse_open_set, softmax
+    """openset.js scores, decides and refuses as qd.infer.model does, rule by rule."""
+    from qd.data.contract import META_OPEN_SET as OPEN_SET_KEY
+    from qd.infer.model import SCORES, OpenSetRule, parse_open_set, softmax
 
     rng = np.random.default_rng(0)
     cases, expected = [], []

@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -294,7 +295,7 @@ def test_page_asks_with_the_closest_classes_when_the_rule_says_unknown(browser, 
         onnx.save(model, str(tmp_path / name))
     strict = tmp_path / "model.onnx"
     server, _ = demo.make_server(tmp_path, port=0)
-    demo.serve_in_thread(server)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
     demo_page = DemoPage(browser, demo.server_url(server), DESKTOP)
     try:
         page = demo_page.page

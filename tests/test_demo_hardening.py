@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import socket
 import struct
+import threading
 import time
 
 import pytest
@@ -21,7 +22,7 @@ def server(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "MAX_CONNECTIONS", 3)
     model = tiny_canvas_model(tmp_path / "model.canvas.onnx", [f"class {i}" for i in range(2000)])
     httpd, _ = demo.make_server(model, port=0)
-    demo.serve_in_thread(httpd)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
     yield httpd.server_address[1]
     httpd.shutdown()
     httpd.server_close()

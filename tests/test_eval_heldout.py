@@ -9,7 +9,7 @@ from eval_synthetic import make_export
 from qd.command import QDError
 from qd.data.bitmaps import BitmapDataset, SplitSpec
 from qd.evaluate.heldout import canonical, load_heldout
-from qd.evaluate.model_info import load_model_info
+from qd.evaluate.backends import load_model_info
 
 CATEGORIES = ["apple", "circle", "square", "star"]
 MAX_ROWS = 200

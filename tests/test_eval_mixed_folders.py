@@ -1,6 +1,6 @@
 """An export folder is read as one set: a folder that mixes two exports (a model of one checkpoint
 beside files of another, a model.json that does not list a file or lists another checksum) is
-refused or skipped with one line that says so, never compared silently (qd.evaluate.model_info,
+refused or skipped with one line that says so, never compared silently (qd.evaluate.backends,
 qd-eval's backends).
 """
 
@@ -29,8 +29,7 @@ def _card(folder: Path, source_sha: str, files: dict[str, str]) -> None:
 @given(onnx_from=st.sampled_from("AB"), int8_from=st.sampled_from("AB"), card_from=st.sampled_from("AB"),
        card=st.sampled_from(["none", "lists both", "lists only onnx", "int8 replaced after"]))
 def test_readers_detect_a_folder_that_mixes_two_exports(tmp_path_factory, onnx_from, int8_from, card_from, card):
-    from qd.evaluate.backends import open_onnx_int8
-    from qd.evaluate.model_info import load_model_info
+    from qd.evaluate.backends import load_model_info, open_onnx_int8
 
     sha = {"A": "a" * 64, "B": "b" * 64}
     folder = tmp_path_factory.mktemp("set")

@@ -11,8 +11,7 @@ from rich.console import Console
 from eval_synthetic import make_export
 from qd.evaluate import cli, metrics
 from qd.evaluate.evaluation import evaluate
-from qd.evaluate.plots import pick_mistakes, plot_confusion, plot_mistakes
-from qd.evaluate.report import build_report, render
+from qd.evaluate.report import build_report, pick_mistakes, plot_confusion, plot_mistakes, render
 from qd.files import atomic_target, write_json_atomic as write_json
 
 CATEGORIES = ["apple", "circle", "square", "star"]

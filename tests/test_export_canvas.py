@@ -20,7 +20,8 @@ from qd.export.run import export_checkpoint
 from qd.export.canvas import CanvasClassifier, CanvasPreprocess, render_canvases
 from qd.export.formats import FORMATS
 from qd.export.onnx_export import set_metadata
-from qd.infer.canvas import BLANK_LOGIT, CanvasModel
+from qd.data.contract import BLANK_LOGIT
+from qd.infer.model import CanvasModel
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
 
 

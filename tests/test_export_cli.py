@@ -188,9 +188,9 @@ def test_rerun_keeps_vouched_siblings_and_drops_another_checkpoints(trained_chec
 def test_every_format_row_drives_the_help_qd_eval_and_the_file_names(exported_report, monkeypatch, capsys):
     """A format's row is its one home: its name in `qd-export --help`, its qd-eval backend, its file."""
     from qd.evaluate.backends import BACKENDS
-    from qd.evaluate.model_info import load_model_info
+    from qd.evaluate.backends import load_model_info
     from qd.export.cli import next_commands
-    from qd.infer.canvas import CanvasModel
+    from qd.infer.model import CanvasModel
 
     code, out, _ = run_export_cli(monkeypatch, capsys, "--help")
     assert code == 0

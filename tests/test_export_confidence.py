@@ -1,7 +1,7 @@
 """What qd-export fits on the validation split (qd.export.checkpoint_source), on small hand-made numbers:
 the temperature is recovered from labels drawn at it and stays within its bounds; the open-set
 threshold keeps at least the share asked and is the largest that does; the fitted rule and
-temperature are written as metadata that qd.infer.openset parses back.
+temperature are written as metadata that qd.infer.model parses back.
 """
 
 import math
@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qd.command import QDError
+from qd.data.contract import LOGITS, META_OPEN_SET as OPEN_SET_KEY, META_TEMPERATURE as TEMPERATURE_KEY
 from qd.export.checkpoint_source import fit_confidence, fit_temperature, fit_threshold, negative_log_likelihood, unfitted
-from qd.infer.openset import LOGITS, OPEN_SET_KEY, TEMPERATURE_KEY, parse_open_set, parse_temperature, softmax
+from qd.infer.model import parse_open_set, parse_temperature, softmax
 
 MODEL = Path("some/model.onnx")
 

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import onnx
-import pytest
 
 from qd.export.run import export_checkpoint
 
@@ -21,14 +20,14 @@ REPO = Path(__file__).resolve().parents[1]
 # as a temp file: always mid-export, however fast or busy the machine is.
 SELF_KILLING_EXPORT = """
 import os, signal, sys
-import onnxruntime
-opened = onnxruntime.InferenceSession.__init__
-def open_or_die(self, path, *args, **kwargs):
+import qd.infer.model
+opened = qd.infer.model.read_model_bytes
+def open_or_die(path, *args, **kwargs):
     name = os.path.basename(str(path))
     if name.startswith(".model.onnx.") and name.endswith(".tmp"):
         os.kill(os.getpid(), signal.SIGKILL)
-    opened(self, path, *args, **kwargs)
-onnxruntime.InferenceSession.__init__ = open_or_die
+    return opened(path, *args, **kwargs)
+qd.infer.model.read_model_bytes = open_or_die
 from qd.export.cli import main
 sys.argv[0] = "qd-export"
 main()

@@ -49,7 +49,7 @@ def test_classifier_reads_labels_and_preprocessing_from_metadata(classifier):
 
 def test_bitmaps_are_classified_well(classifier, held_out):
     rows, labels = held_out
-    probs = classifier.predict_bitmaps(rows, batch_size=37)
+    probs = classifier.predict(rows, batch_size=37).probabilities
     assert probs.shape == (len(rows), 4) and np.allclose(probs.sum(1), 1, atol=1e-4)
     assert (probs.argmax(1) == labels).mean() > 0.8
 
@@ -58,12 +58,12 @@ def test_real_image_preprocessing_keeps_the_models_answer(classifier, held_out):
     """Dataset drawings saved as black-on-white PNGs, bigger and off-centre: same top-1 on most."""
     rows, _ = held_out
     rows = rows[::3]
-    reference = classifier.predict_bitmaps(rows).argmax(1)
+    reference = classifier.predict(rows).probabilities.argmax(1)
     big = np.stack([image_to_bitmap(bitmap_as_paper(r, 512)) for r in rows])
     shifted = np.stack([image_to_bitmap(off_centre(bitmap_as_paper(r, 300), canvas=(900, 700), at=(40, 380)))
                         for r in rows])
-    assert (classifier.predict_bitmaps(big).argmax(1) == reference).mean() >= 0.9
-    assert (classifier.predict_bitmaps(shifted).argmax(1) == reference).mean() >= 0.9
+    assert (classifier.predict(big).probabilities.argmax(1) == reference).mean() >= 0.9
+    assert (classifier.predict(shifted).probabilities.argmax(1) == reference).mean() >= 0.9
 
 
 def test_mixed_paths_are_classified(exported_model, tmp_path, held_out, shared_strokes):

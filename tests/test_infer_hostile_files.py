@@ -189,7 +189,7 @@ def test_special_files_are_refused_quickly_alone_or_in_a_folder(tmp_path_factory
 
 @pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "/dev/urandom"])
 def test_special_checkpoints_models_and_cards_are_refused(tmp_path, kind):
-    from qd.evaluate.model_info import read_card
+    from qd.evaluate.backends import read_card
     from qd.infer.model import OnnxClassifier
     from qd.train.checkpoint import load_checkpoint
 

@@ -1,4 +1,4 @@
-"""The open-set contract (qd.infer.openset), on small hand-made numbers (no model): a rule round-trips
+"""The open-set contract (qd.infer.model), on small hand-made numbers (no model): a rule round-trips
 through its metadata; models without it have no rule and temperature 1; malformed rules and
 temperatures are refused naming the file; a threshold override must be finite; the scores and the
 tempered softmax by hand."""
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from qd.command import QDError
-from qd.infer.openset import (LOGITS, OPEN_SET_KEY, PROBABILITIES, SCORES, TEMPERATURE_KEY, OpenSetRule, parse_open_set,
-                              parse_temperature, softmax)
+from qd.data.contract import LOGITS, META_OPEN_SET as OPEN_SET_KEY, META_TEMPERATURE as TEMPERATURE_KEY, PROBABILITIES
+from qd.infer.model import SCORES, OpenSetRule, parse_open_set, parse_temperature, softmax
 
 MODEL = Path("some/model.onnx")
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from qd.infer.model import top_k
-from qd.infer.output import OUTPUT_VERSION, CsvWriter, JsonLinesWriter, printable, printable_names
+from qd.infer.run import OUTPUT_VERSION, CsvWriter, JsonLinesWriter, printable, printable_names
 
 LABELS = ["cat", "dog", 'say "cheese"', "comma, label", "back\\slash", "ünïcode", "new\nline", "tab\tbed"]
 NAMES = ["a.png", "b,c.png", 'd"e.png', "x\udcff.png", "line\nbreak.png", "ctrl\x01.png", "drawings.npy[12]",

@@ -143,8 +143,7 @@ def test_a_failed_ray_run_is_one_line():
 def test_units_hold_every_input_once_in_order(mixed_inputs):
     """The driver's plan: plain qd-infer's items in its order; a big uint8 .npy as row ranges."""
     from qd.infer.inputs import Failure, NpyRows, Plan
-    from qd.infer.ray import plan_units
-    from qd.infer.ray_worker import decode_unit
+    from qd.infer.ray import decode_unit, plan_units
 
     def name(item) -> str:
         return item.input if isinstance(item, Failure) else str(item.path if isinstance(item, NpyRows) else item)

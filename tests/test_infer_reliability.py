@@ -217,7 +217,7 @@ def test_very_deep_folder_unicode_and_bad_utf8_names(tmp_path, good_png):
 
 
 def test_printable_names_never_crash_output(capsys):
-    from qd.infer.output import JsonLinesWriter, printable
+    from qd.infer.run import JsonLinesWriter, printable
 
     assert printable("bad-\udcff.png") == "bad-\\xff.png"
     writer = JsonLinesWriter(["a", "b"], 1)
@@ -267,7 +267,7 @@ def test_reading_while_a_new_model_is_atomically_replaced(exported_model, tmp_pa
         for _ in range(15):
             classifier = OnnxClassifier(target)
             precisions.add(classifier.precision)
-            assert classifier.predict_bitmaps(rows).shape == (64, len(classifier.labels))
+            assert classifier.predict(rows).probabilities.shape == (64, len(classifier.labels))
     finally:
         stop.set()
         thread.join()

@@ -14,7 +14,8 @@ from model_files import model_with_metadata
 from qd.command import QDError
 from qd.data.bitmaps import BitmapDataset, SplitSpec, open_bitmaps
 from qd.infer.model import OnnxClassifier
-from qd.infer.openset import LOGITS, OPEN_SET_KEY, PROBABILITIES, TEMPERATURE_KEY, softmax
+from qd.data.contract import LOGITS, META_OPEN_SET as OPEN_SET_KEY, META_TEMPERATURE as TEMPERATURE_KEY, PROBABILITIES
+from qd.infer.model import softmax
 
 UNSEEN = ["cat", "house", "bicycle", "fish"]  # not among the fixture model's apple, circle, square, star
 
@@ -68,7 +69,7 @@ def test_few_known_and_many_unseen_drawings_are_flagged(classifier, test_split, 
     assert top1[accepted].mean() >= top1.mean()  # what it accepts, it gets right more often
     others = classifier.predict(unseen).unknown
     assert others.mean() > 2 * ours.unknown.mean()  # drawings of things it never saw stand out
-    np.testing.assert_array_equal(classifier.predict_bitmaps(known), ours.probabilities)
+    np.testing.assert_array_equal(classifier.predict(known).probabilities, ours.probabilities)
 
 
 def test_threshold_override_and_rule_off(exported_model, test_split):
