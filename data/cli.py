@@ -191,12 +191,12 @@ def list_(
     from rich import box
     from rich.table import Table
 
-    from .bitmaps import category_path, list_categories, read_bitmap_header
+    from .bitmaps import category_file_problem, category_path, category_stems, read_bitmap_header
 
     if data is not None and data_dir is not None:
         raise QDError("give the folder once: --data DIR")
     data_dir = data if data is not None else data_dir if data_dir is not None else default_data_dir()
-    names = list_categories(data_dir)
+    names = category_stems(data_dir)
     partial = sorted(p.name for p in data_dir.glob(".*.npy.part"))
     if not names:
         console.print(Text.assemble("no <category>.npy files in ", shown(data_dir),
@@ -214,6 +214,11 @@ def list_(
         path = category_path(data_dir, name)
         size = path.stat().st_size
         total_bytes += size
+        problem = category_file_problem(data_dir, name)
+        if problem:
+            broken.append(problem)
+            table.add_row(shown(name, "red"), shown("invalid name", "red"), human_size(size))
+            continue
         try:
             rows = read_bitmap_header(path).rows
         except BitmapFileError as exc:

@@ -235,6 +235,9 @@ ARCH_KWARG_BOUNDS: dict[str, tuple[float, float]] = {
 # -- models and labels
 MAX_LABELS = 100_000
 MAX_LABEL_CHARS = 256
+# A category's file, `<name>.npy`, and the hidden files beside it (`.<name>.npy.<random>.tmp`,
+# `.<name>.npy.part.json`) must each fit in a file name (255 bytes on Linux and macOS).
+MAX_CATEGORY_NAME_BYTES = 200
 MAX_MODEL_BYTES = 512 << 20  # an ONNX model qd-infer opens (the default network's is 1.2 MB)
 MAX_CARD_BYTES = 16 << 20  # model.json
 # Preprocessing numbers (scale, mean, std) must be finite and at most this large in magnitude;

@@ -148,7 +148,7 @@ def fetch_category(source: FolderSource | UrlSource, category: str, out_dir: str
     """Make `<out_dir>/<category>.npy` a verified copy of the source's file (or its first rows)."""
     if options.max_rows is not None and options.max_rows < 1:
         raise QDError(f"--max-per-category must be at least 1, got {options.max_rows}")
-    check_category_name(category)
+    category = check_category_name(category)
     out_dir = Path(out_dir)
     with _disk_errors(category, out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,8 @@ import numpy as np
 from qd.command import BitmapFileError, QDError, reason_of
 from qd.files import UnlistableFolder, atomic_target, count_lines, walk_files
 
-from .bitmaps import bitmap_header_bytes, category_path, check_category_name, list_categories, read_bitmap_header
+from .bitmaps import (bitmap_header_bytes, category_file_problem, category_path, category_stems, check_category_name,
+                      read_bitmap_header)
 from .decode import ImageDecoder
 from .images import is_image_path
 from .strokes import NDJSON_SUFFIX, iter_ndjson_records
@@ -336,7 +337,7 @@ def _check_enough_categories(found: list[_Category], out_dir: Path, sources) -> 
     names = {c.name for c in found}
     others = set()
     if out_dir.is_dir():
-        others = set(list_categories(out_dir)) - names
+        others = {stem for stem in category_stems(out_dir) if not category_file_problem(out_dir, stem)} - names
     if len(names | others) >= 2:
         return
     where = ", ".join(str(s) for s in sources)

@@ -40,7 +40,7 @@ from qd import __version__
 from qd.command import BitmapFileError, QDError
 from qd.files import open_regular
 
-from .bitmaps import (SUFFIX, BitmapHeader, category_path, did_you_mean, list_categories, parse_bitmap_header,
+from .bitmaps import (SUFFIX, BitmapHeader, category_path, category_stems, did_you_mean, parse_bitmap_header,
                       read_bitmap_header)
 from .contract import DEFAULT_SOURCE, DEFAULT_TIMEOUT, SOURCE_ENV
 
@@ -205,7 +205,7 @@ class FolderSource:
         return str(category_path(self.root, category))
 
     def list_categories(self) -> list[str]:
-        return list_categories(self.root)
+        return category_stems(self.root)  # each name is checked when fetched: one line per bad one
 
     def probe(self, category: str) -> Remote:
         path = category_path(self.root, category)
