@@ -16,7 +16,7 @@ kept once. Drawings are taken in a fixed order (sources as given, folders and fi
 name order, lines in file order) and `max_per_category` keeps the first N distinct ones,
 so the same sources always give the same files. Every file that cannot be read is one
 failure line and is skipped. Nothing is written before every source has been read, and
-each `<category>.npy` is written atomically (it replaces one already there).
+then the `<category>.npy` files are written all or none (each replaces one already there).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from qd.command import BitmapFileError, QDError, reason_of
-from qd.files import UnlistableFolder, atomic_target, count_lines, walk_files
+from qd.files import UnlistableFolder, atomic_targets, count_lines, os_errors_name, walk_files
 
 from .bitmaps import (bitmap_header_bytes, category_file_problem, category_path, category_stems, check_category_name,
                       read_bitmap_header)
@@ -173,8 +173,7 @@ def import_drawings(sources: list[str | os.PathLike], out_dir: str | os.PathLike
                    "not written")
     if found or not report.failures:  # with nothing readable, the failure lines have said why
         _check_enough_categories(found, out_dir, sources)
-    for cat in sorted(found, key=lambda c: c.name):
-        report.results.append(_write(cat, out_dir))
+    report.results = _write_all(found, out_dir)
     return report
 
 
@@ -347,17 +346,31 @@ def _check_enough_categories(found: list[_Category], out_dir: Path, sources) -> 
                   "nothing written (give a folder with one subfolder per category)")
 
 
-def _write(cat: _Category, out_dir: Path) -> CategoryResult:
-    dest = category_path(out_dir, cat.name)
-    replaced = None
-    if dest.is_file():
-        try:
-            replaced = read_bitmap_header(dest).rows
-        except BitmapFileError:
-            replaced = 0
-    with atomic_target(dest) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(bitmap_header_bytes(len(cat.rows)))
-            f.write(b"".join(cat.rows))
-    return CategoryResult(cat.name, dest, len(cat.rows), duplicates=cat.duplicates, unread=cat.unread,
-                          capped=cat.full, replaced=replaced)
+def _write_all(found: list[_Category], out_dir: Path) -> list[CategoryResult]:
+    """Write every category's file, all or none (qd.files.atomic_targets): on any failure the
+    folder's old files are left exactly as they were, and the error names the file it hit."""
+    cats = sorted(found, key=lambda c: c.name)
+    dests = [category_path(out_dir, cat.name) for cat in cats]
+    results = [CategoryResult(cat.name, dest, len(cat.rows), duplicates=cat.duplicates, unread=cat.unread,
+                              capped=cat.full, replaced=_rows_in(dest)) for cat, dest in zip(cats, dests)]
+    try:
+        with atomic_targets(dests) as temps:
+            for cat, dest in zip(cats, dests):
+                with os_errors_name(dest), open(temps[dest], "wb") as f:
+                    f.write(bitmap_header_bytes(len(cat.rows)))
+                    f.write(b"".join(cat.rows))
+    except OSError as exc:
+        where = os.fsdecode(exc.filename) if exc.filename is not None else out_dir
+        raise QDError(f"{where}: {reason_of(exc)}; nothing written (the files already in "
+                      f"{out_dir} are as they were)") from None
+    return results
+
+
+def _rows_in(dest: Path) -> int | None:
+    """Drawings in the file an import replaces (0 if it is broken, None if there is none)."""
+    if not dest.is_file():
+        return None
+    try:
+        return read_bitmap_header(dest).rows
+    except BitmapFileError:
+        return 0

@@ -17,9 +17,11 @@ would be read without end. Those are refused with one line before a byte is read
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import stat
 import sys
@@ -104,17 +106,85 @@ def atomic_target(path: str | os.PathLike):
     """Yield a temp path beside `path`; when the block succeeds, move it onto `path` (commit_file).
 
     If the block raises (or the process dies), the temp file is removed (or left as a
-    hidden `.name.*.tmp`) and `path` keeps its previous content.
+    hidden `.name.*.tmp`) and `path` keeps its previous content. The one-file case of
+    atomic_targets, with the same errors (they name `path`, never the temp file).
     """
-    path = Path(path)
-    tmp = temp_path_for(path)
+    with atomic_targets([path]) as temps:
+        yield temps[Path(path)]
+
+
+@contextmanager
+def os_errors_name(path: str | os.PathLike):
+    """Re-raise an OSError that names no file, or a temp file, as one naming `path` (the file the
+    user knows: `error: I/O: No space left on device` says nothing)."""
     try:
-        os.chmod(tmp, default_file_mode())
-        yield tmp
-        commit_file(tmp, path)
+        yield
+    except OSError as exc:
+        if exc.filename is not None and os.fsdecode(exc.filename) == os.fspath(path):
+            raise
+        raise type(exc)(exc.errno, exc.strerror or str(exc), os.fspath(path)) from None
+
+
+@contextmanager
+def atomic_targets(paths: list[str | os.PathLike]) -> Iterator[dict[Path, Path]]:
+    """atomic_target for files that change together: all of them, or none.
+
+    Yields {final path: temp path beside it}. Before any temp is made, a final path held by a
+    folder (or anything but a file) is refused; when the block succeeds, every temp is fsynced,
+    each existing final is kept aside under a hidden hard link, and the temps are moved in. If a
+    move fails, those already moved are put back, so the old files stay exactly as they were.
+    On any failure the temps are removed, and OS errors name the final file, never a temp.
+    """
+    finals = list(dict.fromkeys(Path(p) for p in paths))
+    temps: dict[Path, Path] = {}
+    try:
+        for final in finals:
+            with os_errors_name(final):
+                if final.exists() and not final.is_file():
+                    raise IsADirectoryError(errno.EISDIR, "is in the way: a folder (or other non-file) where the "
+                                                          "file goes")
+                temps[final] = temp_path_for(final)
+                os.chmod(temps[final], default_file_mode())
+        yield temps
+        for final, tmp in temps.items():
+            with os_errors_name(final):
+                fsync_file(tmp)
+        _replace_all(temps)
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+
+
+def _replace_all(temps: dict[Path, Path]) -> None:
+    """os.replace each temp onto its final path; on a failure, undo the ones done (see atomic_targets)."""
+    kept: dict[Path, Path] = {}  # final -> a hard link to its previous file
+    done: list[Path] = []
+    try:
+        if len(temps) > 1:
+            for final in temps:
+                if final.exists():
+                    with os_errors_name(final):
+                        aside = final.with_name(f".{final.name}.{secrets.token_hex(6)}.old{TEMP_SUFFIX}")
+                        os.link(final, aside)
+                    kept[final] = aside
+        for final, tmp in temps.items():
+            with os_errors_name(final):
+                os.replace(tmp, final)
+            done.append(final)
+        for folder in {final.parent for final in temps}:
+            fsync_dir(folder)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for final in reversed(done):
+            with contextlib.suppress(OSError):
+                if final in kept:
+                    os.replace(kept.pop(final), final)
+                else:
+                    final.unlink()
         raise
+    finally:
+        for aside in kept.values():
+            with contextlib.suppress(OSError):
+                aside.unlink()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
