@@ -108,7 +108,8 @@ def fetch(
             progress.console.print(Text.assemble("  ", ("✗", "red"), " ", shown(category), ": failed"),
                                    highlight=False, soft_wrap=True)
 
-        report = fetch_categories(src, names, out, options, RichProgress(progress), on_result, on_failure)
+        report = fetch_categories(src, names, out, options, RichProgress(progress), on_result, on_failure,
+                                  on_wait=_note)
 
     done = ", ".join(f"{n} {action}" for action, n in counts.items()) or "nothing fetched"
     console.print(Text.assemble(f"{len(report.results)} of {len(names)} categor{'y' if len(names) == 1 else 'ies'} in ",
@@ -149,7 +150,7 @@ def import_(
                                 shown(out)), highlight=False, soft_wrap=True)
     with ProgressBar("importing", unit="drawings") as bar:
         report = import_drawings(sources, out, options, advance=bar.advance, on_failure=fail,
-                                 planned=lambda units: bar.step("importing", total=units))
+                                 planned=lambda units: bar.step("importing", total=units), on_wait=_note)
     for result in report.results:
         console.print(_import_line(result), highlight=False, soft_wrap=True)
     drawings = sum(r.rows for r in report.results)
@@ -271,6 +272,10 @@ def _result_line(result: "FetchResult") -> Text:
     note = f", {result.note}" if result.note else ""
     return Text.assemble("  ", ("✓", "green"), " ", shown(result.category),
                          f": {result.rows:,} drawings, {human_size(result.size)} ({how}{note})")
+
+
+def _note(message: str) -> None:
+    err_console.print(Text.assemble("note: ", shown(message)), highlight=False, soft_wrap=True)
 
 
 def _note_partial(partial: list[str]) -> None:

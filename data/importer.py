@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from qd.command import BitmapFileError, QDError, reason_of
-from qd.files import UnlistableFolder, atomic_targets, count_lines, os_errors_name, walk_files
+from qd.files import UnlistableFolder, atomic_targets, count_lines, folder_lock, os_errors_name, walk_files
 
 from .bitmaps import (bitmap_header_bytes, category_file_problem, category_path, category_stems, check_category_name,
                       read_bitmap_header)
@@ -123,11 +123,14 @@ class _Category:
 def import_drawings(sources: list[str | os.PathLike], out_dir: str | os.PathLike,
                     options: ImportOptions = ImportOptions(), advance: Callable[[int], None] = lambda n: None,
                     on_failure: Callable[[str], None] = lambda message: None,
-                    planned: Callable[[int], None] = lambda units: None) -> ImportReport:
+                    planned: Callable[[int], None] = lambda units: None,
+                    on_wait: Callable[[str], None] = lambda message: None) -> ImportReport:
     """Read every source, then write one `<category>.npy` per category found.
 
     `planned(units)` is told the number of files and lines to read, `advance(n)` how many
-    were just read, `on_failure(line)` each file or line that failed, as it happens.
+    were just read, `on_failure(line)` each file or line that failed, as it happens. The
+    folder's writer lock (qd.files.folder_lock) is held for the whole run: another qd-data
+    command writing the same folder waits for it, or makes this one wait (`on_wait(line)`).
     QDError (nothing written) when the sources hold fewer than two categories in all."""
     if options.max_per_category is not None and options.max_per_category < 1:
         raise QDError(f"--max-per-category must be at least 1, got {options.max_per_category}")
@@ -136,7 +139,13 @@ def import_drawings(sources: list[str | os.PathLike], out_dir: str | os.PathLike
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise QDError(f"{out_dir}: output folder is a file, not a directory")
-    plan = plan_sources([Path(s) for s in sources])
+    with folder_lock(out_dir, on_wait):
+        return _import_locked([Path(s) for s in sources], out_dir, options, advance, on_failure, planned)
+
+
+def _import_locked(sources: list[Path], out_dir: Path, options: ImportOptions, advance, on_failure,
+                   planned) -> ImportReport:
+    plan = plan_sources(sources)
     report = ImportReport(ignored=plan.ignored)
 
     def failed(message: str) -> None:

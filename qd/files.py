@@ -29,7 +29,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from qd.command import QDError, reason_of
 
@@ -231,6 +231,59 @@ def commit_dir(tmp: Path, final: Path) -> None:
         os.rename(tmp, final)
         remove_temp(aside)
     fsync_dir(final.parent)
+
+
+# ----------------------------------------------------------------------------- one writer per folder
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, on_wait: Callable[[str], None] = lambda message: None):
+    """Hold the one writer lock of `folder` (made if missing) while the block runs: every command
+    that writes a folder (qd-data fetch and import into a data folder) takes it for its whole run,
+    so two never interleave. A second writer waits for the first, after `on_wait(one line)` says so.
+
+    The lock is an exclusive flock on the folder itself: nothing is written into the folder for
+    it, and the kernel releases it when its holder's process ends, however it ends (a SIGKILL
+    leaves no stale lock). A file system without flock (some network mounts) goes unlocked;
+    a platform without fcntl too."""
+    folder = Path(folder)
+    with os_errors_name(folder):
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        try:
+            import fcntl
+        except ImportError:
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _flock_holder(fd)
+                on_wait(f"{folder}: another command{f' (pid {holder})' if holder else ''} is writing this folder; "
+                        "waiting for it to finish (Ctrl-C to stop, or use another folder)")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                pass  # no locks on this file system
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _flock_holder(fd: int) -> int | None:
+    """The pid holding a flock on the file open as `fd`, from Linux's /proc/locks (None elsewhere)."""
+    st = os.fstat(fd)
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == key and fields[4].isdigit():
+                    return int(fields[4])
+    except OSError:
+        pass
+    return None
 
 
 # ----------------------------------------------------------------------------- reading
