@@ -165,6 +165,10 @@ def import_(
         err_console.print(Text.assemble(f"note: {len(report.ignored)} file(s) that are neither images nor .ndjson "
                                         "were ignored (first: ", shown(report.ignored[0]), ")"),
                           highlight=False, soft_wrap=True)
+    if report.outside:
+        err_console.print(Text.assemble(f"note: {len(report.outside)} link(s) leading out of the source folder were "
+                                        "not followed (first: ", shown(report.outside[0]), ")"),
+                          highlight=False, soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
 

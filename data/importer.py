@@ -2,7 +2,8 @@
 
 Sources, mixed freely:
 - a folder of class-named subfolders of images (`SRC/<category>/*.png`, searched
-  recursively; every format qd-infer reads), decoded by qd.data.decode, the one parallel
+  recursively, never out of SRC: links leading out of it are not followed, only noted; every
+  format qd-infer reads), decoded by qd.data.decode, the one parallel
   path through the one image preprocessing (qd.data.images) qd-infer uses, so training
   sees exactly what qd-infer will see;
 - `.ndjson` files (Google's simplified or raw format), given directly or lying in a
@@ -30,7 +31,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from qd.command import BitmapFileError, QDError, reason_of
-from qd.files import UnlistableFolder, atomic_targets, count_lines, folder_lock, os_errors_name, walk_files
+from qd.files import (LinkOutside, UnlistableFolder, atomic_targets, count_lines, folder_lock, is_within, os_errors_name,
+                      walk_files)
 
 from .bitmaps import (bitmap_header_bytes, category_file_problem, category_path, category_stems, check_category_name,
                       read_bitmap_header)
@@ -64,6 +66,7 @@ class ImportReport:
     results: list[CategoryResult] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     ignored: list[Path] = field(default_factory=list)  # files that are neither images nor .ndjson
+    outside: list[Path] = field(default_factory=list)  # links leading out of a source folder: not followed
     shared: int = 0  # drawings found in more than one category (kept in each)
 
     @property
@@ -78,6 +81,7 @@ class _Plan:
     steps: list[tuple] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     ignored: list[Path] = field(default_factory=list)
+    outside: list[Path] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)  # real paths already planned: a file given twice is read once
 
     def first_time(self, path: Path) -> bool:
@@ -146,7 +150,7 @@ def import_drawings(sources: list[str | os.PathLike], out_dir: str | os.PathLike
 def _import_locked(sources: list[Path], out_dir: Path, options: ImportOptions, advance, on_failure,
                    planned) -> ImportReport:
     plan = plan_sources(sources)
-    report = ImportReport(ignored=plan.ignored)
+    report = ImportReport(ignored=plan.ignored, outside=plan.outside)
 
     def failed(message: str) -> None:
         report.failures.append(message)
@@ -215,11 +219,14 @@ def _plan_folder(root: Path, plan: _Plan) -> None:
         return
     loose_images = 0
     found = False
+    root_real = os.path.realpath(root)
     for entry in entries:
-        if entry.is_dir():
+        if not is_within(entry, root_real):  # a walk never leaves the folder given
+            plan.outside.append(entry)
+        elif entry.is_dir():
             found = True
             if plan.first_time(entry):
-                _plan_class_folder(entry, plan)
+                _plan_class_folder(entry, root, plan)
         elif entry.name.lower().endswith(NDJSON_SUFFIX):
             found = True
             if plan.first_time(entry):
@@ -236,15 +243,19 @@ def _plan_folder(root: Path, plan: _Plan) -> None:
                              "*.png or *.ndjson)")
 
 
-def _plan_class_folder(folder: Path, plan: _Plan) -> None:
+def _plan_class_folder(folder: Path, root: Path, plan: _Plan) -> None:
     try:
         name = check_category_name(folder.name)
     except QDError as exc:
         plan.failures.append(f"{folder}: {exc}")
         return
     images: list[Path] = []
-    for path in _files_under(folder, plan):
-        (images if is_image_path(path) else plan.ignored).append(path)
+    root_real = os.path.realpath(root)
+    for path in _files_under(folder, root, plan):
+        if not is_within(path, root_real):
+            plan.outside.append(path)
+        else:
+            (images if is_image_path(path) else plan.ignored).append(path)
     if images:
         plan.steps.append(("images", name, images))
     else:
@@ -261,10 +272,13 @@ def _entries(folder: Path, plan: _Plan) -> list[Path] | None:
         return None
 
 
-def _files_under(folder: Path, plan: _Plan) -> Iterator[Path]:
-    """Files under `folder` (qd.files.walk_files); folders that cannot be listed become failures."""
-    for item in walk_files(folder):
-        if isinstance(item, UnlistableFolder):
+def _files_under(folder: Path, root: Path, plan: _Plan) -> Iterator[Path]:
+    """Files under `folder` (qd.files.walk_files, never leaving the source folder `root`); folders
+    that cannot be listed become failures, links out of `root` notes."""
+    for item in walk_files(folder, within=root):
+        if isinstance(item, LinkOutside):
+            plan.outside.append(item.path)
+        elif isinstance(item, UnlistableFolder):
             plan.failures.append(f"{item.path}: {item.reason}")
         else:
             yield item

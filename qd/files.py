@@ -379,11 +379,23 @@ class UnlistableFolder:
     reason: str
 
 
-def walk_files(root: Path, recursive: bool = True) -> Iterator[Path | UnlistableFolder]:
+class LinkOutside(UnlistableFolder):
+    """A symlinked folder (or file) under a walked folder that leads out of it: not followed."""
+
+
+def is_within(path: str | os.PathLike, root_real: str) -> bool:
+    """Whether `path`, links resolved, is `root_real` (a realpath) or inside it."""
+    real = os.path.realpath(path)
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def walk_files(root: Path, recursive: bool = True, within: Path | None = None) -> Iterator[Path | UnlistableFolder]:
     """The files under `root`, depth first in name order, the way every command reads a folder:
     hidden (dot) files and folders skipped (.git, macOS ._x.png resource forks), symlinked folders
-    followed once (loops cut); with `recursive=False` only `root`'s own files. A folder that cannot
-    be listed is yielded as an UnlistableFolder and the walk goes on."""
+    followed once (loops cut) only while they stay inside `within` (default `root`): a link to
+    `/` is yielded as a LinkOutside, never walked. With `recursive=False` only `root`'s own files.
+    A folder that cannot be listed is yielded as an UnlistableFolder and the walk goes on."""
+    bound = os.path.realpath(within if within is not None else root)
     seen: set[str] = set()
     stack = [root]
     while stack:
@@ -392,6 +404,10 @@ def walk_files(root: Path, recursive: bool = True) -> Iterator[Path | Unlistable
         if real in seen:
             continue  # a symlink loop, or a folder reached twice
         seen.add(real)
+        if not is_within(real, bound):
+            yield LinkOutside(Path(folder), f"a link to a folder outside {within if within is not None else root} "
+                                            f"({real}); not followed")
+            continue
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
