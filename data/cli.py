@@ -76,7 +76,7 @@ def fetch(
     data: Annotated[Optional[Path], opt.data_option("Destination folder. Default: ARTIFACTS/data.")] = None,
     max_per_category: Annotated[Optional[int], opt.max_per_category_option(
         "Keep only the first N drawings of each category (downloads only those bytes).")] = None,
-    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait on the network.")] = DEFAULT_TIMEOUT,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait on the network; each download must also bring 64 KiB in every such span.")] = DEFAULT_TIMEOUT,
     retries: Annotated[int, typer.Option(
         "--retries", min=0, help="Retries after a network failure (each resumes).")] = DEFAULT_RETRIES,
 ) -> None:

@@ -146,6 +146,9 @@ ORT_WEB_DIST_ENV = "QD_ORT_WEB_DIST"  # onnxruntime-web's dist/ folder for qd-de
 
 DEFAULT_SOURCE = "https://storage.googleapis.com/quickdraw_dataset/full/numpy_bitmap"
 DEFAULT_TIMEOUT = 30.0  # seconds to wait on the network
+# The pace a download must keep: this many bytes in every window of --timeout seconds (or be done).
+# 64 KiB per 30 s (the default --timeout) is about 2 kB/s: no real link is slower, a dripping server is.
+MIN_FETCH_BYTES_PER_WINDOW = 64 * 1024
 DEFAULT_RETRIES = 3     # further attempts per file after a network failure (each one resumes)
 
 
