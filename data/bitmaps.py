@@ -25,6 +25,7 @@ import io
 import math
 import mmap
 import os
+import unicodedata
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ import numpy as np
 from qd.command import BitmapFileError, QDError, first_line
 from qd.files import open_regular
 
-from .contract import MAX_LABELS, MAX_LABEL_CHARS, MAX_NPY_HEADER_BYTES, MAX_NPY_ROWS, PIXELS
+from .contract import MAX_CATEGORY_NAME_BYTES, MAX_LABELS, MAX_LABEL_CHARS, MAX_NPY_HEADER_BYTES, MAX_NPY_ROWS, PIXELS
 
 # ----------------------------------------------------------------------------- bitmap files
 
@@ -176,6 +177,8 @@ def release_mapped_pages(arrays: list[np.ndarray]) -> None:
 # ----------------------------------------------------------------------------- categories
 
 SUFFIX = ".npy"
+_UNSEEN = {"Cc", "Cf", "Cs", "Zl", "Zp"}  # controls, format (bidi, zero-width), surrogates, line/paragraph separators
+_LINE_BREAKS = set("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")  # str.splitlines() breaks at each
 # What to do when a data folder is missing or empty: one hint, the same in every command.
 FETCH_HINT = "get drawings with: qd-data fetch CATEGORY... or point --data at a folder of <category>.npy files"
 
@@ -194,23 +197,46 @@ def check_labels(labels) -> list[str]:
 
 
 def check_category_name(category: str) -> str:
-    """The one rule for a category name, used by `qd-data fetch` and `qd-data import`: the name
-    becomes a file stem, so it must be non-empty, without leading or trailing spaces, without a
-    slash, backslash or NUL, and must not start with a dot (which also rules out `.` and `..`).
-    Returns the name; QDError (one line) otherwise."""
-    if not category or category != category.strip():
-        raise QDError(f"{category!r}: category names cannot be empty or start/end with spaces")
-    if "/" in category or "\\" in category or category.startswith(".") or "\0" in category:
-        raise QDError(f"{category!r}: not a category name (no slashes, no leading dot)")
-    return category
+    """The one rule for a category name, used wherever a name comes in: `qd-data fetch` and
+    `qd-data import`, `qd-data list` and every dataset (`list_categories`, `resolve_categories`).
+
+    A name becomes a file stem and one line of a label list, so it must be non-empty, at most
+    MAX_CATEGORY_NAME_BYTES of UTF-8, without leading or trailing spaces, without a path
+    separator, and must not start with a dot (which also rules out `.` and `..`). It may hold no
+    character that breaks a line or cannot be seen: line separators, C0/C1 controls and DEL
+    (Unicode category Cc), bidi controls and other invisible format characters (Cf, e.g.
+    U+200B-U+200F, U+202A-U+202E, U+2066-U+2069, U+FEFF) or surrogates (Cs: bytes that were not
+    UTF-8). Returns the name in Unicode NFC, so names that differ only
+    by normalisation (`café` composed or decomposed) are one category; QDError (one line) otherwise."""
+    name, problem = _checked_name(category)
+    if problem:
+        raise QDError(f"{category!r}: {problem}")
+    return name
+
+
+def _checked_name(category: str) -> tuple[str, str]:
+    """(the name in NFC, "") or (category, what is wrong with it)."""
+    if not isinstance(category, str) or not category or category != category.strip():
+        return category, "category names cannot be empty or start/end with spaces"
+    bad = next((c for c in category if unicodedata.category(c) in _UNSEEN or c in _LINE_BREAKS), None)
+    if bad is not None:
+        return category, f"not a category name (holds the invisible or line-breaking character U+{ord(bad):04X})"
+    name = unicodedata.normalize("NFC", category)
+    if "/" in name or "\\" in name or name.startswith("."):
+        return category, "not a category name (no slashes, no leading dot)"
+    size = len(name.encode("utf-8"))
+    if size > MAX_CATEGORY_NAME_BYTES:
+        return category, f"category name too long ({size} bytes of UTF-8, at most {MAX_CATEGORY_NAME_BYTES})"
+    return name, ""
 
 
 def category_path(data_dir: str | os.PathLike, category: str) -> Path:
     return Path(data_dir) / f"{category}{SUFFIX}"
 
 
-def list_categories(data_dir: str | os.PathLike) -> list[str]:
-    """Sorted category names of the `<category>.npy` files in `data_dir`."""
+def category_stems(data_dir: str | os.PathLike) -> list[str]:
+    """Sorted stems of the visible `<stem>.npy` files in `data_dir`, as spelt on disk, unchecked
+    (what a source folder offers, what `qd-data list` shows: each is checked where it is used)."""
     data_dir = Path(data_dir)
     if not data_dir.exists():
         raise QDError(f"{data_dir}: data directory does not exist ({FETCH_HINT})")
@@ -222,6 +248,27 @@ def list_categories(data_dir: str | os.PathLike) -> list[str]:
                   if p.name.endswith(SUFFIX) and not p.name.startswith(".") and p.is_file())
 
 
+def category_file_problem(data_dir: str | os.PathLike, stem: str) -> str:
+    """Why the file `<stem>.npy` cannot be a category ('' if it can): its stem must pass
+    check_category_name as it is spelt, NFC included (qd-data writes no other form), so a class
+    list never holds a name that breaks a label file or looks like another."""
+    name, problem = _checked_name(stem)
+    if not problem and name != stem:
+        problem = f"the category name is not in Unicode NFC form (as {name!r} it would be another file that looks " \
+                  "the same)"
+    return f"{category_path(data_dir, stem)}: {problem}; rename or remove it" if problem else ""
+
+
+def list_categories(data_dir: str | os.PathLike) -> list[str]:
+    """Sorted category names of the `<category>.npy` files in `data_dir`; QDError (one line
+    naming the file) if one of them has a name that is not a category name."""
+    stems = category_stems(data_dir)
+    problem = next(filter(None, (category_file_problem(data_dir, stem) for stem in stems)), "")
+    if problem:
+        raise QDError(problem)
+    return stems
+
+
 def resolve_categories(data_dir: str | os.PathLike, requested: list[str] | None) -> list[str]:
     """The sorted class list: every category in `data_dir`, or the requested ones (checked)."""
     available = list_categories(data_dir)
@@ -229,7 +276,7 @@ def resolve_categories(data_dir: str | os.PathLike, requested: list[str] | None)
         raise QDError(f"{data_dir}: no <category>.npy files found ({FETCH_HINT})")
     if not requested:
         return available
-    wanted = [name.strip() for name in requested if name.strip()]
+    wanted = [check_category_name(name.strip()) for name in requested if name.strip()]
     unknown = sorted(set(wanted) - set(available))
     if unknown:
         raise QDError(f"{data_dir}: unknown categor{'y' if len(unknown) == 1 else 'ies'} "

@@ -76,7 +76,7 @@ def fetch(
     data: Annotated[Optional[Path], opt.data_option("Destination folder. Default: ARTIFACTS/data.")] = None,
     max_per_category: Annotated[Optional[int], opt.max_per_category_option(
         "Keep only the first N drawings of each category (downloads only those bytes).")] = None,
-    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait on the network.")] = DEFAULT_TIMEOUT,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait on the network; each download must also bring 64 KiB in every such span.")] = DEFAULT_TIMEOUT,
     retries: Annotated[int, typer.Option(
         "--retries", min=0, help="Retries after a network failure (each resumes).")] = DEFAULT_RETRIES,
 ) -> None:
@@ -108,7 +108,8 @@ def fetch(
             progress.console.print(Text.assemble("  ", ("✗", "red"), " ", shown(category), ": failed"),
                                    highlight=False, soft_wrap=True)
 
-        report = fetch_categories(src, names, out, options, RichProgress(progress), on_result, on_failure)
+        report = fetch_categories(src, names, out, options, RichProgress(progress), on_result, on_failure,
+                                  on_wait=_note)
 
     done = ", ".join(f"{n} {action}" for action, n in counts.items()) or "nothing fetched"
     console.print(Text.assemble(f"{len(report.results)} of {len(names)} categor{'y' if len(names) == 1 else 'ies'} in ",
@@ -149,7 +150,7 @@ def import_(
                                 shown(out)), highlight=False, soft_wrap=True)
     with ProgressBar("importing", unit="drawings") as bar:
         report = import_drawings(sources, out, options, advance=bar.advance, on_failure=fail,
-                                 planned=lambda units: bar.step("importing", total=units))
+                                 planned=lambda units: bar.step("importing", total=units), on_wait=_note)
     for result in report.results:
         console.print(_import_line(result), highlight=False, soft_wrap=True)
     drawings = sum(r.rows for r in report.results)
@@ -163,6 +164,10 @@ def import_(
     if report.ignored:
         err_console.print(Text.assemble(f"note: {len(report.ignored)} file(s) that are neither images nor .ndjson "
                                         "were ignored (first: ", shown(report.ignored[0]), ")"),
+                          highlight=False, soft_wrap=True)
+    if report.outside:
+        err_console.print(Text.assemble(f"note: {len(report.outside)} link(s) leading out of the source folder were "
+                                        "not followed (first: ", shown(report.outside[0]), ")"),
                           highlight=False, soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
@@ -191,12 +196,12 @@ def list_(
     from rich import box
     from rich.table import Table
 
-    from .bitmaps import category_path, list_categories, read_bitmap_header
+    from .bitmaps import category_file_problem, category_path, category_stems, read_bitmap_header
 
     if data is not None and data_dir is not None:
         raise QDError("give the folder once: --data DIR")
     data_dir = data if data is not None else data_dir if data_dir is not None else default_data_dir()
-    names = list_categories(data_dir)
+    names = category_stems(data_dir)
     partial = sorted(p.name for p in data_dir.glob(".*.npy.part"))
     if not names:
         console.print(Text.assemble("no <category>.npy files in ", shown(data_dir),
@@ -214,6 +219,11 @@ def list_(
         path = category_path(data_dir, name)
         size = path.stat().st_size
         total_bytes += size
+        problem = category_file_problem(data_dir, name)
+        if problem:
+            broken.append(problem)
+            table.add_row(shown(name, "red"), shown("invalid name", "red"), human_size(size))
+            continue
         try:
             rows = read_bitmap_header(path).rows
         except BitmapFileError as exc:
@@ -266,6 +276,10 @@ def _result_line(result: "FetchResult") -> Text:
     note = f", {result.note}" if result.note else ""
     return Text.assemble("  ", ("✓", "green"), " ", shown(result.category),
                          f": {result.rows:,} drawings, {human_size(result.size)} ({how}{note})")
+
+
+def _note(message: str) -> None:
+    err_console.print(Text.assemble("note: ", shown(message)), highlight=False, soft_wrap=True)
 
 
 def _note_partial(partial: list[str]) -> None:

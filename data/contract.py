@@ -146,6 +146,9 @@ ORT_WEB_DIST_ENV = "QD_ORT_WEB_DIST"  # onnxruntime-web's dist/ folder for qd-de
 
 DEFAULT_SOURCE = "https://storage.googleapis.com/quickdraw_dataset/full/numpy_bitmap"
 DEFAULT_TIMEOUT = 30.0  # seconds to wait on the network
+# The pace a download must keep: this many bytes in every window of --timeout seconds (or be done).
+# 64 KiB per 30 s (the default --timeout) is about 2 kB/s: no real link is slower, a dripping server is.
+MIN_FETCH_BYTES_PER_WINDOW = 64 * 1024
 DEFAULT_RETRIES = 3     # further attempts per file after a network failure (each one resumes)
 
 
@@ -229,6 +232,9 @@ MAX_PARAMETERS = 20_000_000  # of the network a checkpoint describes, counted be
 # -- models and labels
 MAX_LABELS = 100_000
 MAX_LABEL_CHARS = 256
+# A category's file, `<name>.npy`, and the hidden files beside it (`.<name>.npy.<random>.tmp`,
+# `.<name>.npy.part.json`) must each fit in a file name (255 bytes on Linux and macOS).
+MAX_CATEGORY_NAME_BYTES = 200
 MAX_MODEL_BYTES = 512 << 20  # an ONNX model qd-infer opens (the default network's is 1.2 MB)
 MAX_CARD_BYTES = 16 << 20  # model.json
 # Preprocessing numbers (scale, mean, std) must be finite and at most this large in magnitude;

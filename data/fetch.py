@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
@@ -33,7 +32,7 @@ from typing import Callable, Iterable, Protocol
 from rich.filesize import decimal as human_size
 
 from qd.command import BitmapFileError, QDError
-from qd.files import commit_file, read_regular, write_json_atomic
+from qd.files import commit_file, folder_lock, read_regular, write_json_atomic
 
 from .bitmaps import bitmap_header_bytes, category_path, check_category_name, parse_bitmap_header, read_bitmap_header
 from .contract import DEFAULT_RETRIES, PIXELS
@@ -105,25 +104,29 @@ def tmp_path(out_dir: str | os.PathLike, category: str) -> Path:
 def fetch_categories(source: FolderSource | UrlSource, categories: Iterable[str], out_dir: str | os.PathLike,
                      options: FetchOptions = FetchOptions(), progress: ProgressHook | None = None,
                      on_result: Callable[[FetchResult], None] | None = None,
-                     on_failure: Callable[[str, str], None] | None = None) -> FetchReport:
+                     on_failure: Callable[[str, str], None] | None = None,
+                     on_wait: Callable[[str], None] = lambda message: None) -> FetchReport:
     """Fetch each category; one failing category does not stop the others.
 
     Two failures do stop the run, because every later category would fail the same way
     (after its own retries): a full disk, and a source that cannot be reached at all.
+    The folder's writer lock (qd.files.folder_lock) is held for the whole run: another
+    qd-data command writing the same folder waits for it, or makes this one wait (`on_wait`).
     """
     report = FetchReport()
-    for category in categories:
-        try:
-            result = fetch_category(source, category, out_dir, options, progress)
-        except Exception as exc:  # one category's failure, expected or not, must not end the others
-            if not isinstance(exc, QDError):
-                exc = QDError(f"{category}: unexpected error ({_describe_unexpected(exc)})")
-            if _record_failure(report, category, exc, on_failure):
-                break
-            continue
-        report.results.append(result)
-        if on_result:
-            on_result(result)
+    with folder_lock(out_dir, on_wait):
+        for category in categories:
+            try:
+                result = _fetch_one(source, category, out_dir, options, progress)
+            except Exception as exc:  # one category's failure, expected or not, must not end the others
+                if not isinstance(exc, QDError):
+                    exc = QDError(f"{category}: unexpected error ({_describe_unexpected(exc)})")
+                if _record_failure(report, category, exc, on_failure):
+                    break
+                continue
+            report.results.append(result)
+            if on_result:
+                on_result(result)
     return report
 
 
@@ -145,24 +148,27 @@ def _describe_unexpected(exc: BaseException) -> str:
 
 def fetch_category(source: FolderSource | UrlSource, category: str, out_dir: str | os.PathLike,
                    options: FetchOptions = FetchOptions(), progress: ProgressHook | None = None) -> FetchResult:
-    """Make `<out_dir>/<category>.npy` a verified copy of the source's file (or its first rows)."""
+    """Make `<out_dir>/<category>.npy` a verified copy of the source's file (or its first rows),
+    holding the folder's writer lock (a second writer waits, then skips what the first finished)."""
+    with folder_lock(out_dir):
+        return _fetch_one(source, category, out_dir, options, progress)
+
+
+def _fetch_one(source: FolderSource | UrlSource, category: str, out_dir: str | os.PathLike,
+                    options: FetchOptions, progress: ProgressHook | None) -> FetchResult:
+    """fetch_category, the folder's lock held by the caller."""
     if options.max_rows is not None and options.max_rows < 1:
         raise QDError(f"--max-per-category must be at least 1, got {options.max_rows}")
-    check_category_name(category)
+    category = check_category_name(category)
     out_dir = Path(out_dir)
-    with _disk_errors(category, out_dir):
-        out_dir.mkdir(parents=True, exist_ok=True)
-    # One writer per folder at a time: a second `qd-data fetch` into the same folder waits,
-    # then finds the files the first one finished and skips them.
-    with _folder_lock(out_dir):
+    try:
+        return _fetch_locked(source, category, out_dir, options, progress)
+    except RemoteChanged:
+        # The file changed under the download: its part is gone; start again from a new probe.
         try:
-            return _fetch_locked(source, category, out_dir, options, progress)
-        except RemoteChanged:
-            # The file changed under the download: its part is gone; start again from a new probe.
-            try:
-                return _fetch_locked(source, category, out_dir, options, progress, restarted_because="changed")
-            except RemoteChanged as exc:
-                raise QDError(f"{exc} (twice in a row; try again later)") from None
+            return _fetch_locked(source, category, out_dir, options, progress, restarted_because="changed")
+        except RemoteChanged as exc:
+            raise QDError(f"{exc} (twice in a row; try again later)") from None
 
 
 def _fetch_locked(source, category: str, out_dir: Path, options: FetchOptions,
@@ -448,22 +454,3 @@ class _disk_errors:
         fatal = exc.errno in FATAL_ERRNOS
         hint = "; files already fetched are intact" if fatal else ""
         raise DiskError(f"{self.category}: cannot write {where}: {reason}{hint}", fatal=fatal) from None
-
-
-@contextmanager
-def _folder_lock(folder: Path):
-    """Exclusive advisory lock on the folder itself (POSIX flock); a no-op elsewhere."""
-    try:
-        import fcntl
-        fd = os.open(folder, os.O_RDONLY)
-    except (ImportError, OSError):
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:
-            pass  # a file system without locks (some network mounts): go on unlocked
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock

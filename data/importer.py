@@ -2,7 +2,8 @@
 
 Sources, mixed freely:
 - a folder of class-named subfolders of images (`SRC/<category>/*.png`, searched
-  recursively; every format qd-infer reads), decoded by qd.data.decode, the one parallel
+  recursively, never out of SRC: links leading out of it are not followed, only noted; every
+  format qd-infer reads), decoded by qd.data.decode, the one parallel
   path through the one image preprocessing (qd.data.images) qd-infer uses, so training
   sees exactly what qd-infer will see;
 - `.ndjson` files (Google's simplified or raw format), given directly or lying in a
@@ -16,7 +17,7 @@ kept once. Drawings are taken in a fixed order (sources as given, folders and fi
 name order, lines in file order) and `max_per_category` keeps the first N distinct ones,
 so the same sources always give the same files. Every file that cannot be read is one
 failure line and is skipped. Nothing is written before every source has been read, and
-each `<category>.npy` is written atomically (it replaces one already there).
+then the `<category>.npy` files are written all or none (each replaces one already there).
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from typing import Callable, Iterator
 import numpy as np
 
 from qd.command import BitmapFileError, QDError, reason_of
-from qd.files import UnlistableFolder, atomic_target, count_lines, walk_files
+from qd.files import (LinkOutside, UnlistableFolder, atomic_targets, count_lines, folder_lock, is_within, os_errors_name,
+                      walk_files)
 
-from .bitmaps import bitmap_header_bytes, category_path, check_category_name, list_categories, read_bitmap_header
+from .bitmaps import (bitmap_header_bytes, category_file_problem, category_path, category_stems, check_category_name,
+                      read_bitmap_header)
 from .decode import ImageDecoder
 from .images import is_image_path
 from .strokes import NDJSON_SUFFIX, iter_ndjson_records
@@ -63,6 +66,7 @@ class ImportReport:
     results: list[CategoryResult] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     ignored: list[Path] = field(default_factory=list)  # files that are neither images nor .ndjson
+    outside: list[Path] = field(default_factory=list)  # links leading out of a source folder: not followed
     shared: int = 0  # drawings found in more than one category (kept in each)
 
     @property
@@ -77,6 +81,7 @@ class _Plan:
     steps: list[tuple] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     ignored: list[Path] = field(default_factory=list)
+    outside: list[Path] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)  # real paths already planned: a file given twice is read once
 
     def first_time(self, path: Path) -> bool:
@@ -122,11 +127,14 @@ class _Category:
 def import_drawings(sources: list[str | os.PathLike], out_dir: str | os.PathLike,
                     options: ImportOptions = ImportOptions(), advance: Callable[[int], None] = lambda n: None,
                     on_failure: Callable[[str], None] = lambda message: None,
-                    planned: Callable[[int], None] = lambda units: None) -> ImportReport:
+                    planned: Callable[[int], None] = lambda units: None,
+                    on_wait: Callable[[str], None] = lambda message: None) -> ImportReport:
     """Read every source, then write one `<category>.npy` per category found.
 
     `planned(units)` is told the number of files and lines to read, `advance(n)` how many
-    were just read, `on_failure(line)` each file or line that failed, as it happens.
+    were just read, `on_failure(line)` each file or line that failed, as it happens. The
+    folder's writer lock (qd.files.folder_lock) is held for the whole run: another qd-data
+    command writing the same folder waits for it, or makes this one wait (`on_wait(line)`).
     QDError (nothing written) when the sources hold fewer than two categories in all."""
     if options.max_per_category is not None and options.max_per_category < 1:
         raise QDError(f"--max-per-category must be at least 1, got {options.max_per_category}")
@@ -135,8 +143,14 @@ def import_drawings(sources: list[str | os.PathLike], out_dir: str | os.PathLike
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise QDError(f"{out_dir}: output folder is a file, not a directory")
-    plan = plan_sources([Path(s) for s in sources])
-    report = ImportReport(ignored=plan.ignored)
+    with folder_lock(out_dir, on_wait):
+        return _import_locked([Path(s) for s in sources], out_dir, options, advance, on_failure, planned)
+
+
+def _import_locked(sources: list[Path], out_dir: Path, options: ImportOptions, advance, on_failure,
+                   planned) -> ImportReport:
+    plan = plan_sources(sources)
+    report = ImportReport(ignored=plan.ignored, outside=plan.outside)
 
     def failed(message: str) -> None:
         report.failures.append(message)
@@ -172,8 +186,7 @@ def import_drawings(sources: list[str | os.PathLike], out_dir: str | os.PathLike
                    "not written")
     if found or not report.failures:  # with nothing readable, the failure lines have said why
         _check_enough_categories(found, out_dir, sources)
-    for cat in sorted(found, key=lambda c: c.name):
-        report.results.append(_write(cat, out_dir))
+    report.results = _write_all(found, out_dir)
     return report
 
 
@@ -206,11 +219,14 @@ def _plan_folder(root: Path, plan: _Plan) -> None:
         return
     loose_images = 0
     found = False
+    root_real = os.path.realpath(root)
     for entry in entries:
-        if entry.is_dir():
+        if not is_within(entry, root_real):  # a walk never leaves the folder given
+            plan.outside.append(entry)
+        elif entry.is_dir():
             found = True
             if plan.first_time(entry):
-                _plan_class_folder(entry, plan)
+                _plan_class_folder(entry, root, plan)
         elif entry.name.lower().endswith(NDJSON_SUFFIX):
             found = True
             if plan.first_time(entry):
@@ -227,15 +243,19 @@ def _plan_folder(root: Path, plan: _Plan) -> None:
                              "*.png or *.ndjson)")
 
 
-def _plan_class_folder(folder: Path, plan: _Plan) -> None:
+def _plan_class_folder(folder: Path, root: Path, plan: _Plan) -> None:
     try:
         name = check_category_name(folder.name)
     except QDError as exc:
         plan.failures.append(f"{folder}: {exc}")
         return
     images: list[Path] = []
-    for path in _files_under(folder, plan):
-        (images if is_image_path(path) else plan.ignored).append(path)
+    root_real = os.path.realpath(root)
+    for path in _files_under(folder, root, plan):
+        if not is_within(path, root_real):
+            plan.outside.append(path)
+        else:
+            (images if is_image_path(path) else plan.ignored).append(path)
     if images:
         plan.steps.append(("images", name, images))
     else:
@@ -252,10 +272,13 @@ def _entries(folder: Path, plan: _Plan) -> list[Path] | None:
         return None
 
 
-def _files_under(folder: Path, plan: _Plan) -> Iterator[Path]:
-    """Files under `folder` (qd.files.walk_files); folders that cannot be listed become failures."""
-    for item in walk_files(folder):
-        if isinstance(item, UnlistableFolder):
+def _files_under(folder: Path, root: Path, plan: _Plan) -> Iterator[Path]:
+    """Files under `folder` (qd.files.walk_files, never leaving the source folder `root`); folders
+    that cannot be listed become failures, links out of `root` notes."""
+    for item in walk_files(folder, within=root):
+        if isinstance(item, LinkOutside):
+            plan.outside.append(item.path)
+        elif isinstance(item, UnlistableFolder):
             plan.failures.append(f"{item.path}: {item.reason}")
         else:
             yield item
@@ -336,7 +359,7 @@ def _check_enough_categories(found: list[_Category], out_dir: Path, sources) -> 
     names = {c.name for c in found}
     others = set()
     if out_dir.is_dir():
-        others = set(list_categories(out_dir)) - names
+        others = {stem for stem in category_stems(out_dir) if not category_file_problem(out_dir, stem)} - names
     if len(names | others) >= 2:
         return
     where = ", ".join(str(s) for s in sources)
@@ -346,17 +369,31 @@ def _check_enough_categories(found: list[_Category], out_dir: Path, sources) -> 
                   "nothing written (give a folder with one subfolder per category)")
 
 
-def _write(cat: _Category, out_dir: Path) -> CategoryResult:
-    dest = category_path(out_dir, cat.name)
-    replaced = None
-    if dest.is_file():
-        try:
-            replaced = read_bitmap_header(dest).rows
-        except BitmapFileError:
-            replaced = 0
-    with atomic_target(dest) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(bitmap_header_bytes(len(cat.rows)))
-            f.write(b"".join(cat.rows))
-    return CategoryResult(cat.name, dest, len(cat.rows), duplicates=cat.duplicates, unread=cat.unread,
-                          capped=cat.full, replaced=replaced)
+def _write_all(found: list[_Category], out_dir: Path) -> list[CategoryResult]:
+    """Write every category's file, all or none (qd.files.atomic_targets): on any failure the
+    folder's old files are left exactly as they were, and the error names the file it hit."""
+    cats = sorted(found, key=lambda c: c.name)
+    dests = [category_path(out_dir, cat.name) for cat in cats]
+    results = [CategoryResult(cat.name, dest, len(cat.rows), duplicates=cat.duplicates, unread=cat.unread,
+                              capped=cat.full, replaced=_rows_in(dest)) for cat, dest in zip(cats, dests)]
+    try:
+        with atomic_targets(dests) as temps:
+            for cat, dest in zip(cats, dests):
+                with os_errors_name(dest), open(temps[dest], "wb") as f:
+                    f.write(bitmap_header_bytes(len(cat.rows)))
+                    f.write(b"".join(cat.rows))
+    except OSError as exc:
+        where = os.fsdecode(exc.filename) if exc.filename is not None else out_dir
+        raise QDError(f"{where}: {reason_of(exc)}; nothing written (the files already in "
+                      f"{out_dir} are as they were)") from None
+    return results
+
+
+def _rows_in(dest: Path) -> int | None:
+    """Drawings in the file an import replaces (0 if it is broken, None if there is none)."""
+    if not dest.is_file():
+        return None
+    try:
+        return read_bitmap_header(dest).rows
+    except BitmapFileError:
+        return 0

@@ -18,6 +18,11 @@ raises `RemoteChanged`.
 
 Network errors worth retrying (timeouts, dropped connections, 5xx, 429) raise
 `TransientError`; everything else raises `QDError`. Only the standard library's urllib is used.
+
+`--timeout` bounds a whole transfer, not only each socket read: every HTTP response (status
+line, headers and body alike) must bring at least `MIN_BYTES_PER_WINDOW` bytes in every window
+of `timeout` seconds, or finish within it (`_PacedReader`); a server that drips bytes fails
+with a retryable `TooSlow`, so the bytes already written are kept and the next attempt resumes.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import ipaddress
 import os
 import re
 import socket
+import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -40,19 +47,30 @@ from qd import __version__
 from qd.command import BitmapFileError, QDError
 from qd.files import open_regular
 
-from .bitmaps import (SUFFIX, BitmapHeader, category_path, did_you_mean, list_categories, parse_bitmap_header,
+from .bitmaps import (SUFFIX, BitmapHeader, category_path, category_stems, did_you_mean, parse_bitmap_header,
                       read_bitmap_header)
-from .contract import DEFAULT_SOURCE, DEFAULT_TIMEOUT, SOURCE_ENV
+from .contract import DEFAULT_SOURCE, DEFAULT_TIMEOUT, MIN_FETCH_BYTES_PER_WINDOW, SOURCE_ENV
 
 # A bitmap header is 128 bytes; the probe asks for a little more so that a
 # (rare) version 2 header or the start of an error page is seen whole.
 PROBE_BYTES = 4096
 USER_AGENT = f"quickdraw-edge/{__version__} (qd-data)"
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+MIN_BYTES_PER_WINDOW = MIN_FETCH_BYTES_PER_WINDOW  # the pace every response must keep (qd.data.contract)
 
 
 class TransientError(QDError):
     """A failure that may go away if the same request is made again."""
+
+
+class TooSlow(OSError):
+    """A response brought fewer than MIN_BYTES_PER_WINDOW bytes in a window of --timeout seconds.
+
+    An OSError, so that every place that turns a failed read into a TransientError does so."""
+
+    def __init__(self, got: int, window: float):
+        super().__init__(f"timed out: the server sent {got} byte{'' if got == 1 else 's'} in {window:g} s, "
+                         f"less than {MIN_BYTES_PER_WINDOW // 1024} KiB per {window:g} s")
 
 
 class SourceUnreachable(TransientError):
@@ -144,12 +162,17 @@ class Body:
         self.version = version
 
     def read(self, n: int) -> bytes:
+        """Up to `n` bytes; an HTTP response gives what one socket read brings (read1), so that
+        every byte that arrived is written before a failure, and a slow server is seen at once."""
         if self._left <= 0:
             return b""
+        read = self._stream.read1 if isinstance(self._stream, http.client.HTTPResponse) else self._stream.read
         try:
-            chunk = self._stream.read(min(n, self._left))
+            chunk = read(min(n, self._left))
         except http.client.IncompleteRead as exc:
             chunk = exc.partial  # keep what did arrive; the caller sees the short count
+        except TooSlow as exc:
+            raise TransientError(f"{self._label}: {exc}") from None
         except (OSError, http.client.HTTPException) as exc:
             raise TransientError(f"{self._label}: connection failed mid-file ({_reason(exc)})") from None
         self._left -= len(chunk)
@@ -205,7 +228,7 @@ class FolderSource:
         return str(category_path(self.root, category))
 
     def list_categories(self) -> list[str]:
-        return list_categories(self.root)
+        return category_stems(self.root)  # each name is checked when fetched: one line per bad one
 
     def probe(self, category: str) -> Remote:
         path = category_path(self.root, category)
@@ -248,7 +271,7 @@ class UrlSource:
         host = urllib.parse.urlsplit(self.base).hostname or ""
         # A loopback mirror (tests, a local cache server) is never sent through a proxy.
         handlers = [urllib.request.ProxyHandler({})] if _is_loopback(host) else []
-        self._opener = urllib.request.build_opener(*handlers)
+        self._opener = urllib.request.build_opener(*handlers, _PacedHTTPHandler(), _PacedHTTPSHandler())
 
     def __str__(self) -> str:
         return self.base
@@ -344,6 +367,74 @@ class UrlSource:
             raise error(f"{category}: {url}: {_reason(exc.reason)}") from None
         except (OSError, http.client.HTTPException) as exc:
             raise TransientError(f"{category}: {url}: {_reason(exc)}") from None
+
+
+class _PacedReader(io.RawIOBase):
+    """A response's socket, read so that the response keeps a pace: at least MIN_BYTES_PER_WINDOW
+    bytes in every window of `window` seconds (the --timeout), else TooSlow. One read is one recv,
+    waiting at most until the window ends, so a status line, headers or a body dripped a byte at a
+    time end there too. Bytes that have already arrived when a window ends are still read (a
+    client that was busy is not taken for a slow server)."""
+
+    def __init__(self, sock: socket.socket, raw: io.RawIOBase, window: float):
+        self._sock, self._raw, self._window = sock, raw, window  # raw: the SocketIO that owns the socket
+        self._end = time.monotonic() + window
+        self._got = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def readinto(self, b) -> int:
+        while True:
+            now = time.monotonic()
+            if now >= self._end and self._got >= MIN_BYTES_PER_WINDOW:
+                self._end, self._got = now + self._window, 0  # the pace was kept: a new window
+            left = self._end - now
+            self._sock.settimeout(left if left > 0 else 0.0)  # past the window: only what already arrived
+            try:
+                n = self._sock.recv_into(b)
+            except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
+                if self._got >= MIN_BYTES_PER_WINDOW:
+                    continue
+                raise TooSlow(self._got, self._window) from None
+            self._got += n
+            return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+class _PacedResponse(http.client.HTTPResponse):
+    """An HTTPResponse whose every read (status line, headers, body) goes through a _PacedReader."""
+
+    def __init__(self, sock, *args, **kwargs):
+        super().__init__(sock, *args, **kwargs)
+        window = sock.gettimeout()  # the --timeout the connection was made with
+        if window:
+            self.fp = io.BufferedReader(_PacedReader(sock, self.fp.detach(), window))
+
+
+class _PacedHTTPConnection(http.client.HTTPConnection):
+    response_class = _PacedResponse
+
+
+class _PacedHTTPSConnection(http.client.HTTPSConnection):
+    response_class = _PacedResponse
+
+
+class _PacedHTTPHandler(urllib.request.HTTPHandler):
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_PacedHTTPConnection, req, **kwargs)
+
+
+class _PacedHTTPSHandler(urllib.request.HTTPSHandler):
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_PacedHTTPSConnection, req, **kwargs)
 
 
 class _NoResponse:

@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
+import threading
 import time
 
 from rich.console import Console
@@ -85,6 +87,7 @@ err_console = Console(stderr=True, emoji=False)
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
 TRACEBACK_ENV = "QD_TRACEBACK"  # set to 1 to get the traceback of an unexpected error (developers)
 
 # C0 and C1 controls and DEL; line and paragraph separators; bidi controls and invisible
@@ -134,8 +137,29 @@ def describe_unexpected(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it takes Ctrl-C's clean way out: every `with` and
+    `finally` runs (worker pools shut down, their processes end, temp files are removed)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def run_app(app, interrupted_hint: str = "") -> None:
-    """Run a typer app, turning every failure into one clean line and a non-zero exit."""
+    """Run a typer app, turning every failure into one clean line and a non-zero exit
+    (SIGTERM included: the same clean exit as Ctrl-C, with exit code 143)."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        _run(app, interrupted_hint)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(app, interrupted_hint: str) -> None:
     try:
         app()
     except QDError as exc:
@@ -144,12 +168,12 @@ def run_app(app, interrupted_hint: str = "") -> None:
     except OSError as exc:
         fail(describe_os_error(exc))
         sys.exit(EXIT_ERROR)
-    except KeyboardInterrupt:
-        _say_interrupted(interrupted_hint)
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        sys.exit(_say_interrupted(interrupted_hint, exc))
     except SystemExit as exc:
-        if exc.code == EXIT_INTERRUPTED and _caused_by_ctrl_c(exc):  # typer turns Ctrl-C into exit 130, silently
-            _say_interrupted(interrupted_hint)
+        interrupt = _interrupt_of(exc) if exc.code == EXIT_INTERRUPTED else None
+        if interrupt is not None:  # typer turns Ctrl-C into exit 130, silently
+            sys.exit(_say_interrupted(interrupted_hint, interrupt))
         raise
     except MemoryError:
         fail("out of memory")
@@ -162,18 +186,21 @@ def run_app(app, interrupted_hint: str = "") -> None:
         sys.exit(EXIT_ERROR)
 
 
-def _say_interrupted(hint: str) -> None:
-    fail("interrupted (Ctrl-C)" + (f"; {hint}" if hint else ""))
+def _say_interrupted(hint: str, interrupt: KeyboardInterrupt) -> int:
+    """Say how the run was stopped; its exit code."""
+    terminated = isinstance(interrupt, Terminated)
+    fail(("terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)") + (f"; {hint}" if hint else ""))
+    return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
 
-def _caused_by_ctrl_c(exc: BaseException) -> bool:
+def _interrupt_of(exc: BaseException) -> KeyboardInterrupt | None:
     seen = 0
     while exc is not None and seen < 10:
         if isinstance(exc, KeyboardInterrupt):
-            return True
+            return exc
         exc = exc.__cause__ or exc.__context__
         seen += 1
-    return False
+    return None
 
 
 # ----------------------------------------------------------------------------- progress

@@ -17,9 +17,11 @@ would be read without end. Those are refused with one line before a byte is read
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import stat
 import sys
@@ -27,7 +29,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from qd.command import QDError, reason_of
 
@@ -104,17 +106,85 @@ def atomic_target(path: str | os.PathLike):
     """Yield a temp path beside `path`; when the block succeeds, move it onto `path` (commit_file).
 
     If the block raises (or the process dies), the temp file is removed (or left as a
-    hidden `.name.*.tmp`) and `path` keeps its previous content.
+    hidden `.name.*.tmp`) and `path` keeps its previous content. The one-file case of
+    atomic_targets, with the same errors (they name `path`, never the temp file).
     """
-    path = Path(path)
-    tmp = temp_path_for(path)
+    with atomic_targets([path]) as temps:
+        yield temps[Path(path)]
+
+
+@contextmanager
+def os_errors_name(path: str | os.PathLike):
+    """Re-raise an OSError that names no file, or a temp file, as one naming `path` (the file the
+    user knows: `error: I/O: No space left on device` says nothing)."""
     try:
-        os.chmod(tmp, default_file_mode())
-        yield tmp
-        commit_file(tmp, path)
+        yield
+    except OSError as exc:
+        if exc.filename is not None and os.fsdecode(exc.filename) == os.fspath(path):
+            raise
+        raise type(exc)(exc.errno, exc.strerror or str(exc), os.fspath(path)) from None
+
+
+@contextmanager
+def atomic_targets(paths: list[str | os.PathLike]) -> Iterator[dict[Path, Path]]:
+    """atomic_target for files that change together: all of them, or none.
+
+    Yields {final path: temp path beside it}. Before any temp is made, a final path held by a
+    folder (or anything but a file) is refused; when the block succeeds, every temp is fsynced,
+    each existing final is kept aside under a hidden hard link, and the temps are moved in. If a
+    move fails, those already moved are put back, so the old files stay exactly as they were.
+    On any failure the temps are removed, and OS errors name the final file, never a temp.
+    """
+    finals = list(dict.fromkeys(Path(p) for p in paths))
+    temps: dict[Path, Path] = {}
+    try:
+        for final in finals:
+            with os_errors_name(final):
+                if final.exists() and not final.is_file():
+                    raise IsADirectoryError(errno.EISDIR, "is in the way: a folder (or other non-file) where the "
+                                                          "file goes")
+                temps[final] = temp_path_for(final)
+                os.chmod(temps[final], default_file_mode())
+        yield temps
+        for final, tmp in temps.items():
+            with os_errors_name(final):
+                fsync_file(tmp)
+        _replace_all(temps)
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+
+
+def _replace_all(temps: dict[Path, Path]) -> None:
+    """os.replace each temp onto its final path; on a failure, undo the ones done (see atomic_targets)."""
+    kept: dict[Path, Path] = {}  # final -> a hard link to its previous file
+    done: list[Path] = []
+    try:
+        if len(temps) > 1:
+            for final in temps:
+                if final.exists():
+                    with os_errors_name(final):
+                        aside = final.with_name(f".{final.name}.{secrets.token_hex(6)}.old{TEMP_SUFFIX}")
+                        os.link(final, aside)
+                    kept[final] = aside
+        for final, tmp in temps.items():
+            with os_errors_name(final):
+                os.replace(tmp, final)
+            done.append(final)
+        for folder in {final.parent for final in temps}:
+            fsync_dir(folder)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for final in reversed(done):
+            with contextlib.suppress(OSError):
+                if final in kept:
+                    os.replace(kept.pop(final), final)
+                else:
+                    final.unlink()
         raise
+    finally:
+        for aside in kept.values():
+            with contextlib.suppress(OSError):
+                aside.unlink()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -161,6 +231,59 @@ def commit_dir(tmp: Path, final: Path) -> None:
         os.rename(tmp, final)
         remove_temp(aside)
     fsync_dir(final.parent)
+
+
+# ----------------------------------------------------------------------------- one writer per folder
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, on_wait: Callable[[str], None] = lambda message: None):
+    """Hold the one writer lock of `folder` (made if missing) while the block runs: every command
+    that writes a folder (qd-data fetch and import into a data folder) takes it for its whole run,
+    so two never interleave. A second writer waits for the first, after `on_wait(one line)` says so.
+
+    The lock is an exclusive flock on the folder itself: nothing is written into the folder for
+    it, and the kernel releases it when its holder's process ends, however it ends (a SIGKILL
+    leaves no stale lock). A file system without flock (some network mounts) goes unlocked;
+    a platform without fcntl too."""
+    folder = Path(folder)
+    with os_errors_name(folder):
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        try:
+            import fcntl
+        except ImportError:
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _flock_holder(fd)
+                on_wait(f"{folder}: another command{f' (pid {holder})' if holder else ''} is writing this folder; "
+                        "waiting for it to finish (Ctrl-C to stop, or use another folder)")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                pass  # no locks on this file system
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _flock_holder(fd: int) -> int | None:
+    """The pid holding a flock on the file open as `fd`, from Linux's /proc/locks (None elsewhere)."""
+    st = os.fstat(fd)
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == key and fields[4].isdigit():
+                    return int(fields[4])
+    except OSError:
+        pass
+    return None
 
 
 # ----------------------------------------------------------------------------- reading
@@ -256,11 +379,23 @@ class UnlistableFolder:
     reason: str
 
 
-def walk_files(root: Path, recursive: bool = True) -> Iterator[Path | UnlistableFolder]:
+class LinkOutside(UnlistableFolder):
+    """A symlinked folder (or file) under a walked folder that leads out of it: not followed."""
+
+
+def is_within(path: str | os.PathLike, root_real: str) -> bool:
+    """Whether `path`, links resolved, is `root_real` (a realpath) or inside it."""
+    real = os.path.realpath(path)
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def walk_files(root: Path, recursive: bool = True, within: Path | None = None) -> Iterator[Path | UnlistableFolder]:
     """The files under `root`, depth first in name order, the way every command reads a folder:
     hidden (dot) files and folders skipped (.git, macOS ._x.png resource forks), symlinked folders
-    followed once (loops cut); with `recursive=False` only `root`'s own files. A folder that cannot
-    be listed is yielded as an UnlistableFolder and the walk goes on."""
+    followed once (loops cut) only while they stay inside `within` (default `root`): a link to
+    `/` is yielded as a LinkOutside, never walked. With `recursive=False` only `root`'s own files.
+    A folder that cannot be listed is yielded as an UnlistableFolder and the walk goes on."""
+    bound = os.path.realpath(within if within is not None else root)
     seen: set[str] = set()
     stack = [root]
     while stack:
@@ -269,6 +404,10 @@ def walk_files(root: Path, recursive: bool = True) -> Iterator[Path | Unlistable
         if real in seen:
             continue  # a symlink loop, or a folder reached twice
         seen.add(real)
+        if not is_within(real, bound):
+            yield LinkOutside(Path(folder), f"a link to a folder outside {within if within is not None else root} "
+                                            f"({real}); not followed")
+            continue
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)

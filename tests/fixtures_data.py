@@ -12,6 +12,8 @@ request) that serves the shared bitmaps in Google's layout,
         qd_server.ignore_range()                    # answer every Range request with a full 200
         qd_server.stall("bird", seconds=2.0, after=4096)  # pause mid-body for a while
         release = qd_server.hold("bird", after=4096)  # pause mid-body until release.set() (or the reset)
+        qd_server.drip("bird", after=4096, step=1, pause=0.1)  # then 1 byte per 0.1 s, for at most 30 s
+        qd_server.drip("bird", headers=True)        # the status line and headers dripped too
         qd_server.add("The Eiffel Tower", some_path)  # serve another file under any name
         qd_server.validators("etag")                # send only an ETag (or "last_modified", or none)
         qd_server.honour_if_range(False)            # answer Range with 206 whatever If-Range says
@@ -49,6 +51,18 @@ HTML_PAGE = (b"<!DOCTYPE html>\n<html lang=en><head><title>Error 429 (Too Many R
              b"<body><p>We're sorry, but you have sent too many requests to us recently.</p></body></html>\n")
 MAX_STALL_SECONDS = 10.0  # a stalled handler never outlives the test run by much
 MAX_HOLD_SECONDS = 300.0  # a held response is released by the test or the reset; this only bounds a crash
+MAX_DRIP_SECONDS = 30.0  # a dripping response ends by itself (connection closed), or at the reset
+
+
+@dataclass(frozen=True)
+class Drip:
+    """How a response is dripped (BitmapServer.drip)."""
+
+    after: int
+    step: int
+    pause: float
+    seconds: float
+    headers: bool
 
 
 @dataclass(frozen=True)
@@ -107,7 +121,7 @@ class BitmapServer:
         be done (and its test over) before the hit lands; waiting keeps a previous test's
         late hit out of the next test's log."""
         with self._lock:
-            for held in getattr(self, "_holds", {}).values():
+            for held in [*getattr(self, "_holds", {}).values(), *getattr(self, "_drips", {}).values()]:
                 held[0].set()  # a test that failed before releasing its hold frees its handler here
             self._no_requests_in_flight.wait_for(lambda: self._in_flight == 0, timeout=wait_s)
             self.files: dict[str, Path] = {p.stem: p for p in sorted(self.folder.glob("*.npy"))}
@@ -117,6 +131,7 @@ class BitmapServer:
             self._status: dict[str, list[int]] = {}  # category -> [status, times left]
             self._stalls: dict[str, tuple[float, int]] = {}
             self._holds: dict[str, tuple[threading.Event, int]] = {}
+            self._drips: dict[str, tuple[threading.Event, Drip]] = {}
             self._ignore_range = False
             self._validators = {"etag", "last_modified"}
             self._honour_if_range = True
@@ -179,6 +194,19 @@ class BitmapServer:
             self._holds[category] = (release, after)
         return release
 
+    def drip(self, category: str, after: int = 0, step: int = 1, pause: float = 0.1,
+             seconds: float = MAX_DRIP_SECONDS, headers: bool = False) -> threading.Event:
+        """Send `after` body bytes of each response for `category`, then `step` bytes every `pause` seconds,
+        for at most `seconds` (capped at MAX_DRIP_SECONDS); then close the connection, the rest unsent.
+        With `headers`, the status line and headers are dripped too (and `after` counts from their start).
+        The returned event (or the server's reset) stops a drip at once: a server far slower than any
+        client's floor, which still ends by itself."""
+        stop = threading.Event()
+        with self._lock:
+            self._drips[category] = (stop, Drip(after, max(step, 1), pause, min(seconds, MAX_DRIP_SECONDS),
+                                                headers))
+        return stop
+
     def ignore_range(self, ignore: bool = True) -> None:
         with self._lock:
             self._ignore_range = ignore
@@ -210,7 +238,7 @@ class BitmapServer:
                 change[0] -= 1
             plan = {"path": self.files.get(category), "html": category in self._html,
                     "status": None, "drop": None, "stall": self._stalls.get(category),
-                    "hold": self._holds.get(category),
+                    "hold": self._holds.get(category), "drip": self._drips.get(category),
                     "ignore_range": self._ignore_range, "validators": set(self._validators),
                     "honour_if_range": self._honour_if_range, "reason": self._reasons.get(category)}
             if category in self._status:
@@ -307,6 +335,9 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in headers.items():
             self.send_header(key, value)
         self.send_header("Content-Length", str(end - start))
+        if plan.get("drip") is not None:
+            return self._send_dripping(owner, category, range_header, status, data, start, end, send_body,
+                                       *plan["drip"])
         self.end_headers()
         sent = 0
         if send_body:
@@ -342,6 +373,34 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:  # the client went away (timeout, SIGKILL): fine
             self.close_connection = True
         return sent
+
+    def _send_dripping(self, owner, category, range_header, status, data, start, end, send_body,
+                       stop: threading.Event, drip: Drip) -> None:
+        """Headers (whole, or dripped), `drip.after` bytes at once, then `drip.step` bytes per `drip.pause`
+        seconds until the drip's time is up or `stop` is set; then the connection is closed."""
+        self._headers_buffer.append(b"\r\n")
+        head = b"".join(self._headers_buffer)
+        self._headers_buffer = []
+        body = data[start:end] if send_body else b""
+        stream = head + body if drip.headers else body
+        written = 0
+        deadline = time.monotonic() + drip.seconds
+        try:
+            if not drip.headers:
+                self.wfile.write(head)
+            written = min(drip.after, len(stream))
+            self.wfile.write(stream[:written])
+            while written < len(stream) and time.monotonic() < deadline and not stop.is_set():
+                self.wfile.write(stream[written:written + drip.step])
+                written = min(written + drip.step, len(stream))
+                stop.wait(drip.pause)
+        except OSError:  # the client gave up: what a drip is for
+            pass
+        if written < len(stream):
+            self._abort(reset=False)
+        self.close_connection = True
+        sent = max(written - len(head), 0) if drip.headers else written
+        owner._record(Hit(self.command, category, range_header, status, sent))
 
     def _abort(self, reset: bool) -> None:
         """Drop the connection mid-body, as a flaky network would."""

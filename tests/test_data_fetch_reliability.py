@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -182,3 +183,47 @@ def test_a_fifo_in_a_fetch_source_folder_is_one_line(tmp_path, shared_bitmaps):
     assert result.exit_code == 1 and (tmp_path / "out" / "apple.npy").is_file()
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
         f"error: cat: source file {source / 'cat.npy'}: is a FIFO (named pipe), not a regular file; refused"]
+
+
+def test_a_dripping_server_is_given_up_on_and_the_rerun_resumes(qd_server, shared_bitmaps, tmp_path):
+    # 1 byte per 0.1 s after each response's first 1 MB, against a floor of 64 KiB per 0.5 s (--timeout):
+    # every read still brings a byte well within --timeout, so only a pace rule ends the transfer.
+    # Before that rule the drip (30 s a response, 3 responses) outlived the subprocess guard below.
+    out = tmp_path / "data"
+    part = part_path(out, "cat")
+    url = qd_server.url("cat")
+    qd_server.drip("cat", after=1_000_000, step=1, pause=0.1)
+    first = subprocess.run([sys.executable, "-m", "qd.data.cli", "fetch", "cat", "--source", qd_server.base_url,
+                            "--out", str(out), "--timeout", "0.5", "--retries", "2"],
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert first.returncode == 1, (first.stdout, first.stderr)
+    errors = [line for line in first.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, first.stderr
+    assert errors[0].startswith(f"error: cat: {url}: timed out: the server sent "), errors[0]
+    assert "bytes in 0.5 s, less than 64 KiB per 0.5 s (gave up after 2 retries; " in errors[0]
+    assert errors[0].endswith(" bytes kept, rerun to resume)") and "Traceback" not in first.stdout
+    assert not (out / "cat.npy").exists()
+    kept = part.stat().st_size
+    assert 1_000_000 <= kept < (shared_bitmaps / "cat.npy").stat().st_size  # the bytes that did arrive are kept
+    assert any(hit.range and hit.range.startswith("bytes=1") for hit in qd_server.hits_for("cat"))  # retries resumed
+
+    qd_server.reset()  # the drip is gone: the same command resumes and completes
+    rerun = invoke_cli(main, "fetch", "cat", "--source", qd_server.base_url, "--out", out)
+    assert rerun.exit_code == 0, rerun.output
+    assert "resumed" in rerun.output
+    assert (out / "cat.npy").read_bytes() == (shared_bitmaps / "cat.npy").read_bytes()
+    assert any(hit.range and hit.range.startswith(f"bytes={kept}-") for hit in qd_server.hits_for("cat"))
+    assert sorted(p.name for p in out.iterdir()) == ["cat.npy"]
+
+
+def test_dripped_status_line_and_headers_are_given_up_on(qd_server, shared_bitmaps, tmp_path):
+    # The probe's response dripped from its first byte: the status line never completes within --timeout.
+    qd_server.drip("dog", headers=True, step=1, pause=0.1, seconds=10)  # ends by itself, even unfixed
+    result = invoke_cli(main, "fetch", "dog", "--source", qd_server.base_url, "--out", tmp_path / "out",
+                        "--timeout", "0.5", "--retries", "0")
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, result.stderr
+    assert re.fullmatch(re.escape(f"error: dog: {qd_server.url('dog')}: timed out: the server sent ") +
+                        r"\d+ bytes? in 0\.5 s, less than 64 KiB per 0\.5 s", errors[0]), errors[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing written
