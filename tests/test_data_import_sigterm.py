@@ -1,7 +1,6 @@
 """SIGTERM to `qd-data import` while its decode workers run: the same clean exit as Ctrl-C (exit 143,
 one line), and the fork server and every worker end with it; nothing is written."""
 
-import os
 import signal
 import subprocess
 import sys
