@@ -16,6 +16,10 @@ every module it imports, a second or so per qd-infer start on a 2-core machine
      (open, decode, convert to L, resize to 28x28) over the same files, for P = 1 and P =
      every CPU. The folder: the shared bitmaps as 254 px and 1024 px grey-on-white PNGs
      (bench/image_folder.py). Target >= 0.5x with every CPU.
+     Then small images on their own: qd-infer --json (every CPU) against the bare loop over
+     254 px PNGs of thin grey strokes on white (the shared .ndjson drawings, anti-aliased,
+     8-bit grey: bench/image_folder.py's make_stroke_folder), for each count in
+     --small-pngs (default 2,000 and 10,000). Targets >= 0.5x and >= 0.6x.
   3. Peak memory: qd-infer over N drawings (.npy) and over 10,000 PNGs, as the largest
      sampled sum of resident memory over qd-infer and its decode workers (and the main
      process's own peak).
@@ -42,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from image_folder import drawings_file, make_class_folders, make_folder
+from image_folder import drawings_file, make_class_folders, make_folder, make_stroke_folder
 from qd.machine import cpu, usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,9 +93,10 @@ def main() -> None:
                     help="export folder or model.onnx (repeat: the default network and the seed one)")
     ap.add_argument("--drawings", type=int, default=100_000)
     ap.add_argument("--pngs", type=int, default=2_000)
+    ap.add_argument("--small-pngs", default="2000,10000", help="comma-separated sizes of the small-image folders")
     ap.add_argument("--rss-pngs", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--skip", default="", help="comma-separated sections to skip: npy, images, memory, commands")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: npy, images, small, memory, commands")
     ap.add_argument("--work", type=Path, default=REPO / "artifacts" / "bench-infer")
     ap.add_argument("--no-bytecode-cache", action="store_true",
                     help="leave PYTHONDONTWRITEBYTECODE as it is (each process compiles what it imports)")
@@ -125,6 +130,17 @@ def main() -> None:
             timed = side_by_side(bare, ours, args.rounds)
             print(f"   {processes} process{'es' if processes > 1 else '  '}  "
                   f"{timed.line('bare Pillow loop', args.pngs, 'images', 0.5)}")
+
+    if "small" not in skip:
+        processes = usable_cpus()
+        counts = [int(c) for c in args.small_pngs.split(",") if c]
+        print(f"\n2b. small images: 254 px PNGs of thin grey strokes on white (8-bit grey), {processes} processes, "
+              f"qd-infer --json, model {arch_of(models[0])}:")
+        for count, target in zip(counts, (0.5, 0.6, 0.6)):
+            folder = make_stroke_folder(args.work / f"strokes-{count}", count)
+            bare = [sys.executable, "-c", BARE_PILLOW, folder, processes]
+            ours = [*QD_INFER, folder, "--model", models[0], "--json", "--workers", processes]
+            print(f"   {count:6,} PNGs  {side_by_side(bare, ours, args.rounds).line('bare Pillow loop', count, 'images', target)}")
 
     if "memory" not in skip:
         small = make_folder(args.work / f"pngs-{args.rss_pngs}", args.rss_pngs, sizes=(254,))

@@ -135,6 +135,11 @@ class ImageDecoder:
         self.workers = max(1, int(workers))
         self.parallel = self.workers > 1 and (expected is None or expected >= MIN_FILES_FOR_PROCESSES)
         self._context = context
+        if self.parallel and context is None:
+            # The fork server imports numpy, Pillow and this module (about half a second) while the
+            # caller goes on (loading its model): by the first file, workers fork from it at once.
+            self._context = worker_context(WORKER_MODULES)
+            _start_fork_server(self._context)
         self._pool: ProcessPoolExecutor | None = None
         self._pool_served = False  # has the current pool finished a task?
 
@@ -259,6 +264,15 @@ class ImageDecoder:
             else:
                 self._served(pool)
                 yield item, result
+
+
+def _start_fork_server(context) -> None:
+    """Start the context's fork server now, without waiting for it (multiprocessing would start
+    it at the first worker, and wait there for its imports)."""
+    if context.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
 
 
 def _nothing() -> None:

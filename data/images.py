@@ -12,7 +12,7 @@ a 16-unit line and 16 units of padding per side, i.e. the ink's bounding box
 of the frame wide. Steps 7-11 reproduce that framing and line width.
 
 Algorithm (W x H image; arrays row-major; constants as defined below and in
-qd.data.limits: MAX_PIXELS = 50,000,000, WORK_PIXELS = 2048 * 2048,
+qd.data.contract: MAX_PIXELS = 50,000,000, WORK_PIXELS = 2048 * 2048,
 MIN_CONTRAST = 32, STRETCH_LO = 0.25, STRETCH_HI = 0.75, TRIM = 0.0005,
 WORK_SIDE = 112; "P(q)" is defined in step 3):
 
@@ -91,7 +91,7 @@ WORK_SIDE = 112; "P(q)" is defined in step 3):
 12. bitmap = floor(255 * out + 0.5), clipped to 0..255, as uint8 (ink-high on
     a 0 background, like Google's bitmaps).
 
-The model then sees qd.data.preprocess.bitmaps_to_input(bitmap, spec) with the
+The model then sees qd.data.contract.bitmaps_to_input(bitmap, spec) with the
 model's own preprocessing spec.
 """
 
@@ -299,6 +299,13 @@ def _wide_gray(image: Image.Image) -> np.ndarray:
 # side of that level each cell's median lies; a median is selected exactly (np.partition)
 # only where it can be a window's minimum. Where the whole map is 0 (clean paper), step 5
 # changes no pixel, and b and span stand.
+# Small clean images (issue 29: most saved doodles are a few hundred pixels of thin grey
+# strokes on white, and there the steps' own work, not the decoding, was the cost): the
+# histogram counts the paper's level apart; steps 7-10 look only inside the ink's tight
+# box (the trimmed bounds and stroke widths cannot change outside it) and reuse the stroke
+# width when the frame holds the whole box at factor 1; S of the pooled levels is computed
+# with the table's own float32 operations; the area weights are built from their bands.
+# bench/images_identity.py compares every bitmap with the module as it was before.
 
 def percentile(hist: np.ndarray, q: float) -> int:
     """Step 3: the smallest grey level v with cumsum(hist)[v] >= q * N."""
@@ -306,29 +313,55 @@ def percentile(hist: np.ndarray, q: float) -> int:
     return int(np.searchsorted(cum, q * float(cum[-1]), side="left"))
 
 
+def percentiles(hist: np.ndarray, qs: tuple[float, ...]) -> list[int]:
+    """Step 3 for several q at once (one cumulative sum): [P(q) for q in qs]."""
+    cum = np.cumsum(hist)
+    return np.searchsorted(cum, np.array(qs, dtype=np.float64) * float(cum[-1]), side="left").tolist()
+
+
+# Images of at least this many pixels are counted as "one level, and the rest" when one level
+# fills at least half of them (clean paper): see histogram().
+_RUN_COUNTING_PIXELS = 4096
+
+
 def histogram(levels: np.ndarray) -> np.ndarray:
-    """Step 2: count[v] for v in 0..255 of a 2-D uint8 array (Pillow's counting loop: 2x numpy's)."""
-    return np.asarray(Image.fromarray(np.ascontiguousarray(levels)).histogram(), dtype=np.int64)
+    """Step 2: count[v] for v in 0..255 of a 2-D uint8 array, int64 (256,).
+
+    Pillow's counting loop (twice numpy's bincount) stalls on long runs of one level, each
+    count waiting for the one before: on clean paper, where one level (the first pixel's,
+    usually) fills most of the image, that level is counted by comparison and the other
+    pixels alone go through bincount."""
+    levels = np.ascontiguousarray(levels)
+    flat = levels.reshape(-1)
+    if flat.size >= _RUN_COUNTING_PIXELS:
+        paper = int(flat[0])
+        rest = flat[flat != paper]
+        if 2 * rest.size <= flat.size:
+            hist = np.bincount(rest, minlength=256)
+            hist[paper] += flat.size - rest.size
+            return hist.astype(np.int64, copy=False)
+    return np.asarray(Image.fromarray(levels).histogram(), dtype=np.int64)
 
 
 def dark_on_light(hist: np.ndarray) -> bool:
     """Step 4's polarity test: is the far tail dark (ink darker than the paper)?"""
-    m = percentile(hist, 0.5)
-    return m - percentile(hist, 0.001) > percentile(hist, 0.999) - m
+    m, low, high = percentiles(hist, (0.5, 0.001, 0.999))
+    return m - low > high - m
 
 
 def background_and_span(hist: np.ndarray) -> tuple[int, int]:
     """Step 4: b = P(0.5) and span = P(0.999) - b of an ink-high histogram."""
-    b = percentile(hist, 0.5)
-    return b, percentile(hist, 0.999) - b
+    b, top = percentiles(hist, (0.5, 0.999))
+    return b, top - b
 
 
 def ink_high(gray: np.ndarray) -> tuple[np.ndarray, int, int]:
     """Step 4: orient so ink is high; return (I, background b, span)."""
     hist = histogram(gray)
-    if dark_on_light(hist):
-        gray, hist = 255 - gray, hist[::-1]
-    return (gray, *background_and_span(hist))
+    m, low, high = percentiles(hist, (0.5, 0.001, 0.999))
+    if m - low > high - m:  # dark_on_light
+        return (255 - gray, *background_and_span(hist[::-1]))
+    return gray, m, high - m
 
 
 class CellGrid:
@@ -347,18 +380,16 @@ class CellGrid:
         tells each cell's median's side of it; a median is selected exactly only where it can
         be a window's minimum: below `likely`, or above it in a window with no cell at or below.
         """
-        below = np.zeros((self.rows, self.cols), dtype=bool)
-        above = np.zeros((self.rows, self.cols), dtype=bool)
-        for (i, j), cells in self._blocks(levels):
-            half = 0.5 * cells.shape[1] * cells.shape[3]
-            # P(0.5) > likely  <=>  count(<= likely) < N / 2;  P(0.5) < likely  <=>  count(< likely) >= N / 2
-            above[i:i + cells.shape[0], j:j + cells.shape[2]] = _cell_counts(cells <= likely) < half
-            if likely > 0:
-                below[i:i + cells.shape[0], j:j + cells.shape[2]] = _cell_counts(cells < likely) >= half
-        windows_all_above = ~_max_filter(~above, LOCAL_RADIUS)
-        if not below.any() and not windows_all_above.any():
+        above = self.counts(levels <= likely) < self.half
+        below = self.counts(levels < likely) >= self.half if likely > 0 else None
+        # A window is all above only if some cell is (each window holds its own cell).
+        windows_all_above = ~_max_filter(~above, LOCAL_RADIUS) if above.any() else None
+        if ((below is None or not below.any())
+                and (windows_all_above is None or not windows_all_above.any())):
             return np.full((self.rows, self.cols), likely, dtype=np.int32)  # each window's minimum is `likely`
-        exact = below | (above & _max_filter(windows_all_above, LOCAL_RADIUS))
+        exact = above & _max_filter(windows_all_above, LOCAL_RADIUS) if windows_all_above is not None else None
+        if below is not None:
+            exact = below if exact is None else exact | below
         # An unselected cell above `likely` shares every window with a lower one: any level over
         # `likely` stands in for its median without changing a minimum.
         medians = np.where(above, 255, likely).astype(np.int32)
@@ -368,6 +399,33 @@ class CellGrid:
                 if rows.size:
                     medians[i + rows, j + cols] = _medians(cells[rows, :, cols, :])
         return _min_filter(medians, LOCAL_RADIUS)
+
+    @property
+    def half(self) -> np.ndarray:
+        """(rows, cols) float64: half of each cell's pixel count (the last row and column clipped)."""
+        heights = np.full(self.rows, self.cell, dtype=np.float64)
+        heights[-1] = self.height - (self.rows - 1) * self.cell
+        widths = np.full(self.cols, self.cell, dtype=np.float64)
+        widths[-1] = self.width - (self.cols - 1) * self.cell
+        return 0.5 * heights[:, None] * widths[None, :]
+
+    def counts(self, mask: np.ndarray) -> np.ndarray:
+        """(rows, cols): the True pixels of each cell of a boolean (H, W) mask (one pass: the
+        mask is laid on a zero grid of whole cells, whose added pixels count nothing)."""
+        c = self.cell
+        if self.rows * self.cols * c * c > 2 * self.height * self.width:  # a thin strip: block by block
+            out = np.empty((self.rows, self.cols), dtype=np.int64)
+            for (i, j), cells in self._blocks(mask):
+                out[i:i + cells.shape[0], j:j + cells.shape[2]] = _cell_counts(cells)
+            return out
+        if self.height % c or self.width % c:
+            whole = np.zeros((self.rows * c, self.cols * c), dtype=np.uint8)
+            whole[:self.height, :self.width] = mask.view(np.uint8)
+        else:
+            whole = mask.view(np.uint8)
+        # Column counts within a cell fit the narrowest type: no casts in the big sum.
+        per_column = whole.reshape(self.rows, c, self.cols, c).sum(axis=1, dtype=np.uint8 if c <= 255 else _counter(c))
+        return per_column.sum(axis=2, dtype=np.int64)
 
     def _blocks(self, levels: np.ndarray):
         """((first cell row, first cell column), (nr, ch, nc, cw) view) for each rectangle of
@@ -393,6 +451,12 @@ def _cell_counts(mask: np.ndarray) -> np.ndarray:
     """(nr, nc) int64: the True pixels of each cell of a (nr, ch, nc, cw) boolean array."""
     per_column = mask.view(np.uint8).sum(axis=1, dtype=_counter(mask.shape[1]))  # narrow sums vectorise
     return per_column.sum(axis=2, dtype=np.int64)
+
+
+def _count(mask: np.ndarray, axis: int) -> np.ndarray:
+    """The True pixels of a 2-D boolean array along `axis`, in the narrowest type that holds them."""
+    length = mask.shape[axis]
+    return mask.view(np.uint8).sum(axis=axis, dtype=np.uint8 if length <= 255 else _counter(length))
 
 
 def _counter(length: int):
@@ -438,58 +502,95 @@ def gray_to_bitmap(gray: np.ndarray) -> np.ndarray:
             b, span = background_and_span(histogram(ink))
     if span < MIN_CONTRAST:
         raise BlankImageError(f"no drawing found (blank image or too little contrast: {span} grey levels)")
-    return levels_to_bitmap(ink, stretch_table(b, span))
+    return levels_to_bitmap(ink, stretch_table(b, span), stretch=_stretch_bounds(b, span))
+
+
+def _stretch_bounds(b: int, span: int) -> tuple[np.float32, np.float32]:
+    """Step 6's lo and hi, float32."""
+    return np.float32(b + STRETCH_LO * span), np.float32(b + STRETCH_HI * span)
 
 
 def stretch_table(b: int, span: int) -> np.ndarray:
     """Step 6 for every level: S = clip((I - lo) / (hi - lo), 0, 1) in float32, (256,)."""
-    lo = np.float32(b + STRETCH_LO * span)
-    hi = np.float32(b + STRETCH_HI * span)
-    return np.clip((np.arange(256, dtype=np.float32) - lo) / (hi - lo), np.float32(0), np.float32(1))
+    return _stretch(np.arange(256, dtype=np.float32), *_stretch_bounds(b, span))
 
 
-def levels_to_bitmap(ink: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Steps 7-12 on uint8 ink levels I (H, W) whose strength is S = table[I]."""
+def _stretch(levels: np.ndarray, lo: np.float32, hi: np.float32) -> np.ndarray:
+    """Step 6 in place on a float32 array of levels: the same float32 operations for a table
+    of all 256 levels and for an image's levels, so either gives S bit for bit."""
+    np.subtract(levels, lo, out=levels)
+    np.divide(levels, hi - lo, out=levels)
+    np.maximum(levels, np.float32(0), out=levels)  # clip(levels, 0, 1): no NaN here
+    return np.minimum(levels, np.float32(1), out=levels)
+
+
+def levels_to_bitmap(ink: np.ndarray, table: np.ndarray,
+                     stretch: tuple[np.float32, np.float32] | None = None) -> np.ndarray:
+    """Steps 7-12 on uint8 ink levels I (H, W) whose strength is S = table[I]. `stretch`:
+    the (lo, hi) `table` was made from (stretch_table), to compute S of the pooled levels
+    with the table's float32 operations rather than look it up (twice as fast)."""
     strong = int(np.argmax(table >= 0.5)) if table[-1] >= 0.5 else 256  # S >= 0.5  <=>  I >= strong
+    height, width = ink.shape
     mask = ink >= strong
-    counted = mask.view(np.uint8)
-    col = counted.sum(axis=0, dtype=_counter(mask.shape[0])).astype(np.int64)
-    row = counted.sum(axis=1, dtype=_counter(mask.shape[1])).astype(np.int64)
-    total = int(col.sum())
-    if total == 0:
+    # Counts per column, then per row of the columns that hold ink; the ink's tight box
+    # [ya, yb) x [xa, xb) holds every mask pixel, and the steps below see only that box
+    # (zero counts outside it move no trimmed bound and no stroke width).
+    col = _count(mask, axis=0)
+    inked = np.flatnonzero(col)
+    if inked.size == 0:
         raise BlankImageError("no drawing found (no ink after contrast stretch)")
-    x0, x1 = _trimmed_bounds(col, total)
-    y0, y1 = _trimmed_bounds(row, total)
+    xa, xb = int(inked[0]), int(inked[-1]) + 1
+    box = mask[:, xa:xb]
+    row = _count(box, axis=1)
+    inked = np.flatnonzero(row)
+    ya, yb = int(inked[0]), int(inked[-1]) + 1
+    box = box[ya:yb]
+    col, row = col[xa:xb].astype(np.int64), row[ya:yb].astype(np.int64)
+    total = int(col.sum())
+    x0, x1 = (xa + v for v in _trimmed_bounds(col, total))
+    y0, y1 = (ya + v for v in _trimmed_bounds(row, total))
     side = max(x1 - x0 + 1, y1 - y0 + 1)
     # The frame is fitted to the drawing's skeleton (ink extent minus one line
     # width), so thin and thick pens give the same framing as Google's renders.
-    width = min(stroke_width(mask), side * LINE_UNITS / INK_UNITS)
-    frame = (side - width) * FRAME_UNITS / SKELETON_UNITS
+    line = stroke_width(box)
+    pen = min(line, side * LINE_UNITS / INK_UNITS)
+    frame = (side - pen) * FRAME_UNITS / SKELETON_UNITS
     frame_x = (x0 + x1 + 1) / 2.0 - frame / 2.0
     frame_y = (y0 + y1 + 1) / 2.0 - frame / 2.0
     factor = max(1, int(math.floor(frame / WORK_SIDE)))
     n = int(math.ceil((frame + 1.0) / factor))
     left, top = int(math.floor(frame_x)), int(math.floor(frame_y))
     pooled = _max_pool(_crop_zero_padded(ink, top, left, n * factor), factor)  # table[0] == 0: pads stay 0
-    pooled = _thicken(pooled, strong, target=(frame / factor) * LINE_UNITS / FRAME_UNITS)
-    strength = table.astype(np.float64)[pooled]
-    wy = area_weights(n, SIDE, (frame_y - top) / factor, frame / factor)
-    wx = area_weights(n, SIDE, (frame_x - left) / factor, frame / factor)
+    if factor == 1 and top <= ya and left <= xa and yb <= top + n and xb <= left + n:
+        pooled_line = line  # the region is the image's pixels and holds the whole box: the same mask
+    else:
+        pooled_line = stroke_width(pooled >= strong)
+    pooled = _thicken(pooled, pooled_line, target=(frame / factor) * LINE_UNITS / FRAME_UNITS)
+    if stretch is None:
+        strength = table.astype(np.float64)[pooled]
+    else:
+        strength = _stretch(pooled.astype(np.float32), *stretch).astype(np.float64)
+    wy, wx = _area_weights_yx(n, (frame_y - top) / factor, (frame_x - left) / factor, frame / factor)
     out = wy @ strength @ wx.T
     return np.floor(out * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
 
 
-def _trimmed_bounds(mass: np.ndarray, total: float) -> tuple[int, int]:
+def _trimmed_bounds(mass: np.ndarray, total: int) -> tuple[int, int]:
+    """The first index whose prefix sum, and the last whose suffix sum, is over TRIM * total
+    (both sums of integers, exact: prefix sums rise and suffix sums fall, so counting tells)."""
     limit = TRIM * total
-    first = int(np.argmax(np.cumsum(mass) > limit))
-    suffix = np.cumsum(mass[::-1])[::-1]
-    last = int(len(mass) - 1 - np.argmax((suffix > limit)[::-1]))
+    prefix = np.cumsum(mass)
+    first = int(np.count_nonzero(prefix <= limit))
+    suffix = total - prefix + mass
+    last = int(np.count_nonzero(suffix > limit)) - 1
     return first, max(first, last)
 
 
 def _crop_zero_padded(a: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
-    out = np.zeros((size, size), dtype=a.dtype)
     h, w = a.shape
+    if top >= 0 and left >= 0 and top + size <= h and left + size <= w:
+        return a[top:top + size, left:left + size]  # read only from here on
+    out = np.zeros((size, size), dtype=a.dtype)
     sy0, sx0 = max(top, 0), max(left, 0)
     sy1, sx1 = min(top + size, h), min(left + size, w)
     if sy1 > sy0 and sx1 > sx0:
@@ -525,9 +626,8 @@ def stroke_width(mask: np.ndarray) -> float:
     return 2.0 * area / boundary
 
 
-def _thicken(q: np.ndarray, strong: int, target: float) -> np.ndarray:
-    """Step 10 on uint8 levels q, whose mask S >= 0.5 is q >= strong."""
-    width = stroke_width(q >= strong)
+def _thicken(q: np.ndarray, width: float, target: float) -> np.ndarray:
+    """Step 10 on uint8 levels q whose mask S >= 0.5 has stroke width `width`."""
     if width == 0.0 or width >= target:
         return q
     radius = int(math.floor((target - width) / 2.0 + 0.5))
@@ -535,18 +635,34 @@ def _thicken(q: np.ndarray, strong: int, target: float) -> np.ndarray:
 
 
 def _max_filter(a: np.ndarray, radius: int) -> np.ndarray:
-    """Separable (2r+1)-square max filter, window clipped at the borders."""
+    """Separable (2r+1)-square max filter, window clipped at the borders (bool or integers)."""
     for axis in (0, 1):
-        out = a.copy()
-        n = a.shape[axis]
-        for shift in range(1, min(radius, n - 1) + 1):
-            lead = [slice(None)] * 2
-            lag = [slice(None)] * 2
-            lead[axis], lag[axis] = slice(shift, None), slice(None, -shift)
-            np.maximum(out[tuple(lag)], a[tuple(lead)], out=out[tuple(lag)])
-            np.maximum(out[tuple(lead)], a[tuple(lag)], out=out[tuple(lead)])
-        a = out
+        a = _window_max(a, min(radius, a.shape[axis] - 1), axis)
     return a
+
+
+def _window_max(a: np.ndarray, radius: int, axis: int) -> np.ndarray:
+    """out[i] = max(a[i - r .. i + r]) along `axis`, the window clipped at the ends: a padded
+    with r of its type's least value each side, then maxima of runs of 1, 2, 4, ... k
+    elements, and the window (2r + 1 elements) as two overlapping runs of k."""
+    if radius <= 0:
+        return a
+    n, width = a.shape[axis], 2 * radius + 1
+
+    def along(array, start, stop):
+        return array[start:stop] if axis == 0 else array[:, start:stop]
+
+    shape = list(a.shape)
+    shape[axis] = n + 2 * radius
+    padded = np.full(shape, False if a.dtype == bool else np.iinfo(a.dtype).min, dtype=a.dtype)
+    along(padded, radius, radius + n)[...] = a
+    runs, k = padded, 1
+    while 2 * k <= width:
+        runs = np.maximum(along(runs, 0, -k), along(runs, k, None))
+        k *= 2
+    if k == width:
+        return along(runs, 0, n)
+    return np.maximum(along(runs, 0, n), along(runs, width - k, width - k + n))
 
 
 def area_weights(n_in: int, n_out: int, start: float, length: float) -> np.ndarray:
@@ -559,6 +675,27 @@ def area_weights(n_in: int, n_out: int, start: float, length: float) -> np.ndarr
     k = np.arange(n_in, dtype=np.float64)[None, :]
     overlap = np.clip(np.minimum(k + 1, starts + cell) - np.maximum(k, starts), 0.0, None)
     return overlap / cell
+
+
+def _area_weights_yx(n_in: int, start_y: float, start_x: float, length: float) -> tuple[np.ndarray, np.ndarray]:
+    """area_weights(n_in, SIDE, start_y, length) and (..., start_x, ...), bit for bit: each
+    weight that can be non-zero (source pixels from floor(cell start) to the cell's end) with
+    area_weights' float64 operations; the others are 0 there too (a clipped overlap)."""
+    cell = length / SIDE
+    starts = np.array([start_y, start_x], dtype=np.float64)[:, None] + np.arange(SIDE, dtype=np.float64) * cell
+    band = int(math.ceil(cell)) + 2  # source pixels a cell can overlap
+    k = np.floor(starts).astype(np.intp)[..., None] + np.arange(band)  # (2, SIDE, band), k >= 0
+    source = k.astype(np.float64)
+    starts = starts[..., None]
+    overlap = np.minimum(source + 1, starts + cell)
+    overlap -= np.maximum(source, starts)
+    np.maximum(overlap, 0.0, out=overlap)  # clip(overlap, 0, None)
+    overlap /= cell
+    wide = n_in + band  # room for the band past the last source pixel (cut off below)
+    weights = np.zeros((2, SIDE, wide), dtype=np.float64)
+    rows = np.arange(2 * SIDE).reshape(2, SIDE, 1) * wide
+    weights.reshape(-1)[rows + k] = overlap
+    return np.ascontiguousarray(weights[0, :, :n_in]), np.ascontiguousarray(weights[1, :, :n_in])
 
 
 # ----------------------------------------------------------------------------- entry points

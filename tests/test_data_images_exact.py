@@ -74,3 +74,55 @@ def test_random_scribbles_on_random_paper_are_identical(seed):
     gray = np.clip(np.asarray(image, np.float64) + rng.normal(0, rng.uniform(0, 12), (h, w)), 0, 255).astype(np.uint8)
     fast, spec = outcome(gray_to_bitmap, gray), outcome(reference.gray_to_bitmap, gray)
     assert type(fast) is type(spec) and (np.array_equal(fast, spec) if isinstance(spec, np.ndarray) else fast == spec)
+
+
+def small_doodles(shared_strokes, count=24):
+    """Saved doodles as most people have them: 254 px, a thin grey pen on white, anti-aliased
+    (drawn at twice the size and box-averaged), placed anywhere (bench/image_folder.py's kind)."""
+    lines = [l for f in sorted(shared_strokes.glob("*.ndjson")) for l in f.read_bytes().splitlines()[:2] if l.strip()]
+    rng = np.random.default_rng(29)
+    out = []
+    for i, line in enumerate(lines[:count]):
+        side = 254 * rng.uniform(0.3, 0.9)
+        at = tuple(float(v) for v in rng.uniform(0, 254 - side, 2))
+        big = draw_strokes_image(parse_ndjson_line(line)[1], size=508, line_width=2 * (2 + i % 3 * 0.5),
+                                 drawing_side=2 * side, offset=(2 * at[0], 2 * at[1]), ink=40 * (1 + i % 3))
+        out.append(big.reduce(2))
+    return out
+
+
+def test_small_grey_doodles_are_identical(shared_strokes):
+    """The fast paths of small clean images (the paper's level counted apart, step 5 skipped
+    when no cell can be above the paper, the pooled stroke width reused, S computed rather
+    than looked up, banded area weights) give the spec's bitmaps."""
+    for i, image in enumerate(small_doodles(shared_strokes)):
+        for gray in (np.asarray(image), 255 - np.asarray(image), np.asarray(image)[::-1, 7:].copy()):
+            fast, spec = outcome(gray_to_bitmap, gray), outcome(reference.gray_to_bitmap, gray)
+            assert isinstance(fast, np.ndarray) and np.array_equal(fast, spec), i
+
+
+def test_the_helpers_equal_their_plain_forms():
+    from qd.data import images
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(2, 300))
+        length = float(rng.uniform(1, n - 1))
+        sy, sx = (float(v) for v in rng.uniform(0, n - length, 2))
+        wy, wx = images._area_weights_yx(n, sy, sx, length)
+        assert np.array_equal(wy, images.area_weights(n, 28, sy, length)) and wy.flags.c_contiguous
+        assert np.array_equal(wx, images.area_weights(n, 28, sx, length)) and wx.flags.c_contiguous
+    for shape, radius in (((7, 9), 1), ((40, 33), 4), ((3, 50), 6), ((1, 1), 2), ((60, 2), 3)):
+        a = rng.integers(0, 256, shape).astype(np.uint8)
+        padded = np.pad(a.astype(np.int32), radius, constant_values=-1)
+        plain = np.lib.stride_tricks.sliding_window_view(padded, (2 * radius + 1,) * 2).max(axis=(2, 3))
+        assert np.array_equal(images._max_filter(a, radius), plain)
+        assert np.array_equal(images._max_filter(a > 128, radius), plain > 128)
+    for levels in (np.full((90, 90), 255, np.uint8), rng.integers(0, 256, (70, 80)).astype(np.uint8),
+                   np.where(rng.random((64, 100)) < 0.1, 3, 250).astype(np.uint8)):
+        assert np.array_equal(images.histogram(levels), np.bincount(levels.ravel(), minlength=256))
+    for b, span in ((0, 255), (3, 40), (100, 150), (20, 32)):
+        levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+        table = images.stretch_table(b, span)
+        computed = images._stretch(levels.astype(np.float32), *images._stretch_bounds(b, span))
+        assert np.array_equal(computed, table[levels])
