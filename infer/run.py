@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from rich.text import Text
 
-from qd.command import ProgressBar, QDError, console, err_console, fail, shown
+from qd.command import TERMINAL_UNSAFE, ProgressBar, QDError, console, err_console, fail, shown
 from qd.data.contract import MAX_BATCH_SIZE, MAX_WORKERS, PIXELS, PROBABILITIES
 from qd.data.decode import ImageDecoder
 from qd.machine import usable_cpus
@@ -232,7 +232,7 @@ def encode_json_string(text: str) -> str:
     return _JSON_INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.encoder.encode_basestring(text))
 
 
-JSON_SPECIAL = re.compile(r'["\\\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]')
+JSON_SPECIAL = re.compile(f'["\\\\\x00-\x1f{TERMINAL_UNSAFE}]')
 
 
 def json_strings(texts: list[str]) -> list[str]:
@@ -267,8 +267,8 @@ def _ordinal(n: int) -> str:
     return {1: "1st", 2: "2nd", 3: "3rd"}.get(n, f"{n}th")
 
 
-# C1 controls, bidi controls, line separators: valid in JSON strings, but a terminal may act on them.
-_JSON_INVISIBLE = re.compile("[\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+# Valid in JSON strings, but a terminal may act on them.
+_JSON_INVISIBLE = re.compile(f"[{TERMINAL_UNSAFE}]")
 
 
 def json_line(record: dict) -> str:

@@ -93,8 +93,11 @@ TRACEBACK_ENV = "QD_TRACEBACK"  # set to 1 to get the traceback of an unexpected
 # C0 and C1 controls and DEL; line and paragraph separators; bidi controls and invisible
 # marks that can make a name read as something else; lone surrogates (from file names
 # that are not valid UTF-8, decoded with surrogateescape).
-_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u2064"
-                        "\u2066-\u2069\ufeff\ufff9-\ufffb\ud800-\udfff]")
+# TERMINAL_UNSAFE: the one list of characters a terminal may act on or that make text read as something
+# else (C1 controls and DEL, bidi controls, invisible marks, line and paragraph separators), as a regex
+# character-class body; qd-infer's JSON output escapes the same ones.
+TERMINAL_UNSAFE = "\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
+_INVISIBLE = re.compile(f"[\x00-\x1f{TERMINAL_UNSAFE}\ufff9-\ufffb\ud800-\udfff]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
