@@ -14,13 +14,11 @@ from rich.filesize import decimal as human_size
 from rich.text import Text
 
 from qd import options as opt
-from qd.command import BitmapFileError, QDError, console, err_console, fail, run_app, shown
+from qd.command import BitmapFileError, ProgressBar, QDError, console, err_console, fail, run_app, shown
 
 from .contract import DEFAULT_RETRIES, DEFAULT_SOURCE, DEFAULT_TIMEOUT, default_data_dir
 
 if TYPE_CHECKING:
-    from rich.progress import Progress
-
     from .fetch import FetchResult
     from .importer import CategoryResult
 
@@ -40,26 +38,26 @@ def main_options(
     pass
 
 
-class RichProgress:
-    """fetch.ProgressHook drawn as one rich progress bar per file being transferred."""
+class FileBars:
+    """fetch.ProgressHook drawn as one ProgressBar (in bytes, on stdout) per file being transferred;
+    files are fetched one at a time. The bars show only when stdout is a terminal."""
 
-    def __init__(self, progress: "Progress"):
-        self.progress = progress
-        self.task = None
+    def __init__(self):
+        self.bar: ProgressBar | None = None
 
     def begin(self, category: str, total: int, completed: int) -> None:
-        if self.task is None:
-            self.task = self.progress.add_task(shown(category).plain, total=total, completed=completed)
-        else:
-            self.progress.update(self.task, total=total, completed=completed)
+        if self.bar is None:
+            self.bar = ProgressBar(category, total, unit="bytes", console=console, completed=completed).__enter__()
+        else:  # the same file again (the server restarted it)
+            self.bar.step(category, total, completed)
 
     def advance(self, nbytes: int) -> None:
-        self.progress.advance(self.task, nbytes)
+        self.bar.advance(nbytes)
 
     def end(self) -> None:
-        if self.task is not None:
-            self.progress.remove_task(self.task)
-            self.task = None
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
 
 
 @app.command(cls=opt.aliased(FETCH_ALIASES), help=opt.describe(
@@ -80,9 +78,6 @@ def fetch(
     retries: Annotated[int, typer.Option(
         "--retries", min=0, help="Retries after a network failure (each resumes).")] = DEFAULT_RETRIES,
 ) -> None:
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
-
     from .fetch import FetchOptions, fetch_categories
     from .sources import resolve_source
 
@@ -95,21 +90,18 @@ def fetch(
                                 shown(src), " into ", shown(out)), highlight=False, soft_wrap=True)
     counts: dict[str, int] = {}
     failures: list[str] = []
-    columns = (TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TimeRemainingColumn())
+
+    def on_result(result: "FetchResult") -> None:
+        counts[result.action] = counts.get(result.action, 0) + 1
+        console.print(_result_line(result), highlight=False, soft_wrap=True)
+
+    def on_failure(category: str, message: str) -> None:
+        failures.append(message)
+        console.print(Text.assemble("  ", ("✗", "red"), " ", shown(category), ": failed"),
+                      highlight=False, soft_wrap=True)
+
     # Bars only on a terminal; logs (make demo, CI) get one line per category.
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
-        def on_result(result: "FetchResult") -> None:
-            counts[result.action] = counts.get(result.action, 0) + 1
-            progress.console.print(_result_line(result), highlight=False, soft_wrap=True)
-
-        def on_failure(category: str, message: str) -> None:
-            failures.append(message)
-            progress.console.print(Text.assemble("  ", ("✗", "red"), " ", shown(category), ": failed"),
-                                   highlight=False, soft_wrap=True)
-
-        report = fetch_categories(src, names, out, options, RichProgress(progress), on_result, on_failure,
-                                  on_wait=_note)
+    report = fetch_categories(src, names, out, options, FileBars(), on_result, on_failure, on_wait=_note)
 
     done = ", ".join(f"{n} {action}" for action, n in counts.items()) or "nothing fetched"
     console.print(Text.assemble(f"{len(report.results)} of {len(names)} categor{'y' if len(names) == 1 else 'ies'} in ",
@@ -139,7 +131,6 @@ def import_(
         "Keep only the first N distinct drawings of each category.")] = None,
     workers: Annotated[Optional[int], opt.workers_option("Decoding processes. Default: the usable CPU cores.")] = None,
 ) -> None:
-    from qd.command import ProgressBar
     from qd.machine import usable_cpus
 
     from .importer import ImportOptions, import_drawings

@@ -17,7 +17,8 @@ newline in a file name) or bidi overrides. Lines mixing our words with untrusted
 are built with `Text.assemble(...)` from `shown()` pieces, never as markup f-strings.
 CSV and JSON outputs never go through it: they carry the exact strings.
 
-Progress. Bars for long runs: count, rate and time left, on stderr, only when stderr is a terminal.
+Progress. Bars for long runs: count, rate and time left, on stderr (or the console given), only
+when that console is a terminal. unit="bytes" shows sizes and transfer speed instead (downloads).
 
     with ProgressBar("classifying", total=n, unit="drawings") as bar:
         for batch in batches:
@@ -25,7 +26,7 @@ Progress. Bars for long runs: count, rate and time left, on stderr, only when st
             bar.advance(len(batch))
             bar.write_stdout(text)   # output for stdout, kept clear of the bar on a shared terminal
 
-When stderr is not a terminal (a pipe, a log file, CI) the bar does nothing at all, so
+When its console is not a terminal (a pipe, a log file, CI) the bar does nothing at all, so
 logs and pipes stay clean. When stdout is the same terminal, whatever a command prints on
 stdout while the bar shows goes above the bar (through the bar's own cursor handling),
 never through it; the bytes still go to stdout. The bar is redrawn from the caller's
@@ -225,31 +226,37 @@ def _rate_column(unit: str):
 
 class ProgressBar:
     """One task's progress; inert unless `console` (stderr by default) is a terminal
-    (or `enabled` says otherwise: False for an API call that must never draw)."""
+    (or `enabled` says otherwise: False for an API call that must never draw).
+    `unit="bytes"`: sizes and transfer speed rather than a count and a rate."""
 
     def __init__(self, description: str, total: int | None = None, unit: str = "drawings",
-                 console: Console = err_console, stdout: Console = console, enabled: bool | None = None):
+                 console: Console = err_console, stdout: Console = console, enabled: bool | None = None,
+                 completed: int = 0):
         self.active = console.is_terminal if enabled is None else enabled
         self.stdout = stdout
         self._last_draw = 0.0
         self._hooked = False
+        self._above = False  # stdout output goes above the bar (it shows, on stdout's terminal)
         self._progress = None
         if self.active:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, SpinnerColumn,
+                                       TextColumn, TimeRemainingColumn, TransferSpeedColumn)
 
+            counts = ((DownloadColumn(), TransferSpeedColumn()) if unit == "bytes"
+                      else (MofNCompleteColumn(), _rate_column(unit)))
             self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
-                                      MofNCompleteColumn(), _rate_column(unit), TextColumn("eta"),
-                                      TimeRemainingColumn(), console=console, auto_refresh=False,
-                                      transient=True, redirect_stdout=False, redirect_stderr=False)
-            self._task = self._progress.add_task(shown(description).plain, total=total)  # untrusted text
+                                      *counts, TextColumn("eta"), TimeRemainingColumn(), console=console,
+                                      auto_refresh=False, transient=True, redirect_stdout=False, redirect_stderr=False)
+            self._task = self._progress.add_task(shown(description).plain, total=total,  # untrusted text
+                                                 completed=completed)
 
     def __enter__(self) -> "ProgressBar":
         if self.active:
-            self._progress.start()
-            if self.stdout.is_terminal:  # the same screen: stdout output goes above the bar
+            self._progress.start()  # what the bar's own console prints goes above it from now on
+            if self.stdout.is_terminal and self.stdout is not self._progress.console:  # the same screen
                 self.stdout.push_render_hook(self._progress.live)
                 self._hooked = True
+            self._above = self.stdout.is_terminal
             self._progress.refresh()
         return self
 
@@ -258,6 +265,7 @@ class ProgressBar:
             if self._hooked:
                 self.stdout.pop_render_hook()
                 self._hooked = False
+            self._above = False
             self._progress.stop()
 
     def advance(self, count: int = 1) -> None:
@@ -265,15 +273,15 @@ class ProgressBar:
             self._progress.advance(self._task, count)
             self._redraw()
 
-    def step(self, description: str, total: int | None = None) -> None:
+    def step(self, description: str, total: int | None = None, completed: int = 0) -> None:
         """Start a new step on the same bar (qd-eval: reading, then each backend)."""
         if self.active:
-            self._progress.reset(self._task, total=total, description=shown(description).plain)
+            self._progress.reset(self._task, total=total, completed=completed, description=shown(description).plain)
             self._redraw(force=True)
 
     def write_stdout(self, text: str) -> None:
         """Text for stdout: above the bar when they share a terminal, else written as it is."""
-        if self._hooked:
+        if self._above:
             self.stdout.out(text, end="", highlight=False)
         else:
             sys.stdout.write(text)

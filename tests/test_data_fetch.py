@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import sys
+
 import numpy as np
 import pytest
 from fixtures_data import invoke_cli
@@ -10,6 +13,7 @@ from qd.data.bitmaps import read_bitmap_header
 from qd.data.cli import main
 from qd.data.fetch import FetchOptions, fetch_category, part_path
 from qd.data.sources import FolderSource, UrlSource, google_categories, resolve_source
+from terminal import ANSI, run_on_terminal
 
 FAST = FetchOptions(retries=0, retry_wait=0.0)
 
@@ -340,3 +344,19 @@ def test_fetching_a_folder_into_itself_touches_nothing(shared_bitmaps, tmp_path)
 def test_list_of_an_empty_folder_says_how_to_fill_it(tmp_path):
     result = qd_data("list", tmp_path)
     assert result.exit_code == 0 and "qd-data fetch" in result.output
+
+
+def test_fetch_draws_byte_bars_on_a_terminal_only_and_prints_the_same_lines(shared_bitmaps, tmp_path):
+    def command(out):
+        return [sys.executable, "-m", "qd.data.cli", "fetch", "cat", "star", "--source", shared_bitmaps, "--data", out]
+    piped, piped_err, code = run_on_terminal(command(tmp_path / "piped"))
+    assert code == 0, piped_err
+    terminal, _, code = run_on_terminal(command(tmp_path / "terminal"), stdout_tty=True)
+    assert code == 0, terminal
+    text = ANSI.sub("", terminal)
+    assert re.search(r"(cat|star) .*\d+(\.\d+)?/\d+(\.\d+)? [kMG]?B .*eta", text)  # sizes, not counts
+    assert "\x1b" not in piped and "eta" not in piped
+    for line in piped.splitlines():  # every line a pipe gets, the terminal shows too
+        assert line.replace("piped", "terminal").strip() in text
+    for name in ("cat", "star"):
+        assert (tmp_path / "terminal" / f"{name}.npy").read_bytes() == (shared_bitmaps / f"{name}.npy").read_bytes()

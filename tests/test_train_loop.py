@@ -12,6 +12,7 @@ import torch
 import qd.train.loop as loop
 from qd.train.checkpoint import load_checkpoint
 from qd.train.cli import TrainConfig
+from terminal import ANSI, run_on_terminal, shows_a_bar
 
 CATEGORIES = ["circle", "square", "star"]
 TIMING_KEYS = {"seconds", "samples_per_s"}
@@ -126,3 +127,27 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(shared_bitma
 def test_resume_refuses_a_checkpoint_without_training_state(trained_checkpoint, shared_bitmaps):
     with pytest.raises(loop.QDError, match="no training state"):
         loop.train(TrainConfig(data_dir=shared_bitmaps, resume=trained_checkpoint, quiet=True))
+
+
+EPOCH_BARS = """
+import time
+from qd.train.loop import Reporter
+for epoch, enabled in ((2, True), (4, False)):  # epoch 4: a quiet run
+    report = Reporter(enabled)
+    with report.epoch_progress(epoch, 5, 96) as advance:
+        for _ in range(3):
+            time.sleep(0.15)
+            advance(32)
+    report.print(f"epoch {epoch} done")
+"""
+
+
+def test_epoch_bar_on_a_terminal_only_and_never_when_quiet():
+    piped, err, code = run_on_terminal([sys.executable, "-c", EPOCH_BARS])
+    assert code == 0, err
+    assert piped == "epoch 2 done\n"
+    terminal, err, code = run_on_terminal([sys.executable, "-c", EPOCH_BARS], stdout_tty=True)
+    assert code == 0, err
+    text = ANSI.sub("", terminal)
+    assert shows_a_bar(text, unit="samples") and "epoch 2/5" in text and "/96" in text
+    assert "epoch 4/5" not in text and "epoch 2 done" in text and "epoch 4 done" not in text

@@ -93,11 +93,20 @@ class ShardedBatches:
         return order
 
     def __len__(self) -> int:
+        batches = -(-self._rank_size() // self.batch_size)
+        return batches if self.max_batches is None else min(batches, self.max_batches)
+
+    @property
+    def samples(self) -> int:
+        """Drawings this rank takes per epoch (only the last batch is short)."""
+        n = self._rank_size()
+        return n if self.max_batches is None else min(n, self.max_batches * self.batch_size)
+
+    def _rank_size(self) -> int:
         n = len(self.indices)
         if self.world_size > 1:
             n = -(-n // self.world_size) if self.shuffle else len(range(self.rank, n, self.world_size))
-        batches = -(-n // self.batch_size)
-        return batches if self.max_batches is None else min(batches, self.max_batches)
+        return n
 
     def __iter__(self) -> Iterator[np.ndarray]:
         order = self._order()
@@ -152,7 +161,7 @@ class BatchLoader:
 
     @property
     def num_samples(self) -> int:
-        return sum(len(b) for b in self.batches)
+        return self.batches.samples
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._loader is not None:

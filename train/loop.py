@@ -39,12 +39,11 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.filesize import decimal as human_size
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
 from qd import __version__
-from qd.command import QDError, shown
+from qd.command import ProgressBar, QDError, shown
 from qd.command import console as default_console
 from qd.data.bitmaps import BitmapDataset, SplitSpec
 from qd.data.contract import BEST_CHECKPOINT, CHECKPOINT_FORMAT, DEFAULT_PREPROCESSING, LAST_CHECKPOINT, runs_dir
@@ -346,7 +345,7 @@ class Trainer:
             keep_batch_norm(self.model)
         loss_sum, seen = 0.0, 0
         start = time.perf_counter()
-        with self.report.epoch_progress(epoch, cfg.epochs, len(self.train_loader)) as advance:
+        with self.report.epoch_progress(epoch, cfg.epochs, self.train_loader.num_samples) as advance:
             for x, y in self.train_loader:
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 if self.augment is not None:
@@ -495,28 +494,12 @@ class Reporter:
             self.print(f"resumed after epoch {resumed_from}")
 
     @contextlib.contextmanager
-    def epoch_progress(self, epoch: int, epochs: int, steps: int):
-        """Yields advance(n) to call once per step."""
-        if not (self.enabled and self.console.is_terminal):  # a bar only makes sense on a terminal
-            yield lambda samples=0: None
-            return
-        progress = Progress(
-            TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-            console=self.console, transient=True,
-        )
-        with progress:
-            task = progress.add_task("train", total=steps, rate="")
-            start = time.perf_counter()
-            seen = [0]
-
-            def advance(samples: int = 0) -> None:
-                seen[0] += samples
-                elapsed = time.perf_counter() - start
-                rate = f"{seen[0] / elapsed:,.0f} samples/s" if elapsed > 0 else ""
-                progress.update(task, advance=1, rate=rate)
-
-            yield advance
+    def epoch_progress(self, epoch: int, epochs: int, samples: int):
+        """Yields advance(n) to call once per step with the step's samples: a bar on the Reporter's
+        console, only when it is a terminal (a bar only makes sense there) and not quiet."""
+        with ProgressBar(f"epoch {epoch}/{epochs}", total=samples, unit="samples", console=self.console,
+                         stdout=self.console, enabled=self.enabled and self.console.is_terminal) as bar:
+            yield bar.advance
 
     def epoch_line(self, m: dict, epochs: int, improved: bool, seconds_left: float) -> None:
         mark = " [green]best[/]" if improved else ""
