@@ -156,10 +156,13 @@ def test_too_little_free_space_is_refused_before_writing(qd_server, shared_bitma
 
 def test_ctrl_c_during_a_download_says_so_and_keeps_the_part(qd_server, tmp_path):
     release = qd_server.hold("cat", after=2_200_000)  # open after two 1 MiB chunks are written, until the signal
-    # --timeout: the client never gives up on the held response (and resumes past the hold) while the test runs
+    # --timeout: the client never gives up on the held response (and resumes past the hold) while the test runs.
+    # preexec_fn: Ctrl-C as a terminal delivers it. A suite started in the background (`cmd &` in a script, some
+    # CI runners) runs with SIGINT ignored, which every child inherits: the fetch would then never see the signal.
     process = subprocess.Popen([sys.executable, "-m", "qd.data.cli", "fetch", "cat", "--source", qd_server.base_url,
-                                "--out", str(tmp_path), "--timeout", "600"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=REPO)
+                                "--out", str(tmp_path), "--timeout", "600"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=REPO,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     part = tmp_path / ".cat.npy.part"
     try:
         assert wait_for(lambda: part.exists() and part.stat().st_size >= 2 << 20, 120), "download never started"
