@@ -12,6 +12,7 @@ from qd.export.onnx_export import set_metadata
 from qd.train.models import ARCHITECTURES
 
 from fixtures_export import run_export_cli
+from fixtures_train import train_on_one_thread
 
 CATEGORIES = ["apple", "circle", "square"]
 
@@ -19,24 +20,16 @@ CATEGORIES = ["apple", "circle", "square"]
 @pytest.fixture(scope="module")
 def checkpoints(shared_bitmaps, tmp_path_factory):
     """best.pt of a 1-epoch run per architecture on 3 shared categories (trained on first use)."""
-    import torch
-
     from qd.train.cli import TrainConfig
-    from qd.train.loop import train
 
     made = {}
 
     def checkpoint(arch: str):
         if arch not in made:
             out = tmp_path_factory.mktemp(f"arch-{arch}") / "run"
-            config = TrainConfig(data_dir=shared_bitmaps, categories=CATEGORIES, arch=arch, max_per_category=300,
-                                 epochs=1, batch_size=64, seed=0, device="cpu", out=out, quiet=True)
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                made[arch] = train(config)
-            finally:
-                torch.set_num_threads(threads)
+            made[arch] = train_on_one_thread(TrainConfig(
+                data_dir=shared_bitmaps, categories=CATEGORIES, arch=arch, max_per_category=300, epochs=1,
+                batch_size=64, seed=0, device="cpu", out=out, quiet=True))
         return made[arch]
 
     return checkpoint
