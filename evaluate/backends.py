@@ -37,14 +37,12 @@ from typing import Callable
 import numpy as np
 
 from qd.command import QDError, first_line
-from qd.data.contract import (LOGITS, MAX_CARD_BYTES, META_DATA, META_SOURCE_SHA256, META_SPLIT, MODEL_CARD, MODEL_ONNX,
-                              PROBABILITIES, bitmaps_to_input)
+from qd.data.contract import (LOGITS, MAX_CARD_BYTES, META_DATA, META_SOURCE_SHA256, META_SPLIT, MODEL_CARD,
+                              MODEL_COREML, MODEL_INT8_ONNX, MODEL_ONNX, PROBABILITIES, bitmaps_to_input)
 from qd.export.formats import FORMATS
 from qd.files import path_size, read_regular, sha256_file, sha256_path
 from qd.infer.model import OnnxClassifier, call_seconds, resolve_model_path, run_batched
 
-INT8_SUFFIX = ".int8.onnx"
-COREML_SUFFIX = ".mlpackage"
 BENCH_BATCH = 256
 EVAL_BATCH = 256
 
@@ -69,8 +67,10 @@ class ModelInfo:
     def folder(self) -> Path:
         return self.path.parent
 
-    def sibling(self, suffix: str) -> Path:
-        """`model.onnx` -> `model<suffix>` beside it (e.g. model.int8.onnx)."""
+    def sibling(self, filename: str) -> Path:
+        """Another format's file beside this model, named as an export names it: `filename` is that format's
+        name beside model.onnx (model.int8.onnx), so `my.onnx` gives `my.int8.onnx`."""
+        suffix = filename[len(MODEL_ONNX) - len(".onnx"):]
         return self.path.with_name(self.path.name[: -len(".onnx")] + suffix)
 
     def source_checkpoint(self) -> Path | None:
@@ -189,7 +189,7 @@ def open_onnx(model: ModelInfo, checkpoint: Path | None) -> Runner:
 
 
 def open_onnx_int8(model: ModelInfo, checkpoint: Path | None) -> Runner:
-    path = model.sibling(INT8_SUFFIX)
+    path = model.sibling(MODEL_INT8_ONNX)
     if not path.is_file():
         raise Unavailable(f"no {path.name} beside {model.path.name}")
     classifier = OnnxClassifier(path)
@@ -232,7 +232,7 @@ def open_coreml(model: ModelInfo, checkpoint: Path | None) -> Runner:
     """qd-export's Core ML classifier: a 28x28 grayscale image in, `classLabel_probs` {label: p} out."""
     if sys.platform != "darwin":
         raise Unavailable("Core ML runs only on macOS")
-    path = model.sibling(COREML_SUFFIX)
+    path = model.sibling(MODEL_COREML)
     if not path.exists():
         raise Unavailable(f"no {path.name} beside {model.path.name}")
     try:
