@@ -5,8 +5,9 @@ How qd-infer shows results: a rich table (streamed batch by batch), JSON lines o
 Machine formats (--json, --csv) own stdout; failures and the closing summary go to
 stderr, so `qd-infer ... --csv > out.csv` stays a clean file. The table and every
 failure line show names and labels through qd.command.shown (escape codes made
-visible); CSV carries them exactly, JSON exactly too (strict JSON, with invisible
-characters written as \\u escapes).
+visible); CSV carries them exactly but for a leading "'" on a text cell a spreadsheet would
+run as a formula (csv_field), JSON exactly (strict JSON, with invisible characters written
+as \\u escapes).
 
 The machine formats' schema is docs/output.md (OUTPUT_VERSION, written in every record):
 one record per drawing, and one per input that failed, with its reason in `error` (the
@@ -246,10 +247,20 @@ CSV_SPECIAL = re.compile(r'[,"\r\n]')
 # RFC 4180's CRLF: with it csv.writer also quotes a bare "\r" inside a field (with "\n" it would not,
 # and a label or file name holding one would split its row)
 CSV_LINE_END = "\r\n"
+# What a spreadsheet runs as a formula when a cell starts with it (OWASP, "CSV Injection"): a text cell
+# starting with one of these is written with "'" before it, which spreadsheets read as "this is text".
+CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A batch of names needs csv_field when any of them has to be quoted or starts like a formula; the
+# names are joined with NUL for one search (a NUL inside a name only sends its batch the slow way).
+_CSV_WORK = re.compile(f"{CSV_SPECIAL.pattern}|(?:\\A|\\x00)[{re.escape(''.join(CSV_FORMULA_START))}]")
 
 
 def csv_field(text: str) -> str:
-    """One CSV field exactly as csv.writer writes it (quoted only when it has to be)."""
+    """One CSV text cell (a name, a label, an error): neutralised for spreadsheets (a leading "'" when
+    it starts with one of CSV_FORMULA_START), then quoted as csv.writer quotes, only when it has to be.
+    Every text cell of every CSV qd writes goes through here; numbers never do."""
+    if text.startswith(CSV_FORMULA_START):
+        text = "'" + text
     if not CSV_SPECIAL.search(text):
         return text
     buffer = io.StringIO()
@@ -258,7 +269,7 @@ def csv_field(text: str) -> str:
 
 
 def csv_fields(texts: list[str]) -> list[str]:
-    if not CSV_SPECIAL.search("".join(texts)):
+    if not _CSV_WORK.search("\x00".join(texts)):
         return texts
     return [csv_field(t) for t in texts]
 

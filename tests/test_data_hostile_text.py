@@ -4,8 +4,8 @@ File names, model labels, category names, server reason phrases and paths are ge
 from pieces of rich markup, terminal escape sequences (CSI, OSC titles and OSC 8
 hyperlinks), C1 controls, newlines that would forge an `error:` line, bidi overrides and
 undecodable bytes. Every command shows them through qd.command.shown: no control
-character in the output, the markup printed as written, one line per error; CSV and
-JSON carry the exact strings.
+character in the output, the markup printed as written, one line per error; JSON carries
+the exact strings, CSV too but for a "'" before a text cell a spreadsheet would run as a formula.
 """
 
 from __future__ import annotations
@@ -140,7 +140,52 @@ def test_qd_infer_shows_hostile_names_and_labels_safely_and_machine_formats_exac
     assert rows[0] == ["version", "input", "label_1", "probability_1", "label_2", "probability_2", "unknown", "error"]
     good_rows = [r for r in rows[1:] if r[-1] == ""]
     assert len(rows) - 1 - len(good_rows) == len(bad)
-    assert sorted(r[1] for r in good_rows) == sorted(good) and all(r[2] in labels for r in good_rows)
+    assert sorted(r[1] for r in good_rows) == sorted(good)
+    assert all(r[2] in map(spreadsheet_cell, labels) for r in good_rows)  # exact, or "'" + it (FORMULA_START)
+    assert not any(cell.startswith(FORMULA_START) for row in rows for cell in row)  # none runs in a spreadsheet
+
+
+# What a spreadsheet runs as a formula at the start of a cell (OWASP, "CSV Injection"): = + - @ tab CR.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(text: str) -> str:
+    """qd's CSV cell for a text: a "'" before it exactly when it starts like a formula."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(names=st.lists(st.builds(str.__add__, st.sampled_from(FORMULA_START + ("'", "x")), HOSTILE), min_size=1,
+                      max_size=3, unique_by=_safe_name),
+       labels=st.lists(st.builds(str.__add__, st.sampled_from(FORMULA_START + ("'", "x")), HOSTILE), min_size=2,
+                       max_size=3, unique=True))
+def test_qd_infer_csv_cells_that_a_spreadsheet_would_run_are_neutralised(tmp_path_factory, drawing_png, names,
+                                                                         labels, monkeypatch):
+    """File names given relative to the current folder and labels that start like formulas (=, +, -, @, tab, CR):
+    read back, every cell is the exact text or "'" + it, and none starts like a formula."""
+    from qd.infer.cli import main
+
+    root = tmp_path_factory.mktemp("formulas")
+    model = tiny_model(root / "model.onnx", labels)
+    monkeypatch.chdir(root)
+    inputs = []
+    for i, text in enumerate(names):
+        name = f"{_safe_name(text)}{i}"
+        (root / f"{name}.png").write_bytes(drawing_png)
+        (root / f"{name}-bad.png").write_bytes(b"not an image\n")
+        inputs += [f"{name}.png", f"{name}-bad.png"]
+    result = invoke_cli(main, "--model", model, "--csv", "--top", "2", "--", *inputs)
+    assert result.exit_code == 1  # the bad files
+    rows = list(csv.reader(io.StringIO(result.stdout, newline="")))
+    by_cell = {row[1]: row for row in rows[1:]}
+    assert sorted(by_cell) == sorted(spreadsheet_cell(name) for name in inputs) and len(rows) == 1 + len(inputs)
+    for name in inputs:
+        row = by_cell[spreadsheet_cell(name)]
+        if name.endswith("-bad.png"):  # its error names it
+            assert row[-1].startswith(spreadsheet_cell(f"{name}: not a recognised image file")), row
+        else:
+            assert row[-1] == "" and {row[2], row[4]} <= set(map(spreadsheet_cell, labels)) and 0 <= float(row[3]) <= 1
+    assert not any(cell.startswith(FORMULA_START) for row in rows for cell in row)
 
 
 def test_qd_infer_table_shows_markup_in_names_and_labels_literally(tmp_path, drawing_png):

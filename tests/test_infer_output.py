@@ -7,13 +7,23 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qd.infer.model import top_k
 from qd.infer.run import OUTPUT_VERSION, CsvWriter, JsonLinesWriter, printable, printable_names
 
-LABELS = ["cat", "dog", 'say "cheese"', "comma, label", "back\\slash", "ünïcode", "new\nline", "tab\tbed"]
+LABELS = ["cat", "dog", 'say "cheese"', "comma, label", "back\\slash", "ünïcode", "new\nline", "tab\tbed",
+          '=HYPERLINK("http://evil.example/","cat")', "-1", "+cat", "@SUM(1)", "\tcat", "\rcat"]
 NAMES = ["a.png", "b,c.png", 'd"e.png', "x\udcff.png", "line\nbreak.png", "ctrl\x01.png", "drawings.npy[12]",
-         "crlf\r.png", "ünï/ça.png"]
+         "crlf\r.png", "ünï/ça.png", "=cmd|' /C calc'!A0.png", "-rf.png", "@x.png", "+1.png", "\tt.png", "\rr.png"]
+# What a spreadsheet runs as a formula at the start of a cell (OWASP, "CSV Injection"): = + - @ tab CR.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def as_a_spreadsheet_safe_cell(text: str) -> str:
+    """The text cell qd's CSV holds for `text`: a "'" before it exactly when it starts like a formula."""
+    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 @pytest.fixture
@@ -53,9 +63,9 @@ def test_csv_is_byte_identical_to_csv_writer(batch):
     reference.writerow(["version", "input", "label_1", "probability_1", "label_2", "probability_2", "label_3",
                         "probability_3", "unknown", "error"])
     for name, row_i, row_p in zip(printable_names(NAMES) + NAMES[:2], index.tolist() * 2, probs.tolist() * 2):
-        cells = [OUTPUT_VERSION, name]
+        cells = [OUTPUT_VERSION, as_a_spreadsheet_safe_cell(name)]
         for i, p in zip(row_i, row_p):
-            cells += [LABELS[i], f"{p:.6f}"]
+            cells += [as_a_spreadsheet_safe_cell(LABELS[i]), f"{p:.6f}"]
         reference.writerow(cells + ["", ""])  # no rule applied, no error: empty cells
     assert written(CsvWriter, index, probs) == expected.getvalue()
 
@@ -106,3 +116,33 @@ def test_a_failed_input_is_a_record_with_its_error_in_both_formats(batch, capsys
             assert [r["input"] for r in rows] == [printable(n) for n in NAMES[:3]]
             assert rows[1]["error"] == message and rows[1]["label_1"] == rows[1]["unknown"] == ""
             assert rows[0]["error"] == rows[2]["error"] == "" and {r["version"] for r in rows} == {str(OUTPUT_VERSION)}
+
+
+TEXT = st.one_of(st.text(), st.builds(str.__add__, st.sampled_from(FORMULA_START + ("'", " ", "'=")), st.text()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(names=st.lists(TEXT, min_size=1, max_size=6), labels=st.lists(TEXT, min_size=2, max_size=6, unique=True),
+       failed=TEXT, seed=st.integers(0, 2**32 - 1))
+def test_csv_text_cells_a_spreadsheet_would_run_are_neutralised_and_numbers_stay_numbers(names, labels, failed, seed):
+    """Any name, label or error: read back by the csv module, each text cell is the text, or "'" + the text exactly
+    when the text starts with a formula character; no cell starts with one; probabilities are plain decimals."""
+    probs = np.random.default_rng(seed).random((len(names), len(labels))).astype(np.float32)
+    probs /= probs.sum(axis=1, keepdims=True)
+    index, top = top_k(probs, 2)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        writer = CsvWriter(labels, 2)
+        writer.rows(names, index, top)
+        writer.failure(f"{failed}: not an image", failed)
+    rows = list(csv.reader(io.StringIO(out.getvalue(), newline="")))
+    assert len(rows) == 1 + len(names) + 1
+    for row, name, row_i, row_p in zip(rows[1:], names, index.tolist(), top.tolist()):
+        assert row[1] == as_a_spreadsheet_safe_cell(name)
+        assert row[2::2][:2] == [as_a_spreadsheet_safe_cell(labels[i]) for i in row_i]
+        assert row[3:7:2] == [f"{p:.6f}" for p in row_p] and all(0 <= float(p) <= 1 for p in row[3:7:2])
+    failure = rows[-1]
+    assert failure[1] == as_a_spreadsheet_safe_cell(failed)
+    assert failure[-1] == as_a_spreadsheet_safe_cell(f"{failed}: not an image")
+    for row in rows:
+        assert not any(cell.startswith(FORMULA_START) for cell in row), row
