@@ -13,18 +13,25 @@ Before serving, the model is opened once with onnxruntime here, so a wrong file 
 one-line error at start-up rather than a broken page. No torch, no network.
 
 The server answers only requests whose Host is this machine's loopback name (a page on
-another site that rebinds its DNS name to 127.0.0.1 cannot read the model), closes a
-connection idle for IDLE_TIMEOUT_S, serves at most MAX_CONNECTIONS at once, and a client
-that goes away mid-response is not an error worth a traceback.
+another site that rebinds its DNS name to 127.0.0.1 cannot read the model), serves at most
+MAX_CONNECTIONS at once, and a client that goes away mid-response is not an error worth a
+traceback. A request must arrive whole (request line, headers, any body) within
+REQUEST_TIMEOUT_S of the server starting to read it, however it trickles in: a client
+dripping a byte now and then cannot hold a connection slot (each read alone waiting at most
+IDLE_TIMEOUT_S would let it, for ever); writes to a client that stops reading wait at most
+IDLE_TIMEOUT_S each. Every response, errors included, carries the same security headers
+(DemoHandler.end_headers).
 """
 
 from __future__ import annotations
 
+import io
 import mimetypes
 import os
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,6 +52,7 @@ DEFAULT_PORT = 8765
 # Host header names (any port: an ssh -L tunnel may use another) that mean this server.
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 IDLE_TIMEOUT_S = 30.0
+REQUEST_TIMEOUT_S = 10.0  # a whole request, from the moment the server starts reading it
 MAX_CONNECTIONS = 32
 WEB_DIR = Path(__file__).resolve().parent / "web"
 ORT_PACKAGE = "onnxruntime-web"
@@ -58,6 +66,15 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; "
     "img-src 'self' data: blob:; connect-src 'self'; worker-src 'self' blob:; "
     "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+# On every response, errors included: nothing it holds may be sniffed into another type, framed,
+# cached or sent on as a referrer.
+SECURITY_HEADERS = (
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-store"),
 )
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -125,12 +142,64 @@ def check_model(model: str | os.PathLike | None) -> DemoModel:
     return DemoModel(path=canvas.path, labels=canvas.labels, precision=canvas.precision)
 
 
+class _RequestReader(io.RawIOBase):
+    """The socket as the request parser reads it: every read waits at most until the request's
+    deadline (and at most `idle` seconds), and past the deadline a read is a TimeoutError, which
+    http.server answers by closing the connection."""
+
+    def __init__(self, sock: socket.socket, idle: float | None):
+        self.sock = sock
+        self.idle = idle
+        self.deadline: float | None = None  # time.monotonic() by which the request must be in
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        wait = self.idle
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request did not arrive in time")
+            wait = left if wait is None else min(wait, left)
+        self.sock.settimeout(wait)
+        try:
+            return self.sock.recv_into(buffer)
+        finally:
+            self.sock.settimeout(self.idle)  # writes: each waits at most `idle`
+
+
 class DemoHandler(BaseHTTPRequestHandler):
     """Serves a fixed set of files; anything else is 404. GET and HEAD only."""
 
     server_version = "qd-demo"
     routes: dict[str, Path] = {}
-    timeout = IDLE_TIMEOUT_S  # every read and write on the connection (StreamRequestHandler)
+    timeout = IDLE_TIMEOUT_S  # each read and write on the connection (StreamRequestHandler)
+    request_timeout = REQUEST_TIMEOUT_S  # a whole request (None: no bound beyond `timeout`)
+
+    def setup(self):
+        super().setup()
+        self.rfile.close()  # the buffered socket file StreamRequestHandler made: read through the deadline instead
+        self._reader = _RequestReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self):
+        self._reader.deadline = None if self.request_timeout is None else time.monotonic() + self.request_timeout
+        try:
+            super().handle_one_request()
+        finally:
+            self._reader.deadline = None
+
+    def send_response_only(self, code, message=None):
+        if self.request_version == "HTTP/0.9":  # http.server would answer it with no status line or headers
+            self.request_version = "HTTP/1.0"
+        super().send_response_only(code, message)
+
+    def end_headers(self):
+        """Every response's headers end here (send_error's too): the security headers go on all of them."""
+        for name, value in SECURITY_HEADERS:
+            self.send_header(name, value)
+        super().end_headers()
 
     def do_GET(self):  # noqa: N802 (http.server naming)
         self._serve(send_body=True)
@@ -158,10 +227,6 @@ class DemoHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", CONTENT_TYPES.get(target.suffix, mimetypes.guess_type(target.name)[0]
                                                            or "application/octet-stream"))
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Referrer-Policy", "no-referrer")
         self.end_headers()
         if send_body:
             self.wfile.write(body)
