@@ -71,6 +71,7 @@ def test_connections_are_capped_and_the_server_recovers(server, monkeypatch):
     # Connections made from here on are never timed out by the server: with the fixture's 1 s, a busy machine
     # could let the server drop the three idle ones before the fourth is refused.
     monkeypatch.setattr(demo.DemoHandler, "timeout", None)
+    monkeypatch.setattr(demo.DemoHandler, "request_timeout", None)
     idle = [socket.create_connection(("127.0.0.1", server), timeout=10) for _ in range(3)]
     extra = socket.create_connection(("127.0.0.1", server), timeout=10)
     extra.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
