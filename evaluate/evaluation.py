@@ -8,15 +8,16 @@
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from qd.command import ProgressBar, QDError
+from qd.command import ProgressBar, QDError, reason_of
 from qd.data.contract import eval_dir
-from qd.files import write_json_atomic
+from qd.files import atomic_targets, folder_lock, json_text, os_errors_name
 
 from . import metrics
 from .backends import BackendRun, ModelInfo, load_model_info, parse_backends, predict_all, run_backend
@@ -25,6 +26,10 @@ from .metrics import Calibration, OpenSetFigures, measure_calibration, open_set_
 from .report import build_report, plot_confusion, plot_mistakes, plot_reliability, require_matplotlib
 
 CONFUSED_PAIRS = 10
+# The report folder's files, by their key in Evaluation.files (and report.json's "files").
+REPORT_FILES = {"report": "report.json", "confusion": "confusion.png", "mistakes": "mistakes.png",
+                "calibration": "calibration.png"}
+PLOTS = ("confusion", "mistakes", "calibration")
 
 
 @dataclass
@@ -123,25 +128,41 @@ def _open_set(model: ModelInfo, reference: BackendRun, heldout: HeldOut) -> tupl
 
 
 def write_outputs(result: Evaluation, plots: bool = True, progress: ProgressBar | None = None) -> dict[str, Path]:
-    """confusion.png, mistakes.png, calibration.png (unless plots is False), then report.json (which lists
-    what was written), each written atomically."""
+    """The report folder's files, all or none: confusion.png, mistakes.png and calibration.png (unless plots is
+    False) drawn in memory, then written with report.json (which lists them) in one qd.files.atomic_targets,
+    under the folder's writer lock; an earlier report's plots that this one has none of go with the change.
+    On any failure (a full disk, a folder in the way) the report already in the folder is exactly as it was,
+    no temp file is left, and the one error names the file it hit."""
     out = result.out_dir
     if progress is not None:
         progress.step("drawing plots" if plots else "writing the report")
-    if plots:
-        _write_plots(result, out)
-    result.files["report"] = out / "report.json"
-    write_json_atomic(result.files["report"], build_report(result))
-    return result.files
+    keys = [*PLOTS, "report"] if plots else ["report"]
+    files = {key: out / REPORT_FILES[key] for key in keys}
+    contents = _draw_plots(result) if plots else {}
+    result.files = files  # report.json lists them
+    contents["report"] = json_text(build_report(result)).encode("utf-8")
+    try:
+        with folder_lock(out), atomic_targets(list(files.values()),
+                                              remove=[out / REPORT_FILES[key] for key in PLOTS if key not in files]
+                                              ) as temps:
+            for key, path in files.items():
+                with os_errors_name(path), open(temps[path], "wb") as f:
+                    f.write(contents[key])
+    except OSError as exc:
+        where = os.fsdecode(exc.filename) if exc.filename is not None else out
+        raise QDError(f"{where}: {reason_of(exc)}; no report written (the report files already in {out} are as "
+                      "they were)") from None
+    return files
 
 
-def _write_plots(result: Evaluation, out: Path) -> None:
+def _draw_plots(result: Evaluation) -> dict[str, bytes]:
+    """The plots' PNG bytes, drawn in memory."""
     title = f"{result.model.name}: top-1 {result.summary.top1:.1%} on {len(result.heldout):,} drawings ({result.reference.name})"
-    result.files["confusion"] = plot_confusion(result.confusion, result.model.labels, out / "confusion.png", title)
-    result.files["mistakes"] = plot_mistakes(result.heldout.bitmaps, result.heldout.labels, result.reference.probabilities,
-                                             result.model.labels, out / "mistakes.png",
-                                             f"{result.model.name}: misclassified drawings (true → predicted)",
-                                             result.heldout.origins)
-    result.files["calibration"] = plot_reliability(result.calibration, out / "calibration.png",
-                                                   f"{result.model.name}: calibration on {len(result.heldout):,} "
-                                                   f"drawings ({result.reference.name})")
+    pngs = {key: io.BytesIO() for key in PLOTS}
+    plot_confusion(result.confusion, result.model.labels, pngs["confusion"], title)
+    plot_mistakes(result.heldout.bitmaps, result.heldout.labels, result.reference.probabilities, result.model.labels,
+                  pngs["mistakes"], f"{result.model.name}: misclassified drawings (true → predicted)",
+                  result.heldout.origins)
+    plot_reliability(result.calibration, pngs["calibration"], f"{result.model.name}: calibration on "
+                     f"{len(result.heldout):,} drawings ({result.reference.name})")
+    return {key: png.getvalue() for key, png in pngs.items()}

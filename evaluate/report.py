@@ -13,7 +13,6 @@ import os
 import platform
 import sys
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 from rich import box
@@ -26,7 +25,6 @@ from rich.text import Text
 from qd import __version__
 from qd.command import QDError, shown
 from qd.data.contract import EVAL_REPORT_FORMAT
-from qd.files import atomic_target
 from qd.machine import cpu
 
 from . import metrics
@@ -322,7 +320,7 @@ def _pyplot():
     return plt
 
 
-def plot_confusion(confusion: np.ndarray, labels: list[str], path: Path, title: str) -> Path:
+def plot_confusion(confusion: np.ndarray, labels: list[str], path, title: str):
     """Row-normalised confusion matrix (each row: where that class's drawings went).
 
     The colour scale is a square root so that 2-5% confusions stand out next to a
@@ -381,7 +379,7 @@ def pick_mistakes(labels: np.ndarray, probabilities: np.ndarray, limit: int = MI
 
 
 def plot_mistakes(bitmaps: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, classes: list[str],
-                  path: Path, title: str, origins: list[str] | None = None) -> Path:
+                  path, title: str, origins: list[str] | None = None):
     """A grid of misclassified drawings, dark ink on white, captioned true -> predicted (p)
     and, under the drawing, where it came from (file#row or image path)."""
     plt = _pyplot()
@@ -426,16 +424,17 @@ def _short_left(text: str, width: int = 24) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1):]
 
 
-def _save(fig, plt, path: Path) -> Path:
+def _save(fig, plt, target):
+    """The PNG, written to `target` as it is (a path or a binary file: write_outputs draws into memory
+    and writes the report's files together, all or none)."""
     try:
-        with atomic_target(path) as tmp:
-            fig.savefig(tmp, format="png")
+        fig.savefig(target, format="png")
     finally:
         plt.close(fig)
-    return path
+    return target
 
 
-def plot_reliability(calibration, path: Path, title: str) -> Path:
+def plot_reliability(calibration, path, title: str):
     """Reliability diagram: accuracy against top-1 probability per bin, before and after
     temperature scaling, with the diagonal of perfect calibration and the share of drawings per bin."""
     plt = _pyplot()

@@ -125,11 +125,13 @@ def fail(message: str) -> None:
 
 
 def describe_os_error(exc: OSError) -> str:
-    where = exc.filename if exc.filename is not None else "I/O"
-    if isinstance(where, bytes):
-        where = os.fsdecode(where)
+    """`<file>: <reason>`. Every write names its file (qd.files.os_errors_name); an OS error that names
+    none is a gap in that, and says so rather than blaming a made-up "I/O"."""
     reason = exc.strerror or str(exc)
-    return f"{where}: {reason}"
+    where = exc.filename
+    if where is None:
+        return f"{reason} (in a file this error does not name; please report it)"
+    return f"{os.fsdecode(where) if isinstance(where, bytes) else where}: {reason}"
 
 
 def describe_unexpected(exc: BaseException) -> str:

@@ -126,7 +126,7 @@ def os_errors_name(path: str | os.PathLike):
 
 
 @contextmanager
-def atomic_targets(paths: list[str | os.PathLike]) -> Iterator[dict[Path, Path]]:
+def atomic_targets(paths: list[str | os.PathLike], remove: list[str | os.PathLike] = ()) -> Iterator[dict[Path, Path]]:
     """atomic_target for files that change together: all of them, or none.
 
     Yields {final path: temp path beside it}. Before any temp is made, a final path held by a
@@ -134,8 +134,11 @@ def atomic_targets(paths: list[str | os.PathLike]) -> Iterator[dict[Path, Path]]
     each existing final is kept aside under a hidden hard link, and the temps are moved in. If a
     move fails, those already moved are put back, so the old files stay exactly as they were.
     On any failure the temps are removed, and OS errors name the final file, never a temp.
+    `remove`: files of the old set that the new one has none of (a report's plots it no longer
+    draws), removed with the change and put back with the rest if it fails.
     """
     finals = list(dict.fromkeys(Path(p) for p in paths))
+    gone = [Path(p) for p in dict.fromkeys(remove) if Path(p) not in finals]
     temps: dict[Path, Path] = {}
     try:
         for final in finals:
@@ -149,19 +152,20 @@ def atomic_targets(paths: list[str | os.PathLike]) -> Iterator[dict[Path, Path]]
         for final, tmp in temps.items():
             with os_errors_name(final):
                 fsync_file(tmp)
-        _replace_all(temps)
+        _replace_all(temps, [path for path in gone if path.is_file() and not path.is_symlink()])
     finally:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
 
 
-def _replace_all(temps: dict[Path, Path]) -> None:
-    """os.replace each temp onto its final path; on a failure, undo the ones done (see atomic_targets)."""
+def _replace_all(temps: dict[Path, Path], gone: list[Path] = ()) -> None:
+    """os.replace each temp onto its final path, then unlink `gone`; on a failure, undo the ones done
+    (see atomic_targets)."""
     kept: dict[Path, Path] = {}  # final -> a hard link to its previous file
     done: list[Path] = []
     try:
-        if len(temps) > 1:
-            for final in temps:
+        if len(temps) + len(gone) > 1:
+            for final in [*temps, *gone]:
                 if final.exists():
                     with os_errors_name(final):
                         aside = final.with_name(f".{final.name}.{secrets.token_hex(6)}.old{TEMP_SUFFIX}")
@@ -171,7 +175,11 @@ def _replace_all(temps: dict[Path, Path]) -> None:
             with os_errors_name(final):
                 os.replace(tmp, final)
             done.append(final)
-        for folder in {final.parent for final in temps}:
+        for final in gone:
+            with os_errors_name(final):
+                os.unlink(final)
+            done.append(final)
+        for folder in {final.parent for final in [*temps, *gone]}:
             fsync_dir(folder)
     except BaseException:
         for final in reversed(done):
@@ -193,8 +201,13 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def json_text(payload) -> str:
+    """A JSON file's text as every JSON file qd writes has it: strict (no NaN), indented."""
+    return json.dumps(payload, indent=2, allow_nan=False) + "\n"
+
+
 def write_json_atomic(path: str | os.PathLike, payload) -> Path:
-    return write_text_atomic(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    return write_text_atomic(path, json_text(payload))
 
 
 def _exchange(a: Path, b: Path) -> bool:
