@@ -193,3 +193,13 @@ def test_qd_eval_on_a_full_disk_is_one_line_naming_the_file_and_keeps_the_old_re
     assert done.stderr == (f"error: {out / victim}: File too large; no report written (the report files already "
                            f"in {out} are as they were)\n")
     assert snapshot(out) == before
+
+
+def test_an_os_error_that_names_no_file_says_so_instead_of_blaming_io():
+    """Every write names its file (os_errors_name); should one slip through, the line does not make up a place."""
+    from qd.command import describe_os_error
+
+    assert describe_os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) == (
+        "No space left on device (in a file this error does not name; please report it)")
+    assert describe_os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/a/b.png")) == (
+        "/a/b.png: No space left on device")
