@@ -110,7 +110,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from qd.command import QDError, first_line
 from qd.files import open_regular
 
-from .contract import MAX_PIXELS, SIDE, WORK_PIXELS
+from .contract import IMAGE_FORMATS, IMAGE_SUFFIXES, MAX_PIXELS, SIDE, WORK_PIXELS
+
 MIN_CONTRAST = 32  # grey levels between background and ink, else "blank"
 STRETCH_LO = 0.25
 STRETCH_HI = 0.75
@@ -126,10 +127,6 @@ INK_UNITS = 272.0  # the ink's extent in that frame: 256 + 16 line width
 # and thick pens (correlation 0.985-0.99 against the true bitmaps).
 SKELETON_UNITS = 251.0
 LINE_UNITS = 16.0
-# The gate: each accepted suffix and the only decoder that may read it (the formats the
-# docs/inference.md lists). A file is decoded only if its content is what its name says.
-IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP"}
-IMAGE_SUFFIXES = tuple(IMAGE_FORMATS)
 # First bytes of common image (and not-image) files, only to say what a refused file is.
 CONTENT_SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
