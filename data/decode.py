@@ -48,9 +48,12 @@ from .workers import MIN_FILES_FOR_PROCESSES, start_fork_server, worker_context
 # (concurrent.futures queues only one task beyond those running): tasks of a tenth of a
 # second or so keep the workers busy even when that process waits for a core.
 GROUP = 16
-# Enough queued to keep the workers busy while the caller is away (onnxruntime classifying
-# a batch of 512), few enough that memory stays flat.
-GROUPS_IN_FLIGHT_PER_WORKER = 4
+# Enough queued to keep the workers busy while the caller is away: with 2 workers, a batch of
+# 512 (qd-infer's default) small images, decoded while onnxruntime classifies the batch before.
+# (4 per worker, 64 small images or about 40 ms of work, run dry long before the default
+# network's batch of 512 is classified on one thread, about 0.2 s.) What is queued is file
+# names and finished 28x28 bitmaps: memory stays flat.
+GROUPS_IN_FLIGHT_PER_WORKER = 16
 # glibc mallopt: arrays up to this size come from the heap, and this much freed heap is kept
 # (a 2048 x 2048 image, the largest preprocessed, takes about 100 MB at its peak).
 HEAP_ARRAYS_BYTES = 16 * 2**20

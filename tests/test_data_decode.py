@@ -167,9 +167,10 @@ def test_memory_stays_bounded_only_a_window_is_in_flight(folder, monkeypatch):
     decoder = ImageDecoder(workers=2, expected=len(folder), context=multiprocessing.get_context("fork"))
     real_submit = decoder._submit
     monkeypatch.setattr(decoder, "_submit", lambda names, *task: (submitted.append(names), real_submit(names, *task))[1])
-    results = decoder.decode(folder * 4)
-    next(results)
     window = decoder.workers * decode.GROUPS_IN_FLIGHT_PER_WORKER
-    assert len(submitted) <= window and len(folder) * 4 > window * GROUP
+    copies = window * GROUP // len(folder) + 2
+    results = decoder.decode(folder * copies)
+    next(results)
+    assert len(submitted) <= window and len(folder) * copies > window * GROUP
     results.close()
     decoder.close()
