@@ -19,7 +19,10 @@ every module it imports, a second or so per qd-infer start on a 2-core machine
      Then small images on their own: qd-infer --json (every CPU) against the bare loop over
      254 px PNGs of thin grey strokes on white (the shared .ndjson drawings, anti-aliased,
      8-bit grey: bench/image_folder.py's make_stroke_folder), for each count in
-     --small-pngs (default 2,000 and 10,000). Targets >= 0.5x and >= 0.6x.
+     --small-pngs (default 2,000 and 10,000) and each model. Targets >= 0.5x and >= 0.6x.
+     Beside the wall times, the CPU seconds of each side per image (user + system of the
+     whole process tree, workers and fork server included: load on a shared machine
+     disturbs them less than wall times).
   3. Peak memory: qd-infer over N drawings (.npy) and over 10,000 PNGs, as the largest
      sampled sum of resident memory over qd-infer and its decode workers (and the main
      process's own peak).
@@ -36,7 +39,9 @@ every module it imports, a second or so per qd-infer start on a 2-core machine
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -56,6 +61,7 @@ QD_INFER = [_SCRIPT] if _SCRIPT.exists() else [sys.executable, "-m", "qd.infer.c
 QD_EVAL = [_SCRIPT.with_name("qd-eval")] if _SCRIPT.exists() else [sys.executable, "-m", "qd.evaluate.cli"]
 QD_DATA = [_SCRIPT.with_name("qd-data")] if _SCRIPT.exists() else [sys.executable, "-m", "qd.data.cli"]
 BATCH = 512  # qd-infer's default --batch-size
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 BARE_ONNXRUNTIME = """
 import sys, numpy as np, onnxruntime as ort
@@ -101,6 +107,7 @@ def main() -> None:
     ap.add_argument("--no-bytecode-cache", action="store_true",
                     help="leave PYTHONDONTWRITEBYTECODE as it is (each process compiles what it imports)")
     args = ap.parse_args()
+    adopt_orphans()
     if not args.no_bytecode_cache:
         use_bytecode_cache(args.work / "pycache")
     skip = set(filter(None, args.skip.split(",")))
@@ -135,12 +142,15 @@ def main() -> None:
         processes = usable_cpus()
         counts = [int(c) for c in args.small_pngs.split(",") if c]
         print(f"\n2b. small images: 254 px PNGs of thin grey strokes on white (8-bit grey), {processes} processes, "
-              f"qd-infer --json, model {arch_of(models[0])}:")
+              f"qd-infer --json (CPU: user + system seconds of the process tree per image):")
         for count, target in zip(counts, (0.5, 0.6, 0.6)):
             folder = make_stroke_folder(args.work / f"strokes-{count}", count)
-            bare = [sys.executable, "-c", BARE_PILLOW, folder, processes]
-            ours = [*QD_INFER, folder, "--model", models[0], "--json", "--workers", processes]
-            print(f"   {count:6,} PNGs  {side_by_side(bare, ours, args.rounds).line('bare Pillow loop', count, 'images', target)}")
+            for model in models:
+                bare = [sys.executable, "-c", BARE_PILLOW, folder, processes]
+                ours = [*QD_INFER, folder, "--model", model, "--json", "--workers", processes]
+                timed = side_by_side(bare, ours, args.rounds)
+                print(f"   {count:6,} PNGs  {arch_of(model):8s} {timed.line('bare Pillow loop', count, 'images', target)}"
+                      f"\n{'':27s}{timed.cpu_line(count)}; load average {os.getloadavg()[0]:.1f}")
 
     if "memory" not in skip:
         small = make_folder(args.work / f"pngs-{args.rss_pngs}", args.rss_pngs, sizes=(254,))
@@ -211,10 +221,18 @@ def arch_of(model: Path) -> str:
 
 @dataclass
 class SideBySide:
-    """Wall seconds of the bare loop and of qd-infer, round by round (each round runs one, then the other)."""
+    """Wall seconds of the bare loop and of qd-infer, round by round (each round runs one, then the
+    other), and the CPU seconds of each run's process tree."""
 
     bare: list[float]
     ours: list[float]
+    bare_cpu: list[float]
+    ours_cpu: list[float]
+
+    def cpu_line(self, count: int) -> str:
+        bare, ours = statistics.median(self.bare_cpu), statistics.median(self.ours_cpu)
+        return (f"CPU: bare {bare:.2f} s ({bare / count * 1e3:.2f} ms/image) | qd-infer {ours:.2f} s "
+                f"({ours / count * 1e3:.2f} ms/image) | {bare / ours:.2f}x")
 
     def line(self, bare_name: str, count: int, unit: str, target: float) -> str:
         bare, ours = statistics.median(self.bare), statistics.median(self.ours)
@@ -229,23 +247,53 @@ def _spread(times: list[float]) -> str:
 
 
 def side_by_side(a: list, b: list, rounds: int) -> SideBySide:
-    return SideBySide(*in_turn([a, b], rounds))
+    cpu: list[list[float]] = [[], []]
+    return SideBySide(*in_turn([a, b], rounds, cpu), *cpu)
 
 
-def in_turn(commands: list[list], rounds: int) -> list[list[float]]:
+def in_turn(commands: list[list], rounds: int, cpu: list[list[float]] | None = None) -> list[list[float]]:
     """Wall seconds of each command, run one after the other `rounds` times, after one untimed
-    run of each (bytecode and page caches warm for all)."""
+    run of each (bytecode and page caches warm for all); into `cpu`, if given, the CPU seconds
+    of each run's whole process tree."""
     times: list[list[float]] = [[] for _ in commands]
     for round_ in range(rounds + 1):
         for side, command in enumerate(commands):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
             done = subprocess.run([str(c) for c in command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   text=True)
+            wall = time.perf_counter() - started
+            reap_orphans()
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
             if round_:
-                times[side].append(time.perf_counter() - started)
+                times[side].append(wall)
+                if cpu is not None:
+                    cpu[side].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
             if done.returncode != 0:
                 sys.exit(f"{' '.join(map(str, command))[:200]} failed: {done.stderr.strip()[-500:]}")
     return times
+
+
+def adopt_orphans() -> None:
+    """Linux: become the subreaper of every process the commands start, so that processes which
+    outlive their parent (a fork server, the workers it reaped) end as this process's children
+    and their CPU time is counted in RUSAGE_CHILDREN. Elsewhere their CPU time may be missed."""
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def reap_orphans(timeout: float = 10.0) -> None:
+    """Wait for the adopted processes of the last command (they exit once it has)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.005)
 
 
 def peak_memory(command: list) -> tuple[int, int, float]:
@@ -266,6 +314,7 @@ def peak_memory(command: list) -> tuple[int, int, float]:
     sampler.start()
     _, err = proc.communicate()
     sampler.join()
+    reap_orphans()
     if proc.returncode != 0:
         sys.exit(f"qd-infer failed: {err.decode()[-500:]}")
     return peaks[0], peaks[1], time.perf_counter() - started

@@ -199,6 +199,11 @@ def eval_dir() -> Path:
 # import them from here. docs/reliability.md lists which test proves each bound.
 
 # -- images
+# The gate: each accepted file suffix and the only decoder (Pillow format) that may read it
+# (the formats docs/inference.md lists). A file is decoded only if its content is what its
+# name says (qd.data.images).
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP"}
+IMAGE_SUFFIXES = tuple(IMAGE_FORMATS)
 # An image whose header promises more pixels is refused before any pixel is decoded
 # (decompression bombs). 50 M pixels (~7000 x 7000) decode to at most 200 MB (RGBA).
 MAX_PIXELS = 50_000_000

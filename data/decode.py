@@ -22,22 +22,17 @@ handed back to the kernel and faulted in again, page by page. A worker that
 dies (a decoder crash on a hostile file, the OOM killer) costs only the files it held:
 the pool is restarted and those files are retried one by one, and a file that kills a
 worker again gets its own failure line. Workers never run the caller's main script
-(worker_context, at the end).
+(qd.data.workers).
 """
 
 from __future__ import annotations
 
 import ctypes
-import multiprocessing
 import os
 import signal
-import sys
-import types
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
-from multiprocessing import context as mp_context
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -47,24 +42,22 @@ from qd.command import QDError
 
 from .images import load_image_bitmap
 from .strokes import render_drawing
+from .workers import MIN_FILES_FOR_PROCESSES, start_fork_server, worker_context
 
 # Files per task sent to a worker. A worker gets its next task through the calling process
 # (concurrent.futures queues only one task beyond those running): tasks of a tenth of a
 # second or so keep the workers busy even when that process waits for a core.
 GROUP = 16
-# Enough queued to keep the workers busy while the caller is away (onnxruntime classifying
-# a batch of 512), few enough that memory stays flat.
-GROUPS_IN_FLIGHT_PER_WORKER = 4
+# Enough queued to keep the workers busy while the caller is away: with 2 workers, a batch of
+# 512 (qd-infer's default) small images, decoded while onnxruntime classifies the batch before.
+# (4 per worker, 64 small images or about 40 ms of work, run dry long before the default
+# network's batch of 512 is classified on one thread, about 0.2 s.) What is queued is file
+# names and finished 28x28 bitmaps: memory stays flat.
+GROUPS_IN_FLIGHT_PER_WORKER = 16
 # glibc mallopt: arrays up to this size come from the heap, and this much freed heap is kept
 # (a 2048 x 2048 image, the largest preprocessed, takes about 100 MB at its peak).
 HEAP_ARRAYS_BYTES = 16 * 2**20
 HEAP_KEPT_BYTES = 64 * 2**20
-# Imported once by the fork server rather than by every worker: the task functions (this
-# module), threadpoolctl, and the decoders of the formats the gate accepts (Image.open's
-# preinit loads PPM too).
-WORKER_MODULES = (__name__, "threadpoolctl", "PIL.BmpImagePlugin", "PIL.GifImagePlugin", "PIL.JpegImagePlugin",
-                  "PIL.PngImagePlugin", "PIL.PpmImagePlugin", "PIL.WebPImagePlugin")
-MIN_FILES_FOR_PROCESSES = 32  # fewer decode faster here than a pool starts
 
 Result = tuple[Path, "np.ndarray | str"]
 
@@ -138,8 +131,9 @@ class ImageDecoder:
         if self.parallel and context is None:
             # The fork server imports numpy, Pillow and this module (about half a second) while the
             # caller goes on (loading its model): by the first file, workers fork from it at once.
-            self._context = worker_context(WORKER_MODULES)
-            _start_fork_server(self._context)
+            # (Commands that know early that they will decode start it sooner: start_worker_server.)
+            self._context = worker_context()
+            start_fork_server(self._context)
         self._pool: ProcessPoolExecutor | None = None
         self._pool_served = False  # has the current pool finished a task?
 
@@ -156,7 +150,7 @@ class ImageDecoder:
 
     def decode(self, paths: Iterable[str | os.PathLike]) -> Iterator[Result]:
         """(path, bitmap or failure line) for every file, in the order given."""
-        paths = [Path(p) for p in paths]
+        paths = [p if isinstance(p, Path) else Path(p) for p in paths]
         crashed = "the image decoder crashed on this file (worker process died)"
         for path, result in self._run(paths, _decode_group, str, decode_file):
             yield path, (f"{path}: {crashed}" if result is _CRASHED else result)
@@ -182,7 +176,7 @@ class ImageDecoder:
 
     def _pool_or_start(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=self._context or worker_context(WORKER_MODULES),
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=self._context or worker_context(),
                                              initializer=_start_worker)
             self._pool_served = False
         return self._pool
@@ -266,78 +260,8 @@ class ImageDecoder:
                 yield item, result
 
 
-def _start_fork_server(context) -> None:
-    """Start the context's fork server now, without waiting for it (multiprocessing would start
-    it at the first worker, and wait there for its imports)."""
-    if context.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
-
-
 def _nothing() -> None:
     """The task that tells a pool whose workers cannot start from one that met a hostile file."""
 
 
 _CRASHED = object()  # a worker died on this very item
-
-
-# ----------------------------------------------------------------------------- worker processes
-# Worker processes that never run the caller's main script.
-#
-# multiprocessing's spawn and forkserver start methods import the main module again in each
-# new process (as `__mp_main__`), so that functions defined there can be unpickled. Our
-# workers only run qd.data functions, and running someone's script again in every worker
-# breaks where people least expect it: a script without an `if __name__ == "__main__":`
-# guard starts its work over in each worker, multiprocessing refuses that, every worker dies
-# as it starts and the pool is restarted again and again; a script read from stdin cannot be
-# imported at all. These contexts start processes with the main module hidden for the moment
-# of the start, so workers import only what their tasks name.
-
-
-@contextmanager
-def _main_hidden():
-    """While a process starts, multiprocessing sees a blank __main__ (no file, no spec) and so
-    asks the new process to import none."""
-    main = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        if main is None:
-            del sys.modules["__main__"]
-        else:
-            sys.modules["__main__"] = main
-
-
-class _ForkServerProcess(mp_context.ForkServerProcess):
-    @staticmethod
-    def _Popen(process_obj):
-        with _main_hidden():
-            return mp_context.ForkServerProcess._Popen(process_obj)
-
-
-class _SpawnProcess(mp_context.SpawnProcess):
-    @staticmethod
-    def _Popen(process_obj):
-        with _main_hidden():
-            return mp_context.SpawnProcess._Popen(process_obj)
-
-
-class _ForkServerContext(mp_context.ForkServerContext):
-    Process = _ForkServerProcess
-
-
-class _SpawnContext(mp_context.SpawnContext):
-    Process = _SpawnProcess
-
-
-def worker_context(preload: tuple[str, ...] = ()) -> multiprocessing.context.BaseContext:
-    """forkserver where the platform has it (workers fork from a clean server process, never
-    from a parent that already runs onnxruntime threads; the server imports `preload` once
-    for all of them), else spawn; neither imports the main module in its processes."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = _ForkServerContext()
-        context.set_forkserver_preload(list(preload))
-        return context
-    return _SpawnContext()

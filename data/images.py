@@ -110,7 +110,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from qd.command import QDError, first_line
 from qd.files import open_regular
 
-from .contract import MAX_PIXELS, SIDE, WORK_PIXELS
+from .contract import IMAGE_FORMATS, IMAGE_SUFFIXES, MAX_PIXELS, SIDE, WORK_PIXELS
+
 MIN_CONTRAST = 32  # grey levels between background and ink, else "blank"
 STRETCH_LO = 0.25
 STRETCH_HI = 0.75
@@ -126,10 +127,6 @@ INK_UNITS = 272.0  # the ink's extent in that frame: 256 + 16 line width
 # and thick pens (correlation 0.985-0.99 against the true bitmaps).
 SKELETON_UNITS = 251.0
 LINE_UNITS = 16.0
-# The gate: each accepted suffix and the only decoder that may read it (the formats the
-# docs/inference.md lists). A file is decoded only if its content is what its name says.
-IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP"}
-IMAGE_SUFFIXES = tuple(IMAGE_FORMATS)
 # First bytes of common image (and not-image) files, only to say what a refused file is.
 CONTENT_SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
@@ -315,7 +312,7 @@ def percentile(hist: np.ndarray, q: float) -> int:
 
 def percentiles(hist: np.ndarray, qs: tuple[float, ...]) -> list[int]:
     """Step 3 for several q at once (one cumulative sum): [P(q) for q in qs]."""
-    cum = np.cumsum(hist)
+    cum = hist.cumsum()
     return np.searchsorted(cum, np.array(qs, dtype=np.float64) * float(cum[-1]), side="left").tolist()
 
 
@@ -516,12 +513,12 @@ def stretch_table(b: int, span: int) -> np.ndarray:
 
 
 def _stretch(levels: np.ndarray, lo: np.float32, hi: np.float32) -> np.ndarray:
-    """Step 6 in place on a float32 array of levels: the same float32 operations for a table
-    of all 256 levels and for an image's levels, so either gives S bit for bit."""
-    np.subtract(levels, lo, out=levels)
-    np.divide(levels, hi - lo, out=levels)
-    np.maximum(levels, np.float32(0), out=levels)  # clip(levels, 0, 1): no NaN here
-    return np.minimum(levels, np.float32(1), out=levels)
+    """Step 6 on an array of levels (float32, changed in place; or uint8, levels unchanged),
+    float32: the same float32 operations for a table of all 256 levels and for an image's
+    levels, so either gives S bit for bit (a uint8 level becomes float32 exactly)."""
+    out = np.subtract(levels, lo, dtype=np.float32, out=levels if levels.dtype == np.float32 else None)
+    np.divide(out, hi - lo, out=out)
+    return np.clip(out, np.float32(0), np.float32(1), out=out)  # no NaN here
 
 
 def levels_to_bitmap(ink: np.ndarray, table: np.ndarray,
@@ -536,13 +533,13 @@ def levels_to_bitmap(ink: np.ndarray, table: np.ndarray,
     # [ya, yb) x [xa, xb) holds every mask pixel, and the steps below see only that box
     # (zero counts outside it move no trimmed bound and no stroke width).
     col = _count(mask, axis=0)
-    inked = np.flatnonzero(col)
+    inked = col.nonzero()[0]
     if inked.size == 0:
         raise BlankImageError("no drawing found (no ink after contrast stretch)")
     xa, xb = int(inked[0]), int(inked[-1]) + 1
     box = mask[:, xa:xb]
     row = _count(box, axis=1)
-    inked = np.flatnonzero(row)
+    inked = row.nonzero()[0]
     ya, yb = int(inked[0]), int(inked[-1]) + 1
     box = box[ya:yb]
     col, row = col[xa:xb].astype(np.int64), row[ya:yb].astype(np.int64)
@@ -569,7 +566,7 @@ def levels_to_bitmap(ink: np.ndarray, table: np.ndarray,
     if stretch is None:
         strength = table.astype(np.float64)[pooled]
     else:
-        strength = _stretch(pooled.astype(np.float32), *stretch).astype(np.float64)
+        strength = _stretch(pooled, *stretch).astype(np.float64)
     wy, wx = _area_weights_yx(n, (frame_y - top) / factor, (frame_x - left) / factor, frame / factor)
     out = wy @ strength @ wx.T
     return np.floor(out * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
@@ -579,7 +576,7 @@ def _trimmed_bounds(mass: np.ndarray, total: int) -> tuple[int, int]:
     """The first index whose prefix sum, and the last whose suffix sum, is over TRIM * total
     (both sums of integers, exact: prefix sums rise and suffix sums fall, so counting tells)."""
     limit = TRIM * total
-    prefix = np.cumsum(mass)
+    prefix = mass.cumsum()
     first = int(np.count_nonzero(prefix <= limit))
     suffix = total - prefix + mass
     last = int(np.count_nonzero(suffix > limit)) - 1
@@ -654,7 +651,10 @@ def _window_max(a: np.ndarray, radius: int, axis: int) -> np.ndarray:
 
     shape = list(a.shape)
     shape[axis] = n + 2 * radius
-    padded = np.full(shape, False if a.dtype == bool else np.iinfo(a.dtype).min, dtype=a.dtype)
+    if a.dtype == bool or a.dtype.kind == "u":  # the least value is 0
+        padded = np.zeros(shape, dtype=a.dtype)
+    else:
+        padded = np.full(shape, np.iinfo(a.dtype).min, dtype=a.dtype)
     along(padded, radius, radius + n)[...] = a
     runs, k = padded, 1
     while 2 * k <= width:

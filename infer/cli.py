@@ -104,14 +104,32 @@ def infer(
             raise QDError(f"{name} needs --ray (without it qd-infer writes to stdout)")
     from qd.machine import usable_cpus
 
+    workers = workers or usable_cpus()
+    if workers > 1:
+        start_decoding_early(inputs)
     from .run import run_inference
 
     fmt = "json" if json_lines else "csv" if csv_out else "table"
     summary = run_inference(inputs, model=model, top=top, batch_size=batch_size, fmt=fmt,
-                            recursive=recursive, workers=workers or usable_cpus(), threads=threads,
+                            recursive=recursive, workers=workers, threads=threads,
                             unknown_threshold=unknown_threshold, flag_unknown=not no_unknown)
     if summary.failed or summary.classified == 0:
         raise typer.Exit(1)
+
+
+def start_decoding_early(inputs: List[str]) -> None:
+    """Where worker processes may decode images (a folder, or enough image files), start their
+    fork server now, before this process imports numpy, Pillow and onnxruntime: the server
+    imports what the workers need on another core meanwhile, and is ready by the first image
+    (started when the decoder is made, it would still be importing then)."""
+    import os.path
+
+    from qd.data.contract import IMAGE_SUFFIXES
+    from qd.data.workers import MIN_FILES_FOR_PROCESSES, start_worker_server
+
+    images = sum(1 for name in inputs if name.lower().endswith(IMAGE_SUFFIXES))
+    if images >= MIN_FILES_FOR_PROCESSES or any(os.path.isdir(name) for name in inputs):
+        start_worker_server()
 
 
 def main() -> None:

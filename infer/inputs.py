@@ -17,9 +17,9 @@ import numpy as np
 
 from qd.command import QDError, describe_unexpected, reason_of
 from qd.data.bitmaps import SUFFIX as NPY_SUFFIX, parse_npy_header
-from qd.data.contract import PIXELS, SIDE
+from qd.data.contract import IMAGE_SUFFIXES, PIXELS, SIDE
 from qd.data.decode import ImageDecoder
-from qd.data.images import IMAGE_SUFFIXES, is_image_path
+from qd.data.images import is_image_path
 from qd.data.strokes import NDJSON_SUFFIX, iter_ndjson
 from qd.files import UnlistableFolder, count_lines, open_regular, walk_files
 

@@ -11,7 +11,7 @@ from threadpoolctl import threadpool_info
 
 from images_synth import bitmap_as_paper
 from qd.command import QDError
-from qd.data import decode
+from qd.data import decode, workers
 from qd.data.bitmaps import open_bitmaps
 from qd.data.decode import GROUP, ImageDecoder
 from qd.data.images import load_image_bitmap
@@ -54,7 +54,28 @@ def test_worker_processes_give_the_same_results_in_the_same_order(folder):
 def test_small_jobs_and_one_worker_decode_in_this_process(folder):
     assert not ImageDecoder(workers=4, expected=3).parallel
     assert not ImageDecoder(workers=1, expected=10_000).parallel
-    assert ImageDecoder(workers=2, expected=decode.MIN_FILES_FOR_PROCESSES).parallel
+    assert ImageDecoder(workers=2, expected=workers.MIN_FILES_FOR_PROCESSES).parallel
+
+
+def test_qd_infer_starts_the_workers_fork_server_before_it_imports_numpy(tmp_path):
+    """Where worker processes may decode (a folder, 32 image files or more), qd-infer starts their
+    fork server first thing, importing nothing heavy itself: the server's imports (numpy, Pillow,
+    the preprocessing) then overlap the command's own. Not for fewer images, nor for a .npy."""
+    script = ("import sys\n"
+              "from multiprocessing import forkserver\n"
+              "from qd.infer.cli import start_decoding_early\n"
+              "start_decoding_early(sys.argv[1:])\n"
+              "print(forkserver._forkserver._forkserver_pid is not None, 'numpy' in sys.modules)")
+
+    def started(*inputs):
+        return subprocess.run([sys.executable, "-c", script, *map(str, inputs)], capture_output=True, text=True,
+                              check=True).stdout.split()
+
+    images = [str(tmp_path / f"{i}.png") for i in range(workers.MIN_FILES_FOR_PROCESSES)]
+    assert started(tmp_path) == ["True", "False"]
+    assert started(*images) == ["True", "False"]
+    assert started(*images[1:]) == ["False", "False"]
+    assert started(tmp_path / "drawings.npy") == ["False", "False"]
 
 
 def _blas_threads(_=None):
@@ -146,9 +167,10 @@ def test_memory_stays_bounded_only_a_window_is_in_flight(folder, monkeypatch):
     decoder = ImageDecoder(workers=2, expected=len(folder), context=multiprocessing.get_context("fork"))
     real_submit = decoder._submit
     monkeypatch.setattr(decoder, "_submit", lambda names, *task: (submitted.append(names), real_submit(names, *task))[1])
-    results = decoder.decode(folder * 4)
-    next(results)
     window = decoder.workers * decode.GROUPS_IN_FLIGHT_PER_WORKER
-    assert len(submitted) <= window and len(folder) * 4 > window * GROUP
+    copies = window * GROUP // len(folder) + 2
+    results = decoder.decode(folder * copies)
+    next(results)
+    assert len(submitted) <= window and len(folder) * copies > window * GROUP
     results.close()
     decoder.close()

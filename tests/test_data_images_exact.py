@@ -118,11 +118,14 @@ def test_the_helpers_equal_their_plain_forms():
         plain = np.lib.stride_tricks.sliding_window_view(padded, (2 * radius + 1,) * 2).max(axis=(2, 3))
         assert np.array_equal(images._max_filter(a, radius), plain)
         assert np.array_equal(images._max_filter(a > 128, radius), plain > 128)
+        assert np.array_equal(images._max_filter(a.astype(np.int32) - 200, radius), plain - 200)  # pads below 0
     for levels in (np.full((90, 90), 255, np.uint8), rng.integers(0, 256, (70, 80)).astype(np.uint8),
                    np.where(rng.random((64, 100)) < 0.1, 3, 250).astype(np.uint8)):
         assert np.array_equal(images.histogram(levels), np.bincount(levels.ravel(), minlength=256))
     for b, span in ((0, 255), (3, 40), (100, 150), (20, 32)):
         levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
         table = images.stretch_table(b, span)
-        computed = images._stretch(levels.astype(np.float32), *images._stretch_bounds(b, span))
-        assert np.array_equal(computed, table[levels])
+        for given in (levels.astype(np.float32), levels):  # float32 levels in place; uint8 ones left as they are
+            computed = images._stretch(given, *images._stretch_bounds(b, span))
+            assert computed.dtype == np.float32 and np.array_equal(computed, table[levels])
+        assert np.array_equal(levels, np.arange(256).reshape(16, 16))
