@@ -138,10 +138,23 @@ class OpenSetRule:
         return json.dumps(record)
 
 
+def finite_number(value: object) -> float | None:
+    """`value` as a float if it is a JSON number (not a bool) that is a finite float, else None:
+    the one test of every number read from a model's metadata (a 401-digit integer is no float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def check_threshold(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise QDError(f"{what} must be a finite number, got {value!r}")
-    return float(value)
+    number = finite_number(value)
+    if number is None:
+        raise QDError(f"{what} must be a finite number, got {str(value)[:40]!r}")
+    return number
 
 
 def parse_temperature(path: Path, meta: dict[str, str]) -> float:
@@ -153,9 +166,10 @@ def parse_temperature(path: Path, meta: dict[str, str]) -> float:
         value = json.loads(raw)
     except (ValueError, RecursionError):
         value = raw
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    number = finite_number(value)
+    if number is None or number <= 0:
         raise QDError(f"{path}: model metadata {META_TEMPERATURE} must be a finite number above 0, got {raw[:40]!r}")
-    return float(value)
+    return number
 
 
 def parse_open_set(path: Path, meta: dict[str, str]) -> OpenSetRule | None:
@@ -177,13 +191,13 @@ def parse_open_set(path: Path, meta: dict[str, str]) -> OpenSetRule | None:
     if not isinstance(rule, str) or rule not in SCORES:
         shown = repr(rule)[:40]
         raise bad(f"names rule {shown}, this version knows {', '.join(SCORES)}")
-    threshold, kept = record.get("threshold"), record.get("kept", DEFAULT_KEPT)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-        raise bad(f"threshold must be a finite number, got {str(threshold)[:40]!r}")
-    if isinstance(kept, bool) or not isinstance(kept, (int, float)) or not 0 < kept < 1:
-        raise bad(f"kept must be a share between 0 and 1, got {str(kept)[:40]!r}")
+    threshold, kept = finite_number(record.get("threshold")), finite_number(record.get("kept", DEFAULT_KEPT))
+    if threshold is None:
+        raise bad(f"threshold must be a finite number, got {str(record.get('threshold'))[:40]!r}")
+    if kept is None or not 0 < kept < 1:
+        raise bad(f"kept must be a share between 0 and 1, got {str(record.get('kept'))[:40]!r}")
     validation = record.get("validation")
-    return OpenSetRule(rule, float(threshold), float(kept), validation if isinstance(validation, dict) else None)
+    return OpenSetRule(rule, threshold, kept, validation if isinstance(validation, dict) else None)
 
 
 # ----------------------------------------------------------------------------- the model
