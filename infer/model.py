@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import statistics
 import threading
 import time
@@ -420,7 +421,7 @@ class Session:
         try:
             if threading.current_thread() is not threading.main_thread():
                 return self.session.run(names, feeds, options)
-            return _in_helper_thread(lambda: self.session.run(names, feeds, options))
+            return _HELPER.call(lambda: self.session.run(names, feeds, options))
         finally:
             with _RUNS_LOCK:
                 _RUNS.pop(id(options), None)
@@ -433,27 +434,42 @@ def stop_runs() -> None:
             options.terminate = True
 
 
-def _in_helper_thread(call: Callable[[], list]) -> list:
-    outcome: list = []
+class _Helper:
+    """The one thread that runs the main thread's onnxruntime runs (started on first use, and kept: a
+    thread per run cost a third of a batch-of-one run) while the main thread waits for it."""
 
-    def target() -> None:
+    def __init__(self):
+        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+
+    def call(self, run: Callable[[], list]) -> list:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._serve, name="qd-onnxruntime", daemon=True)
+            self.thread.start()
+        done, outcome = threading.Event(), []
+        self.tasks.put((run, done, outcome))
         try:
-            outcome.append((True, call()))
-        except BaseException as exc:  # handed to the waiting thread
-            outcome.append((False, exc))
+            done.wait()  # a signal's exception (Ctrl-C, SIGTERM) is raised here, in the main thread
+        except BaseException:
+            stop_runs()
+            done.wait(STOP_SECONDS)
+            raise
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
 
-    helper = threading.Thread(target=target, name="qd-onnxruntime", daemon=True)
-    helper.start()
-    try:
-        helper.join()  # a signal's exception (Ctrl-C, SIGTERM) is raised here, in the main thread
-    except BaseException:
-        stop_runs()
-        helper.join(STOP_SECONDS)
-        raise
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return value
+    def _serve(self) -> None:
+        while True:
+            run, done, outcome = self.tasks.get()
+            try:
+                outcome.append((True, run()))
+            except BaseException as exc:  # handed to the waiting thread
+                outcome.append((False, exc))
+            done.set()
+
+
+_HELPER = _Helper()
 
 
 def session_outputs(session, names: tuple[str, ...] | list[str], input_name: str = INPUT
