@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import socket
@@ -121,7 +122,7 @@ def classify(inputs, out, address: str | None = None, *, model=None, top: int = 
                         batch_size=batch_size, fmt=format, unknown_threshold=unknown_threshold,
                         flag_unknown=flag_unknown)
         with output_folder(out, overwrite) as partial:
-            counts = run_dataset(ray, units, partial, settings, workers, threads)
+            counts = run_dataset(ray, units, partial, settings, workers, threads, out)
             files = check_files_visible(partial, out, format, counts)
     records = sum(c["records"] for c in counts)
     failed = sum(c["failed"] for c in counts)
@@ -131,12 +132,13 @@ def classify(inputs, out, address: str | None = None, *, model=None, top: int = 
     return RayRun(summary, out, files, workers, failures[:FAILURES_REPORTED])
 
 
-def run_dataset(ray, units: list[str], folder: Path, settings: dict, workers: int, threads: int) -> list[dict]:
-    """The Ray Data pipeline: units -> actors (read, classify, format) -> one file per task. The
-    per-file counts of the records written."""
+def run_dataset(ray, units: list[str], folder: Path, settings: dict, workers: int, threads: int,
+                out: Path) -> list[dict]:
+    """The Ray Data pipeline: units -> actors (read, classify, format) -> one file per task in `folder`
+    (the temporary one: `out` names it in messages). The per-file counts of the records written."""
 
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = sys.stderr.isatty()
+    context.enable_progress_bars = False  # the driver's stderr is a log while Ray runs (run_cli)
     context.print_on_execution_start = False
     dataset = ray.data.from_items([{UNIT: unit} for unit in units],
                                   override_num_blocks=min(len(units), BLOCKS_PER_WORKER * workers))
@@ -152,12 +154,13 @@ def run_dataset(ray, units: list[str], folder: Path, settings: dict, workers: in
         # at most one file at a time per actor.
         classified.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=workers)
     except Exception as exc:  # Ray wraps what failed in a worker; say it in one line
-        raise QDError(describe_ray_failure(exc)) from None
+        raise QDError(describe_ray_failure(exc, out)) from None
     return list(sink.result.write_returns) if sink.result is not None else []
 
 
-def describe_ray_failure(exc: BaseException) -> str:
-    """One line for a failed Ray run: the QDError a worker raised, else the innermost cause."""
+def describe_ray_failure(exc: BaseException, folder: Path | None = None) -> str:
+    """One line for a failed Ray run: the QDError a worker raised, an OS error (a full disk while the
+    workers write into `folder`) by its file, else the innermost cause."""
     from qd.command import describe_unexpected
 
     for _ in range(20):
@@ -168,6 +171,9 @@ def describe_ray_failure(exc: BaseException) -> str:
         if inner is None:
             break
         exc = inner
+    if isinstance(exc, OSError) and exc.errno:  # pyarrow's write errors carry errno, not the file (Ray's
+        where = folder or "I/O"                  # retry wrapper puts its own message in `filename`)
+        return f"{where}: {os.strerror(exc.errno)} (while the Ray workers wrote the records)"
     return f"the Ray run failed: {describe_unexpected(exc)}"
 
 
@@ -378,12 +384,24 @@ def check_files_visible(partial: Path, out: Path, fmt: str, counts: list[dict]) 
 # ----------------------------------------------------------------------------- the command line
 
 def run_cli(inputs, out, address: str, **options) -> int:
-    """qd-infer --ray: the run, its failures (the first few) and summary on stderr; the exit code."""
+    """qd-infer --ray: the run, its failures (the first few) and summary on stderr; the exit code.
+    What Ray itself prints while it runs goes to a log file (ray_output_to_log), named when the run fails."""
     from rich.text import Text
 
     from qd.command import err_console, fail, shown
 
-    run = classify(inputs, out, address, **options)
+    keep = False
+    with ray_output_to_log() as log:
+        try:
+            run = classify(inputs, out, address, **options)
+        except QDError as exc:
+            keep = log is not None and log.stat().st_size > 0
+            if keep:
+                raise QDError(f"{exc}; Ray's own messages are in {log}") from None
+            raise
+        finally:
+            if log is not None and not keep:
+                log.unlink()
     for line in run.failures:
         fail(line)
     summary = run.summary
@@ -395,6 +413,36 @@ def run_cli(inputs, out, address: str, **options) -> int:
     err_console.print(Text.assemble(f"{summary.line()}; {workers}; records in ", shown(run.out), f" ({files})"),
                       highlight=False, soft_wrap=True)
     return 1 if summary.failed or summary.classified == 0 else 0
+
+
+@contextmanager
+def ray_output_to_log():
+    """While Ray runs, this process's stdout and stderr (file descriptors 1 and 2) go to a log file:
+    Ray writes there from C++ (its core worker's log), from Python (Ray Data's tracebacks of a failed
+    task, its warnings, a dead worker's notice) and in colour, a hundred lines or more for one failure
+    that qd tells in one line. Yields the log's path; the descriptors are restored on the way out,
+    before anything of ours is printed. None: no log could be made (a full disk), Ray's output is dropped."""
+    try:
+        fd, name = tempfile.mkstemp(prefix="qd-infer-ray-", suffix=".log")
+    except OSError:
+        fd, name = os.open(os.devnull, os.O_WRONLY), None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield None if name is None else Path(name)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a full disk: what Ray wrote is lost, ours is still to come
+                pass
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for descriptor in (*saved, fd):
+            os.close(descriptor)
 
 
 # ----------------------------------------------------------------------------- a worker's units
