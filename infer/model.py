@@ -61,7 +61,8 @@ from qd.command import QDError, describe_unexpected, first_line
 from qd.data.bitmaps import check_labels
 from qd.data.contract import (BITMAP, BLANK_LOGIT, CANVAS_INPUT, CANVAS_OUTPUTS, DEFAULT_KEPT, INPUT, LOGITS,
                               MAX_CANVAS_SIDE, MAX_MODEL_BYTES, MAX_MODEL_NODES, MAX_RUN_BYTES, MAX_THREADS,
-                              META_CANVAS, META_FORMAT, META_LABELS, META_OPEN_SET, META_PRECISION, META_PREPROCESSING, META_TEMPERATURE, MIN_CANVAS_SIDE,
+                              META_CANVAS, META_FORMAT, META_LABELS, META_OPEN_SET, META_PRECISION, META_PREPROCESSING,
+                              META_TEMPERATURE, MIN_CANVAS_SIDE,
                               MODEL_CANVAS_ONNX, MODEL_FORMAT, MODEL_ONNX, PROBABILITIES, REQUIRED_KEYS,
                               bitmaps_to_input, check_preprocessing, exports_dir)
 from qd.files import read_regular
