@@ -241,6 +241,8 @@ MAX_LABEL_CHARS = 256
 # `.<name>.npy.part.json`) must each fit in a file name (255 bytes on Linux and macOS).
 MAX_CATEGORY_NAME_BYTES = 200
 MAX_MODEL_BYTES = 512 << 20  # an ONNX model qd-infer opens (the default network's is 1.2 MB)
+MAX_MODEL_NODES = 10_000  # in its graph (a canvas model has ~400, the default network ~20)
+MAX_RUN_BYTES = 1 << 30  # onnxruntime's memory in one process (the default network at MAX_BATCH_SIZE: ~800 MiB)
 MAX_CARD_BYTES = 16 << 20  # model.json
 # Preprocessing numbers (scale, mean, std) must be finite and at most this large in magnitude;
 # scale and std (divided by) at least MIN_PREPROCESSING_DIVISOR, so float32 inputs stay finite.

@@ -37,11 +37,12 @@ from typing import Callable
 import numpy as np
 
 from qd.command import QDError, first_line
-from qd.data.contract import (LOGITS, MAX_CARD_BYTES, META_DATA, META_SOURCE_SHA256, META_SPLIT, MODEL_CARD,
-                              MODEL_COREML, MODEL_INT8_ONNX, MODEL_ONNX, PROBABILITIES, bitmaps_to_input)
+from qd.data.bitmaps import SplitSpec
+from qd.data.contract import (LOGITS, MAX_CARD_BYTES, MAX_NPY_ROWS, META_DATA, META_SOURCE_SHA256, META_SPLIT,
+                              MODEL_CARD, MODEL_COREML, MODEL_INT8_ONNX, MODEL_ONNX, PROBABILITIES, bitmaps_to_input)
 from qd.export.formats import FORMATS
 from qd.files import path_size, read_regular, sha256_file, sha256_path
-from qd.infer.model import OnnxClassifier, call_seconds, resolve_model_path, run_batched
+from qd.infer.model import OnnxClassifier, call_seconds, finite_number, resolve_model_path, run_batched
 
 BENCH_BATCH = 256
 EVAL_BATCH = 256
@@ -110,14 +111,16 @@ def load_model_info(path: str | os.PathLike | None) -> ModelInfo:
         name=model_name(model),
         labels=classifier.labels,
         preprocessing=classifier.preprocessing,
-        split=_json_field(model, metadata, META_SPLIT),
-        data=_json_field(model, metadata, META_DATA),
+        split=parse_split(model, metadata),
+        data=parse_data(model, metadata),
         source_sha256=metadata.get(META_SOURCE_SHA256),
         classifier=classifier,
         card=read_card(model.parent / MODEL_CARD),
     )
     if info.card is not None:  # the model must be the one its folder's card lists, of the card's checkpoint
         source = info.card.get("source") if isinstance(info.card.get("source"), dict) else {}
+        if not isinstance(source.get("sha256", ""), str):
+            raise QDError(f"{model.parent / MODEL_CARD}: source.sha256 is not a string")
         info.check_member(model, source.get("sha256"))
     return info
 
@@ -150,8 +153,49 @@ def _json_field(model: Path, metadata: dict, key: str):
         return None
     try:
         return json.loads(raw)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         raise QDError(f"{model}: {key} metadata is not valid JSON") from None
+
+
+def parse_split(model: Path, metadata: dict) -> dict | None:
+    """qd.split, checked as SplitSpec checks it (fractions, seed, scheme), so cutting it later cannot fail."""
+    split = _json_field(model, metadata, META_SPLIT)
+    if split is None:
+        return None
+    try:
+        if not isinstance(split, dict):
+            raise ValueError("is not a JSON object")
+        for key in ("val_fraction", "test_fraction"):
+            if key in split and not (finite_number(split[key]) is not None and 0 <= split[key] < 1):
+                raise ValueError(f"{key} must be a number from 0 to below 1, got {_short(split[key])}")
+        if "seed" in split and not (type(split["seed"]) is int and 0 <= split["seed"] < 2**64):
+            raise ValueError(f"seed must be a whole number from 0 to 2^64, got {_short(split['seed'])}")
+        SplitSpec.from_dict(split)
+    except (ValueError, QDError) as exc:
+        raise QDError(f"{model}: model metadata {META_SPLIT} {exc}") from None
+    return split
+
+
+def parse_data(model: Path, metadata: dict) -> dict | None:
+    """qd.data (the training data folder, its categories, counts and max_per_category), checked by type."""
+    data = _json_field(model, metadata, META_DATA)
+    if data is None:
+        return None
+    checks = {"dir": lambda v: isinstance(v, str),
+              "categories": lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v),
+              "counts": lambda v: isinstance(v, list) and all(type(c) is int and 0 <= c <= MAX_NPY_ROWS for c in v),
+              "max_per_category": lambda v: type(v) is int and 1 <= v <= MAX_NPY_ROWS}
+    if not isinstance(data, dict):
+        raise QDError(f"{model}: model metadata {META_DATA} is not a JSON object")
+    for key, check in checks.items():
+        if data.get(key) is not None and not check(data[key]):
+            raise QDError(f"{model}: model metadata {META_DATA} has a malformed {key} ({_short(data[key])})")
+    return data
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 # ----------------------------------------------------------------------------- the backends

@@ -45,7 +45,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import statistics
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -58,8 +60,9 @@ import numpy as np
 from qd.command import QDError, describe_unexpected, first_line
 from qd.data.bitmaps import check_labels
 from qd.data.contract import (BITMAP, BLANK_LOGIT, CANVAS_INPUT, CANVAS_OUTPUTS, DEFAULT_KEPT, INPUT, LOGITS,
-                              MAX_CANVAS_SIDE, MAX_MODEL_BYTES, MAX_THREADS, META_CANVAS, META_FORMAT, META_LABELS,
-                              META_OPEN_SET, META_PRECISION, META_PREPROCESSING, META_TEMPERATURE, MIN_CANVAS_SIDE,
+                              MAX_CANVAS_SIDE, MAX_MODEL_BYTES, MAX_MODEL_NODES, MAX_RUN_BYTES, MAX_THREADS,
+                              META_CANVAS, META_FORMAT, META_LABELS, META_OPEN_SET, META_PRECISION, META_PREPROCESSING,
+                              META_TEMPERATURE, MIN_CANVAS_SIDE,
                               MODEL_CANVAS_ONNX, MODEL_FORMAT, MODEL_ONNX, PROBABILITIES, REQUIRED_KEYS,
                               bitmaps_to_input, check_preprocessing, exports_dir)
 from qd.files import read_regular
@@ -137,10 +140,23 @@ class OpenSetRule:
         return json.dumps(record)
 
 
+def finite_number(value: object) -> float | None:
+    """`value` as a float if it is a JSON number (not a bool) that is a finite float, else None:
+    the one test of every number read from a model's metadata (a 401-digit integer is no float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def check_threshold(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise QDError(f"{what} must be a finite number, got {value!r}")
-    return float(value)
+    number = finite_number(value)
+    if number is None:
+        raise QDError(f"{what} must be a finite number, got {str(value)[:40]!r}")
+    return number
 
 
 def parse_temperature(path: Path, meta: dict[str, str]) -> float:
@@ -152,9 +168,10 @@ def parse_temperature(path: Path, meta: dict[str, str]) -> float:
         value = json.loads(raw)
     except (ValueError, RecursionError):
         value = raw
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    number = finite_number(value)
+    if number is None or number <= 0:
         raise QDError(f"{path}: model metadata {META_TEMPERATURE} must be a finite number above 0, got {raw[:40]!r}")
-    return float(value)
+    return number
 
 
 def parse_open_set(path: Path, meta: dict[str, str]) -> OpenSetRule | None:
@@ -176,16 +193,32 @@ def parse_open_set(path: Path, meta: dict[str, str]) -> OpenSetRule | None:
     if not isinstance(rule, str) or rule not in SCORES:
         shown = repr(rule)[:40]
         raise bad(f"names rule {shown}, this version knows {', '.join(SCORES)}")
-    threshold, kept = record.get("threshold"), record.get("kept", DEFAULT_KEPT)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-        raise bad(f"threshold must be a finite number, got {str(threshold)[:40]!r}")
-    if isinstance(kept, bool) or not isinstance(kept, (int, float)) or not 0 < kept < 1:
-        raise bad(f"kept must be a share between 0 and 1, got {str(kept)[:40]!r}")
+    threshold, kept = finite_number(record.get("threshold")), finite_number(record.get("kept", DEFAULT_KEPT))
+    if threshold is None:
+        raise bad(f"threshold must be a finite number, got {str(record.get('threshold'))[:40]!r}")
+    if kept is None or not 0 < kept < 1:
+        raise bad(f"kept must be a share between 0 and 1, got {str(record.get('kept'))[:40]!r}")
     validation = record.get("validation")
-    return OpenSetRule(rule, float(threshold), float(kept), validation if isinstance(validation, dict) else None)
+    return OpenSetRule(rule, threshold, kept, validation if isinstance(validation, dict) else None)
 
 
 # ----------------------------------------------------------------------------- the model
+
+# Every operator the exporters write (qd.export: fp32 and int8 QDQ graphs of every architecture at
+# --opset 13 to 23, canvas graphs at 18 to 23), plus Flatten and Resize (hand-made test models). A model
+# with any other one (Loop, Scan and If: unbounded runs; a custom domain's kernels) is refused before
+# onnxruntime builds it.
+MODEL_OPS = frozenset({
+    "Add", "And", "Cast", "Ceil", "Clip", "Constant", "Conv", "CumSum", "DequantizeLinear", "Div", "Equal",
+    "Expand", "Flatten", "Floor", "Gather", "Gemm", "GlobalAveragePool", "Greater", "GreaterOrEqual", "Identity",
+    "Less", "LessOrEqual", "MatMul", "Max", "MaxPool", "Min", "Mul", "Or", "Pad", "QuantizeLinear", "ReduceMax",
+    "ReduceMean", "ReduceSum", "Relu", "Reshape", "Resize", "ScatterElements", "Shape", "Slice", "Softmax",
+    "Squeeze", "Sub", "Transpose", "Where",
+})
+DEFAULT_DOMAINS = ("", "ai.onnx")
+SILENT = 4  # onnxruntime's FATAL: its own log never reaches the terminal (failures come back as exceptions)
+STOP_SECONDS = 10.0  # how long an interrupted run may take to notice it was stopped
+
 
 def read_model_bytes(path: Path) -> bytes:
     """The bytes of the regular file `path`, so a FIFO or a swapped file is never opened by onnxruntime."""
@@ -195,17 +228,22 @@ def read_model_bytes(path: Path) -> bytes:
         raise QDError(f"{path}: {exc.strerror or exc}") from None
 
 
-def open_session(path: Path, threads: int | None = None, model: bytes | None = None, optimization=None):
-    """The one onnxruntime session of every tool: the CPU provider, warnings off, `threads` intra-op
-    threads (None: onnxruntime's default), `optimization` an ort.GraphOptimizationLevel (None: all).
-    `model`: the file's bytes, read already (a Ray worker gets them from the driver); `path` then
-    only names the model in messages. A file onnxruntime cannot load is one QDError line."""
+def open_session(path: Path, threads: int | None = None, model: bytes | None = None,
+                 optimization=None) -> "Session":
+    """The one onnxruntime session of every tool: the CPU provider, onnxruntime's own log off, `threads`
+    intra-op threads (None: onnxruntime's default), `optimization` an ort.GraphOptimizationLevel (None:
+    all), its memory within MAX_RUN_BYTES (memory_bounded). `model`: the file's bytes, read already (a Ray
+    worker gets them from the driver); `path` then only names the model in messages. The graph is checked
+    first (check_graph); a file onnxruntime cannot load is one QDError line."""
     import onnxruntime as ort
 
     if threads is not None and not 1 <= threads <= MAX_THREADS:
         raise QDError(f"--threads must be 1 to {MAX_THREADS}, got {threads}")
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # onnxruntime warnings are not the user's business
+    # Not only warnings: onnxruntime logs a failing node's name (the model's text, escape codes and all)
+    # straight to fd 2; the same failure reaches us as an exception, told in one escaped line.
+    options.log_severity_level = SILENT
+    memory_bounded(ort, options)
     if optimization is not None:
         options.graph_optimization_level = optimization
     if threads:
@@ -213,13 +251,226 @@ def open_session(path: Path, threads: int | None = None, model: bytes | None = N
         options.inter_op_num_threads = 1
     if model is None:
         model = read_model_bytes(path)
+    check_graph(path, model)
     try:
-        return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+        return Session(ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"]))
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
         first = first_line(exc, 10_000)
         # torch saves checkpoints as zip files: whatever the name, that is the one slip worth a hint
         hint = "; it looks like a torch checkpoint: run qd-export first" if model[:4] == b"PK\x03\x04" else ""
         raise QDError(f"{path}: not a loadable ONNX model ({first[:160]}){hint}") from None
+
+
+_MEMORY_LOCK = threading.Lock()
+_memory_bounded = False
+
+
+def memory_bounded(ort, options) -> None:
+    """Sessions allocate from one CPU arena per process that holds at most MAX_RUN_BYTES: a graph that
+    asks for more (an Expand to gigabytes for one drawing) fails that run, which BatchRunner splits down
+    to the drawings that fail, instead of taking the machine's memory."""
+    global _memory_bounded
+    with _MEMORY_LOCK:
+        if not _memory_bounded:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            # kSameAsRequested (1): the arena grows by what a run asks for, never past max_mem
+            arena = ort.OrtArenaCfg({"max_mem": MAX_RUN_BYTES, "arena_extend_strategy": 1})
+            ort.create_and_register_allocator(info, arena)
+            _memory_bounded = True
+    options.add_session_config_entry("session.use_env_allocators", "1")
+
+
+# ----------------------------------------------------------------------------- the graph, before onnxruntime
+
+def check_graph(path: Path, model: bytes) -> None:
+    """Refuse a model whose graph is not one qd-export could have written, before onnxruntime builds it:
+    an operator outside MODEL_OPS (Loop, Scan, If: runs bounded by the model's own numbers; custom
+    domains), a graph attribute (a subgraph), more than MAX_MODEL_NODES nodes, or a tensor whose data
+    is in an external file (onnxruntime would read it from the working folder). Read from the protobuf
+    wire format directly (ModelProto.graph, GraphProto.node/initializer, NodeProto.op_type/domain/
+    attribute): the edge install has no onnx package."""
+
+    def refuse(why: str) -> QDError:
+        return QDError(f"{path}: refused: {why} (qd-export never writes that)")
+
+    try:
+        graphs = [value for number, value in _fields(model) if number == 7]
+        nodes = 0
+        for graph in graphs:
+            for number, value in _fields(graph):
+                if number in (5, 15):  # initializer, sparse_initializer
+                    _check_tensor(value, refuse, sparse=number == 15)
+                if number != 1:
+                    continue
+                nodes += 1
+                if nodes > MAX_MODEL_NODES:
+                    raise refuse(f"the graph has more than {MAX_MODEL_NODES:,} nodes")
+                _check_node(value, refuse)
+    except _Malformed as exc:
+        raise QDError(f"{path}: not a loadable ONNX model ({exc})") from None
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _check_node(node: memoryview, refuse) -> None:
+    op, domain, attributes = "", "", []
+    for number, value in _fields(node):
+        if number == 4:
+            op = _text(value)
+        elif number == 7:
+            domain = _text(value)
+        elif number == 5:
+            attributes.append(value)
+    if domain not in DEFAULT_DOMAINS or op not in MODEL_OPS:
+        where = f" of domain {domain[:40]!r}" if domain not in DEFAULT_DOMAINS else ""
+        raise refuse(f"operator {op[:40]!r}{where}")
+    for attribute in attributes:
+        for number, value in _fields(attribute):
+            if number in (6, 11):  # g, graphs
+                raise refuse(f"a subgraph in operator {op!r}")
+            if number in (5, 10, 22, 23):  # t, tensors (a Constant's value), sparse_tensor(s)
+                _check_tensor(value, refuse, sparse=number >= 22)
+
+
+def _check_tensor(tensor: memoryview, refuse, sparse: bool = False) -> None:
+    """A TensorProto, or a SparseTensorProto (its values and indices are TensorProtos)."""
+    for number, value in _fields(tensor):
+        if sparse and number in (1, 2) and isinstance(value, memoryview):
+            _check_tensor(value, refuse)
+        elif not sparse and number == 14 and value == 1:  # data_location: EXTERNAL
+            raise refuse("a tensor stored in an external file")
+
+
+def _text(value) -> str:
+    if not isinstance(value, memoryview):
+        raise _Malformed("a name is not a string")
+    return bytes(value).decode("utf-8", "replace")
+
+
+def _fields(message):
+    """(field number, value) of a protobuf message: ints for varints, memoryviews for length-delimited
+    fields (no copy), fixed-width fields skipped."""
+    data = memoryview(message)
+    end, at = len(data), 0
+    while at < end:
+        key, at = _varint(data, at)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, at = _varint(data, at)
+            yield number, value
+        elif wire == 2:
+            size, at = _varint(data, at)
+            if at + size > end:
+                raise _Malformed("a field runs past the end of the file")
+            yield number, data[at:at + size]
+            at += size
+        elif wire in (1, 5):
+            at += 8 if wire == 1 else 4
+        else:
+            raise _Malformed(f"protobuf wire type {wire}")
+    if at != end:
+        raise _Malformed("a field runs past the end of the file")
+
+
+def _varint(data: memoryview, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if at >= len(data) or shift > 63:
+            raise _Malformed("a truncated or overlong number")
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
+# ----------------------------------------------------------------------------- runs that can be stopped
+
+_RUNS: dict[int, object] = {}  # id -> ort.RunOptions of each run in progress in this process
+_RUNS_LOCK = threading.Lock()
+
+
+class Session:
+    """An onnxruntime session whose runs end when the command does. A run in the main thread runs in
+    a helper thread while the main thread waits, so Ctrl-C and SIGTERM (KeyboardInterrupt, Terminated)
+    reach it at once: they stop every run in progress (RunOptions.terminate, which onnxruntime checks
+    between nodes) and go on their way. Runs in other threads (BatchRunner's lanes) are stopped by
+    the same call."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def get_inputs(self):
+        return self.session.get_inputs()
+
+    def get_outputs(self):
+        return self.session.get_outputs()
+
+    def get_modelmeta(self):
+        return self.session.get_modelmeta()
+
+    def run(self, names, feeds) -> list:
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        options.log_severity_level = SILENT
+        with _RUNS_LOCK:
+            _RUNS[id(options)] = options
+        try:
+            if threading.current_thread() is not threading.main_thread():
+                return self.session.run(names, feeds, options)
+            return _HELPER.call(lambda: self.session.run(names, feeds, options))
+        finally:
+            with _RUNS_LOCK:
+                _RUNS.pop(id(options), None)
+
+
+def stop_runs() -> None:
+    """End every onnxruntime run in progress in this process (each raises in its thread)."""
+    with _RUNS_LOCK:
+        for options in _RUNS.values():
+            options.terminate = True
+
+
+class _Helper:
+    """The one thread that runs the main thread's onnxruntime runs (started on first use, and kept: a
+    thread per run cost a third of a batch-of-one run) while the main thread waits for it."""
+
+    def __init__(self):
+        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+
+    def call(self, run: Callable[[], list]) -> list:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._serve, name="qd-onnxruntime", daemon=True)
+            self.thread.start()
+        done, outcome = threading.Event(), []
+        self.tasks.put((run, done, outcome))
+        try:
+            done.wait()  # a signal's exception (Ctrl-C, SIGTERM) is raised here, in the main thread
+        except BaseException:
+            stop_runs()
+            done.wait(STOP_SECONDS)
+            raise
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
+
+    def _serve(self) -> None:
+        while True:
+            run, done, outcome = self.tasks.get()
+            try:
+                outcome.append((True, run()))
+            except BaseException as exc:  # handed to the waiting thread
+                outcome.append((False, exc))
+            done.set()
+
+
+_HELPER = _Helper()
 
 
 def session_outputs(session, names: tuple[str, ...] | list[str], input_name: str = INPUT
@@ -533,6 +784,9 @@ class BatchRunner:
         names, rows, future = self._running.popleft()
         try:
             outputs = future.result()
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM while a lane runs: every run ends now
+            stop_runs()
+            raise
         except QDError:
             raise  # the model itself is wrong (output shape): every batch would fail alike
         except Exception:

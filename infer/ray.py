@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import socket
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -87,12 +88,14 @@ def is_uri(text: str) -> bool:
 
 def classify(inputs, out, address: str | None = None, *, model=None, top: int = 3, batch_size: int = 512,
              format: str = "json", recursive: bool = True, workers: int | None = None, threads: int = 1,
-             unknown_threshold: float | None = None, flag_unknown: bool = True, overwrite: bool = False) -> RayRun:
+             unknown_threshold: float | None = None, flag_unknown: bool = True, overwrite: bool = False,
+             ray_log: RayLog | None = None) -> RayRun:
     """Classify `inputs` (paths or URIs) on Ray into the folder `out`, as qd-infer --json records
     (JSON lines, or Parquet with format="parquet"). `address`: None or "local" starts a Ray for the
     run; "auto", HOST:PORT or ray://HOST:PORT joins a cluster; a Ray this process already
     initialised is used as it is. `workers`: actors (default: the cluster's CPUs / threads);
-    `threads`: CPUs and onnxruntime threads per actor."""
+    `threads`: CPUs and onnxruntime threads per actor. `ray_log`: where what Ray prints goes (qd-infer's),
+    None to leave it on this process's stdout and stderr."""
 
     started = time.perf_counter()
     if format not in FORMATS:
@@ -114,15 +117,16 @@ def classify(inputs, out, address: str | None = None, *, model=None, top: int = 
     top = min(top, classifier.num_classes)
     note_missing_open_set(classifier, flag_unknown)
     units = plan_units([str(i) for i in inputs], recursive, batch_size)
-    ray = import_ray()
-    with connected(ray, address):
-        workers = workers or max(1, cluster_cpus(ray) // threads)
-        settings = dict(model=ray.put(model_bytes), model_name=str(model_path), threads=threads, top=top,
-                        batch_size=batch_size, fmt=format, unknown_threshold=unknown_threshold,
-                        flag_unknown=flag_unknown)
-        with output_folder(out, overwrite) as partial:
-            counts = run_dataset(ray, units, partial, settings, workers, threads)
-            files = check_files_visible(partial, out, format, counts)
+    with ray_log.capture() if ray_log is not None else nullcontext():
+        ray = import_ray()
+        with connected(ray, address):
+            workers = workers or max(1, cluster_cpus(ray) // threads)
+            settings = dict(model=ray.put(model_bytes), model_name=str(model_path), threads=threads, top=top,
+                            batch_size=batch_size, fmt=format, unknown_threshold=unknown_threshold,
+                            flag_unknown=flag_unknown)
+            with output_folder(out, overwrite) as partial:
+                counts = run_dataset(ray, units, partial, settings, workers, threads, out)
+                files = check_files_visible(partial, out, format, counts)
     records = sum(c["records"] for c in counts)
     failed = sum(c["failed"] for c in counts)
     summary = Summary(classified=records - failed, failed=failed, seconds=time.perf_counter() - started,
@@ -131,12 +135,13 @@ def classify(inputs, out, address: str | None = None, *, model=None, top: int = 
     return RayRun(summary, out, files, workers, failures[:FAILURES_REPORTED])
 
 
-def run_dataset(ray, units: list[str], folder: Path, settings: dict, workers: int, threads: int) -> list[dict]:
-    """The Ray Data pipeline: units -> actors (read, classify, format) -> one file per task. The
-    per-file counts of the records written."""
+def run_dataset(ray, units: list[str], folder: Path, settings: dict, workers: int, threads: int,
+                out: Path) -> list[dict]:
+    """The Ray Data pipeline: units -> actors (read, classify, format) -> one file per task in `folder`
+    (the temporary one: `out` names it in messages). The per-file counts of the records written."""
 
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = sys.stderr.isatty()
+    context.enable_progress_bars = False  # the driver's stderr is a log while Ray runs (run_cli)
     context.print_on_execution_start = False
     dataset = ray.data.from_items([{UNIT: unit} for unit in units],
                                   override_num_blocks=min(len(units), BLOCKS_PER_WORKER * workers))
@@ -152,12 +157,13 @@ def run_dataset(ray, units: list[str], folder: Path, settings: dict, workers: in
         # at most one file at a time per actor.
         classified.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=workers)
     except Exception as exc:  # Ray wraps what failed in a worker; say it in one line
-        raise QDError(describe_ray_failure(exc)) from None
+        raise QDError(describe_ray_failure(exc, out)) from None
     return list(sink.result.write_returns) if sink.result is not None else []
 
 
-def describe_ray_failure(exc: BaseException) -> str:
-    """One line for a failed Ray run: the QDError a worker raised, else the innermost cause."""
+def describe_ray_failure(exc: BaseException, folder: Path | None = None) -> str:
+    """One line for a failed Ray run: the QDError a worker raised, an OS error (a full disk while the
+    workers write into `folder`) by its file, else the innermost cause."""
     from qd.command import describe_unexpected
 
     for _ in range(20):
@@ -168,6 +174,9 @@ def describe_ray_failure(exc: BaseException) -> str:
         if inner is None:
             break
         exc = inner
+    if isinstance(exc, OSError) and exc.errno:  # pyarrow's write errors carry errno, not the file (Ray's
+        where = folder or "I/O"                  # retry wrapper puts its own message in `filename`)
+        return f"{where}: {os.strerror(exc.errno)} (while the Ray workers wrote the records)"
     return f"the Ray run failed: {describe_unexpected(exc)}"
 
 
@@ -378,12 +387,21 @@ def check_files_visible(partial: Path, out: Path, fmt: str, counts: list[dict]) 
 # ----------------------------------------------------------------------------- the command line
 
 def run_cli(inputs, out, address: str, **options) -> int:
-    """qd-infer --ray: the run, its failures (the first few) and summary on stderr; the exit code."""
+    """qd-infer --ray: the run, its failures (the first few) and summary on stderr; the exit code.
+    What Ray itself prints while it runs goes to a log file (RayLog), named when the run fails."""
     from rich.text import Text
 
     from qd.command import err_console, fail, shown
 
-    run = classify(inputs, out, address, **options)
+    log = RayLog()
+    try:
+        run = classify(inputs, out, address, ray_log=log, **options)
+    except QDError as exc:
+        if log.kept():
+            raise QDError(f"{exc}; Ray's own messages are in {log.path}") from None
+        raise
+    finally:
+        log.remove()
     for line in run.failures:
         fail(line)
     summary = run.summary
@@ -395,6 +413,53 @@ def run_cli(inputs, out, address: str, **options) -> int:
     err_console.print(Text.assemble(f"{summary.line()}; {workers}; records in ", shown(run.out), f" ({files})"),
                       highlight=False, soft_wrap=True)
     return 1 if summary.failed or summary.classified == 0 else 0
+
+
+class RayLog:
+    """Where this process's stdout and stderr (file descriptors 1 and 2) go while Ray runs (capture):
+    Ray writes there from C++ (its core worker's log), from Python (Ray Data's tracebacks of a failed
+    task, its warnings, a dead worker's notice) and in colour, a hundred lines or more for one failure
+    that qd tells in one line. A temporary file, kept (kept()) only to be named by a failure."""
+
+    def __init__(self):
+        self.path: Path | None = None
+        self._keep = False
+
+    @contextmanager
+    def capture(self):
+        """Descriptors 1 and 2 to the log for the block, restored on the way out (before anything of
+        ours is printed); without room for a log (a full disk), Ray's output is dropped."""
+        try:
+            fd, name = tempfile.mkstemp(prefix="qd-infer-ray-", suffix=".log")
+            self.path = Path(name)
+        except OSError:
+            fd = os.open(os.devnull, os.O_WRONLY)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            yield
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):  # a full disk: what Ray wrote is lost, ours is still to come
+                    pass
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for descriptor in (*saved, fd):
+                os.close(descriptor)
+
+    def kept(self) -> bool:
+        """Keep the log (it has something to say): True once asked, if it is not empty."""
+        self._keep = self.path is not None and self.path.stat().st_size > 0
+        return self._keep
+
+    def remove(self) -> None:
+        if self.path is not None and not self._keep:
+            self.path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- a worker's units

@@ -62,3 +62,68 @@ def _save_classifier(path, labels, nodes, inputs, extra_outputs, preprocessing, 
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(path))
     return path
+
+
+# ----------------------------------------------------------------------------- hostile graphs
+
+# Text a hostile model puts in its node names: screen clearing, an OSC 8 link, a forged error line,
+# a C1 control and a bidi override.
+HOSTILE_TEXT = "x\x1b[2J\x1b]8;;http://evil.example\x07link\x1b]8;;\x07\n error: forged line\r\x9b\u202e"
+
+
+def graph_model(path: Path, nodes: list, initializers: list = (), labels: list[str] = ("a", "b")) -> Path:
+    """image (batch, 1, 28, 28) -> `nodes` -> "flat" (batch, 784) -> Gemm -> Softmax, with qd.* metadata:
+    a classifier any qd tool opens, around whatever graph a test needs."""
+    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])]
+    return _save_classifier(path, list(labels), nodes, inputs, [], None, 0, {}, list(initializers))
+
+
+def failing_at_run_model(path: Path, name: str = HOSTILE_TEXT) -> Path:
+    """Loads, but every run fails in a node called `name` (a Reshape to rows of 5 of 784 pixels)."""
+    shapes = [numpy_helper.from_array(np.asarray(s, np.int64), f"shape{i}") for i, s in enumerate(([-1, 5], [-1, 784]))]
+    nodes = [helper.make_node("Flatten", ["image"], ["f"]),
+             helper.make_node("Reshape", ["f", "shape0"], ["fives"], name=name),
+             helper.make_node("Reshape", ["fives", "shape1"], ["flat"])]
+    return graph_model(path, nodes, shapes)
+
+
+def failing_at_load_model(path: Path, name: str = HOSTILE_TEXT) -> Path:
+    """onnxruntime refuses it as it loads: a node called `name` adds an int64 tensor to a float one."""
+    ints = numpy_helper.from_array(np.zeros(784, np.int64), "ints")
+    nodes = [helper.make_node("Flatten", ["image"], ["f"]), helper.make_node("Add", ["f", "ints"], ["flat"], name=name)]
+    return graph_model(path, nodes, [ints])
+
+
+def loop_model(path: Path, trips: int = 2**60) -> Path:
+    """A Loop of `trips` iterations (an identity body) between the input and the head."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond"], ["cond_out"]), helper.make_node("Identity", ["v"], ["v_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)])
+    constants = [numpy_helper.from_array(np.asarray(trips, np.int64), "trips"),
+                 numpy_helper.from_array(np.asarray(True), "true")]
+    nodes = [helper.make_node("Flatten", ["image"], ["f"]), helper.make_node("Loop", ["trips", "true", "f"], ["flat"], body=body)]
+    return graph_model(path, nodes, constants)
+
+
+def slow_model(path: Path, layers: int) -> Path:
+    """`layers` (784, 784) MatMuls in a row, sharing one weight: minutes a batch of thousands, every
+    operator one qd-export writes."""
+    weight = numpy_helper.from_array(np.eye(784, dtype=np.float32), "eye")
+    nodes = [helper.make_node("Flatten", ["image"], ["x0"])]
+    nodes += [helper.make_node("MatMul", [f"x{i}", "eye"], [f"x{i + 1}" if i + 1 < layers else "flat"])
+              for i in range(layers)]
+    return graph_model(path, nodes, [weight])
+
+
+def greedy_model(path: Path, elements: int) -> Path:
+    """One drawing expanded to `elements` float32 values (an Expand by a constant shape), then averaged."""
+    shape = numpy_helper.from_array(np.asarray([elements // 784, 1, 28, 28], np.int64), "huge")
+    row = numpy_helper.from_array(np.asarray([1, 784], np.int64), "row")
+    nodes = [helper.make_node("Expand", ["image", "huge"], ["big"]),
+             helper.make_node("ReduceMean", ["big"], ["mean"], axes=[0], keepdims=0),
+             helper.make_node("Reshape", ["mean", "row"], ["flat"])]
+    return graph_model(path, nodes, [shape, row])

@@ -32,3 +32,20 @@ def install() -> None:
         os._exit(1)
 
     worker.write_records = write_half_then_die
+
+
+FULL_DISK_ENV = "QD_TEST_RAY_WRITE_LIMIT"
+
+
+def limit_writes() -> None:
+    """A real write limit in each Ray worker (RLIMIT_FSIZE, bytes from FULL_DISK_ENV): any file write
+    past it fails with EFBIG, as on a full disk (SIGXFSZ ignored, so the write fails instead of killing
+    the worker). Ray's own daemons are not limited."""
+    limit = os.environ.get(FULL_DISK_ENV)
+    if not limit:
+        return
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), resource.getrlimit(resource.RLIMIT_FSIZE)[1]))

@@ -136,3 +136,84 @@ def test_worker_thread_and_batch_options_are_bounded(tmp_path, option, value):
     name = option[2:].replace("-", "_")
     with pytest.raises(QDError, match=f"{option} must be 1 to"):
         run_inference([tmp_path / "x.npy"], model=model, **{name: int(value)})
+
+
+# ----------------------------------------------------------------------------- every metadata number
+
+# JSON numbers and what a tamperer puts where one belongs: huge integers (a float cannot hold them),
+# 1e400 (inf once parsed), -0, Python's NaN and Infinity tokens, bools, strings, null, containers.
+JSON_NUMBERS = st.one_of(
+    st.integers(-10**420, 10**420).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(json.dumps),
+    st.sampled_from(["9" * 401, "-" + "9" * 401, "1e400", "-1e400", "1e-400", "-0", "-0.0", "0", "1", "0.5",
+                     "NaN", "-Infinity", "true", "false", "null", '"0.5"', "[]", "{}", "[1e400]"]),
+    st.text(max_size=8).map(json.dumps),
+)
+# where a number goes: metadata key -> the metadata value around it
+PLACES = {
+    "qd.temperature": "%s",
+    "qd.open_set": '{"rule": "max_logit", "threshold": %s, "kept": 0.95}',
+    "qd.open_set kept": '{"rule": "energy", "threshold": -1000000.0, "kept": %s}',
+    "qd.preprocessing": '{"input_size": 28, "scale": %s}',
+    "qd.preprocessing std": '{"input_size": 28, "scale": 1, "mean": 0.5, "std": %s}',
+    "qd.preprocessing input_size": '{"input_size": %s, "scale": 1}',
+    "qd.split": '{"val_fraction": %s, "test_fraction": 0.1, "seed": 0}',
+    "qd.split test_fraction": '{"val_fraction": 0.1, "test_fraction": %s}',
+    "qd.split seed": '{"seed": %s}',
+    "qd.data": '{"dir": "/data", "categories": ["a", "b"], "max_per_category": %s}',
+    "qd.data counts": '{"dir": "/data", "counts": [%s, 3]}',
+}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(place=st.sampled_from(sorted(PLACES)), number=JSON_NUMBERS)
+def test_any_metadata_number_loads_or_is_one_line_naming_the_model(tmp_path_factory, place, number):
+    """Through the one loader qd-infer and qd-eval share: a model that loads can be used (its split cut,
+    its numbers floats); one that does not is one QDError line naming the model file."""
+    from qd.data.bitmaps import SplitSpec
+    from qd.evaluate.backends import load_model_info
+
+    key = place.split()[0]
+    value = PLACES[place] % number
+    path = tmp_path_factory.mktemp("model") / "model.onnx"
+    if key == "qd.preprocessing":
+        model = tiny_model(path, ["a", "b"], preprocessing=value)
+    else:
+        model = tiny_model(path, ["a", "b"], **{key.replace("qd.", "qd_"): value})
+    try:
+        info = load_model_info(model)
+    except QDError as exc:
+        message = str(exc)
+        assert message.startswith(f"{model}: model metadata {key} ") and "\n" not in message, message
+        return
+    classifier = info.classifier
+    assert all(math.isfinite(v) for v in (classifier.temperature, *classifier.preprocessing.values()) if
+               isinstance(v, float))
+    if classifier.open_set is not None:
+        assert math.isfinite(classifier.open_set.threshold) and 0 < classifier.open_set.kept < 1
+    if info.split is not None:
+        SplitSpec.from_dict(info.split)  # what qd-eval cuts the held-out drawings with
+    if info.data is not None:
+        assert info.data.get("max_per_category") is None or type(info.data["max_per_category"]) is int
+
+
+@pytest.mark.parametrize("key,value", [("qd_temperature", "9" * 401),
+                                       ("qd_open_set", '{"rule": "max_logit", "threshold": ' + "9" * 401 + "}")])
+def test_a_401_digit_temperature_or_threshold_is_one_line_naming_the_model(tmp_path, key, value):
+    from qd.infer.cli import main
+
+    model = tiny_model(tmp_path / "model.onnx", ["a", "b"], **{key: value})
+    np.save(tmp_path / "x.npy", np.zeros((2, 784), np.uint8))
+    result = invoke_cli(main, tmp_path / "x.npy", "--model", model, "--json")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"error: {model}: model metadata {key.replace('_', '.', 1)} ")
+    assert result.stderr.count("\n") == 1 and "OverflowError" not in result.stderr
+
+
+def test_a_card_with_a_number_for_a_checksum_is_one_line_naming_it(tmp_path):
+    from qd.evaluate.backends import load_model_info
+
+    model = tiny_model(tmp_path / "model.onnx", ["a", "b"])
+    (tmp_path / "model.json").write_text('{"source": {"sha256": ' + "9" * 401 + '}, "files": {}}')
+    with pytest.raises(QDError, match=f"^{tmp_path / 'model.json'}: source.sha256 is not a string$"):
+        load_model_info(model)

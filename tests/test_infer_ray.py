@@ -9,6 +9,8 @@ run through the command line, during which one worker dies halfway through writi
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -303,3 +305,48 @@ def parquet_run(mixed_inputs, exported_model, monkeypatch, capsys, out):
     assert table.column_names == ["version", "input", "label", "probability", "unknown", "top", "error"]
     _, stdout, _ = qd_infer(monkeypatch, capsys, *inputs, "--model", exported_model, "--json")
     assert_same_records(table.to_pylist(), [json.loads(line) for line in stdout.splitlines()])
+
+
+# ----------------------------------------------------------------------------- Ray's own output
+
+# qd-infer, with every Ray worker under a real write limit (tests/ray_faults.py: RLIMIT_FSIZE), so
+# writing the records fails as on a full disk.
+FULL_DISK_DRIVER = """
+import sys
+import ray
+import ray.cloudpickle
+import ray_faults
+
+ray.cloudpickle.register_pickle_by_value(ray_faults)
+real_init = ray.init
+
+def init(*args, **kwargs):
+    kwargs["runtime_env"] = {"worker_process_setup_hook": ray_faults.limit_writes,
+                             "env_vars": {ray_faults.FULL_DISK_ENV: "2000"}}
+    return real_init(*args, **kwargs)
+
+ray.init = init
+from qd.infer.cli import main
+sys.argv = ["qd-infer", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_full_disk_under_ray_is_one_line(exported_model, tmp_path, shared_bitmaps):
+    """Ray's tracebacks, warnings and C++ log (about 190 lines, colour codes included) go to a log file
+    that the one error line names; the output folder is never made."""
+    np.save(tmp_path / "rows.npy", np.asarray(open_bitmaps(shared_bitmaps / "cat.npy")[:300]))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", FULL_DISK_DRIVER, tmp_path / "rows.npy", "--model", exported_model,
+                             "--ray", "--out", out, "--workers", "1"], capture_output=True, text=True, timeout=600,
+                            env=env)
+    assert result.returncode == 1 and result.stdout == "", result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and not re.search("[\x00-\x1f\x7f-\x9f]", result.stderr[:-1]), result.stderr
+    log = re.fullmatch(rf"error: {re.escape(str(out))}: File too large \(while the Ray workers wrote the "
+                       r"records\); Ray's own messages are in (\S+)", lines[0])
+    assert log, lines[0]
+    assert "Traceback" in Path(log.group(1)).read_text()  # what Ray said is kept, for whoever wants it
+    Path(log.group(1)).unlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.npy"]

@@ -1,0 +1,78 @@
+"""SIGTERM to `qd-infer` and `qd-eval` while their decode workers run: the same clean exit as Ctrl-C
+(exit 143, one line), and the fork server and every worker end with them; qd-eval writes no report.
+The approach of test_data_import_sigterm.py: an in-process hook stops the run right after the
+decode pool's first result, so the signal reaches a run whose workers are certainly alive."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from onnx_synth import tiny_model
+from qd.data.strokes import draw_strokes_image, parse_ndjson_line
+from test_data_import_sigterm import alive, descendants
+
+REPO = Path(__file__).resolve().parents[1]
+DRIVER = """
+import sys
+from qd.data import decode
+
+real = decode.ImageDecoder.decode
+
+def decode_then_block(self, paths):
+    for item in real(self, paths):
+        yield item
+        print("decoding", flush=True)
+        sys.stdin.read()
+
+decode.ImageDecoder.decode = decode_then_block
+entry = sys.argv[1]
+if entry == "qd-infer":
+    from qd.infer.cli import main
+else:
+    from qd.evaluate.cli import main
+sys.argv = [entry, *sys.argv[2:]]
+main()
+"""
+
+
+@pytest.fixture
+def drawings(tmp_path, shared_strokes) -> Path:
+    """Class folders of 40 PNGs each, cat and dog."""
+    lines = (shared_strokes / "cat.ndjson").read_text().splitlines()[:40]
+    for category in ("cat", "dog"):
+        (tmp_path / "src" / category).mkdir(parents=True)
+        for i, line in enumerate(lines):
+            image = draw_strokes_image(parse_ndjson_line(line)[1], size=48, line_width=2)
+            image.save(tmp_path / "src" / category / f"{i}.png")
+    return tmp_path / "src"
+
+
+@pytest.mark.parametrize("entry", ["qd-infer", "qd-eval"])
+def test_sigterm_ends_the_command_and_its_decode_workers(tmp_path, drawings, entry):
+    model = tiny_model(tmp_path / "export" / "model.onnx", ["cat", "dog"])
+    report = tmp_path / "report"
+    args = ([drawings, "--model", model, "--workers", "2", "--json"] if entry == "qd-infer" else
+            ["--model", model, "--data", drawings, "--workers", "2", "--out", report, "--no-speed", "--no-plots"])
+    process = subprocess.Popen([sys.executable, "-c", DRIVER, entry, *map(str, args)], cwd=REPO,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while (line := process.stdout.readline()) != "decoding\n":
+            assert line, process.communicate()
+        helpers = descendants(process.pid)
+        assert len(helpers) >= 2, helpers  # the fork server and the workers
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 143, err
+    assert err.splitlines()[-1].startswith("error: terminated (SIGTERM)") and "Traceback" not in err
+    deadline = time.monotonic() + 60  # a bound for a loaded machine, not a race: they end as the pool shuts down
+    while any(alive(pid) for pid in helpers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in helpers if alive(pid)], f"worker processes outlived {entry}"
+    assert not report.exists()
