@@ -49,10 +49,11 @@ from qd.data.bitmaps import BitmapDataset, SplitSpec
 from qd.data.contract import BEST_CHECKPOINT, CHECKPOINT_FORMAT, DEFAULT_PREPROCESSING, LAST_CHECKPOINT, runs_dir
 
 from .batches import AffineAugment, BatchLoader, ShardedBatches, epoch_seed
-from .checkpoint import freeze, init_from, keep_batch_norm, load_checkpoint, load_parent, parent_arch, save_checkpoint
-from .cli import PRECISIONS, TrainConfig, auto_patience, auto_schedule
+from .checkpoint import (freeze, imprint_new_classes, init_from, keep_batch_norm, load_checkpoint, load_parent,
+                         parent_arch, save_checkpoint)
+from .cli import FEW_SHOT_BACKBONE_LR, PRECISIONS, TrainConfig, auto_patience, auto_schedule, is_few_shot
 from .distributed import Distributed
-from .models import build_model, count_parameters, full_kwargs
+from .models import build_model, count_parameters, full_kwargs, head_name
 from .outliers import SyntheticOutliers, exposure_loss
 
 # Options that may differ on --resume (how to run, not what to train).
@@ -217,11 +218,15 @@ class Trainer:
         if self.dataset.num_classes < 2:
             raise QDError(f"{config.data_dir}: only one category ({self.dataset.classes[0]}); "
                           "a classifier needs at least two")
+        if config.few_shot is None:  # recorded in the checkpoint, so --resume keeps it
+            few_shot = config.init_from is not None and is_few_shot(len(self.indices["train"]),
+                                                                    self.dataset.num_classes)
+            config = self.config = replace(config, few_shot=few_shot)
         # Batch size and epochs the user left open are fitted to the data (the checkpoint records the result).
         self.chosen = {name: None for name in ("batch_size", "epochs")}
         if config.batch_size is None or config.epochs is None:
             batch_size, epochs = auto_schedule(len(self.indices["train"]), dist.world_size, config.batch_size,
-                                               config.epochs, config.steps_per_epoch)
+                                               config.epochs, config.steps_per_epoch, config.few_shot)
             self.chosen = {"batch_size": batch_size if config.batch_size is None else None,
                            "epochs": epochs if config.epochs is None else None}
             config = self.config = replace(config, batch_size=batch_size, epochs=epochs)
@@ -238,9 +243,13 @@ class Trainer:
         torch.manual_seed(config.seed)
         model = build_model(config.arch, self.dataset.num_classes, **config.arch_kwargs)
         # The parent checkpoint as this run records it (a resumed run carries its own record on).
+        self.imprinted: list[int] = []
         self.parent = dict(self.resume["parent"]) if self.resume is not None and self.resume.get("parent") else None
         if parent is not None:
             self.parent = init_from(model, config.init_from, parent, self.dataset.classes, config.freeze_backbone)
+            if config.few_shot:
+                self.imprinted = imprint_new_classes(model, parent, *self.dataset.take(self.indices["train"]),
+                                                     self.parent["class_mapping"])
         elif config.freeze_backbone:
             freeze(model)
         self.model = to_device_layout(model, dist.device)
@@ -252,8 +261,7 @@ class Trainer:
 
         self.train_loader = self._loader("train", shuffle=True)
         self.val_loader = self._loader("val", shuffle=False)
-        trained = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = self._scheduler(steps_per_epoch=len(self.train_loader))
         self.augment = AffineAugment() if config.augment else None
         self.outliers = SyntheticOutliers() if config.outlier_exposure > 0 else None
@@ -281,11 +289,23 @@ class Trainer:
         workers = self.config.workers if shuffle else 0
         return BatchLoader(self.dataset, batches, self.preprocessing, workers=workers)
 
+    def _param_groups(self) -> list[dict]:
+        """The trained parameters; in a few-shot run the backbone learns at FEW_SHOT_BACKBONE_LR x --lr."""
+        trained = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        if not self.config.few_shot:
+            return [{"params": [p for _, p in trained]}]
+        head = head_name(self.model) + "."
+        groups = [{"params": [p for name, p in trained if name.startswith(head)], "lr": self.config.lr},
+                  {"params": [p for name, p in trained if not name.startswith(head)],
+                   "lr": self.config.lr * FEW_SHOT_BACKBONE_LR}]
+        return [group for group in groups if group["params"]]
+
     def _scheduler(self, steps_per_epoch: int):
         total = self.config.epochs * steps_per_epoch
         if self.config.schedule == "onecycle" and total >= 4:
             # OneCycleLR divides by its warm-up length in steps (pct_start * total - 1): keep it >= 1
-            return torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=self.config.lr, total_steps=total,
+            peaks = [group["lr"] for group in self.optimizer.param_groups]
+            return torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=peaks, total_steps=total,
                                                        pct_start=max(0.25, 2 / total))
         if self.config.schedule == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total)
@@ -341,7 +361,7 @@ class Trainer:
         background = (0.0 - self.preprocessing.get("mean", 0.0)) / self.preprocessing.get("std", 1.0)
         ink = (255 * self.preprocessing["scale"] - self.preprocessing.get("mean", 0.0)) / self.preprocessing.get("std", 1.0)
         self.net.train()
-        if cfg.freeze_backbone:
+        if cfg.freeze_backbone or cfg.few_shot:
             keep_batch_norm(self.model)
         loss_sum, seen = 0.0, 0
         start = time.perf_counter()
@@ -392,7 +412,8 @@ class Trainer:
                           test=len(self.indices["test"]), device=str(self.dist.device), precision=cfg.precision,
                           world_size=self.dist.world_size, resumed_from=resumed_from, chosen=self.chosen,
                           parent=self.parent and {"path": self.parent["path"], "kept": self.parent["kept"],
-                                                  "frozen": self.parent["frozen_backbone"]})
+                                                  "frozen": self.parent["frozen_backbone"]},
+                          few_shot=len(self.imprinted) if cfg.few_shot and self.resume is None else None)
         started = time.perf_counter()
         stopped_early = False
         for epoch in range(self.start_epoch, cfg.epochs + 1):
@@ -473,7 +494,7 @@ class Reporter:
 
     def start(self, *, run_dir: Path, arch: str, params: int, classes: int, train: int, val: int, test: int,
               device: str, precision: str, world_size: int, resumed_from: int | None,
-              chosen: dict | None = None, parent: dict | None = None) -> None:
+              chosen: dict | None = None, parent: dict | None = None, few_shot: int | None = None) -> None:
         if not self.enabled:
             return
         where = f"{device}" + (f" x {world_size} ranks" if world_size > 1 else "")
@@ -490,6 +511,10 @@ class Reporter:
             self.print(Text.assemble("initialised from ", shown(parent["path"]),
                                      f": {parent['kept']} of {classes} classes keep their outputs",
                                      ", backbone frozen" if parent.get("frozen") else ""), highlight=False)
+        if few_shot is not None:
+            self.print(f"few-shot: {few_shot} new outputs imprinted from their drawings, the backbone at "
+                       f"{FEW_SHOT_BACKBONE_LR:g}x the learning rate with its batch-norm statistics kept "
+                       "(--no-few-shot to train as usual)", highlight=False)
         if resumed_from is not None:
             self.print(f"resumed after epoch {resumed_from}")
 
