@@ -24,15 +24,13 @@ import pickle
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from qd.command import QDError, first_line
 from qd.data.bitmaps import SplitSpec, check_labels
 from qd.data.contract import (CHECKPOINT_FORMAT, DEFAULT_PREPROCESSING, MAX_CHECKPOINT_BYTES, MAX_CHECKPOINT_ENTRIES,
-                              bitmaps_to_input, check_preprocessing)
+                              check_preprocessing)
 from qd.files import atomic_target, open_regular, sha256_file
 
 from .models import build_model, full_kwargs, head_name
@@ -210,58 +208,3 @@ def keep_batch_norm(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
-
-
-# ---------------------------------------------------------------- few-shot: imprinted output rows
-
-def head_inputs(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """What the output layer sees for each drawing of `x` (model in eval mode, no gradients)."""
-    head = dict(model.named_modules())[head_name(model)]
-    seen: list[torch.Tensor] = []
-    hook = head.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach().float()))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(x), batch):
-                model(x[start:start + batch])
-    finally:
-        hook.remove()
-        model.train(was_training)
-    return torch.cat(seen)
-
-
-def imprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, new_rows: list[int], length: float,
-            bias: float) -> None:
-    """Weight imprinting (Qi et al. 2018) as an ordinary Linear layer: each new class's row becomes
-    the normalised mean of its drawings' normalised, centred features (nearest class mean by cosine,
-    SimpleShot's CL2N), `length` long; its bias is `bias` minus the row times the centre. A feature
-    vector's own length is one positive factor per drawing, the same for every row, so among the new
-    rows the layer's argmax is the nearest class mean; fine-tuning starts from there."""
-    head = dict(model.named_modules())[head_name(model)]
-    features = head_inputs(model, x)
-    centre = features.mean(0)
-    unit = F.normalize(features - centre, dim=1)
-    with torch.no_grad():
-        for row in new_rows:
-            members = unit[y == row]
-            if len(members) == 0:
-                continue
-            head.weight[row] = length * F.normalize(members.mean(0), dim=0)
-            if head.bias is not None:
-                head.bias[row] = bias - head.weight[row] @ centre
-
-
-def imprint_new_classes(model: nn.Module, payload: dict, rows: np.ndarray, labels: np.ndarray,
-                        mapping: dict[str, int | None]) -> list[int]:
-    """Imprint the output rows of the classes new to the parent `payload` from the drawings `rows`
-    (uint8, (N, 784)) labelled `labels` (this run's class indices), at the parent's mean row length
-    and bias; return those rows."""
-    head = head_name(model)
-    new_rows = [i for i, parent_row in enumerate(mapping.values()) if parent_row is None]
-    weight = payload["state_dict"][f"{head}.weight"].float()
-    parent_bias = payload["state_dict"].get(f"{head}.bias")
-    x = torch.from_numpy(bitmaps_to_input(rows, payload["preprocessing"]))
-    imprint(model, x, torch.from_numpy(np.asarray(labels)), new_rows, float(weight.norm(dim=1).mean()),
-            float(parent_bias.float().mean()) if parent_bias is not None else 0.0)
-    return new_rows

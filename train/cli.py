@@ -40,13 +40,12 @@ DEFAULT_PATIENCE = 5           # the fewest epochs without improvement before st
 PATIENCE_SHARE = 0.25          # ... or this share of the epochs, if more: many short epochs on a tiny, noisy
                                # validation split must not stop a run before the learning rate has peaked
 
-# A few-shot run: --init-from and few training drawings per class (`few_shot`). Its new output rows are
-# imprinted from the drawings (qd.train.checkpoint.imprint_new_classes), its backbone learns at a share of
-# --lr with its batch-norm statistics kept, and it runs FEW_SHOT_STEPS steps. Chosen by measurement on
-# held-out categories (bench/few_shot.py, docs/own-drawings.md).
+# A few-shot run: --init-from and few training drawings per class (`few_shot`). Its epochs are fitted to
+# FEW_SHOT_STEPS optimizer steps instead of at least MIN_STEPS: from a trained model, that many reach the
+# accuracy of the long schedule in a third of the time. Chosen by measurement on held-out categories
+# (bench/few_shot.py, docs/own-drawings.md).
 FEW_SHOT_MAX_PER_CLASS = 100   # training drawings per class up to which an --init-from run is few-shot
 FEW_SHOT_STEPS = 300           # optimizer steps of a few-shot run (its epochs are fitted to them)
-FEW_SHOT_BACKBONE_LR = 0.1     # the backbone's learning rate in a few-shot run, a share of --lr
 
 
 def auto_patience(epochs: int) -> int:
@@ -243,8 +242,7 @@ def train_command(
         "--freeze-backbone", help="With --init-from: train only the output layer.")] = default("freeze_backbone"),
     few_shot: Annotated[Optional[bool], typer.Option(
         "--few-shot/--no-few-shot", show_default=False, help=(
-            "With --init-from: new outputs imprinted from the drawings, the backbone at "
-            f"{FEW_SHOT_BACKBONE_LR:g}x --lr with its batch-norm statistics kept, {FEW_SHOT_STEPS} steps. "
+            f"With --init-from: epochs fitted to {FEW_SHOT_STEPS} steps instead of at least {MIN_STEPS}. "
             f"Default: when there are at most {FEW_SHOT_MAX_PER_CLASS} training drawings per class."))
     ] = default("few_shot"),
     augment: Annotated[bool, typer.Option(

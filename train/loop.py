@@ -49,11 +49,10 @@ from qd.data.bitmaps import BitmapDataset, SplitSpec
 from qd.data.contract import BEST_CHECKPOINT, CHECKPOINT_FORMAT, DEFAULT_PREPROCESSING, LAST_CHECKPOINT, runs_dir
 
 from .batches import AffineAugment, BatchLoader, ShardedBatches, epoch_seed
-from .checkpoint import (freeze, imprint_new_classes, init_from, keep_batch_norm, load_checkpoint, load_parent,
-                         parent_arch, save_checkpoint)
-from .cli import FEW_SHOT_BACKBONE_LR, PRECISIONS, TrainConfig, auto_patience, auto_schedule, is_few_shot
+from .checkpoint import freeze, init_from, keep_batch_norm, load_checkpoint, load_parent, parent_arch, save_checkpoint
+from .cli import FEW_SHOT_STEPS, PRECISIONS, TrainConfig, auto_patience, auto_schedule, is_few_shot
 from .distributed import Distributed
-from .models import build_model, count_parameters, full_kwargs, head_name
+from .models import build_model, count_parameters, full_kwargs
 from .outliers import SyntheticOutliers, exposure_loss
 
 # Options that may differ on --resume (how to run, not what to train).
@@ -243,13 +242,9 @@ class Trainer:
         torch.manual_seed(config.seed)
         model = build_model(config.arch, self.dataset.num_classes, **config.arch_kwargs)
         # The parent checkpoint as this run records it (a resumed run carries its own record on).
-        self.imprinted: list[int] = []
         self.parent = dict(self.resume["parent"]) if self.resume is not None and self.resume.get("parent") else None
         if parent is not None:
             self.parent = init_from(model, config.init_from, parent, self.dataset.classes, config.freeze_backbone)
-            if config.few_shot:
-                self.imprinted = imprint_new_classes(model, parent, *self.dataset.take(self.indices["train"]),
-                                                     self.parent["class_mapping"])
         elif config.freeze_backbone:
             freeze(model)
         self.model = to_device_layout(model, dist.device)
@@ -261,7 +256,8 @@ class Trainer:
 
         self.train_loader = self._loader("train", shuffle=True)
         self.val_loader = self._loader("val", shuffle=False)
-        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr, weight_decay=config.weight_decay)
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = self._scheduler(steps_per_epoch=len(self.train_loader))
         self.augment = AffineAugment() if config.augment else None
         self.outliers = SyntheticOutliers() if config.outlier_exposure > 0 else None
@@ -289,23 +285,11 @@ class Trainer:
         workers = self.config.workers if shuffle else 0
         return BatchLoader(self.dataset, batches, self.preprocessing, workers=workers)
 
-    def _param_groups(self) -> list[dict]:
-        """The trained parameters; in a few-shot run the backbone learns at FEW_SHOT_BACKBONE_LR x --lr."""
-        trained = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
-        if not self.config.few_shot:
-            return [{"params": [p for _, p in trained]}]
-        head = head_name(self.model) + "."
-        groups = [{"params": [p for name, p in trained if name.startswith(head)], "lr": self.config.lr},
-                  {"params": [p for name, p in trained if not name.startswith(head)],
-                   "lr": self.config.lr * FEW_SHOT_BACKBONE_LR}]
-        return [group for group in groups if group["params"]]
-
     def _scheduler(self, steps_per_epoch: int):
         total = self.config.epochs * steps_per_epoch
         if self.config.schedule == "onecycle" and total >= 4:
             # OneCycleLR divides by its warm-up length in steps (pct_start * total - 1): keep it >= 1
-            peaks = [group["lr"] for group in self.optimizer.param_groups]
-            return torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=peaks, total_steps=total,
+            return torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=self.config.lr, total_steps=total,
                                                        pct_start=max(0.25, 2 / total))
         if self.config.schedule == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total)
@@ -361,7 +345,7 @@ class Trainer:
         background = (0.0 - self.preprocessing.get("mean", 0.0)) / self.preprocessing.get("std", 1.0)
         ink = (255 * self.preprocessing["scale"] - self.preprocessing.get("mean", 0.0)) / self.preprocessing.get("std", 1.0)
         self.net.train()
-        if cfg.freeze_backbone or cfg.few_shot:
+        if cfg.freeze_backbone:
             keep_batch_norm(self.model)
         loss_sum, seen = 0.0, 0
         start = time.perf_counter()
@@ -413,7 +397,7 @@ class Trainer:
                           world_size=self.dist.world_size, resumed_from=resumed_from, chosen=self.chosen,
                           parent=self.parent and {"path": self.parent["path"], "kept": self.parent["kept"],
                                                   "frozen": self.parent["frozen_backbone"]},
-                          few_shot=len(self.imprinted) if cfg.few_shot and self.resume is None else None)
+                          few_shot=bool(self.chosen["epochs"]) and cfg.few_shot)
         started = time.perf_counter()
         stopped_early = False
         for epoch in range(self.start_epoch, cfg.epochs + 1):
@@ -494,7 +478,7 @@ class Reporter:
 
     def start(self, *, run_dir: Path, arch: str, params: int, classes: int, train: int, val: int, test: int,
               device: str, precision: str, world_size: int, resumed_from: int | None,
-              chosen: dict | None = None, parent: dict | None = None, few_shot: int | None = None) -> None:
+              chosen: dict | None = None, parent: dict | None = None, few_shot: bool = False) -> None:
         if not self.enabled:
             return
         where = f"{device}" + (f" x {world_size} ranks" if world_size > 1 else "")
@@ -511,10 +495,9 @@ class Reporter:
             self.print(Text.assemble("initialised from ", shown(parent["path"]),
                                      f": {parent['kept']} of {classes} classes keep their outputs",
                                      ", backbone frozen" if parent.get("frozen") else ""), highlight=False)
-        if few_shot is not None:
-            self.print(f"few-shot: {few_shot} new outputs imprinted from their drawings, the backbone at "
-                       f"{FEW_SHOT_BACKBONE_LR:g}x the learning rate with its batch-norm statistics kept "
-                       "(--no-few-shot to train as usual)", highlight=False)
+        if few_shot:
+            self.print(f"few-shot: epochs fitted to {FEW_SHOT_STEPS} steps, for few drawings per class and "
+                       "--init-from (--no-few-shot for the usual schedule)", highlight=False)
         if resumed_from is not None:
             self.print(f"resumed after epoch {resumed_from}")
 
