@@ -6,27 +6,31 @@ white, off-centre) and imported with `qd.data.importer` (`qd-data import`). The 
 drawings of a category are its rows 0..29, the 100 test drawings rows 800..899: never the same.
 
 Two partitions of the 27 shared categories, rendered the same way:
-  tune    base: 12 categories (the issue's 14 but banana and house), new: 13 of the rest
-          (everything but the 14 and circle): every method and hyperparameter was chosen here.
+  tune    base: 12 categories (the issue's 14 but banana and house), new: the 13 others:
+          every method and hyperparameter was chosen here.
   report  new: the issue's 14 categories, base: 12 of the tune partition's new ones (not
           tree): no choice was made on these. The base and the new categories swap roles.
-Each base: the default network, default options, 3 epochs, on Google's bitmaps (1,000 rows
-per category, so `--max-per-category 1000`), trained once and kept under --work.
+Each base: the default network, default options, 3 epochs, on Google's bitmaps (the first 1,000
+rows per category), trained once and kept under --work.
 
-Runs, each with the same 30 drawings per category, all timed in this process, side by side:
+Runs, each with the same 30 drawings per category, in this process (one torch thread: --threads):
   scratch              qd-train with default options (no --init-from)
-  init-from            qd-train --init-from BASE, default options (the few-shot path)
-  init-from, kept      the same with the base's 12 categories in the data too (30 drawings
-                       each, from the base's own training rows); tested on the new and the
-                       base categories (the base's test split, rendered the same way)
-  freeze-backbone      qd-train --init-from BASE --freeze-backbone (a linear probe)
-  prototypes           no training: the new output rows imprinted from the base's features
-                       (qd.train.checkpoint.imprint_classes), as --init-from starts
-  old init-from        the previous --init-from: fresh new rows, the whole network at the
-                       usual learning rate and auto schedule (--epochs from auto_schedule)
-  300 from scratch     (part `300`) default options on 300 drawings per category
+  init                 qd-train --init-from BASE, default options (a few-shot run: 300 steps)
+  tune-...             (tune partition only) one change from the defaults: new rows imprinted (then
+                       300 or 150 steps, or stronger augmentation), 600 steps
+  frozen               qd-train --init-from BASE --freeze-backbone (a linear probe)
+  old                  qd-train --init-from BASE --no-few-shot (the usual schedule)
+  prototypes           no training: the base's backbone, the new output rows imprinted
+                       (imprint_new_classes below: normalised class means of centred features)
+  kept                 --init-from BASE with the base's 12 categories in the data too (30 drawings
+                       each, from the base's own training rows); tested on the new categories and on the
+                       base's (its test split, rendered the same way)
+  300                  (part `300`) default options on 300 drawings per category of the issue's 14
 
-    nice -n 10 python bench/few_shot.py [--parts tune,report,300] [--work DIR]
+Every run is kept under --work with its wall seconds, CPU seconds and the load average around it
+(timing.json), so a rerun prints the table without training again; --only runs some of them.
+
+    nice -n 10 python bench/few_shot.py [--parts tune,report,300] [--only init,...] [--work DIR]
 
 Name the CPU and the load when quoting the seconds: they are wall time on a shared machine.
 """
@@ -37,10 +41,10 @@ import argparse
 import json
 import os
 import shutil
-from contextlib import contextmanager
-from functools import partial
 import sys
 import time
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -372,7 +376,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="tune,report,300")
     parser.add_argument("--work", type=Path, default=REPO / "artifacts" / "bench-few-shot")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", help="comma-separated run names (scratch, init, frozen, old, prototypes, kept, "
                                        "tune-...): run just those (the rest of the table is left out)")
     args = parser.parse_args()
