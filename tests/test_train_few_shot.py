@@ -7,8 +7,8 @@ import torch
 from fixtures_train import FIXTURE_CATEGORIES, train_on_one_thread
 from qd.command import QDError
 from qd.data.contract import bitmaps_to_input
-from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
 from qd.train import cli
+from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
 from qd.train.cli import (DEFAULT_EPOCHS, FEW_SHOT_MAX_PER_CLASS, FEW_SHOT_STEPS, MIN_STEPS, TrainConfig,
                           auto_schedule, is_few_shot)
 
