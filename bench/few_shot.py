@@ -326,7 +326,7 @@ def part_partition(work: Path, part: str, only: set[str] | None = None) -> None:
             slug = "tune-" + "".join(c if c.isalnum() else "-" for c in name.strip())
             trained(name, slug, {"init_from": base, **options}, constants)
     trained("--init-from base --freeze-backbone (linear probe)", "frozen", {"init_from": base, "freeze_backbone": True})
-    trained("--init-from base --no-few-shot (fine-tune as before)", "old", {"init_from": base, "few_shot": False})
+    trained("--init-from base --no-few-shot (usual schedule)", "old", {"init_from": base, "few_shot": False})
     if only is None or "prototypes" in only:
         best, seconds = prototypes(base, few, work / f"{part}-prototypes")
         rows.append(("prototypes only (imprinted rows, no training)", top1(best, test), seconds, ""))
