@@ -9,10 +9,9 @@ categories, drawn the same way, never trained on.
   small  14 categories x 300 PNGs: the previous defaults (batch 256, 10 epochs) and the
          current ones (batch size and epochs fitted to the data), side by side.
   tiny   3 categories x 500, --epochs 2 (a newcomer's first run): batch 256 and the default.
-  init   30 PNGs per new category (5 categories): from scratch, and --init-from a model
-         trained on the 22 other shared categories (with and without --freeze-backbone).
+New categories from a few drawings and --init-from: bench/few_shot.py.
 
-    nice -n 19 python bench/own_drawings.py [--parts small,tiny,init] [--work DIR]
+    nice -n 19 python bench/own_drawings.py [--parts small,tiny] [--work DIR]
 
 Prints one table per part, the ratios side by side (same machine, same run); name the CPU
 when quoting them.
@@ -34,7 +33,6 @@ SHARED = REPO.parent / "shared" / "quickdraw" / "bitmaps"
 SMALL = ["airplane", "apple", "banana", "bicycle", "bird", "book", "cat", "clock", "crown", "dog", "eye", "fish",
          "flower", "house"]
 TINY = ["cat", "dog", "apple"]
-NEW = ["boomerang", "cloud", "horse", "house_plant", "train"]  # the categories with 1000 drawings: new to the base
 TEST_START = 800  # test drawings come from rows 800.. (train ones from row 0): never the same drawings
 
 
@@ -157,32 +155,9 @@ def part_tiny(work: Path) -> None:
     table("3 categories x 500 drawings, 2 epochs, test split top-1", rows, rows[0][1])
 
 
-def part_init(work: Path) -> None:
-    from qd.data.bitmaps import list_categories
-    from qd.data.fetch import FetchOptions, fetch_categories
-    from qd.data.sources import FolderSource
-
-    base_data = work / "base-data"
-    others = [c for c in list_categories(SHARED) if c not in NEW]
-    if not (base_data / ".done").exists():
-        fetch_categories(FolderSource(SHARED), others, base_data, FetchOptions(max_rows=500))
-        (base_data / ".done").touch()
-    base, base_seconds, _ = run(work / "base", data_dir=base_data)
-    few = imported(write_pngs(work / "init-png-train", NEW, 0, 30, seed=3), work / "init-train")
-    test_dir = imported(write_pngs(work / "init-png-test", NEW, TEST_START, 100, seed=4), work / "init-test")
-    rows = []
-    for name, options in (("from scratch", {}), ("--init-from base", dict(init_from=base)),
-                          ("--init-from base --freeze-backbone", dict(init_from=base, freeze_backbone=True))):
-        slug = "-".join(str(k) for k in options) or "scratch"
-        best, seconds, hp = run(work / f"init-{slug}", data_dir=few, **options)
-        rows.append((name, top1(best, test_dir), seconds, hp))
-    print(f"\nbase: {len(others)} shared categories x 500 drawings, trained in {base_seconds:.0f} s")
-    table(f"{len(NEW)} new categories x 30 PNGs, test on 100 other PNGs each", rows, rows[0][1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="small,tiny,init")
+    parser.add_argument("--parts", default="small,tiny")
     parser.add_argument("--work", type=Path, default=REPO / "artifacts" / "bench-own-drawings")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -191,7 +166,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"CPU: {platform.processor() or platform.machine()}, torch threads {args.threads}; python {sys.version.split()[0]}")
     for part in args.parts.split(","):
-        {"small": part_small, "tiny": part_tiny, "init": part_init}[part](args.work)
+        {"small": part_small, "tiny": part_tiny}[part](args.work)
 
 
 if __name__ == "__main__":

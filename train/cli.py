@@ -40,15 +40,28 @@ DEFAULT_PATIENCE = 5           # the fewest epochs without improvement before st
 PATIENCE_SHARE = 0.25          # ... or this share of the epochs, if more: many short epochs on a tiny, noisy
                                # validation split must not stop a run before the learning rate has peaked
 
+# A few-shot run: --init-from and few training drawings per class (`few_shot`). Its epochs are fitted to
+# FEW_SHOT_STEPS optimizer steps instead of at least MIN_STEPS: from a trained model, that many reach the
+# accuracy of the long schedule in a third to a half of the time. Chosen by measurement on held-out categories
+# (bench/few_shot.py, docs/own-drawings.md).
+FEW_SHOT_MAX_PER_CLASS = 100   # training drawings per class up to which an --init-from run is few-shot
+FEW_SHOT_STEPS = 300           # optimizer steps of a few-shot run (its epochs are fitted to them)
+
 
 def auto_patience(epochs: int) -> int:
     return max(DEFAULT_PATIENCE, math.ceil(PATIENCE_SHARE * epochs))
 
 
+def is_few_shot(train_drawings: int, classes: int) -> bool:
+    """Whether an --init-from run on this many training drawings is a few-shot one by default."""
+    return train_drawings <= FEW_SHOT_MAX_PER_CLASS * classes
+
+
 def auto_schedule(train_drawings: int, world_size: int = 1, batch_size: int | None = None,
-                  epochs: int | None = None, steps_per_epoch: int | None = None) -> tuple[int, int]:
+                  epochs: int | None = None, steps_per_epoch: int | None = None,
+                  few_shot: bool = False) -> tuple[int, int]:
     """(global batch size, epochs) for a training split of `train_drawings`; a value the user
-    gave is kept (and the other one fitted to it)."""
+    gave is kept (and the other one fitted to it). A few-shot run gets FEW_SHOT_STEPS steps."""
     if batch_size is None:
         batch_size = MAX_BATCH_SIZE
         while batch_size > MIN_BATCH_SIZE and train_drawings < batch_size * MIN_STEPS_PER_EPOCH:
@@ -59,7 +72,10 @@ def auto_schedule(train_drawings: int, world_size: int = 1, batch_size: int | No
         steps = max(1, -(-per_rank_drawings // per_rank_batch))
         if steps_per_epoch is not None:
             steps = min(steps, steps_per_epoch)
-        epochs = min(MAX_AUTO_EPOCHS, max(DEFAULT_EPOCHS, -(-MIN_STEPS // steps)))
+        if few_shot:
+            epochs = min(MAX_AUTO_EPOCHS, -(-FEW_SHOT_STEPS // steps))
+        else:
+            epochs = min(MAX_AUTO_EPOCHS, max(DEFAULT_EPOCHS, -(-MIN_STEPS // steps)))
     return batch_size, epochs
 
 
@@ -89,6 +105,7 @@ class TrainConfig:
     resume: Path | None = None
     init_from: Path | None = None            # start from this checkpoint's weights (qd.train.checkpoint.init_from)
     freeze_backbone: bool = False            # with init_from: train only the output layer
+    few_shot: bool | None = None             # with init_from; None: when the data is small (is_few_shot)
     quiet: bool = False
 
     def __post_init__(self):
@@ -109,6 +126,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.freeze_backbone and self.init_from is None:
             raise QDError("--freeze-backbone needs --init-from CHECKPOINT (a backbone to keep)")
+        if self.few_shot and self.init_from is None:
+            raise QDError("--few-shot needs --init-from CHECKPOINT (a model to start from)")
         if self.arch is not None and self.arch not in ARCH_NAMES:
             raise QDError(f"unknown architecture {self.arch!r} (choose from {', '.join(ARCH_NAMES)})")
         if self.device not in DEVICES:
@@ -221,6 +240,11 @@ def train_command(
              "outputs (its architecture is used).")] = None,
     freeze_backbone: Annotated[bool, typer.Option(
         "--freeze-backbone", help="With --init-from: train only the output layer.")] = default("freeze_backbone"),
+    few_shot: Annotated[Optional[bool], typer.Option(
+        "--few-shot/--no-few-shot", show_default=False, help=(
+            f"With --init-from: epochs fitted to {FEW_SHOT_STEPS} steps instead of at least {MIN_STEPS}. "
+            f"Default: when there are at most {FEW_SHOT_MAX_PER_CLASS} training drawings per class."))
+    ] = default("few_shot"),
     augment: Annotated[bool, typer.Option(
         "--augment/--no-augment", help="Random affine augmentation per batch.")] = default("augment"),
     schedule: Annotated[str, typer.Option(

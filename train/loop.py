@@ -50,7 +50,7 @@ from qd.data.contract import BEST_CHECKPOINT, CHECKPOINT_FORMAT, DEFAULT_PREPROC
 
 from .batches import AffineAugment, BatchLoader, ShardedBatches, epoch_seed
 from .checkpoint import freeze, init_from, keep_batch_norm, load_checkpoint, load_parent, parent_arch, save_checkpoint
-from .cli import PRECISIONS, TrainConfig, auto_patience, auto_schedule
+from .cli import FEW_SHOT_STEPS, PRECISIONS, TrainConfig, auto_patience, auto_schedule, is_few_shot
 from .distributed import Distributed
 from .models import build_model, count_parameters, full_kwargs
 from .outliers import SyntheticOutliers, exposure_loss
@@ -217,11 +217,15 @@ class Trainer:
         if self.dataset.num_classes < 2:
             raise QDError(f"{config.data_dir}: only one category ({self.dataset.classes[0]}); "
                           "a classifier needs at least two")
+        if config.few_shot is None:  # recorded in the checkpoint, so --resume keeps it
+            few_shot = config.init_from is not None and is_few_shot(len(self.indices["train"]),
+                                                                    self.dataset.num_classes)
+            config = self.config = replace(config, few_shot=few_shot)
         # Batch size and epochs the user left open are fitted to the data (the checkpoint records the result).
         self.chosen = {name: None for name in ("batch_size", "epochs")}
         if config.batch_size is None or config.epochs is None:
             batch_size, epochs = auto_schedule(len(self.indices["train"]), dist.world_size, config.batch_size,
-                                               config.epochs, config.steps_per_epoch)
+                                               config.epochs, config.steps_per_epoch, config.few_shot)
             self.chosen = {"batch_size": batch_size if config.batch_size is None else None,
                            "epochs": epochs if config.epochs is None else None}
             config = self.config = replace(config, batch_size=batch_size, epochs=epochs)
@@ -392,7 +396,8 @@ class Trainer:
                           test=len(self.indices["test"]), device=str(self.dist.device), precision=cfg.precision,
                           world_size=self.dist.world_size, resumed_from=resumed_from, chosen=self.chosen,
                           parent=self.parent and {"path": self.parent["path"], "kept": self.parent["kept"],
-                                                  "frozen": self.parent["frozen_backbone"]})
+                                                  "frozen": self.parent["frozen_backbone"]},
+                          few_shot=bool(self.chosen["epochs"]) and cfg.few_shot)
         started = time.perf_counter()
         stopped_early = False
         for epoch in range(self.start_epoch, cfg.epochs + 1):
@@ -473,7 +478,7 @@ class Reporter:
 
     def start(self, *, run_dir: Path, arch: str, params: int, classes: int, train: int, val: int, test: int,
               device: str, precision: str, world_size: int, resumed_from: int | None,
-              chosen: dict | None = None, parent: dict | None = None) -> None:
+              chosen: dict | None = None, parent: dict | None = None, few_shot: bool = False) -> None:
         if not self.enabled:
             return
         where = f"{device}" + (f" x {world_size} ranks" if world_size > 1 else "")
@@ -490,6 +495,9 @@ class Reporter:
             self.print(Text.assemble("initialised from ", shown(parent["path"]),
                                      f": {parent['kept']} of {classes} classes keep their outputs",
                                      ", backbone frozen" if parent.get("frozen") else ""), highlight=False)
+        if few_shot:
+            self.print(f"few-shot: epochs fitted to {FEW_SHOT_STEPS} steps, for few drawings per class and "
+                       "--init-from (--no-few-shot for the usual schedule)", highlight=False)
         if resumed_from is not None:
             self.print(f"resumed after epoch {resumed_from}")
 
