@@ -43,7 +43,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qd import __version__
-from qd.command import ProgressBar, QDError, shown
+from qd.command import ProgressBar, QDError, first_line, shown
 from qd.command import console as default_console
 from qd.data.bitmaps import BitmapDataset, SplitSpec
 from qd.data.contract import BEST_CHECKPOINT, CHECKPOINT_FORMAT, DEFAULT_PREPROCESSING, LAST_CHECKPOINT, runs_dir
@@ -277,7 +277,7 @@ class Trainer:
     # -- construction helpers
 
     def _check_same_data(self) -> None:
-        saved = self.resume["data"]
+        saved = self.resume.get("data") or {}
         now = self.dataset.fingerprint()
         if saved.get("categories") != now["categories"] or saved.get("counts") != now["counts"]:
             raise QDError(f"{self.config.resume}: the data in {self.config.data_dir} differs from the data "
@@ -303,10 +303,14 @@ class Trainer:
 
     def _restore(self, payload: dict) -> None:
         state = payload["train_state"]
-        self.model.load_state_dict(payload["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
+        self.model.load_state_dict(payload["state_dict"])  # fits: load_checkpoint checked it against the arch
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"]["torch"])
+        except Exception as exc:  # torch's loaders raise what they meet: KeyError, ValueError, RuntimeError, ...
+            raise QDError(f"{self.config.resume}: damaged checkpoint: train_state (optimizer, scheduler, random "
+                          f"state) does not fit this run ({type(exc).__name__}: {first_line(exc, 120)})") from None
         self.metrics = list(payload.get("metrics", []))
         self.best = dict(payload["best"]) if payload.get("best") else None
         self.start_epoch = int(state["epoch"]) + 1
