@@ -116,17 +116,20 @@ def test_a_child_forked_while_the_lock_is_held_does_not_keep_it(tmp_path):
     """A DataLoader worker is forked from the training process: were its copy of the lock kept, a killed
     trainer's folder would stay locked for as long as the worker lives."""
     folder = tmp_path / "run"
-    read_end, write_end = os.pipe()
+    go_read, go_write = os.pipe()  # the test tells the child to end
+    up_read, up_write = os.pipe()  # the child says it runs (past fork: its at-fork handlers have run)
     with folder_lock(folder, wait=False):
         child = os.fork()
         if child == 0:  # the worker: alive until the test has looked
-            os.close(write_end)
-            os.read(read_end, 1)
+            os.write(up_write, b"1")
+            os.read(go_read, 1)
             os._exit(0)
     try:
+        assert os.read(up_read, 1) == b"1"
         with folder_lock(folder, wait=False):  # the parent let go, the child lives on: free
             pass
     finally:
-        os.close(write_end)
-        os.close(read_end)
+        os.write(go_write, b"1")
         os.waitpid(child, 0)
+        for fd in (go_read, go_write, up_read, up_write):
+            os.close(fd)
