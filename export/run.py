@@ -9,15 +9,18 @@ the whole set.
 
 The export folder is replaced as a whole: every file in it comes from one export run
 (one checkpoint), or the folder is still the previous set. A run writes into a hidden
-staging folder beside the export folder (`.<name>.<random>.tmp`), carries over what
-stays (files of formats not re-exported, if provably from the same checkpoint, and any
-file that is not ours), and then swaps the staging folder with the export folder in one
-atomic step (qd.files.commit_dir: renameat2(RENAME_EXCHANGE) on Linux). A run killed at
-any moment leaves the previous folder untouched plus a staging leftover, which the next
-run removes. Where the staging folder cannot sit beside the export folder (the parent is
-not writable, or the export folder is a mount point), it sits inside it and files are
-moved in one by one, model.json last: readers then tell a mixed set from its checksums
-(qd.evaluate.backends), and the report says so.
+staging folder beside the export folder (`.<name>.<16 hex digits>.staging.tmp`), carries
+over what stays (files of formats not re-exported, if provably from the same checkpoint,
+and any file that is not ours), and then swaps the staging folder with the export folder
+in one atomic step (qd.files.commit_dir: renameat2(RENAME_EXCHANGE) on Linux). The run
+holds its staging folder's lock (qd.files.folder_lock) until then. A run killed at any
+moment leaves the previous folder untouched plus a staging leftover, which the next run
+into that folder removes: only a staging folder whose name reads back to exactly this
+export folder (`EXP.v2`'s is never `EXP`'s) and whose lock is free (its writer is gone;
+a concurrent run's stays). Where the staging folder cannot sit beside the export folder
+(the parent is not writable, or the export folder is a mount point), it sits inside it
+and files are moved in one by one, model.json last: readers then tell a mixed set from
+its checksums (qd.evaluate.backends), and the report says so.
 
 model.json, the card, records what the models are (classes, preprocessing, architecture,
 split, source checkpoint and its metrics), the temperature and open-set rule fitted at
@@ -30,8 +33,11 @@ carried into the new set, other models are not.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -44,15 +50,16 @@ from typing import Callable
 from qd import __version__ as QD_VERSION
 from qd.command import QDError, first_line
 from qd.data.contract import CARD_FORMAT, INT8_PREPARED, LABELS_FILE, LICENSE_NOTE, MAX_CARD_BYTES, MODEL_CARD, exports_dir
-from qd.files import (TEMP_SUFFIX, clean_stale_temps, commit_dir, commit_file, fsync_dir, path_size, read_regular,
-                      remove_temp, sha256_path, temp_path_for, write_text_atomic)
+from qd.files import (TEMP_SUFFIX, FolderBusy, clean_stale_temps, commit_dir, commit_file, folder_lock, fsync_dir,
+                      path_size, read_regular, remove_temp, sha256_path, temp_path_for, write_text_atomic)
 
 from .checkpoint_source import CheckpointSource, ExportContext, load_source
 from .formats import DEFAULT_FORMATS, FORMATS, Check, ExportFormat, ExportOptions, parse_formats
 from .onnx_export import check_opset
 
 LOW_SPACE_BYTES = 64 << 20  # a converter failing with less free space than this was most likely out of disk
-STAGING_PREFIX = ".staging"  # in-place staging folder, inside the export folder
+STAGING_SUFFIX = ".staging" + TEMP_SUFFIX
+_STAGING_NAME = re.compile(r"\.(?P<final>.+)\.[0-9a-f]{16}" + re.escape(STAGING_SUFFIX), re.DOTALL)
 
 
 def default_out_dir(source: CheckpointSource) -> Path:
@@ -118,6 +125,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | list[ExportF
     finally:
         if staging.work.exists():
             abandon(staging)  # nothing was committed (no format written, or an error)
+        staging.held.close()  # a commit that failed half-way
 
 
 def _export_into(staging: Staging, ctx: ExportContext, chosen: list[ExportFormat],
@@ -321,6 +329,7 @@ class Staging:
     work: Path  # where this run writes
     in_place: bool  # the fallback: `work` is inside `final` and files move one by one
     managed: tuple[str, ...] = ()  # the names qd-export writes; anything else in the folder is the user's
+    held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # `work`'s lock, until closed
 
     @property
     def note(self) -> str:
@@ -331,30 +340,61 @@ class Staging:
 
 
 def begin(out_dir: Path, managed: list[str]) -> Staging:
-    """A fresh staging folder for replacing `out_dir`, after removing leftovers of killed runs."""
+    """A fresh staging folder for replacing `out_dir`, after removing leftovers of killed runs; its
+    lock is held until `Staging.held` is closed."""
     final = out_dir.resolve() if out_dir.is_symlink() else out_dir
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(final, managed)
+    held = contextlib.ExitStack()
     if not final.exists() or _same_filesystem(final, final.parent):
         try:
-            work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=TEMP_SUFFIX, dir=final.parent))
-            return Staging(final=final, work=work, in_place=False, managed=tuple(managed))
+            work = _locked_staging_folder(final.parent, final.name, held)
+            return Staging(final=final, work=work, in_place=False, managed=tuple(managed), held=held)
         except OSError:
             pass  # a parent we may not write to
     final.mkdir(exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}.", suffix=TEMP_SUFFIX, dir=final))
-    return Staging(final=final, work=work, in_place=True, managed=tuple(managed))
+    work = _locked_staging_folder(final, final.name, held)
+    return Staging(final=final, work=work, in_place=True, managed=tuple(managed), held=held)
+
+
+def staging_name(final_name: str) -> str:
+    """A fresh staging folder name for the export folder `final_name`."""
+    return f".{final_name}.{secrets.token_hex(8)}{STAGING_SUFFIX}"
+
+
+def staging_of(name: str) -> str | None:
+    """The export folder whose staging folder `name` is (None: no staging folder's name). Read from
+    the right, where the token and suffix have one length: so `.EXP.v2.<token>.staging.tmp` is
+    EXP.v2's, never EXP's, whatever the names."""
+    match = _STAGING_NAME.fullmatch(name)
+    return match["final"] if match else None
+
+
+def _locked_staging_folder(parent: Path, final_name: str, held: contextlib.ExitStack) -> Path:
+    """Make a staging folder in `parent` and take its lock (kept in `held`). Another run cleaning
+    leftovers may take a folder's lock between its mkdir and ours: then another name."""
+    while True:
+        work = parent / staging_name(final_name)
+        try:
+            work.mkdir(mode=0o700)
+            held.enter_context(folder_lock(work, wait=False))
+            return work
+        except (FileExistsError, FolderBusy):
+            continue
 
 
 def remove_leftovers(final: Path, managed: list[str]) -> None:
-    """Staging folders and temp files of runs that were killed before they finished."""
-    if final.parent.is_dir():
-        for leftover in final.parent.glob(f".{final.name}.*{TEMP_SUFFIX}"):
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)
+    """Staging folders and temp files of runs into `final` that were killed before they finished:
+    only staging folders of `final` itself, and only those whose lock is free (a run still writing
+    holds its own)."""
+    for folder in (final.parent, final):
+        if not folder.is_dir():
+            continue
+        for leftover in folder.iterdir():
+            if staging_of(leftover.name) == final.name and leftover.is_dir() and not leftover.is_symlink():
+                with contextlib.suppress(FolderBusy, OSError), folder_lock(leftover, wait=False):
+                    shutil.rmtree(leftover, ignore_errors=True)
     if final.is_dir():
-        for leftover in final.glob(f"{STAGING_PREFIX}.*{TEMP_SUFFIX}"):
-            remove_temp(leftover)
         clean_stale_temps(final, managed)
 
 
@@ -364,7 +404,7 @@ def carry(staging: Staging, keep: list[str]) -> None:
     if staging.in_place or not staging.final.is_dir():
         return
     for entry in staging.final.iterdir():
-        if entry.name in keep or (entry.name not in staging.managed and not _is_temp(entry.name)):
+        if entry.name in keep or (entry.name not in staging.managed and not _is_temp(entry.name, staging.managed)):
             _link_or_copy(entry, staging.work / entry.name)
 
 
@@ -372,10 +412,11 @@ def commit(staging: Staging, order: list[str], remove: list[str]) -> None:
     """Make the staging folder the export folder. In place: drop `remove` and the card first,
     then move the files in `order` (the card last)."""
     for entry in staging.work.iterdir():  # nothing half-written travels with the set
-        if _is_temp(entry.name):
+        if _is_temp(entry.name, staging.managed):
             remove_temp(entry)
     if not staging.in_place:
         commit_dir(staging.work, staging.final)
+        staging.held.close()
         return
     card = order[-1]
     (staging.final / card).unlink(missing_ok=True)
@@ -389,18 +430,22 @@ def commit(staging: Staging, order: list[str], remove: list[str]) -> None:
             commit_file(source, staging.final / name)
     remove_temp(staging.work)
     fsync_dir(staging.final)
+    staging.held.close()
 
 
 def abandon(staging: Staging) -> None:
     remove_temp(staging.work)
+    staging.held.close()
 
 
 def _same_filesystem(a: Path, b: Path) -> bool:
     return os.stat(a).st_dev == os.stat(b).st_dev
 
 
-def _is_temp(name: str) -> bool:
-    return name.startswith(".") and TEMP_SUFFIX in name
+def _is_temp(name: str, managed: tuple[str, ...]) -> bool:
+    """A temp file of ours (`.<managed name>.<random>.tmp`) or any run's staging folder; a user's
+    own file is never one, whatever its name."""
+    return staging_of(name) is not None or any(name.startswith(f".{m}.") and TEMP_SUFFIX in name for m in managed)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

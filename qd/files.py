@@ -248,22 +248,32 @@ def commit_dir(tmp: Path, final: Path) -> None:
 
 # ----------------------------------------------------------------------------- one writer per folder
 
+class FolderBusy(QDError):
+    """A folder another command is writing (folder_lock with wait=False)."""
+
+
 @contextmanager
-def folder_lock(folder: str | os.PathLike, on_wait: Callable[[str], None] = lambda message: None):
+def folder_lock(folder: str | os.PathLike, on_wait: Callable[[str], None] = lambda message: None,
+                wait: bool = True):
     """Hold the one writer lock of `folder` (made if missing) while the block runs: every command
-    that writes a folder (qd-data fetch and import into a data folder) takes it for its whole run,
-    so two never interleave. A second writer waits for the first, after `on_wait(one line)` says so.
+    that writes a folder (qd-data fetch and import into a data folder, qd-train into its run
+    folder) takes it for its whole run, so two never interleave. A second writer waits for the
+    first, after `on_wait(one line)` says so; with `wait=False` it is refused at once instead
+    (FolderBusy, one line naming the folder and the holder's pid).
 
     The lock is an exclusive flock on the folder itself: nothing is written into the folder for
     it, and the kernel releases it when its holder's process ends, however it ends (a SIGKILL
-    leaves no stale lock). A file system without flock (some network mounts) goes unlocked;
-    a platform without fcntl too."""
+    leaves no stale lock). Only the process that took it holds it: a child forked meanwhile (a
+    DataLoader worker, a decode pool) closes its copy at once. A file system without flock (some
+    network mounts) goes unlocked; a platform without fcntl too."""
     folder = Path(folder)
     with os_errors_name(folder):
         if folder.exists() and not folder.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "not a folder")
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    owner = os.getpid()
+    _held_locks.add(fd)
     try:
         try:
             import fcntl
@@ -274,14 +284,34 @@ def folder_lock(folder: str | os.PathLike, on_wait: Callable[[str], None] = lamb
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = _flock_holder(fd)
-                on_wait(f"{folder}: another command{f' (pid {holder})' if holder else ''} is writing this folder; "
-                        "waiting for it to finish (Ctrl-C to stop, or use another folder)")
+                who = f"{folder}: another command{f' (pid {holder})' if holder else ''} is writing this folder"
+                if not wait:
+                    raise FolderBusy(f"{who}; not started (wait for it to finish, or use another folder)") from None
+                on_wait(f"{who}; waiting for it to finish (Ctrl-C to stop, or use another folder)")
                 fcntl.flock(fd, fcntl.LOCK_EX)
             except OSError:
                 pass  # no locks on this file system
         yield
     finally:
-        os.close(fd)  # releases the lock
+        if os.getpid() == owner:  # a forked child that unwinds this block closed its copy already
+            _held_locks.discard(fd)
+            os.close(fd)  # releases the lock
+
+
+_held_locks: set[int] = set()  # descriptors of the folder locks this process holds
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child: close the copies of the parent's lock descriptors (a flock lasts while any
+    copy is open, so a worker outliving a killed parent would keep the folder locked)."""
+    for fd in _held_locks:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held_locks.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 def _flock_holder(fd: int) -> int | None:

@@ -12,10 +12,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from qd.files import sha256_path
 
@@ -25,22 +28,25 @@ REPO = Path(__file__).resolve().parents[1]
 def test_leftovers_of_killed_runs_are_removed_and_never_carried(tmp_path):
     from qd.export import run as folder
 
+    managed = ["model.onnx", "model.int8.onnx", "model.json", "labels.txt"]
     out = tmp_path / "export"
     out.mkdir()
     (out / "model.onnx").write_bytes(b"old")
     (out / "mine.txt").write_text("keep")
+    (out / ".notes.tmp").write_text("keep too: a name like a temp file's, but not of a file qd-export writes")
     (out / ".model.onnx.x1.tmp").write_bytes(b"half")
-    (tmp_path / ".export.abcd.tmp").mkdir()  # a staging folder a SIGKILL left behind
-    (tmp_path / ".export.abcd.tmp" / "model.onnx").write_bytes(b"new, never committed")
-    staging = folder.begin(out, ["model.onnx", "model.json", "labels.txt"])
-    assert not (tmp_path / ".export.abcd.tmp").exists() and not (out / ".model.onnx.x1.tmp").exists()
+    leftover = tmp_path / f".export.{'ab' * 8}.staging.tmp"  # a staging folder a SIGKILL left behind
+    leftover.mkdir()
+    (leftover / "model.onnx").write_bytes(b"new, never committed")
+    staging = folder.begin(out, managed)
+    assert not leftover.exists() and not (out / ".model.onnx.x1.tmp").exists()
     assert not staging.in_place and staging.work.parent == tmp_path
     folder.carry(staging, keep=[])
-    assert sorted(p.name for p in staging.work.iterdir()) == ["mine.txt"]  # ours are not carried unless vouched
+    assert sorted(p.name for p in staging.work.iterdir()) == [".notes.tmp", "mine.txt"]  # ours: only if vouched
     (staging.work / "model.onnx").write_bytes(b"new")
     (staging.work / ".model.int8.onnx.zz.tmp").write_bytes(b"half")
-    folder.commit(staging, ["model.onnx", "model.json", "labels.txt"], remove=[])
-    assert sorted(p.name for p in out.iterdir()) == ["mine.txt", "model.onnx"]
+    folder.commit(staging, managed, remove=[])
+    assert sorted(p.name for p in out.iterdir()) == [".notes.tmp", "mine.txt", "model.onnx"]
     assert (out / "model.onnx").read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
@@ -51,20 +57,71 @@ def test_in_place_fallback_when_the_parent_cannot_hold_a_staging_folder(tmp_path
     out.mkdir()
     (out / "model.onnx").write_bytes(b"old")
     (out / "model.int8.onnx").write_bytes(b"another checkpoint's")
-    real = folder.tempfile.mkdtemp
+    real = folder._locked_staging_folder
 
-    def no_parent(prefix="", suffix="", dir=None):
-        if Path(dir) == tmp_path:
-            raise PermissionError(13, "Permission denied", str(dir))
-        return real(prefix=prefix, suffix=suffix, dir=dir)
+    def no_parent(parent, final_name, held):
+        if parent == tmp_path:
+            raise PermissionError(13, "Permission denied", str(parent))
+        return real(parent, final_name, held)
 
-    monkeypatch.setattr(folder.tempfile, "mkdtemp", no_parent)
+    monkeypatch.setattr(folder, "_locked_staging_folder", no_parent)
     staging = folder.begin(out, ["model.onnx", "model.int8.onnx", "model.json"])
     assert staging.in_place and staging.work.parent == out and "one by one" in staging.note
     (staging.work / "model.onnx").write_bytes(b"new")
     (staging.work / "model.json").write_text("{}")
     folder.commit(staging, ["model.onnx", "model.int8.onnx", "model.json"], remove=["model.int8.onnx"])
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx"]
+
+
+# Export folder names that are prefixes and extensions of each other, with dots and spaces.
+FOLDER_NAMES = st.text(alphabet="EXPa. -_", min_size=1, max_size=6).filter(lambda name: name not in (".", ".."))
+EXTENSIONS = st.one_of(st.sampled_from([".v2", " copy", ".staging", ".tmp", f".{'ab' * 8}", f".{'ab' * 8}.staging.tmp",
+                                        f".{'ab' * 8}.staging", ".staging.tmp"]),
+                       st.text(alphabet="v2. _", min_size=1, max_size=4))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(base=FOLDER_NAMES, extension=EXTENSIONS, longer_is_ours=st.booleans())
+def test_a_sibling_exports_staging_and_files_are_never_removed(tmp_path, base, extension, longer_is_ours):
+    """Runs into EXP and EXP.v2 (or any two names one of which extends the other): each removes only its own
+    folder's leftovers, and only those no run is still writing; a sibling's staging, live or left by a killed
+    run, and its files stay."""
+    from qd.export import run as folder
+
+    ours, sibling = (base + extension, base) if longer_is_ours else (base, base + extension)
+    assume(folder.staging_of(sibling) != ours)  # `.<ours>.<16 hex>.staging.tmp` is the one name reserved
+    managed = ["model.onnx", "model.json", "labels.txt"]
+    parent = Path(tempfile.mkdtemp(dir=tmp_path))
+    for name in (ours, sibling):
+        (parent / name).mkdir()
+        (parent / name / "model.onnx").write_bytes(name.encode())
+
+    def killed_runs_staging(name: str) -> Path:  # what a killed run leaves: its staging folder, with no lock on it
+        leftover = parent / f".{name}.{'0f' * 8}.staging.tmp"
+        leftover.mkdir()
+        (leftover / "model.onnx").write_bytes(b"never committed")
+        return leftover
+
+    sibling_live = folder.begin(parent / sibling, managed)  # a sibling run, still writing
+    (sibling_live.work / "model.onnx").write_bytes(b"sibling, live")
+    sibling_killed = killed_runs_staging(sibling)
+    ours_live = folder.begin(parent / ours, managed)  # a concurrent run into our own folder
+    (ours_live.work / "model.onnx").write_bytes(b"ours, live")
+    ours_killed = killed_runs_staging(ours)
+
+    staging = folder.begin(parent / ours, managed)
+    try:
+        assert not ours_killed.exists()  # ours, and its writer is gone
+        assert (sibling_live.work / "model.onnx").read_bytes() == b"sibling, live"
+        assert (sibling_killed / "model.onnx").read_bytes() == b"never committed"  # the sibling's to remove
+        assert (ours_live.work / "model.onnx").read_bytes() == b"ours, live"
+        (staging.work / "model.onnx").write_bytes(b"new")
+        folder.commit(staging, managed, remove=[])
+        assert (parent / ours / "model.onnx").read_bytes() == b"new"
+        assert (parent / sibling / "model.onnx").read_bytes() == sibling.encode()
+    finally:
+        for run in (sibling_live, ours_live, staging):
+            folder.abandon(run)
 
 
 def _other_checkpoint(trained_checkpoint: Path, where: Path) -> Path:

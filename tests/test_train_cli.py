@@ -74,7 +74,7 @@ def bad_inputs(tmp_path, data_dir):
         "output is a file": (["--data-dir", str(data_dir), "--out", str(blocker)], "is a file"),
         "resume non-checkpoint": (["--data-dir", str(data_dir), "--resume", str(fake_ckpt)], "not a checkpoint"),
         "resume missing": (["--data-dir", str(data_dir), "--resume", str(tmp_path / "gone.pt")], "not found"),
-        "bad option value": (["--data-dir", str(data_dir), "--epochs", "0"], "--epochs must be at least 1"),
+        "bad option value": (["--data-dir", str(data_dir), "--epochs", "0"], "--epochs must be 1 to 100,000, got 0"),
     }
 
 

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 
+from qd.files import folder_lock
 from qd.train.checkpoint import load_checkpoint
 
 
@@ -14,8 +15,7 @@ def free_loopback_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchrun_two_ranks_train_one_run(shared_bitmaps, tmp_path):
-    run = tmp_path / "run"
+def torchrun_train(shared_bitmaps, run) -> subprocess.CompletedProcess:
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", COLUMNS="120")
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--nnodes", "1",
@@ -24,7 +24,12 @@ def test_torchrun_two_ranks_train_one_run(shared_bitmaps, tmp_path):
         "--max-per-category", "100", "--epochs", "2", "--batch-size", "32", "--arch", "seed",
         "--device", "cpu", "--out", str(run),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
+
+
+def test_torchrun_two_ranks_train_one_run(shared_bitmaps, tmp_path):
+    run = tmp_path / "run"
+    result = torchrun_train(shared_bitmaps, run)  # only rank 0 takes the run folder's lock (or rank 1 is refused)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "on cpu x 2 ranks" in out
@@ -37,6 +42,17 @@ def test_torchrun_two_ranks_train_one_run(shared_bitmaps, tmp_path):
     assert all(m["samples"] in (train_drawings, train_drawings + 1) for m in ckpt["metrics"])
     val_drawings = int(out.split(" val / ")[0].rsplit(" ", 1)[-1].replace(",", ""))
     assert all(m["val_count"] == val_drawings for m in ckpt["metrics"])  # every val drawing exactly once
+
+
+def test_torchrun_into_a_folder_another_run_is_writing_is_refused(shared_bitmaps, tmp_path):
+    run = tmp_path / "run"
+    with folder_lock(run):  # this test is the other run
+        result = torchrun_train(shared_bitmaps, run)
+    assert result.returncode != 0
+    refusal = (f"error: {run}: another command (pid {os.getpid()}) is writing this folder; not started (wait for it "
+               "to finish, or use another folder)\n")
+    assert result.stderr.count(refusal) == 1, result.stderr  # rank 0's line; rank 1 ends with it
+    assert list(run.iterdir()) == []
 
 
 def test_the_trainer_is_freed_before_the_process_group_is_destroyed(shared_bitmaps, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ is saved names the file and leaves nothing behind.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import json
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from memory_probe import peak_rss_mib
@@ -33,6 +34,7 @@ from qd.data.contract import DEFAULT_PREPROCESSING, MAX_PARAMETERS, bitmaps_to_i
 from qd.export.checkpoint_source import load_source
 from qd.export.cli import main
 from qd.train.checkpoint import load_checkpoint
+from qd.train.cli import TrainConfig
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 REPO = Path(__file__).resolve().parents[1]
@@ -148,14 +150,14 @@ def test_a_deflated_checkpoint_over_the_bound_is_refused_and_one_within_it_loads
 
     from qd.train import checkpoint
 
-    small = _save(_payload(metrics=[torch.zeros(3 << 20)]), tmp_path / "plain.pt")  # 12 MiB of zeros
+    small = _save(_payload(padding=torch.zeros(3 << 20)), tmp_path / "plain.pt")  # 12 MiB of zeros
     packed = tmp_path / "run" / "best.pt"
     packed.parent.mkdir()
     with zipfile.ZipFile(small) as source, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as out:
         for entry in source.infolist():
             out.writestr(entry.filename, source.read(entry.filename))
     assert packed.stat().st_size < 1 << 20
-    assert checkpoint.load_checkpoint(packed)["metrics"][0].numel() == 3 << 20
+    assert checkpoint.load_checkpoint(packed)["padding"].numel() == 3 << 20
     monkeypatch.setattr(checkpoint, "MAX_CHECKPOINT_BYTES", 8 << 20)
     with pytest.raises(QDError, match="refused: .* unpacking to 12,"):
         checkpoint.load_checkpoint(packed)
@@ -188,7 +190,7 @@ def test_preprocessing_numbers_are_finite_and_bounded_in_checkpoints_and_models(
 
     spec = {**DEFAULT_PREPROCESSING, key: value}
     try:
-        check_fields(tmp_path / "x.pt", _payload(preprocessing=spec, state_dict={}))
+        check_fields(tmp_path / "x.pt", _payload(preprocessing=spec))
         in_checkpoint = True
     except QDError as exc:
         assert "\n" not in str(exc) and "preprocessing" in str(exc)
@@ -306,3 +308,147 @@ def test_qd_train_on_a_full_disk_is_one_line(shared_bitmaps, tmp_path):
     assert result.returncode == 1, result.stderr
     assert result.stderr == f"error: {out / 'best.pt'}: File too large\n"
     assert list(out.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- tampered fields: one line naming the file
+
+@pytest.fixture(scope="module")
+def trained_payloads(trained_checkpoint) -> dict[str, dict]:
+    return {name: torch.load(trained_checkpoint.parent / name, weights_only=True) for name in ("best.pt", "last.pt")}
+
+
+def _tampered_run(payloads: dict[str, dict], folder: Path, tamper) -> Path:
+    """A copy of the trained run with `tamper(payload)` applied to best.pt and last.pt."""
+    import copy
+
+    folder.mkdir(parents=True)
+    for name, payload in payloads.items():
+        payload = copy.deepcopy(payload)
+        tamper(payload)
+        torch.save(payload, folder / name)
+    return folder
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "unexpected error" not in err, err
+    return lines[0]
+
+
+def _resume(monkeypatch, capsys, last: Path) -> tuple[int, str]:
+    """qd-train --resume, stopped once the run is built: everything a checkpoint says is read by then (the
+    epochs after are those of any run)."""
+    from qd.train import cli, loop
+
+    monkeypatch.setattr(loop.Trainer, "run", lambda self: self.run_dir / "best.pt")
+    monkeypatch.setattr(sys, "argv", ["qd-train", "--resume", str(last), "--device", "cpu", "--quiet"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    return exit_info.value.code, (_one_line(capsys) if exit_info.value.code else "")
+
+
+def _export(monkeypatch, capsys, best: Path, out: Path) -> tuple[int, str]:
+    """qd-export with a stand-in for the ONNX converter (the checkpoint is loaded, the card written for real)."""
+    from qd.export import formats
+
+    def stand_in(ctx, tmp):
+        Path(tmp).write_bytes(b"model")
+
+    monkeypatch.setitem(formats.FORMATS, "onnx", dataclasses.replace(formats.FORMATS["onnx"], exporter=stand_in,
+                                                                      validator=lambda ctx, tmp: []))
+    monkeypatch.setattr(sys, "argv", ["qd-export", str(best), "--format", "onnx", "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, (_one_line(capsys) if exit_info.value.code else "")
+
+
+HPARAM_VALUES = st.one_of(NUMBERS, st.integers(-3, 3), st.just(-1), st.just(10**5000), st.text(max_size=4),
+                          st.lists(st.one_of(st.integers(), st.text(max_size=3)), max_size=2),
+                          st.dictionaries(st.text(max_size=3), st.integers(), max_size=1))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(sorted(f.name for f in dataclasses.fields(TrainConfig))),
+       value=HPARAM_VALUES)
+@example(key="categories", value=["x"]).via("the issue")
+@example(key="categories", value=[]).via("the issue")
+@example(key="data_dir", value="").via("the issue")
+@example(key="data_dir", value=None).via("the issue")
+@example(key="lr", value="0.1").via("the issue")
+@example(key="epochs", value=-1).via("the issue")
+@example(key="epochs", value=10**400).via("the issue")
+@example(key="batch_size", value=0).via("the issue")
+@example(key="val_fraction", value=float("nan")).via("the issue")
+@example(key="arch", value="seed").via("the issue")
+def test_tampered_hparams_resume_and_export_or_fail_with_one_line_naming_the_file(trained_payloads, tmp_path,
+                                                                                  monkeypatch, capsys, key, value):
+    """A run's hparams with any field set to a wrong type, a huge, negative or NaN number: `qd-train --resume`
+    and `qd-export` go on, or say `error: <the checkpoint>: ...` (or name the data folder it points to)."""
+    import tempfile
+
+    def tamper(payload):
+        payload["hparams"][key] = value
+
+    run = _tampered_run(trained_payloads, Path(tempfile.mkdtemp(dir=tmp_path)) / "run", tamper)
+    # the checkpoint, or the data folder it names (the one it records, or the tampered one)
+    named = [str(run / "last.pt"), trained_payloads["last.pt"]["hparams"]["data_dir"]] + \
+        ([str(Path(value))] if key == "data_dir" and isinstance(value, str) else [])
+    code, line = _resume(monkeypatch, capsys, run / "last.pt")
+    assert code == 0 or any(line.startswith(f"error: {name}: ") for name in named), line
+    code, line = _export(monkeypatch, capsys, run / "best.pt", run.parent / "export")
+    assert code == 0 or line.startswith(f"error: {run / 'best.pt'}: "), line
+
+
+TAMPERED_FIELDS = [
+    ("hparams.lr", "0.1"), ("hparams.epochs", -1), ("hparams.epochs", 10**400), ("hparams.batch_size", 0),
+    ("hparams.categories", [1, 2]), ("hparams.seed", 10**400), ("hparams.arch", "seed"),
+    ("metrics", [{"epoch": 10**400}]), ("best.val_loss", 10**400), ("test.top1", "high"),
+    ("data.max_per_category", 10**400), ("data.counts", [10**400]), ("split.seed", 0.5),
+    ("train_state.epoch", 10**400), ("train_state.optimizer", {"state": {}, "param_groups": []}),
+]
+
+
+@pytest.mark.parametrize("field, value", TAMPERED_FIELDS, ids=[f"{field}-{i}" for i, (field, _) in
+                                                               enumerate(TAMPERED_FIELDS)])
+def test_a_tampered_field_is_one_line_naming_the_checkpoint(trained_payloads, tmp_path, monkeypatch, capsys, field,
+                                                            value):
+    part, _, key = field.partition(".")
+
+    def tamper(payload):
+        if key and part in payload:  # best.pt has no train_state
+            payload[part][key] = value
+        elif not key:
+            payload[part] = value
+
+    run = _tampered_run(trained_payloads, tmp_path / "run", tamper)
+    code, line = _resume(monkeypatch, capsys, run / "last.pt")
+    assert code == 1 and line.startswith(f"error: {run / 'last.pt'}: damaged checkpoint: {part} "), line
+    if part != "train_state":  # best.pt has none: only --resume reads it
+        code, line = _export(monkeypatch, capsys, run / "best.pt", tmp_path / "export")
+        assert code == 1 and line.startswith(f"error: {run / 'best.pt'}: damaged checkpoint: {part} "), line
+
+
+def test_weights_of_another_shape_than_the_declared_architecture_name_the_first_mismatch(
+        trained_payloads, shared_bitmaps, tmp_path, monkeypatch, capsys):
+    """Declared width 16, weights of width 32 (the trained run's): qd-export, --init-from and --resume say which
+    tensor does not fit, with both shapes."""
+    from qd.train import cli
+
+    def narrower(payload):
+        payload["arch"]["kwargs"]["width"] = 16
+
+    run = _tampered_run(trained_payloads, tmp_path / "run", narrower)
+    expected = ("weights do not fit the architecture compact (width=16, dropout=0.2, stage3=2, 4 classes): "
+                "features.0.0.weight: [32, 1, 3, 3] in the file, [16, 1, 3, 3] expected")
+    code, line = _export(monkeypatch, capsys, run / "best.pt", tmp_path / "export")
+    assert (code, line) == (1, f"error: {run / 'best.pt'}: {expected}")
+    code, line = _resume(monkeypatch, capsys, run / "last.pt")
+    assert (code, line) == (1, f"error: {run / 'last.pt'}: {expected}")
+    monkeypatch.setattr(sys, "argv", ["qd-train", "--data-dir", str(shared_bitmaps), "--categories", "apple,circle",
+                                      "--init-from", str(run / "best.pt"), "--out", str(tmp_path / "child"),
+                                      "--device", "cpu", "--quiet"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert (exit_info.value.code, _one_line(capsys)) == (1, f"error: {run / 'best.pt'}: {expected}")
+    assert not (tmp_path / "child").exists()

@@ -1,5 +1,7 @@
 """Outlier exposure: the synthetic negatives, the loss on them, and a training run that uses them."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -85,13 +87,14 @@ def test_the_training_loss_adds_the_weighted_exposure_term(shared_bitmaps, tmp_p
     torch.manual_seed(0)
     config = TrainConfig(data_dir=shared_bitmaps, categories=CATEGORIES, max_per_category=40, epochs=1,
                          device="cpu", precision="fp32", quiet=True, outlier_exposure=2.0, out=tmp_path / "run")
-    trainer = Trainer(config, Distributed.from_env("cpu"))
-    trainer.net.eval()  # no dropout: both sides see the same network
-    x, y = batch
-    with torch.no_grad():
-        loss = trainer._loss(x, y, torch.Generator().manual_seed(5), 0.0, 1.0)
-        negatives = trainer.outliers(x, y, torch.Generator().manual_seed(5), 0.0, 1.0)
-        logits = trainer.net(torch.cat([x, negatives]))
-        expected = F.cross_entropy(logits[: len(x)], y) + 2.0 * exposure_loss(logits[len(x):])
+    with contextlib.ExitStack() as held:  # the run folder's lock
+        trainer = Trainer(config, Distributed.from_env("cpu"), held)
+        trainer.net.eval()  # no dropout: both sides see the same network
+        x, y = batch
+        with torch.no_grad():
+            loss = trainer._loss(x, y, torch.Generator().manual_seed(5), 0.0, 1.0)
+            negatives = trainer.outliers(x, y, torch.Generator().manual_seed(5), 0.0, 1.0)
+            logits = trainer.net(torch.cat([x, negatives]))
+            expected = F.cross_entropy(logits[: len(x)], y) + 2.0 * exposure_loss(logits[len(x):])
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert TrainConfig(data_dir=".").outlier_exposure == 0.0  # off unless asked for

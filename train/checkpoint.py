@@ -30,9 +30,10 @@ from torch import nn
 from qd.command import QDError, first_line
 from qd.data.bitmaps import SplitSpec, check_labels
 from qd.data.contract import (CHECKPOINT_FORMAT, DEFAULT_PREPROCESSING, MAX_CHECKPOINT_BYTES, MAX_CHECKPOINT_ENTRIES,
-                              check_preprocessing)
+                              MAX_NPY_ROWS, check_preprocessing)
 from qd.files import atomic_target, open_regular, sha256_file
 
+from .cli import MAX_EPOCHS, TrainConfig, short_repr
 from .models import build_model, full_kwargs, head_name
 
 REQUIRED_KEYS = ("format", "classes", "arch", "preprocessing", "split", "state_dict")
@@ -103,7 +104,9 @@ def _torch_load(path: Path, f, map_location: str) -> object:
 
 
 def check_fields(path: Path, payload: dict) -> None:
-    """The fields later stages rely on, with the right types: a damaged checkpoint fails here, clearly."""
+    """The fields later stages rely on, with the right types and within their bounds (those of
+    qd-train's options for hparams: TrainConfig checks them), and weights that fit the declared
+    architecture: a damaged or tampered checkpoint fails here, with one line naming the file."""
     def bad(field: str, why: str) -> QDError:
         return QDError(f"{path}: damaged checkpoint: {field} {why}")
 
@@ -121,14 +124,91 @@ def check_fields(path: Path, payload: dict) -> None:
     if not isinstance(payload["split"], dict):
         raise bad("split", "is not a dict")
     try:
-        SplitSpec.from_dict(payload["split"])
+        split = SplitSpec.from_dict(payload["split"])
     except (TypeError, ValueError, QDError) as exc:
         raise bad("split", f"is invalid ({first_line(exc)[:80]})") from None
-    if not isinstance(payload.get("data", {}) or {}, dict):
-        raise bad("data", "is not a dict")
+    if type(split.seed) is not int:
+        raise bad("split", f"is invalid (seed {short_repr(split.seed)} is not a whole number)")
+    _check_hparams(payload.get("hparams", {}), arch["name"], bad)
+    _check_records(payload, bad)
     state = payload["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
         raise bad("state_dict", "is not a dict of tensors")
+    check_weights(path, payload)
+
+
+def _check_hparams(hparams: object, arch_name: str, bad) -> None:
+    """A checkpoint's hparams are a TrainConfig's fields: the config they describe is checked as one
+    given on the command line would be (keys this version no longer has are ignored)."""
+    if not isinstance(hparams, dict):
+        raise bad("hparams", "is not a dict")
+    if hparams:
+        try:
+            TrainConfig.from_hparams(hparams)
+        except QDError as exc:
+            raise bad("hparams", f"are invalid ({exc})") from None
+        if hparams.get("arch") not in (None, arch_name):
+            raise bad("hparams", f"name the architecture {short_repr(hparams['arch'])}, arch says {arch_name!r}")
+
+
+def _number(value: object) -> bool:
+    """A real number a report can format (NaN is one: the loss of an empty split)."""
+    return type(value) is float or type(value) is int and abs(value) <= 2**53
+
+
+def _check_records(payload: dict, bad) -> None:
+    """What a run recorded and later runs, reports and cards read: metrics, best, test, data, train_state."""
+    metrics = payload.get("metrics", [])
+    if not isinstance(metrics, list) or not all(isinstance(m, dict) and all(_number(v) for v in m.values())
+                                                for m in metrics):
+        raise bad("metrics", "are not a list of {name: number}")
+    for name in ("best", "test"):
+        record = payload.get(name) or {}
+        if not isinstance(record, dict) or not all(_number(v) for v in record.values()):
+            raise bad(name, "is not a {name: number} record")
+    best = payload.get("best") or {}
+    if best and not (type(best.get("epoch")) is int and 1 <= best["epoch"] <= MAX_EPOCHS
+                     and all(k in best for k in ("val_loss", "val_top1", "val_top3"))):
+        raise bad("best", "lacks its epoch or validation figures")
+    data = payload.get("data", {}) or {}
+    if not isinstance(data, dict):
+        raise bad("data", "is not a dict")
+    counts, categories, dir_ = data.get("counts"), data.get("categories"), data.get("dir")
+    limit = data.get("max_per_category")
+    if not (counts is None or isinstance(counts, list) and all(type(c) is int and 0 <= c <= MAX_NPY_ROWS
+                                                               for c in counts)) \
+            or not (categories is None or isinstance(categories, list) and all(isinstance(c, str) for c in categories)) \
+            or not (dir_ is None or isinstance(dir_, str)) \
+            or not (limit is None or type(limit) is int and 1 <= limit <= MAX_NPY_ROWS):
+        raise bad("data", "is not {dir, categories, counts, max_per_category} of their types and bounds")
+    state = payload.get("train_state")
+    if state is not None and not (isinstance(state, dict) and type(state.get("epoch")) is int
+                                  and 0 <= state["epoch"] <= MAX_EPOCHS):
+        raise bad("train_state", "has no epoch from 0 to the most epochs a run may have")
+
+
+def check_weights(path: Path, payload: dict) -> None:
+    """The state dict has exactly the tensors, of exactly the shapes, that the declared architecture
+    (built on the meta device: nothing allocated) has for the declared classes."""
+    arch = payload["arch"]
+    name, kwargs = arch["name"], arch.get("kwargs", {})
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in
+                        build_model(name, len(payload["classes"]), **kwargs).state_dict().items()}
+    except QDError as exc:
+        raise QDError(f"{path}: {exc}") from None
+    found = {k: tuple(v.shape) for k, v in payload["state_dict"].items()}
+    mismatch = next((f"{k}: {list(found[k])} in the file, {list(shape)} expected"
+                     for k, shape in expected.items() if k in found and found[k] != shape), None)
+    mismatch = mismatch or next((f"{k} is missing from the file" for k in expected if k not in found), None)
+    mismatch = mismatch or next((f"{short_repr(k)} in the file is not part of it" for k in found if k not in expected),
+                                None)
+    if mismatch:
+        described = ", ".join(f"{k}={short_repr(v)}" for k, v in full_kwargs(name, kwargs).items())
+        raise QDError(f"{path}: weights do not fit the architecture {name} ({described}, "
+                      f"{len(payload['classes'])} classes): {mismatch}")
 
 
 def model_from_checkpoint(payload: dict) -> torch.nn.Module:

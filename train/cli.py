@@ -11,6 +11,10 @@ once; the command loads the training loop (and torch) when it runs.
 from __future__ import annotations
 
 import math
+import os
+import reprlib
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Optional
@@ -19,7 +23,8 @@ import typer
 
 from qd import options as opt
 from qd.command import QDError, run_app
-from qd.data.contract import MAX_WORKERS
+from qd.data import contract
+from qd.data.contract import MAX_NPY_ROWS, MAX_WORKERS
 
 ARCH_NAMES = ("seed", "compact")  # qd.train.models.ARCHITECTURES builds them (and checks it has these)
 DEFAULT_ARCH = "compact"
@@ -36,6 +41,8 @@ MIN_BATCH_SIZE = 32
 MIN_STEPS_PER_EPOCH = 50       # the default batch halves (down to MIN_BATCH_SIZE) until an epoch has this many steps
 MIN_STEPS = 1000               # epochs rise above DEFAULT_EPOCHS until the run has this many steps
 MAX_AUTO_EPOCHS = 200
+MAX_EPOCHS = 100_000           # --epochs and --patience given (a checkpoint's hparams too)
+MAX_SEED = 2**32 - 1           # epoch_seed mixes in 32 bits of the seed
 DEFAULT_PATIENCE = 5           # the fewest epochs without improvement before stopping early by default
 PATIENCE_SHARE = 0.25          # ... or this share of the epochs, if more: many short epochs on a tiny, noisy
                                # validation split must not stop a run before the learning rate has peaked
@@ -109,6 +116,7 @@ class TrainConfig:
     quiet: bool = False
 
     def __post_init__(self):
+        self.check_types()
         if self.data_dir is None and self.resume is None:
             raise QDError("no data folder given (--data-dir)")
         if self.data_dir is not None:
@@ -123,7 +131,19 @@ class TrainConfig:
             self.arch = DEFAULT_ARCH
         self.validate()
 
+    def check_types(self) -> None:
+        """Each field holds a value of its annotated type (a checkpoint's hparams can hold anything):
+        whole numbers are ints (not bools), numbers are ints or floats, paths are str or Path."""
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not _fits(value, hints[f.name]):
+                raise QDError(f"--{f.name.replace('_', '-')} must be {_describe_type(hints[f.name])}, "
+                              f"got {short_repr(value)}")
+
     def validate(self) -> None:
+        from qd.data.bitmaps import SplitSpec
+
         if self.freeze_backbone and self.init_from is None:
             raise QDError("--freeze-backbone needs --init-from CHECKPOINT (a backbone to keep)")
         if self.few_shot and self.init_from is None:
@@ -136,22 +156,20 @@ class TrainConfig:
             raise QDError(f"unknown precision {self.precision!r} (choose from {', '.join(PRECISIONS)})")
         if self.schedule not in SCHEDULES:
             raise QDError(f"unknown schedule {self.schedule!r} (choose from {', '.join(SCHEDULES)})")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise QDError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("patience", "workers"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise QDError(f"--{name} must be 0 or more, got {getattr(self, name)}")
+        for name, low, high in (("epochs", 1, MAX_EPOCHS), ("batch_size", 1, contract.MAX_BATCH_SIZE),
+                                ("patience", 0, MAX_EPOCHS), ("workers", 0, MAX_WORKERS),
+                                ("steps_per_epoch", 1, MAX_NPY_ROWS), ("max_per_category", 1, MAX_NPY_ROWS),
+                                ("seed", 0, MAX_SEED)):
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise QDError(f"--{name.replace('_', '-')} must be {low} to {high:,}, got {short_repr(value)}")
         if not 0.0 <= self.outlier_exposure <= 10.0:  # also refuses NaN
-            raise QDError(f"--outlier-exposure must be between 0 and 10, got {self.outlier_exposure}")
-        if self.workers > MAX_WORKERS:
-            raise QDError(f"--workers must be at most {MAX_WORKERS}, got {self.workers}")
-        if not self.lr > 0:
-            raise QDError(f"--lr must be positive, got {self.lr}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise QDError(f"--steps-per-epoch must be at least 1, got {self.steps_per_epoch}")
-        if self.max_per_category is not None and self.max_per_category < 1:
-            raise QDError(f"--max-per-category must be at least 1, got {self.max_per_category}")
+            raise QDError(f"--outlier-exposure must be between 0 and 10, got {short_repr(self.outlier_exposure)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise QDError(f"--lr must be a positive finite number, got {short_repr(self.lr)}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise QDError(f"weight decay must be 0 or a positive finite number, got {short_repr(self.weight_decay)}")
+        SplitSpec(self.val_fraction, self.test_fraction)  # both in [0, 1) and below 1 together
 
     def hparams(self) -> dict:
         """Plain data for the checkpoint (paths as strings, so weights_only loading works)."""
@@ -169,6 +187,43 @@ class TrainConfig:
         values = {k: v for k, v in hparams.items() if k in known}
         values.update(overrides)
         return cls(**values)
+
+
+def _fits(value: object, hint: object) -> bool:
+    if isinstance(hint, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) is list:
+        return isinstance(value, list) and all(_fits(item, typing.get_args(hint)[0]) for item in value)
+    if hint is int:
+        return type(value) is int
+    if hint is float:  # an int a float holds exactly is a number too; a 400-digit one is not
+        return type(value) is float or type(value) is int and abs(value) <= 2**53
+    if hint is Path:
+        return isinstance(value, (str, os.PathLike))
+    return type(value) is hint
+
+
+def _describe_type(hint: object) -> str:
+    if isinstance(hint, types.UnionType):
+        return " or ".join(_describe_type(arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"a list of {_describe_type(typing.get_args(hint)[0])}s"
+    return {type(None): "none", int: "a whole number", float: "a number", Path: "a path", str: "text",
+            bool: "true or false", dict: "a mapping"}.get(hint, str(hint))
+
+
+def short_repr(value: object, limit: int = 40) -> str:
+    """`value` for a message, in at most `limit` characters; a huge int is never turned into digits
+    (Python refuses past 4,300 of them), a long list never walked whole (reprlib)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"a {value.bit_length()}-bit number"
+    try:
+        text = reprlib.repr(value)
+    except ValueError:  # a huge int inside a list or dict
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def default(name: str):

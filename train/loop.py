@@ -43,10 +43,11 @@ from rich.table import Table
 from rich.text import Text
 
 from qd import __version__
-from qd.command import ProgressBar, QDError, shown
+from qd.command import ProgressBar, QDError, first_line, shown
 from qd.command import console as default_console
 from qd.data.bitmaps import BitmapDataset, SplitSpec
 from qd.data.contract import BEST_CHECKPOINT, CHECKPOINT_FORMAT, DEFAULT_PREPROCESSING, LAST_CHECKPOINT, runs_dir
+from qd.files import folder_lock
 
 from .batches import AffineAugment, BatchLoader, ShardedBatches, epoch_seed
 from .checkpoint import freeze, init_from, keep_batch_norm, load_checkpoint, load_parent, parent_arch, save_checkpoint
@@ -64,8 +65,9 @@ def train(config: TrainConfig) -> Path:
     dist = Distributed.from_env(config.device)
     trainer = None
     try:
-        trainer = Trainer(config, dist)
-        return trainer.run()
+        with contextlib.ExitStack() as held:  # the run folder's lock, until the run has ended
+            trainer = Trainer(config, dist, held)
+            return trainer.run()
     finally:
         # The trainer sits in reference cycles, so the cyclic collector would free it (and with it the DDP
         # wrapper, whose reducer holds the process group's gloo work) at any later moment: once during
@@ -188,8 +190,14 @@ def evaluate(model: torch.nn.Module, loader: BatchLoader, dist: Distributed) -> 
 # ---------------------------------------------------------------- the trainer
 
 class Trainer:
-    def __init__(self, config: TrainConfig, dist: Distributed):
+    def __init__(self, config: TrainConfig, dist: Distributed, held: contextlib.ExitStack):
+        """`held` keeps the run folder's writer lock (qd.files.folder_lock) until the caller closes it at
+        the run's end. Only rank 0 writes the folder, so only rank 0 takes it; a folder another run is
+        writing is refused at once: waiting would only end in `already holds a run`, or in resuming
+        from a state the other run left, neither of which was asked for."""
         self.dist = dist
+        if config.resume is not None and dist.is_main and config.resume.parent.is_dir():
+            held.enter_context(folder_lock(config.resume.parent, wait=False))  # before last.pt is read
         self.resume = resume_payload(config.resume) if config.resume else None
         if self.resume is not None:
             config = merged_resume_config(config, self.resume)
@@ -235,9 +243,11 @@ class Trainer:
         self.run_dir = config.out or default_run_dir(config.arch)
         if dist.is_main:
             check_writable(self.run_dir)
-            if self.resume is None and any((self.run_dir / n).exists() for n in (BEST_CHECKPOINT, LAST_CHECKPOINT)):
-                raise QDError(f"{self.run_dir}: already holds a run (use --resume {self.run_dir / LAST_CHECKPOINT} "
-                              f"or another --out)")
+            if self.resume is None:
+                held.enter_context(folder_lock(self.run_dir, wait=False))  # before the check, till the run ends
+                if any((self.run_dir / n).exists() for n in (BEST_CHECKPOINT, LAST_CHECKPOINT)):
+                    raise QDError(f"{self.run_dir}: already holds a run (use --resume "
+                                  f"{self.run_dir / LAST_CHECKPOINT} or another --out)")
 
         torch.manual_seed(config.seed)
         model = build_model(config.arch, self.dataset.num_classes, **config.arch_kwargs)
@@ -271,7 +281,7 @@ class Trainer:
     # -- construction helpers
 
     def _check_same_data(self) -> None:
-        saved = self.resume["data"]
+        saved = self.resume.get("data") or {}
         now = self.dataset.fingerprint()
         if saved.get("categories") != now["categories"] or saved.get("counts") != now["counts"]:
             raise QDError(f"{self.config.resume}: the data in {self.config.data_dir} differs from the data "
@@ -297,10 +307,14 @@ class Trainer:
 
     def _restore(self, payload: dict) -> None:
         state = payload["train_state"]
-        self.model.load_state_dict(payload["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
+        self.model.load_state_dict(payload["state_dict"])  # fits: load_checkpoint checked it against the arch
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"]["torch"])
+        except Exception as exc:  # torch's loaders raise what they meet: KeyError, ValueError, RuntimeError, ...
+            raise QDError(f"{self.config.resume}: damaged checkpoint: train_state (optimizer, scheduler, random "
+                          f"state) does not fit this run ({type(exc).__name__}: {first_line(exc, 120)})") from None
         self.metrics = list(payload.get("metrics", []))
         self.best = dict(payload["best"]) if payload.get("best") else None
         self.start_epoch = int(state["epoch"]) + 1

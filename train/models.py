@@ -17,7 +17,7 @@ from torch import nn
 from qd.command import QDError
 from qd.data.contract import MAX_LABELS, MAX_PARAMETERS
 
-from .cli import ARCH_NAMES
+from .cli import ARCH_NAMES, short_repr
 
 
 class SeedCNN(nn.Module):
@@ -112,7 +112,7 @@ def check_arch_kwargs(arch: str, kwargs: dict) -> None:
     bounds = ARCHITECTURES[arch].bounds
     for name, value in kwargs.items():
         if name not in bounds:
-            raise QDError(f"architecture {arch!r} has no argument {_short(name)}")
+            raise QDError(f"architecture {arch!r} has no argument {short_repr(name)}")
         low, high = bounds[name]
         whole = isinstance(low, int)
         if whole:
@@ -120,17 +120,12 @@ def check_arch_kwargs(arch: str, kwargs: dict) -> None:
         else:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not ok or not low <= value <= high:  # NaN fails the comparison too
-            raise QDError(f"architecture argument {name}={_short(value)} is not a "
+            raise QDError(f"architecture argument {name}={short_repr(value)} is not a "
                           f"{'whole ' if whole else ''}number in {low}..{high}")
 
 
-def _short(value: object, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def _describe(kwargs: dict) -> str:
-    return ", ".join(f"{k}={_short(v)}" for k, v in kwargs.items()) or "default arguments"
+    return ", ".join(f"{k}={short_repr(v)}" for k, v in kwargs.items()) or "default arguments"
 
 
 def full_kwargs(arch: str, kwargs: dict) -> dict:
