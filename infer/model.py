@@ -251,14 +251,13 @@ def open_session(path: Path, threads: int | None = None, model: bytes | None = N
         options.inter_op_num_threads = 1
     if model is None:
         model = read_model_bytes(path)
+    if model[:4] == b"PK\x03\x04":  # torch saves checkpoints as zip files: whatever the name, the one slip worth a hint
+        raise QDError(f"{path}: not an ONNX model; it looks like a torch checkpoint: run qd-export first")
     check_graph(path, model)
     try:
         return Session(ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"]))
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
-        first = first_line(exc, 10_000)
-        # torch saves checkpoints as zip files: whatever the name, that is the one slip worth a hint
-        hint = "; it looks like a torch checkpoint: run qd-export first" if model[:4] == b"PK\x03\x04" else ""
-        raise QDError(f"{path}: not a loadable ONNX model ({first[:160]}){hint}") from None
+        raise QDError(f"{path}: not a loadable ONNX model ({first_line(exc, 10_000)[:160]})") from None
 
 
 _MEMORY_LOCK = threading.Lock()
