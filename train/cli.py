@@ -75,7 +75,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "onecycle"
     augment: bool = True                     # random affine per batch (train only)
-    outlier_exposure: float = 0.0            # weight of the loss on synthetic negatives (train/outliers.py); 0 = off
+    outlier_exposure: float = 0.5            # weight of the loss on synthetic non-drawings (train/outliers.py); 0 = off
     max_per_category: int | None = None
     steps_per_epoch: int | None = None       # cap on optimizer steps per epoch (huge datasets, smoke runs)
     val_fraction: float = 0.1
