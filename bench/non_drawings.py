@@ -334,7 +334,7 @@ def main() -> None:
     counts = [int(n) for n in args.negatives.split(",") if n.strip()]
     for n in counts:
         folder = negatives_folder(args.work, parts["pool"][:n])
-        runs[f"negatives-{n}"] = trained(args.work, f"negatives-{n}", known, args, negatives=folder)
+        runs[f"negatives-{n}"] = trained(args.work, f"negatives-{n}", known, args, negatives_dir=folder)
 
     non_drawings = {}
     refused = {}

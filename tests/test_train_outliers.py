@@ -10,7 +10,7 @@ import torch
 
 from qd.command import QDError
 from qd.data.bitmaps import BitmapDataset
-from qd.train.cli import TrainConfig
+from qd.train.cli import OUTLIER_EXPOSURE, TrainConfig
 from qd.data.images import FRAME_UNITS, INK_UNITS
 from qd.train.outliers import KINDS, WORD_BANK, SyntheticOutliers, exposure_loss, make, word_bank
 
@@ -123,4 +123,4 @@ def test_the_training_loss_adds_the_weighted_exposure_term(shared_bitmaps, tmp_p
         logits = trainer.net(torch.cat([x, negatives]))
         expected = F.cross_entropy(logits[: len(x)], y) + 2.0 * exposure_loss(logits[len(x):])
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert TrainConfig(data_dir=".").outlier_exposure == 0.0  # off unless asked for
+    assert TrainConfig(data_dir=".").outlier_exposure == OUTLIER_EXPOSURE > 0  # on by default
