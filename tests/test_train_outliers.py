@@ -124,3 +124,79 @@ def test_the_training_loss_adds_the_weighted_exposure_term(shared_bitmaps, tmp_p
         expected = F.cross_entropy(logits[: len(x)], y) + 2.0 * exposure_loss(logits[len(x):])
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert TrainConfig(data_dir=".").outlier_exposure == OUTLIER_EXPOSURE > 0  # on by default
+
+
+def _non_drawings() -> np.ndarray:
+    """A few things that are no drawing, as a user's PNGs would be read: a line, a word, dots, hatching."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from qd.data.images import image_to_bitmap
+
+    images = []
+    for k in range(4):
+        image = Image.new("L", (200, 200), 255)
+        draw = ImageDraw.Draw(image)
+        draw.line((20 + 10 * k, 30, 180, 170 - 30 * k), fill=60, width=4)
+        images.append(image)
+        image = Image.new("L", (300, 120), 255)
+        ImageDraw.Draw(image).text((10, 30), ["hello", "Anna", "qwerty", "12:30"][k],
+                                   font=ImageFont.load_default(48), fill=30)
+        images.append(image)
+        image = Image.new("L", (200, 200), 255)
+        draw = ImageDraw.Draw(image)
+        for i in range(3 + 3 * k):
+            x, y = 20 + (i * 53) % 160, 20 + (i * 97) % 160
+            draw.ellipse((x, y, x + 8, y + 8), fill=40)
+        images.append(image)
+        image = Image.new("L", (200, 200), 255)
+        draw = ImageDraw.Draw(image)
+        for i in range(6 + k):
+            draw.line((30 + 20 * i, 40, 10 + 20 * i, 160), fill=50, width=3)
+        images.append(image)
+    return np.stack([image_to_bitmap(image).reshape(784) for image in images])
+
+
+def test_a_model_trained_with_the_defaults_says_unknown_for_non_drawings(exported_model, shared_bitmaps):
+    """The session's model (qd-train's defaults, exported with qd-export's): lines, words, dots and hatching
+    are flagged far more often than drawings of its classes it never saw in training."""
+    from fixtures_train import FIXTURE_CATEGORIES, FIXTURE_MAX_PER_CATEGORY
+
+    from qd.infer.model import OnnxClassifier
+
+    classifier = OnnxClassifier(exported_model)
+    unseen_rows = slice(FIXTURE_MAX_PER_CATEGORY, FIXTURE_MAX_PER_CATEGORY + 200)
+    known = np.concatenate([np.load(shared_bitmaps / f"{name}.npy")[unseen_rows] for name in FIXTURE_CATEGORIES])
+    known_flagged = classifier.predict(known).unknown.mean()
+    non_flagged = classifier.predict(_non_drawings()).unknown.mean()
+    assert known_flagged < 0.15
+    assert non_flagged >= 0.75
+
+
+def test_negatives_leave_batch_norm_statistics_to_the_known_drawings(shared_bitmaps, tmp_path, batch):
+    """A training step's running statistics are those of its known drawings alone, as without outlier
+    exposure: mixed into the batch statistics, negatives shift what every drawing is normalised with
+    at inference, and the model grows unsure of everything."""
+    import copy
+
+    from qd.train.distributed import Distributed
+    from qd.train.loop import Trainer
+
+    torch.manual_seed(0)
+    config = TrainConfig(data_dir=shared_bitmaps, categories=CATEGORIES, max_per_category=40, epochs=1,
+                         device="cpu", precision="fp32", quiet=True, out=tmp_path / "run")
+    trainer = Trainer(config, Distributed.from_env("cpu"))
+    reference = copy.deepcopy(trainer.model)
+    x, y = batch
+    trainer.model.train()
+    reference.train()
+    torch.manual_seed(1)
+    trainer._loss(x, y, torch.Generator().manual_seed(5), 0.0, 1.0).backward()
+    torch.manual_seed(1)
+    reference(x)
+    layers = [(a, b) for a, b in zip(trainer.model.modules(), reference.modules())
+              if isinstance(a, torch.nn.modules.batchnorm._BatchNorm)]
+    assert layers
+    for a, b in layers:
+        assert torch.allclose(a.running_mean, b.running_mean) and torch.allclose(a.running_var, b.running_var)
+        assert a.training  # back in training mode after the negatives' pass
+    assert trainer.outliers is not None  # the defaults expose the network to non-drawings

@@ -25,11 +25,16 @@ much like drawings, and training the network to doubt them costs known accuracy
 (docs/open-set.md). Real drawings of other categories enter through --negatives.
 
 `exposure_loss` is the term added to the classification loss, weighted by
-TrainConfig.outlier_exposure.
+TrainConfig.outlier_exposure. The negatives go through the network in a pass of their own
+with batch norm on its running statistics (`running_batch_norm`): the statistics every
+drawing is normalised with at inference are the known drawings' alone. Normalised with
+batches that mix in negatives, the running statistics of the deeper layers drift away from
+what the known drawings need, and in eval mode the network is unsure of everything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -50,6 +55,20 @@ def exposure_loss(logits: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy between softmax(logits) and the uniform distribution, minus its minimum
     log C: 0 for a flat softmax, growing as the network grows sure of any class."""
     return (torch.logsumexp(logits, dim=1) - logits.mean(dim=1)).mean() - math.log(logits.shape[1])
+
+
+@contextlib.contextmanager
+def running_batch_norm(model: torch.nn.Module):
+    """Within the block, `model`'s batch-norm layers normalise with their running statistics and leave
+    them unchanged (as in eval mode); gradients flow as usual."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+    for layer in layers:
+        layer.eval()
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.train()
 
 
 @dataclass(frozen=True)
