@@ -314,7 +314,7 @@ def main() -> None:
     ap.add_argument("--per-kind", type=int, default=70, help="non-drawings of each kind")
     ap.add_argument("--negatives", default="2,5,10", help="numbers of negative categories ('' for none)")
     ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--max-per-category", type=int, default=2000)
+    ap.add_argument("--max-per-category", type=int, default=500)
     args = ap.parse_args()
 
     parts = partition()

@@ -173,13 +173,15 @@ def test_a_model_trained_with_the_defaults_says_unknown_for_non_drawings(exporte
 
 
 def test_negatives_leave_batch_norm_statistics_to_the_known_drawings(shared_bitmaps, tmp_path, batch):
-    """A training step's running statistics are those of its known drawings alone, as without outlier
-    exposure: mixed into the batch statistics, negatives shift what every drawing is normalised with
-    at inference, and the model grows unsure of everything."""
+    """A training step normalises its known drawings, and updates the running statistics, exactly as
+    without outlier exposure; the negatives are normalised with the same statistics. Mixed into the
+    batch statistics, negatives shift what every drawing is normalised with at inference, and the
+    model grows unsure of everything."""
     import copy
 
     from qd.train.distributed import Distributed
     from qd.train.loop import Trainer
+    from qd.train.outliers import known_batch_norm
 
     torch.manual_seed(0)
     config = TrainConfig(data_dir=shared_bitmaps, categories=CATEGORIES, max_per_category=40, epochs=1,
@@ -195,8 +197,15 @@ def test_negatives_leave_batch_norm_statistics_to_the_known_drawings(shared_bitm
     reference(x)
     layers = [(a, b) for a, b in zip(trainer.model.modules(), reference.modules())
               if isinstance(a, torch.nn.modules.batchnorm._BatchNorm)]
-    assert layers
+    assert layers and all("forward" not in vars(a) for a, _ in layers)  # the layers are themselves again
     for a, b in layers:
-        assert torch.allclose(a.running_mean, b.running_mean) and torch.allclose(a.running_var, b.running_var)
-        assert a.training  # back in training mode after the negatives' pass
+        assert torch.allclose(a.running_mean, b.running_mean, rtol=1e-3, atol=1e-4)  # float noise only
+        assert torch.allclose(a.running_var, b.running_var, rtol=1e-3, atol=1e-4)
+    for module in reference.modules():  # no dropout: the same network for both passes below
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()
+    alone = reference(x)
+    with known_batch_norm(reference, len(x)):
+        mixed = reference(torch.cat([x, torch.rand(8, 1, 28, 28)]))
+    assert torch.allclose(mixed[: len(x)], alone, rtol=1e-3, atol=1e-3)  # the known drawings' outputs do not change
     assert trainer.outliers is not None  # the defaults expose the network to non-drawings

@@ -55,7 +55,7 @@ from .checkpoint import freeze, init_from, keep_batch_norm, load_checkpoint, loa
 from .cli import PRECISIONS, TrainConfig, auto_patience, auto_schedule
 from .distributed import Distributed
 from .models import build_model, count_parameters, full_kwargs
-from .outliers import SyntheticOutliers, exposure_loss, running_batch_norm
+from .outliers import SyntheticOutliers, exposure_loss, known_batch_norm
 
 # Options that may differ on --resume (how to run, not what to train).
 RUNTIME_OPTIONS = ("device", "workers", "quiet")
@@ -416,15 +416,14 @@ class Trainer:
     def _loss(self, x, y, rng: torch.Generator, background: float, ink: float) -> torch.Tensor:
         """`x`: the known drawings (labels `y`), then any real negatives."""
         cfg = self.config
-        known = F.cross_entropy(self.net(input_layout(x[: len(y)])), y)
-        negatives = x[len(y):]
         if self.outliers is not None:
-            negatives = torch.cat([negatives, self.outliers(x[: len(y)], y, rng, background, ink)])
-        if len(negatives) == 0:
-            return known
-        with running_batch_norm(self.model):  # negatives never move the statistics drawings are normalised with
-            logits = self.model(input_layout(negatives))
-        return known + cfg.outlier_exposure * exposure_loss(logits)
+            x = torch.cat([x, self.outliers(x[: len(y)], y, rng, background, ink)])
+        if len(x) == len(y):
+            return F.cross_entropy(self.net(input_layout(x)), y)
+        with known_batch_norm(self.model, len(y)):  # negatives never move the statistics drawings are normalised with
+            logits = self.net(input_layout(x))
+        known = F.cross_entropy(logits[: len(y)], y)
+        return known + cfg.outlier_exposure * exposure_loss(logits[len(y):])
 
     def _epochs_since_best(self) -> int:
         return 0 if self.best is None else len(self.metrics) - self.best["epoch"]

@@ -25,11 +25,12 @@ much like drawings, and training the network to doubt them costs known accuracy
 (docs/open-set.md). Real drawings of other categories enter through --negatives.
 
 `exposure_loss` is the term added to the classification loss, weighted by
-TrainConfig.outlier_exposure. The negatives go through the network in a pass of their own
-with batch norm on its running statistics (`running_batch_norm`): the statistics every
-drawing is normalised with at inference are the known drawings' alone. Normalised with
-batches that mix in negatives, the running statistics of the deeper layers drift away from
-what the known drawings need, and in eval mode the network is unsure of everything.
+TrainConfig.outlier_exposure. Known drawings and negatives go through the network in one
+batch whose batch norm uses the known drawings' statistics alone (`known_batch_norm`): with
+statistics of mixed batches, the running statistics of the deeper layers drift from what the
+known drawings need and in eval mode the network is unsure of everything; with negatives
+normalised differently from the known drawings (a pass of their own on the running
+statistics), the network learns to tell the two normalisations apart instead of the inputs.
 """
 
 from __future__ import annotations
@@ -58,17 +59,35 @@ def exposure_loss(logits: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def running_batch_norm(model: torch.nn.Module):
-    """Within the block, `model`'s batch-norm layers normalise with their running statistics and leave
-    them unchanged (as in eval mode); gradients flow as usual."""
+def known_batch_norm(model: torch.nn.Module, known: int):
+    """Within the block, `model`'s training-mode batch-norm layers normalise the whole batch with the
+    statistics of its first `known` samples, and update their running statistics from those alone:
+    known drawings are normalised exactly as in a batch of their own, and negatives alike."""
     layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+
+    def forward(layer, x):
+        part = x[:known]
+        dims = [0, *range(2, x.dim())]
+        mean, var = part.mean(dims), part.var(dims, unbiased=False)
+        with torch.no_grad():
+            n = part.numel() / part.shape[1]
+            m = layer.momentum
+            layer.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+            layer.running_var.mul_(1 - m).add_(var.detach() * (n / max(n - 1, 1)), alpha=m)
+            layer.num_batches_tracked.add_(1)
+        shape = (1, -1, *([1] * (x.dim() - 2)))
+        scale = torch.rsqrt(var + layer.eps).view(shape)
+        if layer.affine:
+            return (x - mean.view(shape)) * scale * layer.weight.view(shape) + layer.bias.view(shape)
+        return (x - mean.view(shape)) * scale
+
     for layer in layers:
-        layer.eval()
+        layer.forward = functools.partial(forward, layer)
     try:
         yield
     finally:
         for layer in layers:
-            layer.train()
+            del layer.forward
 
 
 @dataclass(frozen=True)
