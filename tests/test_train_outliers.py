@@ -119,7 +119,8 @@ def test_the_training_loss_adds_the_weighted_exposure_term(shared_bitmaps, tmp_p
     x, y = batch
     with torch.no_grad():
         loss = trainer._loss(x, y, torch.Generator().manual_seed(5), 0.0, 1.0)
-        negatives = trainer.outliers(x, y, torch.Generator().manual_seed(5), 0.0, 1.0)
+        rng = torch.Generator().manual_seed(5)
+        negatives = trainer.augment(trainer.outliers(x, y, rng, 0.0, 1.0), rng, 0.0)  # warped like drawings
         logits = trainer.net(torch.cat([x, negatives]))
         expected = F.cross_entropy(logits[: len(x)], y) + 2.0 * exposure_loss(logits[len(x):])
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)

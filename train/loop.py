@@ -417,7 +417,10 @@ class Trainer:
         """`x`: the known drawings (labels `y`), then any real negatives."""
         cfg = self.config
         if self.outliers is not None:
-            x = torch.cat([x, self.outliers(x[: len(y)], y, rng, background, ink)])
+            made = self.outliers(x[: len(y)], y, rng, background, ink)
+            if self.augment is not None:  # warped like the drawings: crisp edges alone must not tell them apart
+                made = self.augment(made, rng, background)
+            x = torch.cat([x, made])
         if len(x) == len(y):
             return F.cross_entropy(self.net(input_layout(x)), y)
         with known_batch_norm(self.model, len(y)):  # negatives never move the statistics drawings are normalised with
