@@ -164,7 +164,7 @@ def test_a_model_trained_with_the_defaults_says_unknown_for_non_drawings(exporte
 
     from qd.infer.model import OnnxClassifier
 
-    classifier = OnnxClassifier(exported_model)
+    classifier = OnnxClassifier(exported_model / "model.onnx")
     unseen_rows = slice(FIXTURE_MAX_PER_CATEGORY, FIXTURE_MAX_PER_CATEGORY + 200)
     known = np.concatenate([np.load(shared_bitmaps / f"{name}.npy")[unseen_rows] for name in FIXTURE_CATEGORIES])
     known_flagged = classifier.predict(known).unknown.mean()
