@@ -117,12 +117,16 @@ def test_the_training_loss_adds_the_weighted_exposure_term(shared_bitmaps, tmp_p
     trainer = Trainer(config, Distributed.from_env("cpu"))
     trainer.net.eval()  # no dropout: both sides see the same network
     x, y = batch
+    seen = []
+    hook = trainer.model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
     with torch.no_grad():
         loss = trainer._loss(x, y, torch.Generator().manual_seed(5), 0.0, 1.0)
+        hook.remove()
         rng = torch.Generator().manual_seed(5)
         negatives = trainer.augment(trainer.outliers(x, y, rng, 0.0, 1.0), rng, 0.0)  # warped like drawings
         logits = trainer.net(torch.cat([x, negatives]))
         expected = F.cross_entropy(logits[: len(x)], y) + 2.0 * exposure_loss(logits[len(x):])
+    assert len(seen) == 1 and torch.equal(seen[0][len(x):], negatives)  # one pass; the negatives warped
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert TrainConfig(data_dir=".").outlier_exposure == OUTLIER_EXPOSURE > 0  # on by default
 
