@@ -1,7 +1,7 @@
 """Does the model say "unknown" for what is no drawing, and for categories it never saw?
 
     python bench/non_drawings.py [--work artifacts/bench/non-drawings] [--per-kind 70]
-                                 [--negatives 2,5,10] [--epochs 4] [--max-per-category 2000]
+                                 [--negatives 2,5,10] [--epochs 4] [--max-per-category 500]
 
 The 27 shared categories are split three ways (bench/open_set.py's category splits):
   - known (10): those outside both of its held-out splits with at least 2,000 drawings;
