@@ -31,6 +31,8 @@ statistics of mixed batches, the running statistics of the deeper layers drift f
 known drawings need and in eval mode the network is unsure of everything; with negatives
 normalised differently from the known drawings (a pass of their own on the running
 statistics), the network learns to tell the two normalisations apart instead of the inputs.
+The training loop warps the negatives with the drawings' random affine augmentation: crisp,
+unwarped negatives would be told apart from the drawings by their edges alone.
 """
 
 from __future__ import annotations
