@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 app = opt.make_app(no_args_is_help=True, help=opt.describe(
     "Get Quick, Draw! numpy bitmap files (<category>.npy, uint8 (N, 784)), import your own drawings into them, and list them.",
     "qd-data fetch cat dog -n 5000"))
+# `qd-data fetch --negatives N` keeps this many drawings of each category unless told otherwise: outlier
+# exposure gains from many categories more than from many drawings of each (and each Google file is ~100 MB).
+NEGATIVES_MAX_PER_CATEGORY = 5000
 # Old spellings, still accepted (hidden) for one release.
 FETCH_ALIASES = {"--out": "--data", "-o": "--data"}
 
@@ -62,7 +65,9 @@ class FileBars:
 
 @app.command(cls=opt.aliased(FETCH_ALIASES), help=opt.describe(
     "Fetch <category>.npy files: verified, resumable, never half-written.",
-    "qd-data fetch cat dog 'The Eiffel Tower' -n 5000 -d artifacts/data"))
+    "qd-data fetch cat dog 'The Eiffel Tower' -n 5000 -d artifacts/data",
+    "Negatives for qd-train --negatives, drawings of none of the classes: 15 categories the data lacks, at "
+    "random:\n\n\b\nqd-data fetch --negatives 15 --seed 1 -d artifacts/data --negatives-dir artifacts/negatives"))
 def fetch(
     categories: Annotated[Optional[List[str]], typer.Argument(
         metavar="CATEGORY", show_default=False,
@@ -71,23 +76,53 @@ def fetch(
         "--all", help="Every category the source lists: a folder's *.npy, or Google's 345 for a URL.")] = False,
     source: Annotated[Optional[str], opt.source_option(
         f"Base URL or folder in Google's layout. Default: {DEFAULT_SOURCE}")] = None,
-    data: Annotated[Optional[Path], opt.data_option("Destination folder. Default: ARTIFACTS/data.")] = None,
+    data: Annotated[Optional[Path], opt.data_option(
+        "Destination folder; with --negatives, the data folder whose categories are left out. "
+        "Default: ARTIFACTS/data.")] = None,
     max_per_category: Annotated[Optional[int], opt.max_per_category_option(
-        "Keep only the first N drawings of each category (downloads only those bytes).")] = None,
+        "Keep only the first N drawings of each category (downloads only those bytes). Default: all; "
+        f"{NEGATIVES_MAX_PER_CATEGORY:,} with --negatives.")] = None,
+    negatives: Annotated[Optional[int], typer.Option(
+        "--negatives", metavar="N", min=1, show_default=False, help=(
+            "Instead of named categories: N categories picked at random (--seed) among those the source has and "
+            "the --data folder lacks, into --negatives-dir: drawings of none of its classes, for qd-train "
+            "--negatives."))] = None,
+    negatives_dir: Annotated[Optional[Path], typer.Option(
+        "--negatives-dir", metavar="DIR", show_default=False,
+        help="Where --negatives puts its categories. Default: ARTIFACTS/negatives.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the --negatives pick.")] = 0,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait on the network; each download must also bring 64 KiB in every such span.")] = DEFAULT_TIMEOUT,
     retries: Annotated[int, typer.Option(
         "--retries", min=0, help="Retries after a network failure (each resumes).")] = DEFAULT_RETRIES,
 ) -> None:
-    from .fetch import FetchOptions, fetch_categories
+    from .fetch import FetchOptions, fetch_categories, negative_candidates
+    from .negatives import default_negatives_dir
     from .sources import resolve_source
 
     src = resolve_source(source, timeout=timeout)
-    names = _wanted(categories or [], all_categories, src)
-    out = data if data is not None else default_data_dir()
+    if negatives is None:
+        if negatives_dir is not None:
+            raise QDError("--negatives-dir goes with --negatives N")
+        names = _wanted(categories or [], all_categories, src)
+        out = data if data is not None else default_data_dir()
+        console.print(Text.assemble(f"fetching {len(names)} categor{'y' if len(names) == 1 else 'ies'} from ",
+                                    shown(src), " into ", shown(out)), highlight=False, soft_wrap=True)
+    else:
+        if categories or all_categories:
+            raise QDError("--negatives N picks the categories itself: give no category names and no --all")
+        data_dir = data if data is not None else default_data_dir()
+        out = negatives_dir if negatives_dir is not None else default_negatives_dir()
+        if out.resolve() == data_dir.resolve():
+            raise QDError(f"{out}: --negatives-dir must be another folder than the data folder")
+        names = negative_candidates(src, data_dir, seed)
+        if not names:
+            raise QDError(f"{src}: offers no category that {data_dir} lacks")
+        max_per_category = max_per_category or NEGATIVES_MAX_PER_CATEGORY
+        console.print(Text.assemble(f"picking {negatives} categor{'y' if negatives == 1 else 'ies'} (seed {seed}) "
+                                    f"among the {len(names)} of ", shown(src), " that ", shown(data_dir),
+                                    f" lacks, at most {max_per_category:,} drawings each, into ", shown(out)),
+                      highlight=False, soft_wrap=True)
     options = FetchOptions(max_rows=max_per_category, retries=retries)
-
-    console.print(Text.assemble(f"fetching {len(names)} categor{'y' if len(names) == 1 else 'ies'} from ",
-                                shown(src), " into ", shown(out)), highlight=False, soft_wrap=True)
     counts: dict[str, int] = {}
     failures: list[str] = []
 
@@ -101,16 +136,23 @@ def fetch(
                       highlight=False, soft_wrap=True)
 
     # Bars only on a terminal; logs (make demo, CI) get one line per category.
-    report = fetch_categories(src, names, out, options, FileBars(), on_result, on_failure, on_wait=_note)
+    report = fetch_categories(src, names, out, options, FileBars(), on_result, on_failure, on_wait=_note,
+                              pick=negatives)
 
     done = ", ".join(f"{n} {action}" for action, n in counts.items()) or "nothing fetched"
-    console.print(Text.assemble(f"{len(report.results)} of {len(names)} categor{'y' if len(names) == 1 else 'ies'} in ",
+    wanted = len(names) if negatives is None else negatives
+    console.print(Text.assemble(f"{len(report.results)} of {wanted} categor{'y' if wanted == 1 else 'ies'} in ",
                                 shown(out), f" ({done})"), highlight=False, soft_wrap=True)
+    if report.missing:
+        _note(f"{len(report.missing)} picked categor{'y' if len(report.missing) == 1 else 'ies'} not on {src}, "
+              "passed over")
+    if negatives is not None and len(report.results) + len(report.failures) < negatives and not report.stopped_early:
+        _note(f"{src} has only {len(report.results) + len(report.failures)} categories that {data_dir} lacks")
     for message in failures:
         fail(message)
     if report.stopped_early:
         tried = {r.category for r in report.results} | {name for name, _ in report.failures}
-        left = [name for name in names if name not in tried]
+        left = [name for name in names if name not in tried] if negatives is None else []
         if left:
             err_console.print(Text.assemble("note: stopped early; not tried: ", shown(", ".join(left))),
                               highlight=False, soft_wrap=True)

@@ -16,6 +16,11 @@ For each category:
 
 So `<category>.npy` is always either absent or complete and valid; a crash or SIGKILL
 at any moment leaves at most a hidden `.part` (resumed later) or `.tmp` (removed later).
+
+Negatives (`qd-data fetch --negatives N`): `negative_candidates` puts every category the source
+offers that the data folder lacks in a seeded random order, and `fetch_categories(..., pick=N)`
+walks it until N are fetched, passing over the names a mirror does not have (a URL offers Google's
+list; a mirror may hold only part of it).
 """
 
 from __future__ import annotations
@@ -34,9 +39,13 @@ from rich.filesize import decimal as human_size
 from qd.command import BitmapFileError, QDError
 from qd.files import commit_file, folder_lock, read_regular, write_json_atomic
 
-from .bitmaps import bitmap_header_bytes, category_path, check_category_name, parse_bitmap_header, read_bitmap_header
+import numpy as np
+
+from .bitmaps import (bitmap_header_bytes, category_path, check_category_name, list_categories, parse_bitmap_header,
+                      read_bitmap_header)
 from .contract import DEFAULT_RETRIES, PIXELS
-from .sources import Body, FolderSource, Remote, RemoteChanged, SourceUnreachable, TransientError, UrlSource, Version
+from .sources import (Body, CategoryNotFound, FolderSource, Remote, RemoteChanged, SourceUnreachable, TransientError,
+                      UrlSource, Version)
 
 CHUNK_BYTES = 1 << 20
 # Out of disk or quota: every later category would fail the same way.
@@ -65,6 +74,7 @@ class FetchResult:
 class FetchReport:
     results: list[FetchResult] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (category, one-line message)
+    missing: list[str] = field(default_factory=list)  # with `pick`: names the source does not have, passed over
     stopped_early: bool = False  # a fatal error (disk full, source unreachable) ended the run
 
     @property
@@ -105,8 +115,10 @@ def fetch_categories(source: FolderSource | UrlSource, categories: Iterable[str]
                      options: FetchOptions = FetchOptions(), progress: ProgressHook | None = None,
                      on_result: Callable[[FetchResult], None] | None = None,
                      on_failure: Callable[[str, str], None] | None = None,
-                     on_wait: Callable[[str], None] = lambda message: None) -> FetchReport:
-    """Fetch each category; one failing category does not stop the others.
+                     on_wait: Callable[[str], None] = lambda message: None, pick: int | None = None) -> FetchReport:
+    """Fetch each category; one failing category does not stop the others. With `pick`, walk
+    `categories` in order until `pick` of them are fetched or failed, passing over (report.missing)
+    those the source does not have.
 
     Two failures do stop the run, because every later category would fail the same way
     (after its own retries): a full disk, and a source that cannot be reached at all.
@@ -116,8 +128,17 @@ def fetch_categories(source: FolderSource | UrlSource, categories: Iterable[str]
     report = FetchReport()
     with folder_lock(out_dir, on_wait):
         for category in categories:
+            if pick is not None and len(report.results) + len(report.failures) >= pick:
+                break
             try:
                 result = _fetch_one(source, category, out_dir, options, progress)
+            except CategoryNotFound as exc:
+                if pick is None:
+                    if _record_failure(report, category, exc, on_failure):
+                        break
+                else:
+                    report.missing.append(category)
+                continue
             except Exception as exc:  # one category's failure, expected or not, must not end the others
                 if not isinstance(exc, QDError):
                     exc = QDError(f"{category}: unexpected error ({_describe_unexpected(exc)})")
@@ -128,6 +149,13 @@ def fetch_categories(source: FolderSource | UrlSource, categories: Iterable[str]
             if on_result:
                 on_result(result)
     return report
+
+
+def negative_candidates(source: FolderSource | UrlSource, data_dir: str | os.PathLike, seed: int) -> list[str]:
+    """Every category `source` offers that `data_dir` does not hold, in a random order fixed by `seed`."""
+    held = set(list_categories(data_dir))
+    names = sorted(set(source.list_categories()) - held)
+    return [names[i] for i in np.random.default_rng(seed).permutation(len(names)).tolist()]
 
 
 def _record_failure(report: FetchReport, category: str, exc: QDError, on_failure) -> bool:

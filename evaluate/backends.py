@@ -360,6 +360,8 @@ class BackendRun:
     p50_ms: float | None = None             # single-image latency
     runner: Runner | None = None            # to classify more drawings (the --unknown ones)
     unknown_outputs: dict[str, np.ndarray] | None = None  # on the --unknown drawings
+    negative_outputs: dict[str, dict[str, np.ndarray]] | None = None  # per split ("val", "test"): on the held-out
+                                                                     # negatives the model was trained with
 
     @property
     def ran(self) -> bool:

@@ -21,7 +21,7 @@ from qd.files import atomic_targets, folder_lock, json_text, os_errors_name
 
 from . import metrics
 from .backends import BackendRun, ModelInfo, load_model_info, parse_backends, predict_all, run_backend
-from .heldout import HeldOut, UnknownDrawings, load_heldout, load_unknown
+from .heldout import HeldOut, Negatives, UnknownDrawings, load_heldout, load_negatives, load_unknown
 from .metrics import Calibration, OpenSetFigures, measure_calibration, open_set_figures
 from .report import build_report, plot_confusion, plot_mistakes, plot_reliability, require_matplotlib
 
@@ -47,6 +47,7 @@ class Evaluation:
     open_set: OpenSetFigures | None = None
     open_set_note: str | None = None    # why there are no open-set figures
     unknown: UnknownDrawings | None = None
+    negatives: Negatives | None = None  # the held-out negatives the model was trained with, if any
     files: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -99,6 +100,13 @@ def evaluate(model_path: str | os.PathLike | None = None, data: str | os.PathLik
         for run in ran:
             bar.step(f"{run.name}: classifying the --unknown drawings", total=len(unknown_set))
             run.unknown_outputs = predict_all(run.runner, unknown_set.bitmaps, advance=bar.advance)
+    negatives = load_negatives(model)
+    if negatives is not None and negatives.available:
+        for run in ran:
+            bar.step(f"{run.name}: classifying the held-out negatives",
+                     total=sum(len(rows) for rows in negatives.bitmaps.values()))
+            run.negative_outputs = {split: predict_all(run.runner, rows, advance=bar.advance)
+                                    for split, rows in negatives.bitmaps.items()}
     predicted = reference.probabilities.argmax(axis=1)
     confusion = metrics.confusion_matrix(heldout.labels, predicted, len(model.labels))
     scores = metrics.per_class_scores(confusion, model.labels)
@@ -109,7 +117,7 @@ def evaluate(model_path: str | os.PathLike | None = None, data: str | os.PathLik
         confused=metrics.most_confused(confusion, model.labels, CONFUSED_PAIRS),
         out_dir=Path(out_dir) if out_dir is not None else default_out_dir(model),
         calibration=measure_calibration(reference, heldout.labels, model.classifier.temperature),
-        unknown=unknown_set,
+        unknown=unknown_set, negatives=negatives,
     )
     result.open_set, result.open_set_note = _open_set(model, reference, heldout)
     if write_files:
@@ -124,7 +132,8 @@ def _open_set(model: ModelInfo, reference: BackendRun, heldout: HeldOut) -> tupl
         return None, f"{model.path.name} was exported without an open-set rule: it cannot flag unknown drawings"
     if rule.output not in reference.outputs:
         return None, f"the {reference.name} backend gives no {rule.output}, which the open-set rule {rule.rule} reads"
-    return open_set_figures(rule, reference.outputs, heldout.labels, reference.unknown_outputs), None
+    return open_set_figures(rule, reference.outputs, heldout.labels, reference.unknown_outputs,
+                            reference.negative_outputs), None
 
 
 def write_outputs(result: Evaluation, plots: bool = True, progress: ProgressBar | None = None) -> dict[str, Path]:

@@ -12,7 +12,9 @@ treating spaces, hyphens and underscores alike ("House Plant" = "house_plant").
 A category the model does not know is an error unless ignore_unknown is set.
 
 Drawings of categories outside the model (`--unknown PATH`: folders, images, .npy,
-.ndjson) are read the same way, unlabelled: the open-set rule should flag them.
+.ndjson) are read the same way, unlabelled: the open-set rule should flag them. So should
+the held-out (validation and test) negatives of a model trained with `qd-train --negatives`,
+found from its export's model.json (`load_negatives`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 
 from qd.command import ProgressBar, QDError
 from qd.data.bitmaps import SPLITS, SUFFIX, BitmapDataset, SplitSpec, category_path, list_categories
+from qd.data.negatives import heldout_negatives
 from qd.machine import usable_cpus
 
 ALL = "all"
@@ -244,3 +247,33 @@ def load_unknown(paths: list[str | os.PathLike], workers: int | None = None,
     if not bitmaps:
         raise QDError(f"--unknown {' '.join(paths)}: no readable drawings")
     return UnknownDrawings(np.concatenate(bitmaps).astype(np.uint8, copy=False), origins, paths, notes)
+
+
+@dataclass
+class Negatives:
+    """The held-out negatives a model was trained with (qd-train --negatives), per split, or why there are none."""
+
+    bitmaps: dict[str, np.ndarray]   # "val", "test" -> (N, 784) uint8; empty when unavailable
+    source: dict                     # for report.json: dir, categories, and a note when unavailable
+
+    @property
+    def available(self) -> bool:
+        return bool(self.bitmaps)
+
+
+def load_negatives(model) -> Negatives | None:
+    """The validation and test negatives recorded in the model's card ("confidence"."negatives"), split as the
+    model's data was; None when the model was trained without negatives (or has no card)."""
+    card = model.card if isinstance(model.card, dict) else {}
+    confidence = card.get("confidence") if isinstance(card.get("confidence"), dict) else {}
+    saved = confidence.get("negatives")
+    if not isinstance(saved, dict) or not isinstance(saved.get("categories"), list) or not model.split:
+        return None
+    source = {"dir": saved.get("dir"), "categories": saved["categories"]}
+    try:
+        held, problem = heldout_negatives(saved, SplitSpec.from_dict(model.split), limit=MAX_DRAWINGS // 2)
+    except QDError as exc:
+        held, problem = {}, str(exc)
+    if problem:
+        return Negatives({}, {**source, "note": f"held-out negatives not evaluated: {problem}"})
+    return Negatives(held, {**source, "counts": {split: len(rows) for split, rows in held.items()}})

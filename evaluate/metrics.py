@@ -256,17 +256,25 @@ class OpenSetFigures:
     unknown_count: int = 0
     unknown_flagged: float | None = None
     auroc: float | None = None  # known held-out vs --unknown drawings, by the rule's score
+    negatives: dict | None = None  # per split ("val", "test"): {count, flagged} of the held-out negatives
 
     def to_dict(self) -> dict:
         return {"rule": self.rule.rule, "threshold": self.rule.threshold, "kept_at_export": self.rule.kept,
                 "known": {"count": self.known_count, "flagged": self.known_flagged,
                           "top1_all": self.top1_all, "top1_accepted": self.top1_accepted},
                 "unknown": None if not self.unknown_count else
-                {"count": self.unknown_count, "flagged": self.unknown_flagged, "auroc": self.auroc}}
+                {"count": self.unknown_count, "flagged": self.unknown_flagged, "auroc": self.auroc},
+                "negatives": self.negatives}
+
+
+def flagged_share(rule: OpenSetRule, outputs: dict) -> float | None:
+    """The share of drawings whose outputs the rule flags (None for no drawings)."""
+    flagged = rule.unknown(outputs)
+    return float(flagged.mean()) if len(flagged) else None
 
 
 def open_set_figures(rule: OpenSetRule, known_outputs: dict, labels: np.ndarray,
-                     unknown_outputs: dict | None = None) -> OpenSetFigures:
+                     unknown_outputs: dict | None = None, negative_outputs: dict | None = None) -> OpenSetFigures:
     scores = rule.scores(known_outputs)
     flagged = scores < rule.threshold
     correct = known_outputs[PROBABILITIES].argmax(axis=1) == labels
@@ -277,4 +285,7 @@ def open_set_figures(rule: OpenSetRule, known_outputs: dict, labels: np.ndarray,
         figures.unknown_count = len(unknown_scores)
         figures.unknown_flagged = float((unknown_scores < rule.threshold).mean())
         figures.auroc = auroc(scores, unknown_scores)
+    if negative_outputs is not None:
+        figures.negatives = {split: {"count": len(outputs[PROBABILITIES]), "flagged": flagged_share(rule, outputs)}
+                             for split, outputs in negative_outputs.items()}
     return figures

@@ -75,6 +75,8 @@ def open_set_entry(result) -> dict:
         entry = {"available": False, "reason": result.open_set_note}
     else:
         entry = {"available": True, **result.open_set.to_dict()}
+    if result.negatives is not None:
+        entry["negatives_data"] = result.negatives.source
     if result.unknown is not None:
         entry["unknown_data"] = {"paths": result.unknown.paths, "count": len(result.unknown),
                                  "description": result.unknown.describe(), "notes": result.unknown.notes}
@@ -122,10 +124,12 @@ def _flagged_shares(run, result) -> dict:
     """Share of the known (and --unknown) drawings this backend's outputs flag by the model's rule."""
     rule = result.model.classifier.model_open_set
     if rule is None or rule.output not in run.outputs:
-        return {"known_flagged": None, "unknown_flagged": None}
-    unknown = run.unknown_outputs
+        return {"known_flagged": None, "unknown_flagged": None, "negatives_flagged": None}
+    unknown, negatives = run.unknown_outputs, run.negative_outputs
     return {"known_flagged": float(rule.unknown(run.outputs).mean()),
-            "unknown_flagged": float(rule.unknown(unknown).mean()) if unknown is not None else None}
+            "unknown_flagged": float(rule.unknown(unknown).mean()) if unknown is not None else None,
+            "negatives_flagged": None if negatives is None else
+            {split: metrics.flagged_share(rule, outputs) for split, outputs in negatives.items()}}
 
 
 def _finite(value):
@@ -263,6 +267,13 @@ def confidence_panel(report: dict) -> Panel:
             auroc = "–" if u["auroc"] is None else f"{u['auroc']:.3f}"
             lines.append(Text(f"--unknown drawings flagged: {_share(u['flagged'])} of {u['count']:,}   AUROC {auroc}",
                               style="bold"))
+        if o.get("negatives"):
+            shares = ", ".join(f"{_share(part['flagged'])} of {part['count']:,} {'validation' if split == 'val' else split}"
+                               for split, part in o["negatives"].items())
+            lines.append(Text(f"held-out negatives flagged: {shares} (known drawings: {_share(known['flagged'])})",
+                              style="bold"))
+    if o.get("negatives_data", {}).get("note"):
+        lines.append(shown(f"note: {o['negatives_data']['note']}", "yellow"))
     if o.get("unknown_data"):
         lines.append(shown(f"unknown data: {o['unknown_data']['description']}", "dim"))
         lines += [shown(f"note: {n}", "yellow") for n in o["unknown_data"]["notes"][:3]]

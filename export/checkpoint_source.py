@@ -15,6 +15,11 @@ sure the probabilities say the model is. The NLL is convex in 1 / T, so a golden
 search over 1 / T finds it. The threshold: the score below which a drawing is flagged
 unknown, chosen so that a share `kept` of the known validation drawings stay at or above it.
 
+A checkpoint trained with negatives (`qd-train --negatives`) records them: the export measures
+the share of its held-out (validation and test) negatives the fitted rule flags, beside the
+share of known drawings it flags (`ExportContext.negatives`, model.json "confidence"). The
+threshold is fitted on known drawings only, as without negatives.
+
 torch_outputs() is the one place the checkpoint's network runs in torch, for the
 validators and for qd-eval's torch backend.
 """
@@ -36,6 +41,7 @@ from qd import __version__ as QD_VERSION
 from qd.command import QDError
 from qd.data import contract as C
 from qd.data.bitmaps import BitmapDataset, SplitSpec
+from qd.data.negatives import heldout_negatives
 from qd.data.contract import (DEFAULT_KEPT, LICENSE_NOTE, LOGITS, META_OPEN_SET, META_TEMPERATURE, MODEL_FORMAT,
                               PROBABILITIES, bitmaps_to_input)
 from qd.files import sha256_file
@@ -327,3 +333,33 @@ class ExportContext:
     def reference(self) -> tuple[np.ndarray, np.ndarray]:
         """torch (calibrated probabilities, logits) on the validation inputs, computed once per run."""
         return torch_outputs(self.source.model, self.data.inputs, self.confidence.temperature)
+
+    @cached_property
+    def negatives(self) -> dict | None:
+        """The share of the checkpoint's held-out negatives the fitted rule flags, beside the share of known
+        drawings it flags (model.json's "confidence"."negatives"); None when the run saw no negatives."""
+        saved = self.source.payload.get("negatives")
+        if not isinstance(saved, dict) or not saved:
+            return None
+        entry = {key: saved.get(key) for key in ("dir", "categories", "counts", "splits", "sha256")}
+        rule = self.confidence.rule
+        if rule is None or self.data.synthetic:
+            return {**entry, "available": False, "reason": f"no open-set rule fitted ({self.confidence.fitted_on})"}
+        held, problem = heldout_negatives(saved, SplitSpec.from_dict(self.source.payload["split"]),
+                                          limit=self.options.max_drawings)
+        if problem:
+            return {**entry, "available": False, "reason": problem}
+
+        def flagged(bitmaps: np.ndarray) -> float | None:
+            if not len(bitmaps):
+                return None
+            probabilities, logits = torch_outputs(self.source.model, bitmaps_to_input(bitmaps, self.source.preprocessing),
+                                                  self.confidence.temperature)
+            return float(rule.unknown({PROBABILITIES: probabilities, LOGITS: logits}).mean())
+
+        probabilities, logits = self.reference
+        return {**entry, "available": True, "rule": rule.rule, "threshold": rule.threshold,
+                "validation": {"drawings": len(held["val"]), "flagged": flagged(held["val"])},
+                "test": {"drawings": len(held["test"]), "flagged": flagged(held["test"])},
+                "known": {"validation_flagged": round(1.0 - rule.validation["kept"], 6),
+                          "test_flagged": float(rule.unknown({PROBABILITIES: probabilities, LOGITS: logits}).mean())}}

@@ -112,6 +112,8 @@ def print_report(report: "ExportReport") -> None:
                   highlight=False)
     console.print(Text.assemble("export to   ", shown(report.out_dir, "bold")), highlight=False)
     console.print(Text.assemble("checked on  ", shown(report.validation_data)), highlight=False)
+    if report.negatives:
+        console.print(Text.assemble("negatives   ", shown(report.negatives)), highlight=False)
     for note in report.notes:
         console.print(Text.assemble(("note:", "yellow"), " ", shown(note)), highlight=False)
     table = Table(title="qd-export", title_justify="left")

@@ -86,6 +86,7 @@ class ExportReport:
     results: list[FormatResult]
     validation_data: str
     notes: list[str]
+    negatives: str | None = None  # the open-set rule on the checkpoint's held-out negatives, one line
     labels: Path | None = None
     card: Path | None = None
 
@@ -136,7 +137,7 @@ def _export_into(staging: Staging, ctx: ExportContext, chosen: list[ExportFormat
         step(f"exporting {fmt.name}")
         results.append(_export_one(ctx, fmt, staging.final / fmt.filename))
     report = ExportReport(source=source, out_dir=staging.final, results=results,
-                          validation_data=_describe_data(ctx), notes=_data_notes(ctx))
+                          validation_data=_describe_data(ctx), notes=_data_notes(ctx), negatives=_negatives_line(ctx))
     if not ctx.written:
         return report
     kept = previous_files(ctx)
@@ -223,6 +224,26 @@ def _data_notes(ctx: ExportContext) -> list[str]:
         return []
 
 
+def _negatives_line(ctx: ExportContext) -> str | None:
+    """What the open-set rule flags of the held-out negatives, beside the known drawings it flags."""
+    try:
+        n = ctx.negatives
+    except QDError as exc:
+        return f"not measured ({exc})"
+    if n is None:
+        return None
+    if not n["available"]:
+        return f"not measured ({n['reason']})"
+    val, test, known = n["validation"], n["test"], n["known"]
+
+    def share(part: dict) -> str:
+        return "–" if part["flagged"] is None else f"{part['flagged']:.1%} of {part['drawings']:,}"
+
+    return (f"{n['rule']} < {n['threshold']:.4g} flags {share(val)} validation and {share(test)} test negatives "
+            f"({len(n['categories'])} categories); known drawings: {known['validation_flagged']:.1%} validation, "
+            f"{known['test_flagged']:.1%} test")
+
+
 # ----------------------------------------------------------------------------- labels.txt and model.json
 
 def write_labels(ctx: ExportContext) -> Path:
@@ -295,7 +316,7 @@ def write_card(ctx: ExportContext, results: dict[str, list[Check]], kept: dict |
         },
         "exported_with": _tool_versions(),
         "validation_data": ctx.data.description,
-        "confidence": ctx.confidence.card(),
+        "confidence": {**ctx.confidence.card(), **({"negatives": ctx.negatives} if ctx.negatives else {})},
         "license": LICENSE_NOTE,
         "files": files,
     }

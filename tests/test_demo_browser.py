@@ -278,6 +278,8 @@ def test_browser_and_qd_infer_agree_on_the_same_drawings(drawn_shapes, browser, 
         gap = float(np.abs(browser_probs - python_probs).max())
         assert gap < 1e-3, (name, gap)
         assert snap["unknown"] is record["unknown"], name  # the same open-set answer as qd-infer
+    if "scribble" in snapshots:  # a model trained with qd-train's defaults is not sure of a scribble
+        assert snapshots["scribble"]["unknown"] is True
 
 
 def test_page_asks_with_the_closest_classes_when_the_rule_says_unknown(browser, demo_model, tmp_path):

@@ -14,6 +14,9 @@ Two ways to overlap gathering with compute:
 - `workers > 0`: a torch DataLoader whose sampler hands out whole index batches, so
   each worker process gathers whole batches and no batch is produced twice.
 
+Negatives (`qd-train --negatives`) come in batches of their own, one per step (`NegativeBatches`):
+seeded permutations of the negatives' train split, one after another, as many as the steps need.
+
 The training loop then warps each batch (`AffineAugment`): one random affine per drawing
 (small rotation, scale, shift), applied to the whole batch in one `affine_grid` +
 `grid_sample` call (torch only, no torchvision). Its randomness comes from an explicit
@@ -116,6 +119,37 @@ class ShardedBatches:
             yield order[start : start + self.batch_size]
 
 
+@dataclass
+class NegativeBatches:
+    """`steps` index batches of `per_step` negatives per epoch, for one rank: the negatives' train split
+    in seeded permutations, one after another (a small set is seen several times an epoch, a large one
+    in part); reproducible per (seed, epoch, rank), like `ShardedBatches`."""
+
+    indices: np.ndarray
+    per_step: int
+    steps: int
+    seed: int = 0
+    rank: int = 0
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.steps
+
+    @property
+    def samples(self) -> int:
+        return self.steps * self.per_step
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        rng = np.random.Generator(np.random.PCG64(epoch_seed(self.seed, self.epoch, 3, self.rank)))
+        rounds = -(-self.samples // len(self.indices))
+        order = np.concatenate([self.indices[rng.permutation(len(self.indices))] for _ in range(rounds)])
+        for step in range(self.steps):
+            yield order[step * self.per_step : (step + 1) * self.per_step]
+
+
 class _BatchGather(torch.utils.data.Dataset):
     """Map-style dataset whose 'index' is a whole batch of indices."""
 
@@ -141,7 +175,8 @@ def _unwrap(batch):
 class BatchLoader:
     """Iterate (float32 images, int64 labels) batches for one split and rank."""
 
-    def __init__(self, dataset: BitmapDataset, batches: ShardedBatches, preprocessing: dict, workers: int = 0):
+    def __init__(self, dataset: BitmapDataset, batches: ShardedBatches | NegativeBatches, preprocessing: dict,
+                 workers: int = 0):
         self.gather = _BatchGather(dataset, preprocessing)
         self.batches = batches
         self.workers = workers
@@ -173,7 +208,7 @@ class BatchLoader:
 class _ListSampler(torch.utils.data.Sampler):
     """Adapts ShardedBatches (which reshuffles on set_epoch) to a DataLoader sampler of batches."""
 
-    def __init__(self, batches: ShardedBatches):
+    def __init__(self, batches: ShardedBatches | NegativeBatches):
         self.batches = batches
 
     def __iter__(self):

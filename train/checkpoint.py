@@ -9,6 +9,8 @@ Keys (format "qd-checkpoint-v1"):
   best {epoch, val_loss, ...}, test {...}, versions {torch, quickdraw-edge}, state_dict,
   and in last.pt also train_state {optimizer, scheduler, epoch, rng, ...};
   parent {path, sha256, classes, class_mapping, kept, frozen_backbone} in a run started with --init-from.
+  negatives {dir, categories, counts, splits {train, val, test}, sha256 {category: hex}} in a run trained
+  with --negatives (qd.data.negatives.negatives_record).
 
 `--init-from` (`load_parent`, `init_from`): every tensor but the output layer's is copied from the
 parent. The output layer has one row per class: classes the parent knew keep their rows (found by

@@ -43,6 +43,10 @@ MIN_STEPS = 1000               # epochs rise above DEFAULT_EPOCHS until the run 
 MAX_AUTO_EPOCHS = 200
 MAX_EPOCHS = 100_000           # --epochs and --patience given (a checkpoint's hparams too)
 MAX_SEED = 2**32 - 1           # epoch_seed mixes in 32 bits of the seed
+# The outlier-exposure weight (Hendrycks et al., 2019, used 0.5 for vision) on synthetic non-drawings and any
+# --negatives (docs/open-set.md), and negatives per known drawing in a step (each step then runs 1.5x the drawings).
+OUTLIER_EXPOSURE = 0.5
+NEGATIVES_SHARE = 0.5
 DEFAULT_PATIENCE = 5           # the fewest epochs without improvement before stopping early by default
 PATIENCE_SHARE = 0.25          # ... or this share of the epochs, if more: many short epochs on a tiny, noisy
                                # validation split must not stop a run before the learning rate has peaked
@@ -98,7 +102,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "onecycle"
     augment: bool = True                     # random affine per batch (train only)
-    outlier_exposure: float = 0.0            # weight of the loss on synthetic negatives (train/outliers.py); 0 = off
+    outlier_exposure: float = OUTLIER_EXPOSURE  # weight of the outlier-exposure loss (train/outliers.py); 0 = off
+    negatives_dir: Path | None = None        # folder of <category>.npy drawings of none of the classes (qd.data.negatives)
+    negatives_share: float = NEGATIVES_SHARE  # negatives per known drawing in a step, with negatives_dir
     max_per_category: int | None = None
     steps_per_epoch: int | None = None       # cap on optimizer steps per epoch (huge datasets, smoke runs)
     val_fraction: float = 0.1
@@ -125,6 +131,8 @@ class TrainConfig:
             self.out = Path(self.out)
         if self.resume is not None:
             self.resume = Path(self.resume)
+        if self.negatives_dir is not None:
+            self.negatives_dir = Path(self.negatives_dir)
         if self.init_from is not None:
             self.init_from = Path(self.init_from)
         elif self.arch is None:
@@ -170,6 +178,10 @@ class TrainConfig:
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise QDError(f"weight decay must be 0 or a positive finite number, got {short_repr(self.weight_decay)}")
         SplitSpec(self.val_fraction, self.test_fraction)  # both in [0, 1) and below 1 together
+        if self.negatives_dir is not None and self.outlier_exposure == 0:
+            raise QDError("--negatives needs an --outlier-exposure weight above 0 (the term that uses them)")
+        if not 0.0 < self.negatives_share <= 4.0:
+            raise QDError(f"negatives_share must be above 0 and at most 4, got {short_repr(self.negatives_share)}")
 
     def hparams(self) -> dict:
         """Plain data for the checkpoint (paths as strings, so weights_only loading works)."""
@@ -178,6 +190,8 @@ class TrainConfig:
             value = getattr(self, f.name)
             out[f.name] = str(value) if isinstance(value, Path) else value
         out["data_dir"] = str(Path(self.data_dir).resolve())
+        if self.negatives_dir is not None:
+            out["negatives_dir"] = str(Path(self.negatives_dir).resolve())
         return out
 
     @classmethod
@@ -306,9 +320,14 @@ def train_command(
         "--schedule", help=f"Learning-rate schedule: {', '.join(SCHEDULES[:-1])} or {SCHEDULES[-1]}.",
     )] = default("schedule"),
     outlier_exposure: Annotated[float, typer.Option(
-        "--outlier-exposure", metavar="WEIGHT", help="Weight of the outlier-exposure loss on synthetic negatives "
-                                                     "(scribbles, halves and overlays of drawings); 0: off.",
-    )] = default("outlier_exposure"),
+        "--outlier-exposure", metavar="WEIGHT", help=(
+            "Weight of the outlier-exposure loss on synthetic non-drawings (scribbles, words, dots, hatching, "
+            "lines, paper noise) and on the --negatives drawings; 0: off."))] = default("outlier_exposure"),
+    negatives_dir: Annotated[Optional[Path], typer.Option(
+        "--negatives", metavar="DIR", show_default=False, help=(
+            "Folder of <category>.npy drawings of none of the classes (qd-data fetch --negatives N): the network "
+            "learns to be unsure of them (outlier exposure), split like the data.")),
+    ] = None,
     quiet: Annotated[bool, opt.quiet_option()] = default("quiet"),
     artifacts: Annotated[Optional[Path], opt.artifacts_option()] = None,
     version: Annotated[bool, opt.version_option()] = False,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import os
 import tempfile
 import time
@@ -48,13 +49,14 @@ from qd.command import console as default_console
 from qd.data.bitmaps import BitmapDataset, SplitSpec
 from qd.data.contract import BEST_CHECKPOINT, CHECKPOINT_FORMAT, DEFAULT_PREPROCESSING, LAST_CHECKPOINT, runs_dir
 from qd.files import folder_lock
+from qd.data.negatives import negatives_changed, negatives_record, open_negatives
 
-from .batches import AffineAugment, BatchLoader, ShardedBatches, epoch_seed
+from .batches import AffineAugment, BatchLoader, NegativeBatches, ShardedBatches, epoch_seed
 from .checkpoint import freeze, init_from, keep_batch_norm, load_checkpoint, load_parent, parent_arch, save_checkpoint
 from .cli import FEW_SHOT_STEPS, PRECISIONS, TrainConfig, auto_patience, auto_schedule, is_few_shot
 from .distributed import Distributed
 from .models import build_model, count_parameters, full_kwargs
-from .outliers import SyntheticOutliers, exposure_loss
+from .outliers import SyntheticOutliers, exposure_loss, known_batch_norm
 
 # Options that may differ on --resume (how to run, not what to train).
 RUNTIME_OPTIONS = ("device", "workers", "quiet")
@@ -110,6 +112,10 @@ def merged_resume_config(config: TrainConfig, payload: dict) -> TrainConfig:
     runtime = {name: getattr(config, name) for name in RUNTIME_OPTIONS}
     if config.data_dir is not None:
         runtime["data_dir"] = config.data_dir
+    if config.negatives_dir is not None:  # a moved negatives folder: checked against the checkpoint's record
+        if not payload.get("negatives"):
+            raise QDError(f"{config.resume}: this run was trained without negatives; resume it without --negatives")
+        runtime["negatives_dir"] = config.negatives_dir
     # the network as it was built (every default written down), even if a default has changed since
     runtime["arch_kwargs"] = dict(payload["arch"].get("kwargs", payload["hparams"].get("arch_kwargs", {})))
     return TrainConfig.from_hparams(payload["hparams"], resume=config.resume, out=config.resume.parent, **runtime)
@@ -229,6 +235,7 @@ class Trainer:
             few_shot = config.init_from is not None and is_few_shot(len(self.indices["train"]),
                                                                     self.dataset.num_classes)
             config = self.config = replace(config, few_shot=few_shot)
+        self.negatives, self.negatives_record = self._open_negatives()
         # Batch size and epochs the user left open are fitted to the data (the checkpoint records the result).
         self.chosen = {name: None for name in ("batch_size", "epochs")}
         if config.batch_size is None or config.epochs is None:
@@ -266,11 +273,12 @@ class Trainer:
 
         self.train_loader = self._loader("train", shuffle=True)
         self.val_loader = self._loader("val", shuffle=False)
+        self.negative_loader = self._negative_loader()
         trained = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = self._scheduler(steps_per_epoch=len(self.train_loader))
         self.augment = AffineAugment() if config.augment else None
-        self.outliers = SyntheticOutliers() if config.outlier_exposure > 0 else None
+        self.outliers = SyntheticOutliers() if config.outlier_exposure > 0 else None  # with or without --negatives
 
         self.metrics: list[dict] = []
         self.best: dict | None = None
@@ -286,6 +294,33 @@ class Trainer:
         if saved.get("categories") != now["categories"] or saved.get("counts") != now["counts"]:
             raise QDError(f"{self.config.resume}: the data in {self.config.data_dir} differs from the data "
                           "this run was trained on (categories or counts changed)")
+
+    def _open_negatives(self) -> tuple[BitmapDataset | None, dict | None]:
+        """The --negatives folder (checked against the data, and on resume against the checkpoint's record)
+        and the record the checkpoint keeps of it."""
+        folder = self.config.negatives_dir
+        if folder is None:
+            return None, None
+        saved = self.resume.get("negatives") if self.resume is not None else None
+        if saved:
+            problem = negatives_changed(saved, folder)
+            if problem:
+                raise QDError(f"{problem}; --resume {self.config.resume} needs the negatives it was trained with")
+        negatives = open_negatives(folder, self.dataset)
+        train = negatives.split_indices(self.split)["train"]
+        if len(train) == 0:
+            raise QDError(f"{folder}: the train split of the negatives is empty ({len(negatives)} drawings)")
+        return negatives, negatives_record(negatives, self.split)
+
+    def _negative_loader(self) -> BatchLoader | None:
+        """One batch of negatives per training step, a share of the (per-rank) batch size."""
+        if self.negatives is None:
+            return None
+        per_rank_batch = max(1, -(-self.config.batch_size // self.dist.world_size))
+        batches = NegativeBatches(self.negatives.split_indices(self.split)["train"],
+                                  max(1, round(per_rank_batch * self.config.negatives_share)),
+                                  steps=len(self.train_loader), seed=self.config.seed, rank=self.dist.rank)
+        return BatchLoader(self.negatives, batches, self.preprocessing)
 
     def _loader(self, split: str, shuffle: bool) -> BatchLoader:
         per_rank_batch = max(1, -(-self.config.batch_size // self.dist.world_size))
@@ -336,6 +371,7 @@ class Trainer:
             "versions": {"torch": str(torch.__version__), "quickdraw-edge": str(__version__)},
             "params": self.params,
             **({"parent": self.parent} if self.parent is not None else {}),
+            **({"negatives": self.negatives_record} if self.negatives_record is not None else {}),
             "state_dict": plain_state_dict(self.model),
         }
 
@@ -362,10 +398,15 @@ class Trainer:
         if cfg.freeze_backbone:
             keep_batch_norm(self.model)
         loss_sum, seen = 0.0, 0
+        if self.negative_loader is not None:
+            self.negative_loader.set_epoch(epoch)
+        negatives = self.negative_loader if self.negative_loader is not None else itertools.repeat(None)
         start = time.perf_counter()
         with self.report.epoch_progress(epoch, cfg.epochs, self.train_loader.num_samples) as advance:
-            for x, y in self.train_loader:
+            for (x, y), negative in zip(self.train_loader, negatives):
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                if negative is not None:  # real negatives ride after the known drawings, augmented alike
+                    x = torch.cat([x, negative[0].to(dev, non_blocking=True)])
                 if self.augment is not None:
                     x = self.augment(x, aug_rng, background)
                 with autocast(cfg.precision, dev):
@@ -391,13 +432,19 @@ class Trainer:
         }
 
     def _loss(self, x, y, rng: torch.Generator, background: float, ink: float) -> torch.Tensor:
+        """`x`: the known drawings (labels `y`), then any real negatives."""
         cfg = self.config
-        if self.outliers is None:
+        if self.outliers is not None:
+            made = self.outliers(x[: len(y)], y, rng, background, ink)
+            if self.augment is not None:  # warped like the drawings: crisp edges alone must not tell them apart
+                made = self.augment(made, rng, background)
+            x = torch.cat([x, made])
+        if len(x) == len(y):
             return F.cross_entropy(self.net(input_layout(x)), y)
-        negatives = self.outliers(x, y, rng, background, ink)
-        logits = self.net(input_layout(torch.cat([x, negatives])))
-        known = F.cross_entropy(logits[: len(x)], y)
-        return known + cfg.outlier_exposure * exposure_loss(logits[len(x):])
+        with known_batch_norm(self.model, len(y)):  # negatives never move the statistics drawings are normalised with
+            logits = self.net(input_layout(x))
+        known = F.cross_entropy(logits[: len(y)], y)
+        return known + cfg.outlier_exposure * exposure_loss(logits[len(y):])
 
     def _epochs_since_best(self) -> int:
         return 0 if self.best is None else len(self.metrics) - self.best["epoch"]
@@ -411,7 +458,10 @@ class Trainer:
                           world_size=self.dist.world_size, resumed_from=resumed_from, chosen=self.chosen,
                           parent=self.parent and {"path": self.parent["path"], "kept": self.parent["kept"],
                                                   "frozen": self.parent["frozen_backbone"]},
-                          few_shot=bool(self.chosen["epochs"]) and cfg.few_shot)
+                          few_shot=bool(self.chosen["epochs"]) and cfg.few_shot,
+                          negatives=self.negatives_record and {
+                              **self.negatives_record, "weight": cfg.outlier_exposure,
+                              "per_step": self.negative_loader.batches.per_step * self.dist.world_size})
         started = time.perf_counter()
         stopped_early = False
         for epoch in range(self.start_epoch, cfg.epochs + 1):
@@ -492,7 +542,8 @@ class Reporter:
 
     def start(self, *, run_dir: Path, arch: str, params: int, classes: int, train: int, val: int, test: int,
               device: str, precision: str, world_size: int, resumed_from: int | None,
-              chosen: dict | None = None, parent: dict | None = None, few_shot: bool = False) -> None:
+              chosen: dict | None = None, parent: dict | None = None, few_shot: bool = False,
+              negatives: dict | None = None) -> None:
         if not self.enabled:
             return
         where = f"{device}" + (f" x {world_size} ranks" if world_size > 1 else "")
@@ -512,6 +563,12 @@ class Reporter:
         if few_shot:
             self.print(f"few-shot: epochs fitted to {FEW_SHOT_STEPS} steps, for few drawings per class and "
                        "--init-from (--no-few-shot for the usual schedule)", highlight=False)
+        if negatives is not None:
+            splits = negatives["splits"]
+            self.print(Text.assemble(f"negatives: {len(negatives['categories'])} categories from ", shown(negatives["dir"]),
+                                     f", {splits['train']:,} train / {splits['val']:,} val / {splits['test']:,} test; "
+                                     f"{negatives['per_step']} a step, outlier-exposure weight {negatives['weight']:g}"),
+                       highlight=False)
         if resumed_from is not None:
             self.print(f"resumed after epoch {resumed_from}")
 
