@@ -8,7 +8,8 @@ at `--before` (loaded as bench/images_identity.py does). Each step's time is the
 module function that does it, summed over the images; "rest of 7-12" is levels_to_bitmap's
 own lines (masks, counts' bookkeeping, frame arithmetic, the area average's matrix products and
 the rounding). Minimum over rounds, microseconds per image, BLAS on one thread as in the decode
-workers.
+workers; and the minor page faults per image (an allocation pattern that makes glibc hand memory
+back and fault it in again costs as much as a step).
 
     python bench/images_profile.py [--folder DIR] [--count N] [--rounds R] [--before REV]
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -29,9 +31,9 @@ from image_folder import make_stroke_folder  # noqa: E402
 from images_identity import BEFORE, module_at  # noqa: E402
 from qd.data import images as now  # noqa: E402
 
-# (label, module function); a function missing from a revision is skipped there.
+# (label, module functions): the first of them a revision has is timed.
 STEPS = (
-    ("2-4 histogram, polarity", "ink_high"),
+    ("2-4 histogram, polarity", ("_ink_high", "ink_high")),
     ("5 uneven lighting", "subtract_local_background"),
     ("6 stretch table", "stretch_table"),
     ("7 counts per column/row", "_count"),
@@ -49,7 +51,7 @@ def instrument(module, spent: collections.Counter) -> None:
     (time inside a nested wrapped call counts for the inner step only)."""
     stack = []
 
-    def wrap(name, fn):
+    def wrap(key, fn):
         def timed(*args, **kwargs):
             started = time.process_time_ns()
             stack.append(0)
@@ -58,14 +60,23 @@ def instrument(module, spent: collections.Counter) -> None:
             finally:
                 took = time.process_time_ns() - started
                 inner = stack.pop()
-                spent[name] += took - inner
+                spent[key] += took - inner
                 if stack:
                     stack[-1] += took
         return timed
 
-    for _, name in STEPS + (("", "levels_to_bitmap"),):
-        if hasattr(module, name):
-            setattr(module, name, wrap(name, getattr(module, name)))
+    for name, key in timed_names(module).items():
+        setattr(module, name, wrap(key, getattr(module, name)))
+
+
+def timed_names(module) -> dict[str, str]:
+    """{module function: its key in the table} of the steps `module` has."""
+    names = {}
+    for _, key in STEPS + (("", "levels_to_bitmap"),):
+        found = next((n for n in ((key,) if isinstance(key, str) else key) if hasattr(module, n)), None)
+        if found:
+            names[found] = key
+    return names
 
 
 def main() -> None:
@@ -85,12 +96,14 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, module in modules.items():
             spent: collections.Counter = collections.Counter()
-            saved = {n: getattr(module, n) for _, n in STEPS + (("", "levels_to_bitmap"),) if hasattr(module, n)}
+            saved = {n: getattr(module, n) for n in timed_names(module)}
             instrument(module, spent)
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             started = time.process_time_ns()
             for gray in grays:
                 module.gray_to_bitmap(gray)
             spent["total"] = time.process_time_ns() - started
+            spent["faults"] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) * 1000
             for n, fn in saved.items():
                 setattr(module, n, fn)
             for key, ns in spent.items():
@@ -99,7 +112,8 @@ def main() -> None:
     print(f"steps 2-12 per {grays[0].shape[1]}x{grays[0].shape[0]} grey image, {len(grays):,} images, CPU us "
           f"(min of {args.rounds} rounds; load {load:.1f}, {os.cpu_count()} CPUs)")
     print(f"  {'step':28s} {args.before:>10s} {'now':>10s}")
-    rows = [(label, key) for label, key in STEPS] + [("rest of 7-12", "levels_to_bitmap"), ("total", "total")]
+    rows = [(label, key) for label, key in STEPS] + [("rest of 7-12", "levels_to_bitmap"), ("total", "total"),
+                                                     ("(minor page faults)", "faults")]
     for label, key in rows:
         b, n = best[args.before].get(key, 0.0), best["now"].get(key, 0.0)
         print(f"  {label:28s} {b:10.1f} {n:10.1f}")

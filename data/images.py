@@ -303,6 +303,9 @@ def _wide_gray(image: Image.Image) -> np.ndarray:
 # box (the trimmed bounds and stroke widths cannot change outside it) and reuse the stroke
 # width when the frame holds the whole box at factor 1; S of the pooled levels is computed
 # with the table's own float32 operations; the area weights are built from their bands.
+# Per image, nothing is recomputed that an earlier image of the same (b, span) or size gave
+# (the stretch table and its threshold level, step 5's cell sizes), and the histogram's mask of
+# the pixels off the paper's level is step 5's count of ink above b when no level is below b.
 # bench/images_identity.py compares every bitmap with the module as it was before.
 
 def percentile(hist: np.ndarray, q: float) -> int:
@@ -323,7 +326,13 @@ _RUN_COUNTING_PIXELS = 4096
 
 
 def histogram(levels: np.ndarray) -> np.ndarray:
-    """Step 2: count[v] for v in 0..255 of a 2-D uint8 array, int64 (256,).
+    """Step 2: count[v] for v in 0..255 of a 2-D uint8 array, int64 (256,)."""
+    return _histogram(levels)[0]
+
+
+def _histogram(levels: np.ndarray) -> tuple[np.ndarray, int | None, np.ndarray | None]:
+    """histogram(levels); when it counted one level apart (below), also that level and the
+    boolean mask, shaped as `levels`, of the pixels not at it (else None, None).
 
     Pillow's counting loop (twice numpy's bincount) stalls on long runs of one level, each
     count waiting for the one before: on clean paper, where one level (the first pixel's,
@@ -333,12 +342,13 @@ def histogram(levels: np.ndarray) -> np.ndarray:
     flat = levels.reshape(-1)
     if flat.size >= _RUN_COUNTING_PIXELS:
         paper = int(flat[0])
-        rest = flat[flat != paper]
+        other = flat != paper
+        rest = flat[other]
         if 2 * rest.size <= flat.size:
             hist = np.bincount(rest, minlength=256)
             hist[paper] += flat.size - rest.size
-            return hist.astype(np.int64, copy=False)
-    return np.asarray(Image.fromarray(levels).histogram(), dtype=np.int64)
+            return hist.astype(np.int64, copy=False), paper, other.reshape(levels.shape)
+    return np.asarray(Image.fromarray(levels).histogram(), dtype=np.int64), None, None
 
 
 def dark_on_light(hist: np.ndarray) -> bool:
@@ -355,11 +365,21 @@ def background_and_span(hist: np.ndarray) -> tuple[int, int]:
 
 def ink_high(gray: np.ndarray) -> tuple[np.ndarray, int, int]:
     """Step 4: orient so ink is high; return (I, background b, span)."""
-    hist = histogram(gray)
+    return _ink_high(gray)[:3]
+
+
+def _ink_high(gray: np.ndarray) -> tuple[np.ndarray, int, int, np.ndarray | None]:
+    """ink_high(gray), and the mask I > b when the histogram's pass gave it for free (else
+    None): where the level it counted apart is b's and no level lies below b."""
+    hist, paper, other = _histogram(gray)
     m, low, high = percentiles(hist, (0.5, 0.001, 0.999))
     if m - low > high - m:  # dark_on_light
-        return (255 - gray, *background_and_span(hist[::-1]))
-    return gray, m, high - m
+        ink, hist, paper = 255 - gray, hist[::-1], None if paper is None else 255 - paper
+        b, span = background_and_span(hist)
+    else:
+        ink, b, span = gray, m, high - m
+    above_b = other if paper == b and not hist[:b].any() else None  # I > b  <=>  I != b
+    return ink, b, span, above_b
 
 
 class CellGrid:
@@ -370,16 +390,21 @@ class CellGrid:
         self.cell = -(-max(shape) // LOCAL_CELLS)
         self.rows, self.cols = -(-self.height // self.cell), -(-self.width // self.cell)
 
-    def background(self, levels: np.ndarray, likely: int) -> np.ndarray:
+    def background(self, levels: np.ndarray, likely: int, above_likely: np.ndarray | None = None) -> np.ndarray:
         """(rows, cols) int32: bg, the minimum of the cell medians P(0.5) over each cell's
         (2R+1)^2 window, of a uint8 (H, W) array.
 
         `likely` is the level most cells are expected to have as median (the paper's). Counting
         tells each cell's median's side of it; a median is selected exactly only where it can
         be a window's minimum: below `likely`, or above it in a window with no cell at or below.
+        `above_likely`, if given: the mask levels > likely, no level being below `likely`.
         """
-        above = self.counts(levels <= likely) < self.half
-        below = self.counts(levels < likely) >= self.half if likely > 0 else None
+        if above_likely is None:
+            above = self.counts(levels <= likely) < self.half
+            below = self.counts(levels < likely) >= self.half if likely > 0 else None
+        else:  # count(<= likely) < n/2  <=>  count(> likely) > n/2; no cell has a median below
+            above = self.counts(above_likely) > self.half
+            below = None
         # A window is all above only if some cell is (each window holds its own cell).
         windows_all_above = ~_max_filter(~above, LOCAL_RADIUS) if above.any() else None
         if ((below is None or not below.any())
@@ -478,14 +503,15 @@ def _medians(cells: np.ndarray) -> np.ndarray:
     return np.partition(flat, k, axis=1)[:, k].astype(np.int32)
 
 
-def subtract_local_background(ink: np.ndarray, b: int) -> np.ndarray:
+def subtract_local_background(ink: np.ndarray, b: int, above_b: np.ndarray | None = None) -> np.ndarray:
     """Step 5: remove uneven lighting (shadows, gradients) with a coarse background map.
 
-    `b` is the whole image's background level, the likely median of most cells. Returns `ink`
-    itself when the map is 0 everywhere (max(I - 0, 0) = I), as on clean paper.
+    `b` is the whole image's background level, the likely median of most cells; `above_b`, if
+    known, the mask ink > b where no level lies below b. Returns `ink` itself when the map is 0
+    everywhere (max(I - 0, 0) = I), as on clean paper.
     """
     grid = CellGrid(ink.shape)
-    cells = grid.background(ink, likely=b)
+    cells = grid.background(ink, likely=b, above_likely=above_b)
     if not cells.any():
         return ink
     lit = np.minimum(ink, grid.per_pixel(cells))
@@ -501,25 +527,24 @@ def gray_to_bitmap(gray: np.ndarray) -> np.ndarray:
     gray = np.ascontiguousarray(gray, dtype=np.uint8)
     if gray.ndim != 2 or gray.size == 0:
         raise BlankImageError(f"expected a non-empty 2-D grey image, got shape {gray.shape}")
-    ink, b, span = ink_high(gray)
+    ink, b, span, above_b = _ink_high(gray)
     if span >= MIN_CONTRAST and max(ink.shape) >= LOCAL_MIN_SIDE:
-        lit = subtract_local_background(ink, b)
+        lit = subtract_local_background(ink, b, above_b)
         if lit is not ink:  # when nothing was subtracted, b and span stand as they are
             ink = lit
             b, span = background_and_span(histogram(ink))
     if span < MIN_CONTRAST:
         raise BlankImageError(f"no drawing found (blank image or too little contrast: {span} grey levels)")
-    table, wide, strong = _stretch_of(b, span)
-    return levels_to_bitmap(ink, table, wide=wide, strong=strong)
+    table, bounds, strong = _stretch_of(b, span)
+    return levels_to_bitmap(ink, table, stretch=bounds, strong=strong)
 
 
 @functools.lru_cache(maxsize=1024)  # (b, span) repeat from image to image: ~1 KiB each
-def _stretch_of(b: int, span: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """stretch_table(b, span), it as float64 (both read-only) and its strong level (_strong_level)."""
+def _stretch_of(b: int, span: int) -> tuple[np.ndarray, tuple[np.float32, np.float32], int]:
+    """stretch_table(b, span) (read-only), its (lo, hi) and its strong level (_strong_level)."""
     table = stretch_table(b, span)
-    wide = table.astype(np.float64)
-    table.flags.writeable = wide.flags.writeable = False
-    return table, wide, _strong_level(table)
+    table.flags.writeable = False
+    return table, _stretch_bounds(b, span), _strong_level(table)
 
 
 def _strong_level(table: np.ndarray) -> int:
@@ -547,9 +572,11 @@ def _stretch(levels: np.ndarray, lo: np.float32, hi: np.float32) -> np.ndarray:
 
 
 def levels_to_bitmap(ink: np.ndarray, table: np.ndarray,
-                     wide: np.ndarray | None = None, strong: int | None = None) -> np.ndarray:
-    """Steps 7-12 on uint8 ink levels I (H, W) whose strength is S = table[I]. `wide` (the
-    table as float64) and `strong` (its _strong_level), if known."""
+                     stretch: tuple[np.float32, np.float32] | None = None, strong: int | None = None) -> np.ndarray:
+    """Steps 7-12 on uint8 ink levels I (H, W) whose strength is S = table[I]. `stretch`:
+    the (lo, hi) `table` was made from (stretch_table), to compute S of the pooled levels
+    with the table's float32 operations rather than look it up (faster, and no index array
+    as large as the float64 result); `strong`: the table's _strong_level, if known."""
     strong = _strong_level(table) if strong is None else strong  # S >= 0.5  <=>  I >= strong
     height, width = ink.shape
     mask = ink >= strong
@@ -587,7 +614,10 @@ def levels_to_bitmap(ink: np.ndarray, table: np.ndarray,
     else:
         pooled_line = stroke_width(pooled >= strong)
     pooled = _thicken(pooled, pooled_line, target=(frame / factor) * LINE_UNITS / FRAME_UNITS)
-    strength = (table.astype(np.float64) if wide is None else wide).take(pooled)
+    if stretch is None:
+        strength = table.astype(np.float64)[pooled]
+    else:
+        strength = _stretch(pooled, *stretch).astype(np.float64)
     wy, wx = _area_weights_yx(n, (frame_y - top) / factor, (frame_x - left) / factor, frame / factor)
     out = wy @ strength @ wx.T
     out *= 255.0
