@@ -304,8 +304,7 @@ def _wide_gray(image: Image.Image) -> np.ndarray:
 # width when the frame holds the whole box at factor 1; S of the pooled levels is computed
 # with the table's own float32 operations; the area weights are built from their bands.
 # Per image, nothing is recomputed that an earlier image of the same (b, span) or size gave
-# (the stretch table and its threshold level, step 5's cell sizes), and the histogram's mask of
-# the pixels off the paper's level is step 5's count of ink above b when no level is below b.
+# (the stretch table and its threshold level, step 5's cell sizes).
 # bench/images_identity.py compares every bitmap with the module as it was before.
 
 def percentile(hist: np.ndarray, q: float) -> int:
@@ -326,13 +325,7 @@ _RUN_COUNTING_PIXELS = 4096
 
 
 def histogram(levels: np.ndarray) -> np.ndarray:
-    """Step 2: count[v] for v in 0..255 of a 2-D uint8 array, int64 (256,)."""
-    return _histogram(levels)[0]
-
-
-def _histogram(levels: np.ndarray) -> tuple[np.ndarray, int | None, np.ndarray | None]:
-    """histogram(levels); when it counted one level apart (below), also that level and the
-    boolean mask, shaped as `levels`, of the pixels not at it (else None, None).
+    """Step 2: count[v] for v in 0..255 of a 2-D uint8 array, int64 (256,).
 
     Pillow's counting loop (twice numpy's bincount) stalls on long runs of one level, each
     count waiting for the one before: on clean paper, where one level (the first pixel's,
@@ -342,13 +335,12 @@ def _histogram(levels: np.ndarray) -> tuple[np.ndarray, int | None, np.ndarray |
     flat = levels.reshape(-1)
     if flat.size >= _RUN_COUNTING_PIXELS:
         paper = int(flat[0])
-        other = flat != paper
-        rest = flat[other]
+        rest = flat[flat != paper]
         if 2 * rest.size <= flat.size:
             hist = np.bincount(rest, minlength=256)
             hist[paper] += flat.size - rest.size
-            return hist.astype(np.int64, copy=False), paper, other.reshape(levels.shape)
-    return np.asarray(Image.fromarray(levels).histogram(), dtype=np.int64), None, None
+            return hist.astype(np.int64, copy=False)
+    return np.asarray(Image.fromarray(levels).histogram(), dtype=np.int64)
 
 
 def dark_on_light(hist: np.ndarray) -> bool:
@@ -365,21 +357,11 @@ def background_and_span(hist: np.ndarray) -> tuple[int, int]:
 
 def ink_high(gray: np.ndarray) -> tuple[np.ndarray, int, int]:
     """Step 4: orient so ink is high; return (I, background b, span)."""
-    return _ink_high(gray)[:3]
-
-
-def _ink_high(gray: np.ndarray) -> tuple[np.ndarray, int, int, np.ndarray | None]:
-    """ink_high(gray), and the mask I > b when the histogram's pass gave it for free (else
-    None): where the level it counted apart is b's and no level lies below b."""
-    hist, paper, other = _histogram(gray)
+    hist = histogram(gray)
     m, low, high = percentiles(hist, (0.5, 0.001, 0.999))
     if m - low > high - m:  # dark_on_light
-        ink, hist, paper = 255 - gray, hist[::-1], None if paper is None else 255 - paper
-        b, span = background_and_span(hist)
-    else:
-        ink, b, span = gray, m, high - m
-    above_b = other if paper == b and not hist[:b].any() else None  # I > b  <=>  I != b
-    return ink, b, span, above_b
+        return (255 - gray, *background_and_span(hist[::-1]))
+    return gray, m, high - m
 
 
 class CellGrid:
@@ -390,21 +372,16 @@ class CellGrid:
         self.cell = -(-max(shape) // LOCAL_CELLS)
         self.rows, self.cols = -(-self.height // self.cell), -(-self.width // self.cell)
 
-    def background(self, levels: np.ndarray, likely: int, above_likely: np.ndarray | None = None) -> np.ndarray:
+    def background(self, levels: np.ndarray, likely: int) -> np.ndarray:
         """(rows, cols) int32: bg, the minimum of the cell medians P(0.5) over each cell's
         (2R+1)^2 window, of a uint8 (H, W) array.
 
         `likely` is the level most cells are expected to have as median (the paper's). Counting
         tells each cell's median's side of it; a median is selected exactly only where it can
         be a window's minimum: below `likely`, or above it in a window with no cell at or below.
-        `above_likely`, if given: the mask levels > likely, no level being below `likely`.
         """
-        if above_likely is None:
-            above = self.counts(levels <= likely) < self.half
-            below = self.counts(levels < likely) >= self.half if likely > 0 else None
-        else:  # count(<= likely) < n/2  <=>  count(> likely) > n/2; no cell has a median below
-            above = self.counts(above_likely) > self.half
-            below = None
+        above = self.counts(levels <= likely) < self.half
+        below = self.counts(levels < likely) >= self.half if likely > 0 else None
         # A window is all above only if some cell is (each window holds its own cell).
         windows_all_above = ~_max_filter(~above, LOCAL_RADIUS) if above.any() else None
         if ((below is None or not below.any())
@@ -503,15 +480,14 @@ def _medians(cells: np.ndarray) -> np.ndarray:
     return np.partition(flat, k, axis=1)[:, k].astype(np.int32)
 
 
-def subtract_local_background(ink: np.ndarray, b: int, above_b: np.ndarray | None = None) -> np.ndarray:
+def subtract_local_background(ink: np.ndarray, b: int) -> np.ndarray:
     """Step 5: remove uneven lighting (shadows, gradients) with a coarse background map.
 
-    `b` is the whole image's background level, the likely median of most cells; `above_b`, if
-    known, the mask ink > b where no level lies below b. Returns `ink` itself when the map is 0
-    everywhere (max(I - 0, 0) = I), as on clean paper.
+    `b` is the whole image's background level, the likely median of most cells. Returns `ink`
+    itself when the map is 0 everywhere (max(I - 0, 0) = I), as on clean paper.
     """
     grid = CellGrid(ink.shape)
-    cells = grid.background(ink, likely=b, above_likely=above_b)
+    cells = grid.background(ink, likely=b)
     if not cells.any():
         return ink
     lit = np.minimum(ink, grid.per_pixel(cells))
@@ -527,9 +503,9 @@ def gray_to_bitmap(gray: np.ndarray) -> np.ndarray:
     gray = np.ascontiguousarray(gray, dtype=np.uint8)
     if gray.ndim != 2 or gray.size == 0:
         raise BlankImageError(f"expected a non-empty 2-D grey image, got shape {gray.shape}")
-    ink, b, span, above_b = _ink_high(gray)
+    ink, b, span = ink_high(gray)
     if span >= MIN_CONTRAST and max(ink.shape) >= LOCAL_MIN_SIDE:
-        lit = subtract_local_background(ink, b, above_b)
+        lit = subtract_local_background(ink, b)
         if lit is not ink:  # when nothing was subtracted, b and span stand as they are
             ink = lit
             b, span = background_and_span(histogram(ink))

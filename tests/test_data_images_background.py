@@ -47,19 +47,6 @@ def test_the_background_map_is_the_spec_one(seed):
         assert np.array_equal(CellGrid(shape).background(levels, likely), spec_background(levels)), (shape, likely)
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_the_background_map_from_the_mask_over_the_lowest_level_is_the_spec_one(seed):
-    """The histogram's mask (pixels not at the paper's level) stands for `levels > likely` when
-    no level lies below `likely`."""
-    rng = np.random.default_rng(seed)
-    for _ in range(40):
-        shape = tuple(int(v) for v in rng.integers(1, 300, 2))
-        likely = int(rng.choice([0, int(rng.integers(0, 200))]))
-        levels = np.maximum(cells_around(rng, shape, likely), likely)
-        computed = CellGrid(shape).background(levels, likely, above_likely=levels > likely)
-        assert np.array_equal(computed, spec_background(levels)), (shape, likely)
-
-
 def shadowed_paper(rng, clean: bool) -> np.ndarray:
     """Strokes on white (clean) or grey noisy paper, with cell-sized shadows here and there."""
     w, h = (int(v) for v in rng.integers(128, 420, 2))
