@@ -81,7 +81,7 @@ def timed_names(module) -> dict[str, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--folder", type=Path, default=Path("build/bench-strokes"))
+    ap.add_argument("--folder", type=Path, default=REPO / "artifacts" / "bench-images" / "strokes")
     ap.add_argument("--count", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--before", default=BEFORE)
