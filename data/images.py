@@ -97,6 +97,7 @@ model's own preprocessing spec.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -302,6 +303,8 @@ def _wide_gray(image: Image.Image) -> np.ndarray:
 # box (the trimmed bounds and stroke widths cannot change outside it) and reuse the stroke
 # width when the frame holds the whole box at factor 1; S of the pooled levels is computed
 # with the table's own float32 operations; the area weights are built from their bands.
+# Per image, nothing is recomputed that an earlier image of the same (b, span) or size gave
+# (the stretch table and its threshold level, step 5's cell sizes).
 # bench/images_identity.py compares every bitmap with the module as it was before.
 
 def percentile(hist: np.ndarray, q: float) -> int:
@@ -399,12 +402,9 @@ class CellGrid:
 
     @property
     def half(self) -> np.ndarray:
-        """(rows, cols) float64: half of each cell's pixel count (the last row and column clipped)."""
-        heights = np.full(self.rows, self.cell, dtype=np.float64)
-        heights[-1] = self.height - (self.rows - 1) * self.cell
-        widths = np.full(self.cols, self.cell, dtype=np.float64)
-        widths[-1] = self.width - (self.cols - 1) * self.cell
-        return 0.5 * heights[:, None] * widths[None, :]
+        """(rows, cols) float64: half of each cell's pixel count (the last row and column clipped);
+        read-only."""
+        return _half_cells(self.height, self.width, self.cell)
 
     def counts(self, mask: np.ndarray) -> np.ndarray:
         """(rows, cols): the True pixels of each cell of a boolean (H, W) mask (one pass: the
@@ -442,6 +442,18 @@ class CellGrid:
         """A (rows, cols) map of levels 0..255 spread over the (H, W) pixels of each cell, as uint8."""
         spread = np.repeat(np.repeat(values.astype(np.uint8), self.cell, axis=0), self.cell, axis=1)
         return spread[:self.height, :self.width]
+
+
+@functools.lru_cache(maxsize=256)  # images of one size share it
+def _half_cells(height: int, width: int, cell: int) -> np.ndarray:
+    rows, cols = -(-height // cell), -(-width // cell)
+    heights = np.full(rows, cell, dtype=np.float64)
+    heights[-1] = height - (rows - 1) * cell
+    widths = np.full(cols, cell, dtype=np.float64)
+    widths[-1] = width - (cols - 1) * cell
+    half = 0.5 * heights[:, None] * widths[None, :]
+    half.flags.writeable = False
+    return half
 
 
 def _cell_counts(mask: np.ndarray) -> np.ndarray:
@@ -499,7 +511,21 @@ def gray_to_bitmap(gray: np.ndarray) -> np.ndarray:
             b, span = background_and_span(histogram(ink))
     if span < MIN_CONTRAST:
         raise BlankImageError(f"no drawing found (blank image or too little contrast: {span} grey levels)")
-    return levels_to_bitmap(ink, stretch_table(b, span), stretch=_stretch_bounds(b, span))
+    table, bounds, strong = _stretch_of(b, span)
+    return levels_to_bitmap(ink, table, stretch=bounds, strong=strong)
+
+
+@functools.lru_cache(maxsize=1024)  # (b, span) repeat from image to image: ~1 KiB each
+def _stretch_of(b: int, span: int) -> tuple[np.ndarray, tuple[np.float32, np.float32], int]:
+    """stretch_table(b, span) (read-only), its (lo, hi) and its strong level (_strong_level)."""
+    table = stretch_table(b, span)
+    table.flags.writeable = False
+    return table, _stretch_bounds(b, span), _strong_level(table)
+
+
+def _strong_level(table: np.ndarray) -> int:
+    """The least level whose S (table) is >= 0.5 (256 if none): S >= 0.5  <=>  I >= it (S rises)."""
+    return int(np.argmax(table >= 0.5)) if table[-1] >= 0.5 else 256
 
 
 def _stretch_bounds(b: int, span: int) -> tuple[np.float32, np.float32]:
@@ -522,11 +548,12 @@ def _stretch(levels: np.ndarray, lo: np.float32, hi: np.float32) -> np.ndarray:
 
 
 def levels_to_bitmap(ink: np.ndarray, table: np.ndarray,
-                     stretch: tuple[np.float32, np.float32] | None = None) -> np.ndarray:
+                     stretch: tuple[np.float32, np.float32] | None = None, strong: int | None = None) -> np.ndarray:
     """Steps 7-12 on uint8 ink levels I (H, W) whose strength is S = table[I]. `stretch`:
     the (lo, hi) `table` was made from (stretch_table), to compute S of the pooled levels
-    with the table's float32 operations rather than look it up (twice as fast)."""
-    strong = int(np.argmax(table >= 0.5)) if table[-1] >= 0.5 else 256  # S >= 0.5  <=>  I >= strong
+    with the table's float32 operations rather than look it up (faster, and no index array
+    as large as the float64 result); `strong`: the table's _strong_level, if known."""
+    strong = _strong_level(table) if strong is None else strong  # S >= 0.5  <=>  I >= strong
     height, width = ink.shape
     mask = ink >= strong
     # Counts per column, then per row of the columns that hold ink; the ink's tight box
@@ -549,7 +576,7 @@ def levels_to_bitmap(ink: np.ndarray, table: np.ndarray,
     side = max(x1 - x0 + 1, y1 - y0 + 1)
     # The frame is fitted to the drawing's skeleton (ink extent minus one line
     # width), so thin and thick pens give the same framing as Google's renders.
-    line = stroke_width(box)
+    line = stroke_width(box, area=total)
     pen = min(line, side * LINE_UNITS / INK_UNITS)
     frame = (side - pen) * FRAME_UNITS / SKELETON_UNITS
     frame_x = (x0 + x1 + 1) / 2.0 - frame / 2.0
@@ -569,7 +596,11 @@ def levels_to_bitmap(ink: np.ndarray, table: np.ndarray,
         strength = _stretch(pooled, *stretch).astype(np.float64)
     wy, wx = _area_weights_yx(n, (frame_y - top) / factor, (frame_x - left) / factor, frame / factor)
     out = wy @ strength @ wx.T
-    return np.floor(out * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+    out *= 255.0
+    out += 0.5
+    # Already within 0..255, so step 12's clip changes nothing: out is a mean of S in [0, 1]
+    # (weights >= 0 summing to 1 within a few ulps), and floor(255 * (1 + 1e-15) + 0.5) = 255.
+    return np.floor(out, out=out).astype(np.uint8)
 
 
 def _trimmed_bounds(mass: np.ndarray, total: int) -> tuple[int, int]:
@@ -610,9 +641,10 @@ def _max_pool(a: np.ndarray, factor: int) -> np.ndarray:
     return out
 
 
-def stroke_width(mask: np.ndarray) -> float:
-    """2 * area / boundary pixels of a boolean ink mask: the width of its strokes (0 if no ink)."""
-    area = int(np.count_nonzero(mask))
+def stroke_width(mask: np.ndarray, area: int | None = None) -> float:
+    """2 * area / boundary pixels of a boolean ink mask: the width of its strokes (0 if no ink).
+    `area`: the mask's count of True pixels, if known."""
+    area = int(np.count_nonzero(mask)) if area is None else area
     if area == 0:
         return 0.0
     # Pixels on the array's edge always have a neighbour outside it: only inner ones can be interior.
