@@ -381,6 +381,7 @@ HPARAM_VALUES = st.one_of(NUMBERS, st.integers(-3, 3), st.just(-1), st.just(10**
 @example(key="batch_size", value=0).via("the issue")
 @example(key="val_fraction", value=float("nan")).via("the issue")
 @example(key="arch", value="seed").via("the issue")
+@example(key="negatives_dir", value="").via("a negatives folder that is not one")
 def test_tampered_hparams_resume_and_export_or_fail_with_one_line_naming_the_file(trained_payloads, tmp_path,
                                                                                   monkeypatch, capsys, key, value):
     """A run's hparams with any field set to a wrong type, a huge, negative or NaN number: `qd-train --resume`
@@ -391,9 +392,9 @@ def test_tampered_hparams_resume_and_export_or_fail_with_one_line_naming_the_fil
         payload["hparams"][key] = value
 
     run = _tampered_run(trained_payloads, Path(tempfile.mkdtemp(dir=tmp_path)) / "run", tamper)
-    # the checkpoint, or the data folder it names (the one it records, or the tampered one)
+    # the checkpoint, or a folder it names (the data folder it records, or a tampered data or negatives folder)
     named = [str(run / "last.pt"), trained_payloads["last.pt"]["hparams"]["data_dir"]] + \
-        ([str(Path(value))] if key == "data_dir" and isinstance(value, str) else [])
+        ([str(Path(value))] if key in ("data_dir", "negatives_dir") and isinstance(value, str) else [])
     code, line = _resume(monkeypatch, capsys, run / "last.pt")
     assert code == 0 or any(line.startswith(f"error: {name}: ") for name in named), line
     code, line = _export(monkeypatch, capsys, run / "best.pt", run.parent / "export")
