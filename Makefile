@@ -14,7 +14,7 @@ RUN    := artifacts/runs/demo
 EXPORT := artifacts/exports/demo
 DEMO   := artifacts/demo
 # Sized by measurement (docs/training.md, "The demo's size": times on two CPUs and the other sizes tried):
-# 3 epochs at batch 128 over 700 drawings per category reach 87.7% test top-1 on the 27 bundled categories.
+# 3 epochs at batch 128 over 700 drawings per category reach about 87% test top-1 on the 27 bundled categories.
 DEMO_PER_CATEGORY := 700
 DEMO_EPOCHS := 3
 DEMO_BATCH := 128
