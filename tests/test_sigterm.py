@@ -1,7 +1,9 @@
-"""SIGTERM to `qd-infer` and `qd-eval` while their decode workers run: the same clean exit as Ctrl-C
-(exit 143, one line), and the fork server and every worker end with them; qd-eval writes no report.
-The approach of test_data_import_sigterm.py: an in-process hook stops the run right after the
-decode pool's first result, so the signal reaches a run whose workers are certainly alive."""
+"""SIGTERM to a command while its decode workers run (`qd-data import`, `qd-infer`, `qd-eval`): the same
+clean exit as Ctrl-C (exit 143, one line), the fork server and every worker end with it, and nothing is
+written (no category file, no report).
+
+An in-process hook stops the run right after the decode pool's first result and says so, so the test
+signals a run whose workers are certainly alive (no sleeps racing the command)."""
 
 import signal
 import subprocess
@@ -13,7 +15,6 @@ import pytest
 
 from onnx_synth import tiny_model
 from qd.data.strokes import draw_strokes_image, parse_ndjson_line
-from test_data_import_sigterm import alive, descendants
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = """
@@ -30,13 +31,36 @@ def decode_then_block(self, paths):
 
 decode.ImageDecoder.decode = decode_then_block
 entry = sys.argv[1]
-if entry == "qd-infer":
+if entry == "qd-data":
+    from qd.data.cli import main
+elif entry == "qd-infer":
     from qd.infer.cli import main
 else:
     from qd.evaluate.cli import main
 sys.argv = [entry, *sys.argv[2:]]
 main()
 """
+
+
+def descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = {int(c) for c in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            todo.extend(children - found)
+            found |= children
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 @pytest.fixture
@@ -51,12 +75,15 @@ def drawings(tmp_path, shared_strokes) -> Path:
     return tmp_path / "src"
 
 
-@pytest.mark.parametrize("entry", ["qd-infer", "qd-eval"])
+@pytest.mark.parametrize("entry", ["qd-data", "qd-infer", "qd-eval"])
 def test_sigterm_ends_the_command_and_its_decode_workers(tmp_path, drawings, entry):
-    model = tiny_model(tmp_path / "export" / "model.onnx", ["cat", "dog"])
-    report = tmp_path / "report"
-    args = ([drawings, "--model", model, "--workers", "2", "--json"] if entry == "qd-infer" else
-            ["--model", model, "--data", drawings, "--workers", "2", "--out", report, "--no-speed", "--no-plots"])
+    out = tmp_path / "out"  # what the command would write: a data folder or a report folder
+    if entry == "qd-data":
+        args = ["import", drawings, "--data", out, "--workers", "2"]
+    else:
+        model = tiny_model(tmp_path / "export" / "model.onnx", ["cat", "dog"])
+        args = ([drawings, "--model", model, "--workers", "2", "--json"] if entry == "qd-infer" else
+                ["--model", model, "--data", drawings, "--workers", "2", "--out", out, "--no-speed", "--no-plots"])
     process = subprocess.Popen([sys.executable, "-c", DRIVER, entry, *map(str, args)], cwd=REPO,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -75,4 +102,4 @@ def test_sigterm_ends_the_command_and_its_decode_workers(tmp_path, drawings, ent
     while any(alive(pid) for pid in helpers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in helpers if alive(pid)], f"worker processes outlived {entry}"
-    assert not report.exists()
+    assert not out.exists() or not list(out.iterdir())
