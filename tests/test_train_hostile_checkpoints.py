@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from memory_probe import peak_rss_mib
 from onnx_synth import tiny_model
-from qd.command import QDError
+from qd.command import QDError, shown
 from qd.data.contract import DEFAULT_PREPROCESSING, MAX_PARAMETERS, bitmaps_to_input
 from qd.export.checkpoint_source import load_source
 from qd.export.cli import main
@@ -382,6 +382,7 @@ HPARAM_VALUES = st.one_of(NUMBERS, st.integers(-3, 3), st.just(-1), st.just(10**
 @example(key="val_fraction", value=float("nan")).via("the issue")
 @example(key="arch", value="seed").via("the issue")
 @example(key="negatives_dir", value="").via("a negatives folder that is not one")
+@example(key="data_dir", value="\x1f").via("a folder name shown escaped")
 def test_tampered_hparams_resume_and_export_or_fail_with_one_line_naming_the_file(trained_payloads, tmp_path,
                                                                                   monkeypatch, capsys, key, value):
     """A run's hparams with any field set to a wrong type, a huge, negative or NaN number: `qd-train --resume`
@@ -396,7 +397,8 @@ def test_tampered_hparams_resume_and_export_or_fail_with_one_line_naming_the_fil
     named = [str(run / "last.pt"), trained_payloads["last.pt"]["hparams"]["data_dir"]] + \
         ([str(Path(value))] if key in ("data_dir", "negatives_dir") and isinstance(value, str) else [])
     code, line = _resume(monkeypatch, capsys, run / "last.pt")
-    assert code == 0 or any(line.startswith(f"error: {name}: ") for name in named), line
+    # names are shown escaped (qd.command.shown): a control character in a tampered folder name is written visibly
+    assert code == 0 or any(line.startswith(f"error: {shown(name).plain}: ") for name in named), line
     code, line = _export(monkeypatch, capsys, run / "best.pt", run.parent / "export")
     assert code == 0 or line.startswith(f"error: {run / 'best.pt'}: "), line
 
