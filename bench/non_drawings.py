@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from open_set import SHARED, Mahalanobis, Outputs, category_split, network_outputs, png_renders
+from open_set import (SHARED, Mahalanobis, Outputs, category_split, evenly_spaced_bitmaps, network_outputs,
+                      png_renders)
 from qd.data.bitmaps import BitmapDataset, SplitSpec, open_bitmaps
 from qd.data.images import BlankImageError, load_image_bitmap
 from qd.evaluate.metrics import auroc
@@ -238,15 +239,6 @@ def partition() -> dict[str, list[str]]:
     pool = [c for c in rest if c not in known] + tune
     order = np.random.default_rng(SEED).permutation(len(pool))
     return {"known": known, "tune": tune, "never-seen": never_seen, "pool": [pool[i] for i in order]}
-
-
-def evenly_spaced_bitmaps(categories: list[str], per_category: int) -> np.ndarray:
-    rows = []
-    for name in categories:
-        data = open_bitmaps(SHARED / "bitmaps" / f"{name}.npy")
-        pick = np.linspace(0, len(data) - 1, min(per_category, len(data))).round().astype(np.int64)
-        rows.append(np.asarray(data[pick]))
-    return np.concatenate(rows)
 
 
 def negatives_folder(work: Path, names: list[str]) -> Path:

@@ -114,11 +114,12 @@ def png_renders(categories: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(bitmaps), np.array(labels)
 
 
-def unseen_bitmaps(categories: list[str]) -> np.ndarray:
+def evenly_spaced_bitmaps(categories: list[str], per_category: int) -> np.ndarray:
+    """Up to `per_category` of each category's Google bitmaps, evenly spaced through its file."""
     rows = []
     for name in categories:
         data = open_bitmaps(SHARED / "bitmaps" / f"{name}.npy")
-        pick = np.linspace(0, len(data) - 1, min(UNSEEN_PER_CATEGORY, len(data))).round().astype(np.int64)
+        pick = np.linspace(0, len(data) - 1, min(per_category, len(data))).round().astype(np.int64)
         rows.append(np.asarray(data[pick]))
     return np.concatenate(rows)
 
@@ -236,7 +237,7 @@ def main() -> None:
     splits = dataset.split_indices(SplitSpec.from_dict(payload["split"]))
     drawings = {name: dataset.take(splits[name]) for name in ("train", "val", "test")}
     known_png, known_png_labels = png_renders(known)
-    unseen_sets = {"bitmaps": unseen_bitmaps(unseen), "PNG renders": png_renders(unseen)[0]}
+    unseen_sets = {"bitmaps": evenly_spaced_bitmaps(unseen, UNSEEN_PER_CATEGORY), "PNG renders": png_renders(unseen)[0]}
     print(f"known: {len(drawings['val'][1]):,} val / {len(drawings['test'][1]):,} test drawings, "
           f"{len(known_png)} PNG renders; unseen: {len(unseen_sets['bitmaps']):,} bitmaps, "
           f"{len(unseen_sets['PNG renders'])} PNG renders")
