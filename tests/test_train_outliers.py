@@ -26,11 +26,11 @@ def batch(shared_bitmaps):
 
 
 def test_negatives_look_like_model_inputs_and_are_reproducible(batch):
-    x, y = batch
+    x, _ = batch
     make = SyntheticOutliers(share=0.5)
-    first = make(x, y, torch.Generator().manual_seed(3))
-    again = make(x, y, torch.Generator().manual_seed(3))
-    other = make(x, y, torch.Generator().manual_seed(4))
+    first = make(x, torch.Generator().manual_seed(3))
+    again = make(x, torch.Generator().manual_seed(3))
+    other = make(x, torch.Generator().manual_seed(4))
     assert first.shape == (60, 1, 28, 28) and first.dtype == x.dtype
     assert torch.equal(first, again) and not torch.equal(first, other)
     assert first.min() >= 0 and first.max() <= 1
@@ -39,10 +39,10 @@ def test_negatives_look_like_model_inputs_and_are_reproducible(batch):
 
 
 def test_negatives_keep_the_input_space(batch):
-    x, y = batch
+    x, _ = batch
     background, ink = -0.5, 2.0  # e.g. a mean/std normalisation
     normalised = background + x * (ink - background)
-    negatives = SyntheticOutliers(share=1.0)(normalised, y, torch.Generator().manual_seed(0), background, ink)
+    negatives = SyntheticOutliers(share=1.0)(normalised, torch.Generator().manual_seed(0), background, ink)
     assert negatives.min() >= background - 1e-6 and negatives.max() <= ink + 1e-6
     assert (negatives == background).float().mean() > 0.5  # mostly paper, like a drawing
 
@@ -125,7 +125,7 @@ def test_the_training_loss_adds_the_weighted_exposure_term(shared_bitmaps, tmp_p
             loss = trainer._loss(x, y, torch.Generator().manual_seed(5), 0.0, 1.0)
             hook.remove()
             rng = torch.Generator().manual_seed(5)
-            negatives = trainer.augment(trainer.outliers(x, y, rng, 0.0, 1.0), rng, 0.0)  # warped like drawings
+            negatives = trainer.augment(trainer.outliers(x, rng, 0.0, 1.0), rng, 0.0)  # warped like drawings
             logits = trainer.net(torch.cat([x, negatives]))
             expected = F.cross_entropy(logits[: len(x)], y) + 2.0 * exposure_loss(logits[len(x):])
     assert len(seen) == 1 and torch.equal(seen[0][len(x):], negatives)  # one pass; the negatives warped

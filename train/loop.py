@@ -435,7 +435,7 @@ class Trainer:
         """`x`: the known drawings (labels `y`), then any real negatives."""
         cfg = self.config
         if self.outliers is not None:
-            made = self.outliers(x[: len(y)], y, rng, background, ink)
+            made = self.outliers(x[: len(y)], rng, background, ink)
             if self.augment is not None:  # warped like the drawings: crisp edges alone must not tell them apart
                 made = self.augment(made, rng, background)
             x = torch.cat([x, made])

@@ -100,7 +100,7 @@ class SyntheticOutliers:
     def count(self, batch: int) -> int:
         return max(1, int(round(batch * self.share)))
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
+    def __call__(self, x: torch.Tensor, generator: torch.Generator,
                  background: float = 0.0, ink: float = 1.0) -> torch.Tensor:
         """`count(len(x))` negatives shaped like `x` ((B, 1, S, S), model input space, ink-high).
 
