@@ -101,7 +101,9 @@ def heldout_negatives(saved: dict, spec: SplitSpec, folder: str | os.PathLike | 
                       limit: int | None = None) -> tuple[dict[str, np.ndarray], str]:
     """({"val": bitmaps, "test": bitmaps} (N, 784) uint8, evenly spaced up to `limit` per split, '') from the
     negatives a checkpoint recorded (in `folder`, default the recorded one), or ({}, why not)."""
-    folder = Path(folder or saved.get("dir") or "")
+    if not (folder or saved.get("dir")):
+        return {}, "the checkpoint's record of its negatives names no folder"
+    folder = Path(folder or saved["dir"])
     problem = negatives_changed(saved, folder)
     if problem:
         return {}, problem

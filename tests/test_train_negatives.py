@@ -192,3 +192,5 @@ def test_heldout_negatives_are_the_val_and_test_splits_or_say_why_not(data, nega
     assert heldout_negatives(record, spec) == ({}, f"{negatives.resolve()}: the negatives' categories changed "
                                                    "(removed banana)")
     assert "not there any more" in negatives_changed(record, tmp_path / "gone")
+    assert heldout_negatives({**record, "dir": None}, spec) == ({}, "the checkpoint's record of its negatives names no "
+                                                                    "folder")
