@@ -66,9 +66,8 @@ def _refuse_shared_drawings(negatives: BitmapDataset, data: BitmapDataset) -> No
                             "not hold drawings of the classes trained on")
 
 
-def negatives_record(negatives: BitmapDataset, spec: SplitSpec) -> dict:
-    """What a checkpoint keeps of the negatives it saw."""
-    splits = negatives.split_indices(spec)
+def negatives_record(negatives: BitmapDataset, splits: dict[str, np.ndarray]) -> dict:
+    """What a checkpoint keeps of the negatives it saw (`splits`: their `split_indices`)."""
     return {
         "dir": str(negatives.data_dir.resolve()),
         "categories": list(negatives.classes),
