@@ -66,9 +66,8 @@ def _refuse_shared_drawings(negatives: BitmapDataset, data: BitmapDataset) -> No
                             "not hold drawings of the classes trained on")
 
 
-def negatives_record(negatives: BitmapDataset, spec: SplitSpec) -> dict:
-    """What a checkpoint keeps of the negatives it saw."""
-    splits = negatives.split_indices(spec)
+def negatives_record(negatives: BitmapDataset, splits: dict[str, np.ndarray]) -> dict:
+    """What a checkpoint keeps of the negatives it saw (`splits`: their `split_indices`)."""
     return {
         "dir": str(negatives.data_dir.resolve()),
         "categories": list(negatives.classes),
@@ -101,7 +100,9 @@ def heldout_negatives(saved: dict, spec: SplitSpec, folder: str | os.PathLike | 
                       limit: int | None = None) -> tuple[dict[str, np.ndarray], str]:
     """({"val": bitmaps, "test": bitmaps} (N, 784) uint8, evenly spaced up to `limit` per split, '') from the
     negatives a checkpoint recorded (in `folder`, default the recorded one), or ({}, why not)."""
-    folder = Path(folder or saved.get("dir") or "")
+    if not (folder or saved.get("dir")):
+        return {}, "the checkpoint's record of its negatives names no folder"
+    folder = Path(folder or saved["dir"])
     problem = negatives_changed(saved, folder)
     if problem:
         return {}, problem

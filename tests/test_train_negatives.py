@@ -73,7 +73,8 @@ def test_a_negative_drawing_lands_in_the_same_split_wherever_it_is(data, negativ
         assert held(moved, split) == {r.tobytes() for r, s in zip(rows, assign_splits(rows, spec))
                                       if ("train", "val", "test")[s] == split}
     assert {b for b in held(moved, "val")} <= {r.tobytes() for r in np.load(negatives / "apple.npy")}
-    record = negatives_record(open_negatives(negatives, BitmapDataset(data)), spec)
+    opened = open_negatives(negatives, BitmapDataset(data))
+    record = negatives_record(opened, opened.split_indices(spec))
     assert sum(record["splits"].values()) == 2 * ROWS and min(record["splits"].values()) > 0
 
 
@@ -184,7 +185,8 @@ def test_resume_with_negatives_of_a_run_trained_without_them_is_refused(data, ne
 
 def test_heldout_negatives_are_the_val_and_test_splits_or_say_why_not(data, negatives, tmp_path):
     spec = SplitSpec()
-    record = negatives_record(open_negatives(negatives, BitmapDataset(data)), spec)
+    opened = open_negatives(negatives, BitmapDataset(data))
+    record = negatives_record(opened, opened.split_indices(spec))
     held, problem = heldout_negatives(record, spec)
     assert problem == "" and len(held["val"]) == record["splits"]["val"] and len(held["test"]) == record["splits"]["test"]
     assert len(heldout_negatives(record, spec, limit=2)[0]["test"]) == 2
@@ -192,3 +194,5 @@ def test_heldout_negatives_are_the_val_and_test_splits_or_say_why_not(data, nega
     assert heldout_negatives(record, spec) == ({}, f"{negatives.resolve()}: the negatives' categories changed "
                                                    "(removed banana)")
     assert "not there any more" in negatives_changed(record, tmp_path / "gone")
+    assert heldout_negatives({**record, "dir": None}, spec) == ({}, "the checkpoint's record of its negatives names no "
+                                                                    "folder")

@@ -36,6 +36,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
@@ -235,7 +236,7 @@ class Trainer:
             few_shot = config.init_from is not None and is_few_shot(len(self.indices["train"]),
                                                                     self.dataset.num_classes)
             config = self.config = replace(config, few_shot=few_shot)
-        self.negatives, self.negatives_record = self._open_negatives()
+        self.negatives, self.negatives_train, self.negatives_record = self._open_negatives()
         # Batch size and epochs the user left open are fitted to the data (the checkpoint records the result).
         self.chosen = {name: None for name in ("batch_size", "epochs")}
         if config.batch_size is None or config.epochs is None:
@@ -295,30 +296,29 @@ class Trainer:
             raise QDError(f"{self.config.resume}: the data in {self.config.data_dir} differs from the data "
                           "this run was trained on (categories or counts changed)")
 
-    def _open_negatives(self) -> tuple[BitmapDataset | None, dict | None]:
-        """The --negatives folder (checked against the data, and on resume against the checkpoint's record)
-        and the record the checkpoint keeps of it."""
+    def _open_negatives(self) -> tuple[BitmapDataset | None, np.ndarray | None, dict | None]:
+        """The --negatives folder (checked against the data, and on resume against the checkpoint's record),
+        the indices of its train split and the record the checkpoint keeps of it."""
         folder = self.config.negatives_dir
         if folder is None:
-            return None, None
+            return None, None, None
         saved = self.resume.get("negatives") if self.resume is not None else None
         if saved:
             problem = negatives_changed(saved, folder)
             if problem:
                 raise QDError(f"{problem}; --resume {self.config.resume} needs the negatives it was trained with")
         negatives = open_negatives(folder, self.dataset)
-        train = negatives.split_indices(self.split)["train"]
-        if len(train) == 0:
+        splits = negatives.split_indices(self.split)
+        if len(splits["train"]) == 0:
             raise QDError(f"{folder}: the train split of the negatives is empty ({len(negatives)} drawings)")
-        return negatives, negatives_record(negatives, self.split)
+        return negatives, splits["train"], negatives_record(negatives, splits)
 
     def _negative_loader(self) -> BatchLoader | None:
         """One batch of negatives per training step, a share of the (per-rank) batch size."""
         if self.negatives is None:
             return None
         per_rank_batch = max(1, -(-self.config.batch_size // self.dist.world_size))
-        batches = NegativeBatches(self.negatives.split_indices(self.split)["train"],
-                                  max(1, round(per_rank_batch * self.config.negatives_share)),
+        batches = NegativeBatches(self.negatives_train, max(1, round(per_rank_batch * self.config.negatives_share)),
                                   steps=len(self.train_loader), seed=self.config.seed, rank=self.dist.rank)
         return BatchLoader(self.negatives, batches, self.preprocessing)
 
