@@ -13,7 +13,7 @@ import typer
 from rich.filesize import decimal as human_size
 from rich.text import Text
 
-from qd import options as opt
+from qd import options
 from qd.command import BitmapFileError, ProgressBar, QDError, console, err_console, fail, run_app, shown
 
 from .contract import DEFAULT_RETRIES, DEFAULT_SOURCE, DEFAULT_TIMEOUT, default_data_dir
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .importer import CategoryResult
 
 
-app = opt.make_app(no_args_is_help=True, help=opt.describe(
+app = options.make_app(no_args_is_help=True, help=options.describe(
     "Get Quick, Draw! numpy bitmap files (<category>.npy, uint8 (N, 784)), import your own drawings into them, and list them.",
     "qd-data fetch cat dog -n 5000"))
 # `qd-data fetch --negatives N` keeps this many drawings of each category unless told otherwise: outlier
@@ -35,8 +35,8 @@ FETCH_ALIASES = {"--out": "--data", "-o": "--data"}
 
 @app.callback()
 def main_options(
-    artifacts: Annotated[Optional[Path], opt.artifacts_option()] = None,
-    version: Annotated[bool, opt.version_option()] = False,
+    artifacts: Annotated[Optional[Path], options.artifacts_option()] = None,
+    version: Annotated[bool, options.version_option()] = False,
 ) -> None:
     pass
 
@@ -63,7 +63,7 @@ class FileBars:
             self.bar = None
 
 
-@app.command(cls=opt.aliased(FETCH_ALIASES), help=opt.describe(
+@app.command(cls=options.aliased(FETCH_ALIASES), help=options.describe(
     "Fetch <category>.npy files: verified, resumable, never half-written.",
     "qd-data fetch cat dog 'The Eiffel Tower' -n 5000 -d artifacts/data",
     "Negatives for qd-train --negatives, drawings of none of the classes: 15 categories the data lacks, at "
@@ -74,12 +74,12 @@ def fetch(
         help="Category names as the source spells them (quote names with spaces: 'The Eiffel Tower').")] = None,
     all_categories: Annotated[bool, typer.Option(
         "--all", help="Every category the source lists: a folder's *.npy, or Google's 345 for a URL.")] = False,
-    source: Annotated[Optional[str], opt.source_option(
+    source: Annotated[Optional[str], options.source_option(
         f"Base URL or folder in Google's layout. Default: {DEFAULT_SOURCE}")] = None,
-    data: Annotated[Optional[Path], opt.data_option(
+    data: Annotated[Optional[Path], options.data_option(
         "Destination folder; with --negatives, the data folder whose categories are left out. "
         "Default: ARTIFACTS/data.")] = None,
-    max_per_category: Annotated[Optional[int], opt.max_per_category_option(
+    max_per_category: Annotated[Optional[int], options.max_per_category_option(
         "Keep only the first N drawings of each category (downloads only those bytes). Default: all; "
         f"{NEGATIVES_MAX_PER_CATEGORY:,} with --negatives.")] = None,
     negatives: Annotated[Optional[int], typer.Option(
@@ -122,7 +122,7 @@ def fetch(
                                     f"among the {len(names)} of ", shown(src), " that ", shown(data_dir),
                                     f" lacks, at most {max_per_category:,} drawings each, into ", shown(out)),
                       highlight=False, soft_wrap=True)
-    options = FetchOptions(max_rows=max_per_category, retries=retries)
+    fetch_options = FetchOptions(max_rows=max_per_category, retries=retries)
     counts: dict[str, int] = {}
     failures: list[str] = []
 
@@ -136,7 +136,7 @@ def fetch(
                       highlight=False, soft_wrap=True)
 
     # Bars only on a terminal; logs (make demo, CI) get one line per category.
-    report = fetch_categories(src, names, out, options, FileBars(), on_result, on_failure, on_wait=_note,
+    report = fetch_categories(src, names, out, fetch_options, FileBars(), on_result, on_failure, on_wait=_note,
                               pick=negatives)
 
     done = ", ".join(f"{n} {action}" for action, n in counts.items()) or "nothing fetched"
@@ -160,7 +160,7 @@ def fetch(
         raise typer.Exit(1)
 
 
-@app.command("import", cls=opt.aliased(FETCH_ALIASES), help=opt.describe(
+@app.command("import", cls=options.aliased(FETCH_ALIASES), help=options.describe(
     "Import your own drawings as <category>.npy files, through the same preprocessing qd-infer uses.",
     "qd-data import my-scans/ strokes.ndjson -d artifacts/mine"))
 def import_(
@@ -168,21 +168,21 @@ def import_(
         metavar="SRC...", show_default=False,
         help="Folders of class-named subfolders of images (SRC/<category>/*.png, any format qd-infer reads) "
              "and/or .ndjson files (Google's simplified or raw; category from 'word', else the file name).")],
-    data: Annotated[Optional[Path], opt.data_option("Destination folder. Default: ARTIFACTS/data.")] = None,
-    max_per_category: Annotated[Optional[int], opt.max_per_category_option(
+    data: Annotated[Optional[Path], options.data_option("Destination folder. Default: ARTIFACTS/data.")] = None,
+    max_per_category: Annotated[Optional[int], options.max_per_category_option(
         "Keep only the first N distinct drawings of each category.")] = None,
-    workers: Annotated[Optional[int], opt.workers_option("Decoding processes. Default: the usable CPU cores.")] = None,
+    workers: Annotated[Optional[int], options.workers_option("Decoding processes. Default: the usable CPU cores.")] = None,
 ) -> None:
     from qd.machine import usable_cpus
 
     from .importer import ImportOptions, import_drawings
 
     out = data if data is not None else default_data_dir()
-    options = ImportOptions(max_per_category=max_per_category, workers=workers or usable_cpus())
+    import_options = ImportOptions(max_per_category=max_per_category, workers=workers or usable_cpus())
     console.print(Text.assemble(f"importing {len(sources)} source{'' if len(sources) == 1 else 's'} into ",
                                 shown(out)), highlight=False, soft_wrap=True)
     with ProgressBar("importing", unit="drawings") as bar:
-        report = import_drawings(sources, out, options, advance=bar.advance, on_failure=fail,
+        report = import_drawings(sources, out, import_options, advance=bar.advance, on_failure=fail,
                                  planned=lambda units: bar.step("importing", total=units), on_wait=_note)
     for result in report.results:
         console.print(_import_line(result), highlight=False, soft_wrap=True)
@@ -220,10 +220,10 @@ def _import_line(result: "CategoryResult") -> Text:
     return Text.assemble("  ", ("✓", "green"), " ", shown(result.category), f": {result.rows:,} drawings{note}")
 
 
-@app.command("list", help=opt.describe(
+@app.command("list", help=options.describe(
     "Show the local categories, their drawing counts and file sizes.", "qd-data list -d artifacts/data"))
 def list_(
-    data: Annotated[Optional[Path], opt.data_option("Folder of <category>.npy files. Default: ARTIFACTS/data.")] = None,
+    data: Annotated[Optional[Path], options.data_option("Folder of <category>.npy files. Default: ARTIFACTS/data.")] = None,
     data_dir: Annotated[Optional[Path], typer.Argument(metavar="[DIR]", hidden=True, show_default=False)] = None,
 ) -> None:
     from rich import box

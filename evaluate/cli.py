@@ -7,15 +7,15 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from qd import options as opt
+from qd import options
 from qd.command import QDError, console, run_app
 
-app = opt.make_app()
+app = options.make_app()
 # Old spellings, still accepted (hidden) for one release: -b is --batch-size in every other command.
 ALIASES = {"-b": "--backend"}
 
 
-@app.command(cls=opt.aliased(ALIASES), help=opt.describe(
+@app.command(cls=options.aliased(ALIASES), help=options.describe(
     "Evaluate exported models on held-out drawings and write report.json, confusion.png, mistakes.png and "
     "calibration.png.",
     "qd-eval -m artifacts/exports/first --backend onnx,onnx-int8",
@@ -24,9 +24,9 @@ ALIASES = {"-b": "--backend"}
     "qd-eval -m artifacts/exports/RUN -d my_drawings/ --ignore-unknown\n"
     "qd-eval -m artifacts/exports/RUN --unknown other_things/ --unknown moons.ndjson"))
 def evaluate_command(
-    model: Annotated[Optional[List[Path]], opt.model_option(
+    model: Annotated[Optional[List[Path]], options.model_option(
         "Export folder or .onnx file; repeat for several. Default: the newest ARTIFACTS/exports/*/model.onnx.")] = None,
-    data: Annotated[Optional[Path], opt.data_option(
+    data: Annotated[Optional[Path], options.data_option(
         "Folder of <category>.npy files (all rows), or of class-named subfolders of drawings (images, .npy, "
         ".ndjson). Default: the test split of the data the model was trained on.")] = None,
     split: Annotated[Optional[str], typer.Option(
@@ -36,11 +36,11 @@ def evaluate_command(
         "--backend", metavar="NAMES",
         help="Comma-separated: onnx, onnx-int8, torch, coreml. Default: all; those that cannot run are skipped "
              "with a reason. The first that runs gives the main figures.")] = None,
-    out: Annotated[Optional[Path], opt.out_option(
+    out: Annotated[Optional[Path], options.out_option(
         "Output folder. Default: ARTIFACTS/eval/<model name> (with several models: DIR/<model name>).")] = None,
     ignore_unknown: Annotated[bool, typer.Option(
         "--ignore-unknown", help="Skip data categories the model does not know instead of stopping.")] = False,
-    max_per_category: Annotated[Optional[int], opt.max_per_category_option(
+    max_per_category: Annotated[Optional[int], options.max_per_category_option(
         "With --data of .npy files: use the first N drawings of each category.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(
         "--checkpoint", metavar="PATH",
@@ -54,10 +54,10 @@ def evaluate_command(
         help="Drawings of categories the model does not know (folders, images, .npy, .ndjson); repeat for "
              "several. Reports the share the model flags unknown and the AUROC against the held-out "
              "drawings.")] = None,
-    workers: Annotated[Optional[int], opt.workers_option(
+    workers: Annotated[Optional[int], options.workers_option(
         "Processes decoding image files (class folders, --unknown). Default: the usable CPU cores.")] = None,
-    artifacts: Annotated[Optional[Path], opt.artifacts_option()] = None,
-    version: Annotated[bool, opt.version_option()] = False,
+    artifacts: Annotated[Optional[Path], options.artifacts_option()] = None,
+    version: Annotated[bool, options.version_option()] = False,
 ) -> None:
     from qd.command import ProgressBar
 

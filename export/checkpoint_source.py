@@ -37,13 +37,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qd import __version__ as QD_VERSION
+import qd
 from qd.command import QDError
-from qd.data import contract as C
 from qd.data.bitmaps import BitmapDataset, SplitSpec
 from qd.data.negatives import heldout_negatives
-from qd.data.contract import (DEFAULT_KEPT, LICENSE_NOTE, LOGITS, META_OPEN_SET, META_TEMPERATURE, MODEL_FORMAT,
-                              PROBABILITIES, bitmaps_to_input)
+from qd.data.contract import (DEFAULT_KEPT, LICENSE_NOTE, LOGITS, META_ARCH, META_DATA, META_FORMAT, META_LABELS,
+                              META_LICENSE, META_OPEN_SET, META_PRECISION, META_PREPROCESSING, META_SOURCE_SHA256,
+                              META_SPLIT, META_TEMPERATURE, META_VERSION, MODEL_FORMAT, PROBABILITIES,
+                              bitmaps_to_input)
 from qd.files import sha256_file
 from qd.infer.model import SCORES, OpenSetRule, softmax
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
@@ -77,16 +78,16 @@ class CheckpointSource:
         """The metadata every exported model carries (docs/contracts.md), all strings."""
         p = self.payload
         return {
-            C.META_FORMAT: MODEL_FORMAT,
-            C.META_LABELS: json.dumps(self.classes),
-            C.META_PREPROCESSING: json.dumps(self.preprocessing),
-            C.META_ARCH: json.dumps({"name": p["arch"]["name"], "kwargs": p["arch"].get("kwargs", {})}),
-            C.META_SPLIT: json.dumps(p["split"]),
-            C.META_DATA: json.dumps(_data_record(p)),
-            C.META_SOURCE_SHA256: self.sha256,
-            C.META_VERSION: QD_VERSION,
-            C.META_LICENSE: LICENSE_NOTE,
-            C.META_PRECISION: precision,
+            META_FORMAT: MODEL_FORMAT,
+            META_LABELS: json.dumps(self.classes),
+            META_PREPROCESSING: json.dumps(self.preprocessing),
+            META_ARCH: json.dumps({"name": p["arch"]["name"], "kwargs": p["arch"].get("kwargs", {})}),
+            META_SPLIT: json.dumps(p["split"]),
+            META_DATA: json.dumps(_data_record(p)),
+            META_SOURCE_SHA256: self.sha256,
+            META_VERSION: qd.__version__,
+            META_LICENSE: LICENSE_NOTE,
+            META_PRECISION: precision,
         }
 
 

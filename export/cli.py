@@ -13,7 +13,7 @@ import typer
 from rich.filesize import decimal as human_size
 from rich.text import Text
 
-from qd import options as opt
+from qd import options
 from qd.command import EXIT_ERROR, console, fail, run_app, shown
 from qd.data.contract import LABELS_FILE
 from qd.files import path_size
@@ -23,10 +23,10 @@ from .formats import DEFAULT_FORMATS, FORMATS, ExportOptions, help_text
 if TYPE_CHECKING:
     from .run import ExportReport
 
-app = opt.make_app()
+app = options.make_app()
 
 
-@app.command(help=opt.describe(
+@app.command(help=options.describe(
     "Export a qd-train checkpoint to validated edge models (ONNX, int8 ONNX, Core ML).",
     "qd-export artifacts/runs/first/best.pt --format all",
     "Each model is checked against the checkpoint before it is kept; the export folder is replaced as a whole."))
@@ -37,11 +37,11 @@ def export(
     format: Annotated[str, typer.Option(
         "--format", "-f", metavar="FORMATS",
         help=help_text())] = DEFAULT_FORMATS,
-    out: Annotated[Optional[Path], opt.out_option(
+    out: Annotated[Optional[Path], options.out_option(
         "Export folder. Default: ARTIFACTS/exports/<run-name>, run-name being the checkpoint's folder name.")] = None,
     opset: Annotated[int, typer.Option(
         "--opset", help="ONNX opset (13 and newer; 18+ uses the torch.export exporter).")] = ExportOptions.opset,
-    data: Annotated[Optional[Path], opt.data_option(
+    data: Annotated[Optional[Path], options.data_option(
         "Folder of <category>.npy files to validate and calibrate with, if the checkpoint's own data "
         "folder has moved.")] = None,
     max_drawings: Annotated[int, typer.Option(
@@ -55,8 +55,8 @@ def export(
     kept: Annotated[float, typer.Option(
         "--kept", metavar="SHARE", help="Fit the unknown-drawing threshold so that this share of the known "
                                         "validation drawings is kept (the rest would be flagged unknown).")] = ExportOptions.kept,
-    artifacts: Annotated[Optional[Path], opt.artifacts_option()] = None,
-    version: Annotated[bool, opt.version_option()] = False,
+    artifacts: Annotated[Optional[Path], options.artifacts_option()] = None,
+    version: Annotated[bool, options.version_option()] = False,
 ) -> None:
     try:  # the edge install (no torch/onnx) gets one clear line, not a traceback
         from .run import export_checkpoint

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qd import __version__ as QD_VERSION
+import qd
 from qd.command import QDError, first_line
 from qd.data.contract import INPUT, LICENSE_NOTE, LOGITS, META_SOURCE_CHECKPOINT
 
@@ -103,7 +103,7 @@ def save_mlmodel(ctx: ExportContext, mlmodel, path: Path, metadata: dict[str, st
                  inputs: dict[str, str], outputs: dict[str, str]) -> None:
     """Author, licence, descriptions and the qd.* metadata, then the package at `path` (a temp folder)."""
     mlmodel.author = "quickdraw-edge"
-    mlmodel.version = QD_VERSION
+    mlmodel.version = qd.__version__
     mlmodel.license = LICENSE_NOTE
     mlmodel.short_description = description
     for name, text in {**inputs, **outputs}.items():

@@ -31,7 +31,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from qd import __version__ as QD_VERSION
+import qd
 from qd.command import QDError, first_line
 from qd.data.contract import INPUT, LOGITS, OUTPUTS, PROBABILITIES, SIDE
 from qd.infer.model import call_seconds, open_session, run_batched, session_outputs
@@ -110,7 +110,7 @@ def to_onnx_proto(net: torch.nn.Module, opset: int, side: int = 28, temperature:
     if got != opset:
         raise QDError(f"--opset {opset}: the exporter produced opset {got}")
     strip_debug_info(model)
-    model.producer_name, model.producer_version = "quickdraw-edge", QD_VERSION
+    model.producer_name, model.producer_version = "quickdraw-edge", qd.__version__
     return model
 
 

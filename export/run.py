@@ -47,7 +47,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
-from qd import __version__ as QD_VERSION
+import qd
 from qd.command import QDError, first_line
 from qd.data.contract import CARD_FORMAT, INT8_PREPARED, LABELS_FILE, LICENSE_NOTE, MAX_CARD_BYTES, MODEL_CARD, exports_dir
 from qd.files import (TEMP_SUFFIX, FolderBusy, clean_stale_temps, commit_dir, commit_file, folder_lock, fsync_dir,
@@ -300,7 +300,7 @@ def write_card(ctx: ExportContext, results: dict[str, list[Check]], kept: dict |
     card = {
         "format": CARD_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "quickdraw_edge": QD_VERSION,
+        "quickdraw_edge": qd.__version__,
         "classes": ctx.source.classes,
         "preprocessing": ctx.source.preprocessing,
         "arch": payload["arch"],

@@ -12,13 +12,13 @@ from typing import Annotated, List, Optional
 import typer
 from typer.core import TyperCommand
 
-from qd import options as opt
+from qd import options
 from qd.command import QDError, run_app
 from qd.data.contract import MAX_THREADS
 
 from . import DEFAULT_BATCH_SIZE, DEFAULT_TOP, MAX_LANES
 
-app = opt.make_app()
+app = options.make_app()
 
 
 class InferCommand(TyperCommand):
@@ -39,7 +39,7 @@ class InferCommand(TyperCommand):
         return super().parse_args(ctx, args)
 
 
-@app.command(cls=InferCommand, help=opt.describe(
+@app.command(cls=InferCommand, help=options.describe(
     "Classify drawings (images, .npy, .ndjson, folders of them) with an exported quickdraw-edge model.",
     "qd-infer my-drawings/ -m artifacts/exports/first --top 3",
     "Each drawing the model's open-set rule does not recognise is marked unknown (with its closest classes "
@@ -51,15 +51,15 @@ def infer(
         metavar="INPUT...", show_default=False,
         help="Images (PNG, JPEG, BMP, GIF, WebP), .npy drawing arrays, .ndjson Quick, Draw! drawings, or "
              "folders of them (hidden files skipped).")],
-    model: Annotated[Optional[str], opt.model_option()] = None,
-    top: Annotated[int, opt.top_option()] = DEFAULT_TOP,
-    batch_size: Annotated[int, opt.batch_size_option("Drawings per onnxruntime run.")] = DEFAULT_BATCH_SIZE,
+    model: Annotated[Optional[str], options.model_option()] = None,
+    top: Annotated[int, options.top_option()] = DEFAULT_TOP,
+    batch_size: Annotated[int, options.batch_size_option("Drawings per onnxruntime run.")] = DEFAULT_BATCH_SIZE,
     json_lines: Annotated[bool, typer.Option(
         "--json", help="JSON lines on stdout, one record per drawing or failed input (docs/output.md).")] = False,
     csv_out: Annotated[bool, typer.Option(
         "--csv", help="CSV on stdout, one row per drawing or failed input (docs/output.md).")] = False,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Search folders recursively.")] = True,
-    workers: Annotated[Optional[int], opt.workers_option(
+    workers: Annotated[Optional[int], options.workers_option(
         "Worker processes decoding images. Default: one per CPU.")] = None,
     threads: Annotated[Optional[int], typer.Option(
         "--threads", min=1, max=MAX_THREADS, metavar="N",
@@ -75,14 +75,14 @@ def infer(
         help="Classify on Ray Data into --out: a local Ray started for the run (no ADDRESS), auto (the running "
              "cluster), HOST:PORT or ray://HOST:PORT. --workers is then the number of Ray workers (default: one "
              "per CPU), --threads their CPUs and onnxruntime threads each (default 1).")] = None,
-    out: Annotated[Optional[str], opt.out_option("With --ray: the folder the records go to (JSON lines or "
+    out: Annotated[Optional[str], options.out_option("With --ray: the folder the records go to (JSON lines or "
                                                    "Parquet files), written only when the run has finished.")] = None,
     out_format: Annotated[Optional[str], typer.Option(
         "--format", metavar="json|parquet", show_default=False,
         help="With --ray: JSON lines (default, the records of --json) or Parquet.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="With --ray: replace a non-empty --out.")] = False,
-    artifacts: Annotated[Optional[Path], opt.artifacts_option()] = None,
-    version: Annotated[bool, opt.version_option()] = False,
+    artifacts: Annotated[Optional[Path], options.artifacts_option()] = None,
+    version: Annotated[bool, options.version_option()] = False,
 ) -> None:
     if json_lines and csv_out:
         raise QDError("--json and --csv cannot be used together")

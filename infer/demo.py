@@ -43,7 +43,7 @@ from typing import Annotated, Optional
 import typer
 from rich.text import Text
 
-from qd import options as opt
+from qd import options
 from qd.command import QDError, console, describe_unexpected, err_console, run_app, shown
 from qd.data.contract import MODEL_CANVAS_ONNX, ORT_WEB_DIST_ENV
 
@@ -304,15 +304,15 @@ def server_url(server: ThreadingHTTPServer) -> str:
     return f"http://{HOST}:{server.server_address[1]}/"
 
 
-app = opt.make_app()
+app = options.make_app()
 
 
-@app.command(help=opt.describe(
+@app.command(help=options.describe(
     "Serve the drawing demo on 127.0.0.1 until Ctrl+C: sketch a doodle, watch the exported model guess, "
     "all in the browser.",
     "qd-demo -m artifacts/exports/first"))
 def demo(
-    model: Annotated[Optional[str], opt.model_option(
+    model: Annotated[Optional[str], options.model_option(
         f"An export folder, or a model file in one: the page runs the export's {MODEL_CANVAS_ONNX} "
         "(qd-export --format onnx-canvas). Default: the newest export.")] = None,
     port: Annotated[int, typer.Option(
@@ -320,8 +320,8 @@ def demo(
     ort_web_dist: Annotated[Optional[Path], typer.Option(
         "--ort-web-dist", metavar="DIR", envvar=ORT_WEB_DIST_ENV, show_default=False,
         help=f"{ORT_PACKAGE}'s dist/ folder. Default: the copy inside the package.")] = None,
-    artifacts: Annotated[Optional[Path], opt.artifacts_option()] = None,
-    version: Annotated[bool, opt.version_option()] = False,
+    artifacts: Annotated[Optional[Path], options.artifacts_option()] = None,
+    version: Annotated[bool, options.version_option()] = False,
 ) -> None:
     server, info = make_server(model, port, ort_web_dist)
     url = server_url(server)

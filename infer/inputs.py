@@ -16,14 +16,14 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from qd.command import QDError, describe_unexpected, reason_of
-from qd.data.bitmaps import SUFFIX as NPY_SUFFIX, parse_npy_header
+from qd.data.bitmaps import SUFFIX, parse_npy_header
 from qd.data.contract import IMAGE_SUFFIXES, PIXELS, SIDE
 from qd.data.decode import ImageDecoder
 from qd.data.images import is_image_path
 from qd.data.strokes import NDJSON_SUFFIX, iter_ndjson
 from qd.files import UnlistableFolder, count_lines, open_regular, walk_files
 
-SUPPORTED_SUFFIXES = IMAGE_SUFFIXES + (NPY_SUFFIX, NDJSON_SUFFIX)
+SUPPORTED_SUFFIXES = IMAGE_SUFFIXES + (SUFFIX, NDJSON_SUFFIX)
 NPY_CHUNK_ROWS = 4096
 FLOAT_CHECK_ROWS = 65536
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
@@ -129,7 +129,7 @@ class Plan:
         for item in self.items:
             if isinstance(item, Failure) or is_image_path(item):
                 total += 1
-            elif item.name.lower().endswith(NPY_SUFFIX):
+            elif item.name.lower().endswith(SUFFIX):
                 try:
                     with DrawingArray.open(item) as array:
                         total += array.rows
@@ -168,7 +168,7 @@ def _read_plan(plan: Plan, decoder: ImageDecoder, chunk_rows: int) -> Iterator[E
             yield item
         elif isinstance(item, NpyRows):
             yield from guarded(item.path, read_npy(item.path, chunk_rows, item.start, item.stop))
-        elif item.name.lower().endswith(NPY_SUFFIX):
+        elif item.name.lower().endswith(SUFFIX):
             yield from guarded(item, read_npy(item, chunk_rows))
         else:
             yield from guarded(item, read_ndjson(item))

@@ -21,7 +21,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from qd import options as opt
+from qd import options
 from qd.command import QDError, run_app
 from qd.data import contract
 from qd.data.contract import MAX_NPY_ROWS, MAX_WORKERS
@@ -247,7 +247,7 @@ def default(name: str):
 
 # ----------------------------------------------------------------------------- qd-train
 
-app = opt.make_app()
+app = options.make_app()
 # Old spellings, still accepted (hidden) for one release.
 ALIASES = {"--data-dir": "--data"}
 
@@ -262,11 +262,11 @@ def _categories(text: Optional[str]) -> Optional[list[str]]:
 
 
 # Each parameter named like a TrainConfig field is passed on as that field.
-@app.command(cls=opt.aliased(ALIASES), help=opt.describe(
+@app.command(cls=options.aliased(ALIASES), help=options.describe(
     "Train a small CNN on Quick, Draw! bitmaps into ARTIFACTS/runs/<run>/best.pt and last.pt.",
     "qd-train -d artifacts/data --epochs 3 -o artifacts/runs/first"))
 def train_command(
-    data_dir: Annotated[Optional[Path], opt.data_option(
+    data_dir: Annotated[Optional[Path], options.data_option(
         "Folder of <category>.npy bitmap files. Default: ARTIFACTS/data.")] = None,
     categories: Annotated[Optional[str], typer.Option(
         "--categories", "-c", help="Comma-separated categories (default: all in --data).")] = None,
@@ -276,11 +276,11 @@ def train_command(
     epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", show_default=False, help=(
         f"Maximum number of epochs. Default: {DEFAULT_EPOCHS}, more for small sets (at least {MIN_STEPS} steps "
         f"in all, at most {MAX_AUTO_EPOCHS} epochs)."))] = default("epochs"),
-    batch_size: Annotated[Optional[int], opt.batch_size_option(
+    batch_size: Annotated[Optional[int], options.batch_size_option(
         f"Global batch size (split across DDP ranks). Default: {MAX_BATCH_SIZE}, halved down to {MIN_BATCH_SIZE} "
         f"until an epoch has {MIN_STEPS_PER_EPOCH} steps.")] = default("batch_size"),
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, one-cycle schedule).")] = default("lr"),
-    max_per_category: Annotated[Optional[int], opt.max_per_category_option(
+    max_per_category: Annotated[Optional[int], options.max_per_category_option(
         "Use at most N drawings per category (the first N rows).")] = default("max_per_category"),
     steps_per_epoch: Annotated[Optional[int], typer.Option(
         "--steps-per-epoch", help="Cap optimizer steps per epoch (each epoch still draws from the whole "
@@ -294,12 +294,12 @@ def train_command(
         "quarter of the epochs if more."))] = default("patience"),
     seed: Annotated[int, typer.Option(
         "--seed", help="Seed for initialisation, shuffling, augmentation and dropout.")] = default("seed"),
-    device: Annotated[str, opt.device_option()] = default("device"),
+    device: Annotated[str, options.device_option()] = default("device"),
     precision: Annotated[str, typer.Option("--precision", help=(
         "auto (bf16 autocast where the hardware has it: AMX CPUs, CUDA), fp32 or bf16."))] = default("precision"),
-    workers: Annotated[int, opt.workers_option(
+    workers: Annotated[int, options.workers_option(
         "Worker processes preparing batches (0: one prefetch thread instead).", min=0)] = default("workers"),
-    out: Annotated[Optional[Path], opt.out_option("Run folder. Default: ARTIFACTS/runs/<arch>-<timestamp>.")] = None,
+    out: Annotated[Optional[Path], options.out_option("Run folder. Default: ARTIFACTS/runs/<arch>-<timestamp>.")] = None,
     resume: Annotated[Optional[Path], typer.Option(
         "--resume", metavar="LAST_PT", help="Continue a run from its last.pt (its own settings and data folder, "
                                             "unless --data is given).")] = None,
@@ -328,16 +328,16 @@ def train_command(
             "Folder of <category>.npy drawings of none of the classes (qd-data fetch --negatives N): the network "
             "learns to be unsure of them (outlier exposure), split like the data.")),
     ] = None,
-    quiet: Annotated[bool, opt.quiet_option()] = default("quiet"),
-    artifacts: Annotated[Optional[Path], opt.artifacts_option()] = None,
-    version: Annotated[bool, opt.version_option()] = False,
+    quiet: Annotated[bool, options.quiet_option()] = default("quiet"),
+    artifacts: Annotated[Optional[Path], options.artifacts_option()] = None,
+    version: Annotated[bool, options.version_option()] = False,
 ) -> None:
-    options = dict(locals())  # the parsed options, by parameter name: first, before any other name is bound
+    parsed = dict(locals())  # the parsed options, by parameter name: first, before any other name is bound
     from qd.data.contract import default_data_dir
 
     from .loop import train
 
-    given = {f.name: options[f.name] for f in fields(TrainConfig) if f.name in options}
+    given = {f.name: parsed[f.name] for f in fields(TrainConfig) if f.name in parsed}
     given["categories"] = _categories(categories)
     if data_dir is None and resume is None:
         given["data_dir"] = default_data_dir()

@@ -45,8 +45,8 @@ from rich.table import Table
 from rich.text import Text
 
 from qd import __version__
+from qd import command
 from qd.command import ProgressBar, QDError, first_line, shown
-from qd.command import console as default_console
 from qd.data.bitmaps import BitmapDataset, SplitSpec
 from qd.data.contract import BEST_CHECKPOINT, CHECKPOINT_FORMAT, DEFAULT_PREPROCESSING, LAST_CHECKPOINT, runs_dir
 from qd.files import folder_lock
@@ -533,7 +533,7 @@ def fmt_duration(seconds: float) -> str:
 class Reporter:
     def __init__(self, enabled: bool, console: Console | None = None):
         self.enabled = enabled
-        self.console = console or default_console
+        self.console = console or command.console
         self._started = time.perf_counter()
 
     def print(self, *args, **kwargs) -> None:
