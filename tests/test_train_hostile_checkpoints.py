@@ -409,6 +409,8 @@ TAMPERED_FIELDS = [
     ("metrics", [{"epoch": 10**400}]), ("best.val_loss", 10**400), ("test.top1", "high"),
     ("data.max_per_category", 10**400), ("data.counts", [10**400]), ("split.seed", 0.5),
     ("train_state.epoch", 10**400), ("train_state.optimizer", {"state": {}, "param_groups": []}),
+    ("negatives", {"categories": 5}), ("negatives", {"dir": 3, "categories": ["a"], "sha256": []}),
+    ("negatives", ["x"]), ("parent", "base.pt"), ("parent", {"path": "base.pt", "class_mapping": [0]}),
 ]
 
 
@@ -430,6 +432,39 @@ def test_a_tampered_field_is_one_line_naming_the_checkpoint(trained_payloads, tm
     if part != "train_state":  # best.pt has none: only --resume reads it
         code, line = _export(monkeypatch, capsys, run / "best.pt", tmp_path / "export")
         assert code == 1 and line.startswith(f"error: {run / 'best.pt'}: damaged checkpoint: {part} "), line
+
+
+VALID_RECORDS = {
+    "negatives": {"dir": "/nowhere/negatives", "categories": ["cloud"], "counts": [10],
+                  "splits": {"train": 8, "val": 1, "test": 1}, "sha256": {"cloud": "0" * 64}},
+    "parent": {"path": "/nowhere/base.pt", "sha256": "0" * 64, "classes": ["apple", "cloud"],
+               "class_mapping": {"apple": 0, "circle": None, "square": None, "star": None}, "kept": 1,
+               "frozen_backbone": False},
+}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(part=st.sampled_from(sorted(VALID_RECORDS)), key=st.sampled_from(["dir", "categories", "counts", "splits",
+                                                                        "sha256", "path", "classes", "class_mapping",
+                                                                        "kept", "frozen_backbone"]),
+       value=HPARAM_VALUES)
+@example(part="parent", key="class_mapping", value={"apple": 7}).via("a row the parent does not have")
+@example(part="negatives", key="counts", value=[1, 2]).via("more counts than categories")
+def test_tampered_records_of_negatives_and_parent_load_or_fail_with_one_line(trained_payloads, tmp_path, monkeypatch,
+                                                                            capsys, part, key, value):
+    """The records a run keeps of its --negatives and its --init-from parent, valid but for one field set to
+    anything: `qd-train --resume` and `qd-export` go on, or say `error: <the checkpoint>: ...` (a number too big
+    for torch's safe loader is refused there; other wrong values are a `damaged checkpoint` line)."""
+    import tempfile
+
+    def tamper(payload):
+        payload[part] = {**VALID_RECORDS[part], key: value}
+
+    run = _tampered_run(trained_payloads, Path(tempfile.mkdtemp(dir=tmp_path)) / "run", tamper)
+    code, line = _resume(monkeypatch, capsys, run / "last.pt")
+    assert code == 0 or line.startswith(f"error: {run / 'last.pt'}: "), line
+    code, line = _export(monkeypatch, capsys, run / "best.pt", run.parent / "export")
+    assert code == 0 or line.startswith(f"error: {run / 'best.pt'}: "), line
 
 
 def test_weights_of_another_shape_than_the_declared_architecture_name_the_first_mismatch(

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from qd.command import QDError, first_line
-from qd.data.bitmaps import SplitSpec, check_labels
+from qd.data.bitmaps import SPLITS, SplitSpec, check_labels
 from qd.data.contract import (CHECKPOINT_FORMAT, DEFAULT_PREPROCESSING, MAX_CHECKPOINT_BYTES, MAX_CHECKPOINT_ENTRIES,
                               MAX_NPY_ROWS, check_preprocessing)
 from qd.files import atomic_target, open_regular, sha256_file
@@ -160,7 +160,8 @@ def _number(value: object) -> bool:
 
 
 def _check_records(payload: dict, bad) -> None:
-    """What a run recorded and later runs, reports and cards read: metrics, best, test, data, train_state."""
+    """What a run recorded and later runs, reports and cards read: metrics, best, test, data, negatives, parent,
+    train_state."""
     metrics = payload.get("metrics", [])
     if not isinstance(metrics, list) or not all(isinstance(m, dict) and all(_number(v) for v in m.values())
                                                 for m in metrics):
@@ -184,10 +185,48 @@ def _check_records(payload: dict, bad) -> None:
             or not (dir_ is None or isinstance(dir_, str)) \
             or not (limit is None or type(limit) is int and 1 <= limit <= MAX_NPY_ROWS):
         raise bad("data", "is not {dir, categories, counts, max_per_category} of their types and bounds")
+    _check_negatives(payload.get("negatives"), bad)
+    _check_parent(payload.get("parent"), bad)
     state = payload.get("train_state")
     if state is not None and not (isinstance(state, dict) and type(state.get("epoch")) is int
                                   and 0 <= state["epoch"] <= MAX_EPOCHS):
         raise bad("train_state", "has no epoch from 0 to the most epochs a run may have")
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _count(value: object) -> bool:
+    return type(value) is int and 0 <= value <= MAX_NPY_ROWS
+
+
+def _check_negatives(record: object, bad) -> None:
+    """The record of a run's --negatives (qd.data.negatives.negatives_record), which qd-export and qd-eval
+    read to find and check the negatives' held-out splits."""
+    if record is None:
+        return
+    if not (isinstance(record, dict) and (record.get("dir") is None or isinstance(record["dir"], str))
+            and _strings(record.get("categories"))
+            and isinstance(record.get("counts"), list) and all(_count(c) for c in record["counts"])
+            and len(record["counts"]) == len(record["categories"])
+            and isinstance(record.get("splits"), dict) and all(_count(record["splits"].get(n)) for n in SPLITS)
+            and isinstance(record.get("sha256"), dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in record["sha256"].items())):
+        raise bad("negatives", "is not {dir, categories, counts, splits, sha256} of their types and bounds")
+
+
+def _check_parent(record: object, bad) -> None:
+    """The record of the checkpoint a run started from (init_from below), carried on by --resume."""
+    if record is None:
+        return
+    mapping = record.get("class_mapping") if isinstance(record, dict) else None
+    if not (isinstance(record, dict) and isinstance(record.get("path"), str) and isinstance(record.get("sha256"), str)
+            and _strings(record.get("classes")) and isinstance(mapping, dict)
+            and all(isinstance(k, str) and (v is None or type(v) is int and 0 <= v < len(record["classes"]))
+                    for k, v in mapping.items())
+            and _count(record.get("kept")) and type(record.get("frozen_backbone")) is bool):
+        raise bad("parent", "is not {path, sha256, classes, class_mapping, kept, frozen_backbone} of their types")
 
 
 def check_weights(path: Path, payload: dict) -> None:
