@@ -1,5 +1,6 @@
 """qd-data fetch when things go wrong: SIGKILL or Ctrl-C mid-download (no half file, the part is
-resumed), a full disk (one line, earlier files intact), a FIFO in a source folder (one line)."""
+resumed), a full disk (one line, earlier files intact), a FIFO in a source folder (one line), a server that drips
+bytes (the status line, headers, body or the TLS handshake: given up on within --timeout)."""
 
 from __future__ import annotations
 
@@ -230,3 +231,53 @@ def test_dripped_status_line_and_headers_are_given_up_on(qd_server, shared_bitma
     assert re.fullmatch(re.escape(f"error: dog: {qd_server.url('dog')}: timed out: the server sent ") +
                         r"\d+ bytes? in 0\.5 s, less than 64 KiB per 0\.5 s", errors[0]), errors[0]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing written
+
+
+def test_a_dripped_tls_handshake_is_given_up_on(tmp_path):
+    # The server answers the ClientHello with a TLS record header promising 16 KiB, then drips one byte per
+    # 0.05 s: every read brings a byte well within --timeout, so only a bound on the whole handshake ends it
+    # (Python's ssl module gives the handshake one socket timeout in all; with a timeout per read it would last
+    # 16,384 x 0.05 s, beyond the subprocess guard below).
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)  # the ClientHello
+                conn.sendall(b"\x16\x03\x03\x40\x00")
+                while not stop.is_set():
+                    conn.sendall(b"\x00")
+                    time.sleep(0.05)
+            except OSError:  # the client gave up and closed
+                pass
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        result = subprocess.run([sys.executable, "-m", "qd.data.cli", "fetch", "cat", "--source",
+                                 f"https://127.0.0.1:{port}/", "--out", str(tmp_path / "out"), "--timeout", "0.5",
+                                 "--retries", "1"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    finally:
+        stop.set()
+        server.join()
+        listener.close()
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "Traceback" not in result.stdout + result.stderr, result.stderr
+    assert errors[0].startswith(f"error: cat: https://127.0.0.1:{port}/"), errors[0]
+    assert errors[0].endswith(": timed out (gave up after 1 retry)"), errors[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
