@@ -214,6 +214,12 @@ def check_category_name(category: str) -> str:
     return name
 
 
+def category_key(name: str) -> str:
+    """What two names of one category share, for telling whether data and negatives overlap: Google's
+    `house plant` is a folder's `House_Plant`."""
+    return name.casefold().replace("_", " ")
+
+
 def _checked_name(category: str) -> tuple[str, str]:
     """(the name in NFC, "") or (category, what is wrong with it)."""
     if not isinstance(category, str) or not category or category != category.strip():

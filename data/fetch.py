@@ -41,8 +41,8 @@ from qd.files import commit_file, folder_lock, read_regular, write_json_atomic
 
 import numpy as np
 
-from .bitmaps import (bitmap_header_bytes, category_path, check_category_name, list_categories, parse_bitmap_header,
-                      read_bitmap_header)
+from .bitmaps import (bitmap_header_bytes, category_key, category_path, check_category_name, list_categories,
+                      parse_bitmap_header, read_bitmap_header)
 from .contract import DEFAULT_RETRIES, PIXELS
 from .sources import (Body, CategoryNotFound, FolderSource, Remote, RemoteChanged, SourceUnreachable, TransientError,
                       UrlSource, Version)
@@ -152,9 +152,10 @@ def fetch_categories(source: FolderSource | UrlSource, categories: Iterable[str]
 
 
 def negative_candidates(source: FolderSource | UrlSource, data_dir: str | os.PathLike, seed: int) -> list[str]:
-    """Every category `source` offers that `data_dir` does not hold, in a random order fixed by `seed`."""
-    held = set(list_categories(data_dir))
-    names = sorted(set(source.list_categories()) - held)
+    """Every category `source` offers that `data_dir` does not hold (`category_key`: `House_Plant` holds
+    `house plant`), in a random order fixed by `seed`."""
+    held = {category_key(name) for name in list_categories(data_dir)}
+    names = sorted(name for name in set(source.list_categories()) if category_key(name) not in held)
     return [names[i] for i in np.random.default_rng(seed).permutation(len(names)).tolist()]
 
 

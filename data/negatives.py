@@ -22,7 +22,8 @@ import numpy as np
 from qd.command import QDError
 from qd.files import sha256_file
 
-from .bitmaps import SPLITS, BitmapDataset, SplitSpec, category_path, drawing_hashes, list_categories
+from .bitmaps import (SPLITS, BitmapDataset, SplitSpec, category_key, category_path, drawing_hashes,
+                      list_categories)
 from .contract import artifacts_root
 
 FETCH_NEGATIVES_HINT = "get some with: qd-data fetch --negatives N"
@@ -41,10 +42,12 @@ def open_negatives(folder: str | os.PathLike, data: BitmapDataset) -> BitmapData
     names = list_categories(folder)  # a bad name: one line naming the file
     if not names:
         raise QDError(f"{folder}: negatives folder holds no <category>.npy files ({FETCH_NEGATIVES_HINT})")
-    shared = sorted(set(names) & set(data.classes))
+    classes = {category_key(c): c for c in data.classes}
+    shared = sorted((name, classes[category_key(name)]) for name in names if category_key(name) in classes)
     if shared:
-        raise QDError(f"{category_path(folder, shared[0])}: category {shared[0]!r} is one of the classes trained on "
-                      f"({category_path(data.data_dir, shared[0])}); negatives must belong to none of them")
+        name, cls = shared[0]
+        raise QDError(f"{category_path(folder, name)}: category {name!r} is one of the classes trained on "
+                      f"({category_path(data.data_dir, cls)}); negatives must belong to none of them")
     negatives = BitmapDataset(folder)  # an invalid or empty file: one line naming it
     _refuse_shared_drawings(negatives, data)
     return negatives

@@ -31,6 +31,11 @@ def test_the_pick_is_seeded_and_leaves_out_the_datas_categories(shared_bitmaps, 
     assert negative_candidates(source, data, seed=3) == picked
     assert negative_candidates(source, data, seed=4) != picked
     assert set(negative_candidates(UrlSource("http://127.0.0.1:9"), data, seed=0)) == set(google_categories()) - set(DATA)
+    # a category of the data under another spelling (case, '_' for a space) is the same category
+    np.save(data / "House_Plant.npy", np.load(shared_bitmaps / "house_plant.npy", mmap_mode="r")[:10])
+    assert "house plant" in google_categories()
+    assert "house plant" not in negative_candidates(UrlSource("http://127.0.0.1:9"), data, seed=0)
+    assert "house_plant" not in negative_candidates(source, data, seed=0)
 
 
 def test_fetch_negatives_from_the_loopback_mirror(qd_server, shared_bitmaps, tmp_path):

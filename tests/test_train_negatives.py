@@ -90,6 +90,10 @@ def test_a_category_of_the_data_is_refused(data, negatives):
     shutil.copy(data / "star.npy", negatives / "star.npy")
     message = refused(negatives, data)
     assert message.startswith(f"{negatives / 'star.npy'}: category 'star' is one of the classes trained on")
+    (negatives / "star.npy").unlink()
+    shutil.copy(negatives / "apple.npy", negatives / "Star.npy")  # other drawings: only the name is shared
+    assert refused(negatives, data).startswith(f"{negatives / 'Star.npy'}: category 'Star' is one of the classes "
+                                               f"trained on ({data / 'star.npy'})")
 
 
 def test_a_drawing_of_the_data_is_refused_naming_both_rows(data, negatives):
