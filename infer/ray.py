@@ -39,10 +39,11 @@ from functools import lru_cache
 from pathlib import Path
 
 from qd.command import ProgressBar, QDError, first_line, reason_of
+from qd.data.bitmaps import SUFFIX
 from qd.data.contract import MAX_BATCH_SIZE, MAX_THREADS
 from qd.data.decode import ImageDecoder
 
-from .inputs import (NPY_SUFFIX, SUPPORTED_SUFFIXES, DrawingArray, Failure, NpyRows, Plan, discover, nothing_found,
+from .inputs import (SUPPORTED_SUFFIXES, DrawingArray, Failure, NpyRows, Plan, discover, nothing_found,
                      unsupported_type)
 from .model import OnnxClassifier, read_model_bytes, resolve_model_path
 from .run import JsonLinesWriter, Summary, classify_plan, note_missing_open_set, printable
@@ -210,7 +211,7 @@ def plan_units(inputs: list[str], recursive: bool, batch_size: int) -> list[str]
         name = item if isinstance(item, str) else item.name  # a URI, or a local Path
         if is_image_path(name):
             add(item, image_cost)
-        elif isinstance(item, str) or not name.lower().endswith(NPY_SUFFIX):
+        elif isinstance(item, str) or not name.lower().endswith(SUFFIX):
             add(item, rows_per_unit)  # a remote .npy or .ndjson, or a local .ndjson: read whole, by one worker
         else:
             try:
