@@ -6,7 +6,7 @@ medians selected rather than counted) must not move a single grey level.
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
@@ -151,3 +151,20 @@ def test_histogram_and_cell_counts_equal_plain_counting(height, width, paper, sh
     plain = [[np.count_nonzero(mask[i * c:(i + 1) * c, j * c:(j + 1) * c]) for j in range(grid.cols)]
              for i in range(grid.rows)]
     assert np.array_equal(grid.counts(mask), np.array(plain))
+
+
+@settings(max_examples=300, deadline=None)
+@example(mass=[1, 1998, 1])  # TRIM * total is 1.0: a prefix and a suffix sum exactly at the limit are not over it
+@example(mass=[2, 3996, 2])
+@given(mass=st.lists(st.integers(0, 5000), min_size=1, max_size=300).filter(lambda m: m[0] > 0 and m[-1] > 0))
+def test_trimmed_bounds_are_the_spec_ones(mass):
+    """Step 7's trimmed bounds: x0 the first index whose prefix sum is over TRIM * total, x1 the last
+    whose suffix sum is (and x1 = max(x1, x0)), for any counts along a box's side."""
+    from qd.data import images
+
+    counts = np.array(mass, dtype=np.int64)
+    total = int(counts.sum())
+    limit = images.TRIM * total
+    x0 = next(x for x in range(len(mass)) if sum(mass[:x + 1]) > limit)
+    x1 = max(x for x in range(len(mass)) if sum(mass[x:]) > limit)
+    assert images._trimmed_bounds(counts, total) == (x0, max(x1, x0))
