@@ -13,8 +13,9 @@ renderer), in the same pool: (drawing, bitmap or reason) in order.
 
 Decoding and preprocessing run in worker processes: much of qd.data.images is many small
 numpy calls that hold the GIL, so threads do not scale. Files travel in groups (fewer
-round trips), results come back in input order, and only a few groups per worker are
-in flight, so memory stays flat on folders of any size. Each worker (and the calling
+round trips; as many files as the ones before took about 40 ms of work for), results come
+back in input order, and only a few groups per worker are in flight, so memory stays flat
+on folders of any size. Each worker (and the calling
 process while it decodes itself) runs numpy's BLAS on one thread: a BLAS thread pool per
 worker would fight the other workers and the model for the same cores. Each worker also
 keeps the memory it frees for the next file (glibc): otherwise every image-sized array is
@@ -30,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -44,10 +46,15 @@ from .images import load_image_bitmap
 from .strokes import render_drawing
 from .workers import MIN_FILES_FOR_PROCESSES, start_fork_server, worker_context
 
-# Files per task sent to a worker. A worker gets its next task through the calling process
-# (concurrent.futures queues only one task beyond those running): tasks of a tenth of a
-# second or so keep the workers busy even when that process waits for a core.
+# Files per task sent to a worker: GROUP at first, then as many as take about TASK_SECONDS of a
+# worker's CPU time (measured on the tasks done so far), GROUP to MAX_GROUP. A worker gets its
+# next task through the calling process (concurrent.futures queues only one task beyond those
+# running): tasks of a tenth of a second or less keep the workers busy even when that process
+# waits for a core. Each task costs that process about half a millisecond of its own, as much
+# as 16 small images (about 10 ms of decoding) cost it otherwise: small images go 64 to a task.
 GROUP = 16
+MAX_GROUP = 64
+TASK_SECONDS = 0.04
 # Enough queued to keep the workers busy while the caller is away: with 2 workers, a batch of
 # 512 (qd-infer's default) small images, decoded while onnxruntime classifies the batch before.
 # (4 per worker, 64 small images or about 40 ms of work, run dry long before the default
@@ -91,6 +98,28 @@ def _decode_group(paths: list[str]) -> list[np.ndarray | str]:
 
 def _render_group(drawings: list) -> list[np.ndarray | str]:
     return [render_one(d) for d in drawings]
+
+
+def _timed(group_task, tasks: list) -> tuple[list, float]:
+    """A group task's results, and the CPU seconds it took (the worker's own time)."""
+    started = time.process_time()
+    results = group_task(tasks)
+    return results, time.process_time() - started
+
+
+class _GroupSize:
+    """Files per task: GROUP until tasks have been measured, then about TASK_SECONDS of work each."""
+
+    def __init__(self):
+        self.files = GROUP
+        self._done = 0
+        self._seconds = 0.0
+
+    def measured(self, files: int, seconds: float) -> None:
+        self._done += files
+        self._seconds += seconds
+        if self._seconds > 0:
+            self.files = min(MAX_GROUP, max(GROUP, int(TASK_SECONDS * self._done / self._seconds)))
 
 
 def _start_worker() -> None:
@@ -209,16 +238,19 @@ class ImageDecoder:
             self._pool_served = True
 
     def _in_pool(self, items: list, group_task, to_task) -> Iterator[tuple]:
-        groups = [items[i:i + GROUP] for i in range(0, len(items), GROUP)]
         window = self.workers * GROUPS_IN_FLIGHT_PER_WORKER
         pending: deque = deque()
+        size = _GroupSize()
+        start = 0
         try:
-            for group in groups:
+            while start < len(items):
+                group = items[start:start + size.files]
+                start += len(group)
                 pending.append((group, *self._submit([to_task(x) for x in group], group_task)))
                 if len(pending) >= window:
-                    yield from self._collect(*pending.popleft(), group_task, to_task)
+                    yield from self._collect(*pending.popleft(), group_task, to_task, size)
             while pending:
-                yield from self._collect(*pending.popleft(), group_task, to_task)
+                yield from self._collect(*pending.popleft(), group_task, to_task, size)
         finally:
             for _, future, _ in pending:
                 if future is not None:
@@ -228,20 +260,21 @@ class ImageDecoder:
         """(future, the pool it runs in); (None, pool) if that pool is already broken."""
         pool = self._pool_or_start()
         try:
-            return pool.submit(group_task, tasks), pool
+            return pool.submit(_timed, group_task, tasks), pool
         except BrokenProcessPool:
             return None, pool
 
-    def _collect(self, group: list, future, pool, group_task, to_task) -> Iterator[tuple]:
+    def _collect(self, group: list, future, pool, group_task, to_task, size: _GroupSize) -> Iterator[tuple]:
         try:
             if future is None:
                 raise BrokenProcessPool
-            results = future.result()
+            results, seconds = future.result()
         except BrokenProcessPool:
             self._restart(pool)
             yield from self._one_by_one(group, group_task, to_task)
             return
         self._served(pool)
+        size.measured(len(group), seconds)
         yield from zip(group, results)
 
     def _one_by_one(self, group: list, group_task, to_task) -> Iterator[tuple]:
@@ -251,7 +284,7 @@ class ImageDecoder:
             try:
                 if future is None:
                     raise BrokenProcessPool
-                result = future.result()[0]
+                result = future.result()[0][0]
             except BrokenProcessPool:
                 self._restart(pool)
                 yield item, _CRASHED

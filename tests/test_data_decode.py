@@ -174,3 +174,32 @@ def test_memory_stays_bounded_only_a_window_is_in_flight(folder, monkeypatch):
     assert len(submitted) <= window and len(folder) * copies > window * GROUP
     results.close()
     decoder.close()
+
+
+def test_quick_files_go_more_to_a_task_in_input_order(folder, monkeypatch):
+    """Tasks start at GROUP files; once measured, files that take little work go up to MAX_GROUP to
+    a task (fewer round trips), slow ones stay at GROUP; results stay in input order either way."""
+    sizes = []
+    decoder = ImageDecoder(workers=2, expected=len(folder), context=multiprocessing.get_context("fork"))
+    real_submit = decoder._submit
+    monkeypatch.setattr(decoder, "_submit", lambda names, *task: (sizes.append(len(names)), real_submit(names, *task))[1])
+    monkeypatch.setattr(decode, "GROUPS_IN_FLIGHT_PER_WORKER", 1)  # measured after the first two tasks
+    monkeypatch.setattr(decode, "TASK_SECONDS", 1e6)  # every file is quick, whatever the machine
+    paths = folder * 12
+    with decoder:
+        results = list(decoder.decode(paths))
+    assert [p for p, _ in results] == paths
+    assert sizes[:3] == [GROUP, GROUP, decode.MAX_GROUP] and sum(sizes) == len(paths)
+    expected = dict(decoded(folder, workers=1))
+    for path, result in results:
+        assert np.array_equal(result, expected[path]) if not isinstance(result, str) else result == expected[path]
+
+    slow = decode._GroupSize()
+    slow.measured(GROUP, 2 * decode.TASK_SECONDS)
+    assert slow.files == GROUP
+    quick = decode._GroupSize()
+    quick.measured(GROUP, decode.TASK_SECONDS / 8)
+    assert quick.files == decode.MAX_GROUP
+    between = decode._GroupSize()
+    between.measured(GROUP, decode.TASK_SECONDS / 2)
+    assert between.files == 2 * GROUP

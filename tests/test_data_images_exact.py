@@ -6,6 +6,8 @@ medians selected rather than counted) must not move a single grey level.
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 import images_reference as reference
@@ -129,3 +131,40 @@ def test_the_helpers_equal_their_plain_forms():
             computed = images._stretch(given, *images._stretch_bounds(b, span))
             assert computed.dtype == np.float32 and np.array_equal(computed, table[levels])
         assert np.array_equal(levels, np.arange(256).reshape(16, 16))
+
+
+@settings(max_examples=150, deadline=None)
+@given(height=st.integers(1, 160), width=st.integers(1, 160), paper=st.integers(0, 255),
+       share=st.one_of(st.floats(0.0, 1.0), st.floats(0.97, 1.0)), seed=st.integers(0, 2**32 - 1))
+def test_histogram_and_cell_counts_equal_plain_counting(height, width, paper, share, seed):
+    """Step 2's histogram (the paper's level counted eight pixels at a time, any size, any share
+    of paper, at most 7 pixels past the last whole word) and step 5's per-cell counts (clipped last row and column of cells) equal counting
+    every pixel."""
+    from qd.data import images
+
+    rng = np.random.default_rng(seed)
+    levels = np.where(rng.random((height, width)) < share, paper, rng.integers(0, 256, (height, width))).astype(np.uint8)
+    assert np.array_equal(images.histogram(levels), np.bincount(levels.ravel(), minlength=256))
+    grid = images.CellGrid(levels.shape)
+    mask = levels == paper
+    c = grid.cell
+    plain = [[np.count_nonzero(mask[i * c:(i + 1) * c, j * c:(j + 1) * c]) for j in range(grid.cols)]
+             for i in range(grid.rows)]
+    assert np.array_equal(grid.counts(mask), np.array(plain))
+
+
+@settings(max_examples=300, deadline=None)
+@example(mass=[1, 1998, 1])  # TRIM * total is 1.0: a prefix and a suffix sum exactly at the limit are not over it
+@example(mass=[2, 3996, 2])
+@given(mass=st.lists(st.integers(0, 5000), min_size=1, max_size=300).filter(lambda m: m[0] > 0 and m[-1] > 0))
+def test_trimmed_bounds_are_the_spec_ones(mass):
+    """Step 7's trimmed bounds: x0 the first index whose prefix sum is over TRIM * total, x1 the last
+    whose suffix sum is (and x1 = max(x1, x0)), for any counts along a box's side."""
+    from qd.data import images
+
+    counts = np.array(mass, dtype=np.int64)
+    total = int(counts.sum())
+    limit = images.TRIM * total
+    x0 = next(x for x in range(len(mass)) if sum(mass[:x + 1]) > limit)
+    x1 = max(x for x in range(len(mass)) if sum(mass[x:]) > limit)
+    assert images._trimmed_bounds(counts, total) == (x0, max(x1, x0))
