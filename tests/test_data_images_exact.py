@@ -127,8 +127,8 @@ def test_the_helpers_equal_their_plain_forms():
     for b, span in ((0, 255), (3, 40), (100, 150), (20, 32)):
         levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
         table = images.stretch_table(b, span)
-        for given in (levels.astype(np.float32), levels):  # float32 levels in place; uint8 ones left as they are
-            computed = images._stretch(given, *images._stretch_bounds(b, span))
+        for levels_in in (levels.astype(np.float32), levels):  # float32 levels in place; uint8 ones left as they are
+            computed = images._stretch(levels_in, *images._stretch_bounds(b, span))
             assert computed.dtype == np.float32 and np.array_equal(computed, table[levels])
         assert np.array_equal(levels, np.arange(256).reshape(16, 16))
 
