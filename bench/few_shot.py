@@ -374,6 +374,8 @@ def tune_variants(few: Path) -> dict[str, tuple[dict, dict]]:
             AffineAugment, max_rotation_deg=15.0, max_scale=0.2, max_shift=0.2)}),
         "  600 steps": ({}, {"FEW_SHOT_STEPS": 600}),
         "  another seed (--seed 1)": ({"seed": 1}, {}),
+        "  another seed (--seed 2)": ({"seed": 2}, {}),
+        "  from scratch, --seed 1 (no --init-from)": ({"init_from": None, "seed": 1}, {}),
         "  backbone at 0.1x the head's learning rate": ({}, {"Trainer": discriminative_lr(0.1)}),
         "  backbone at 0.3x the head's learning rate": ({}, {"Trainer": discriminative_lr(0.3)}),
         "  label smoothing 0.1": ({}, {"Trainer": soft_targets(smoothing=0.1)}),
