@@ -17,10 +17,10 @@ Runs, each with the same 30 drawings per category, in this process (one torch th
   scratch              qd-train with default options (no --init-from)
   init                 qd-train --init-from BASE, default options (a few-shot run: 300 steps)
   tune-...             (tune partition only) one change from the defaults: new rows imprinted (then
-                       300 or 150 steps, or stronger augmentation), 600 steps, another seed, the backbone
-                       at 0.1x or 0.3x the output layer's learning rate, label smoothing, mixup, LP-FT
-                       (the output layer alone first), a base trained with label smoothing; some also
-                       never stopped early (--patience 0)
+                       300 or 150 steps, or stronger augmentation), 600 steps, seeds 1 and 2 (and scratch's
+                       seed 1), the backbone at 0.1x or 0.3x the output layer's learning rate, label
+                       smoothing, mixup, LP-FT (the output layer alone first), a base trained with label
+                       smoothing; some also never stopped early (--patience 0)
   frozen               qd-train --init-from BASE --freeze-backbone (a linear probe)
   old                  qd-train --init-from BASE --no-few-shot (the usual schedule)
   prototypes           no training: the base's backbone, the new output rows imprinted
