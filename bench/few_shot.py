@@ -17,7 +17,10 @@ Runs, each with the same 30 drawings per category, in this process (one torch th
   scratch              qd-train with default options (no --init-from)
   init                 qd-train --init-from BASE, default options (a few-shot run: 300 steps)
   tune-...             (tune partition only) one change from the defaults: new rows imprinted (then
-                       300 or 150 steps, or stronger augmentation), 600 steps
+                       300 or 150 steps, or stronger augmentation), 600 steps, seeds 1 and 2 (and scratch's
+                       seed 1), the backbone at 0.1x or 0.3x the output layer's learning rate, label
+                       smoothing, mixup, LP-FT (the output layer alone first), a base trained with label
+                       smoothing; some also never stopped early (--patience 0)
   frozen               qd-train --init-from BASE --freeze-backbone (a linear probe)
   old                  qd-train --init-from BASE --no-few-shot (the usual schedule)
   prototypes           no training: the base's backbone, the new output rows imprinted
@@ -251,6 +254,94 @@ def prototypes(base: Path, data_dir: Path, out: Path) -> tuple[Path, float]:
     return out / "best.pt", time.perf_counter() - started
 
 
+# ---------------------------------------------------------------- few-shot training variants (tune partition)
+# Each a subclass of qd.train.loop.Trainer, swapped in for one run by `patched({"Trainer": ...})`.
+
+def discriminative_lr(factor: float):
+    """The backbone at `factor` x the output layer's learning rate (the one-cycle schedule scaled alike)."""
+    import torch
+
+    from qd.train.loop import Trainer
+    from qd.train.models import head_name
+
+    class DiscriminativeLR(Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            head = head_name(self.model) + "."
+            named = list(self.model.named_parameters())
+            lr = self.config.lr
+            self.optimizer = torch.optim.AdamW(
+                [{"params": [p for n, p in named if not n.startswith(head)], "lr": factor * lr},
+                 {"params": [p for n, p in named if n.startswith(head)], "lr": lr}],
+                weight_decay=self.config.weight_decay)
+            total = self.config.epochs * len(self.train_loader)
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer, max_lr=[factor * lr, lr], total_steps=total, pct_start=max(0.25, 2 / total))
+    return DiscriminativeLR
+
+
+def soft_targets(smoothing: float = 0.0, mixup: float = 0.0):
+    """Label smoothing and/or mixup (Beta(mixup, mixup) weights) on the known drawings: the loss takes
+    class probabilities instead of labels (the synthetic outliers' term is unchanged)."""
+    import torch
+    import torch.nn.functional as F
+
+    from qd.train.loop import Trainer
+
+    class SoftTargets(Trainer):
+        def _loss(self, x, y, rng, background, ink):
+            n, classes = len(y), self.dataset.num_classes
+            target = F.one_hot(y, classes).float()
+            if mixup > 0:
+                weight = float(np.random.default_rng(int(torch.randint(2**31, (1,), generator=rng))).beta(mixup, mixup))
+                order = torch.randperm(n, generator=rng)
+                x = torch.cat([weight * x[:n] + (1 - weight) * x[:n][order], x[n:]])
+                target = weight * target + (1 - weight) * target[order]
+            target = (1 - smoothing) * target + smoothing / classes
+            return super()._loss(x, target, rng, background, ink)
+    return SoftTargets
+
+
+def head_first(steps: int, lr_factor: float):
+    """LP-FT (Kumar et al. 2022): `steps` steps training the output layer alone (backbone and its batch-norm
+    statistics kept, constant learning rate `lr_factor` x --lr), then the usual few-shot run of the whole network."""
+    import torch
+
+    from qd.train.batches import epoch_seed
+    from qd.train.checkpoint import freeze, keep_batch_norm
+    from qd.train.loop import Trainer
+
+    class HeadFirst(Trainer):
+        def run(self):
+            cfg, model = self.config, self.model
+            freeze(model)
+            head = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(head, lr=lr_factor * cfg.lr, weight_decay=cfg.weight_decay)
+            mean, std = self.preprocessing.get("mean", 0.0), self.preprocessing.get("std", 1.0)
+            background, ink = (0.0 - mean) / std, (255 * self.preprocessing["scale"] - mean) / std
+            model.train()
+            keep_batch_norm(model)
+            done, epoch = 0, 10**6
+            while done < steps:
+                self.train_loader.set_epoch(epoch)  # shuffles the run's own epochs (1, 2, ...) never use
+                rng = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 2, 0))
+                for x, y in self.train_loader:
+                    if done == steps:
+                        break
+                    if self.augment is not None:
+                        x = self.augment(x, rng, background)
+                    loss = self._loss(x, y, rng, background, ink)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    done += 1
+                epoch += 1
+            for p in model.parameters():
+                p.requires_grad_(True)
+            return super().run()
+    return HeadFirst
+
+
 def report(title: str, rows: list[tuple[str, float, float, str]]) -> None:
     print(f"\n{title}")
     if not rows:
@@ -282,6 +373,16 @@ def tune_variants(few: Path) -> dict[str, tuple[dict, dict]]:
         "  new rows imprinted, stronger augmentation": ({}, {"init_from": imprinting(few), "AffineAugment": partial(
             AffineAugment, max_rotation_deg=15.0, max_scale=0.2, max_shift=0.2)}),
         "  600 steps": ({}, {"FEW_SHOT_STEPS": 600}),
+        "  another seed (--seed 1)": ({"seed": 1}, {}),
+        "  another seed (--seed 2)": ({"seed": 2}, {}),
+        "  from scratch, --seed 1 (no --init-from)": ({"init_from": None, "seed": 1}, {}),
+        "  backbone at 0.1x the head's learning rate": ({}, {"Trainer": discriminative_lr(0.1)}),
+        "  backbone at 0.3x the head's learning rate": ({}, {"Trainer": discriminative_lr(0.3)}),
+        "  label smoothing 0.1": ({}, {"Trainer": soft_targets(smoothing=0.1)}),
+        "  mixup (Beta 0.4)": ({}, {"Trainer": soft_targets(mixup=0.4)}),
+        "  LP-FT: 60 steps head only (3x --lr), then 300": ({}, {"Trainer": head_first(60, 3.0)}),
+        "  LP-FT, never stopped early (--patience 0)": ({"patience": 0}, {"Trainer": head_first(60, 3.0)}),
+        "  backbone at 0.3x the head's LR, --patience 0": ({"patience": 0}, {"Trainer": discriminative_lr(0.3)}),
     }
 
 
@@ -309,12 +410,12 @@ def part_partition(work: Path, part: str, only: set[str] | None = None) -> None:
     test = pngs(work, f"{part}-test", new, TEST_START, TEST_COUNT, seed=12)
     rows = []
 
-    def trained(name: str, slug: str, options: dict, constants: dict | None = None) -> None:
+    def trained(name: str, slug: str, options: dict, constants: dict | None = None, note: str = "") -> None:
         if only is not None and slug not in only:
             return
         with patched(constants or {}):
             best, seconds = train_run(work / f"{part}-{slug}", data_dir=few, **options)
-        rows.append((name, top1(best, test), seconds, epochs_note(best)))
+        rows.append((name, top1(best, test), seconds, epochs_note(best) + note))
 
     trained("from scratch, defaults", "scratch", {})
     if only == {"scratch"}:
@@ -325,6 +426,16 @@ def part_partition(work: Path, part: str, only: set[str] | None = None) -> None:
         for name, (options, constants) in tune_variants(few).items():
             slug = "tune-" + "".join(c if c.isalnum() else "-" for c in name.strip())
             trained(name, slug, {"init_from": base, **options}, constants)
+        if only is None or {"tune-smoothed-base", "tune-smoothed-base-patience-0"} & only:
+            # a base trained to give better embeddings for unseen classes
+            with patched({"Trainer": soft_targets(smoothing=0.1)}):
+                smoothed, _ = train_run(work / f"{part}-base-smoothed", data_dir=base_data, epochs=3)
+            own = (f"; the base's own test top-1 {100 * load_test_top1(smoothed):.1f}% "
+                   f"(the default base's {100 * load_test_top1(base):.1f}%)")
+            trained("  a base trained with label smoothing 0.1", "tune-smoothed-base", {"init_from": smoothed},
+                    note=own)
+            trained("  a base trained with label smoothing 0.1, --patience 0", "tune-smoothed-base-patience-0",
+                    {"init_from": smoothed, "patience": 0}, note=own)
     trained("--init-from base --freeze-backbone (linear probe)", "frozen", {"init_from": base, "freeze_backbone": True})
     trained("--init-from base --no-few-shot (usual schedule)", "old", {"init_from": base, "few_shot": False})
     if only is None or "prototypes" in only:
@@ -342,6 +453,13 @@ def part_partition(work: Path, part: str, only: set[str] | None = None) -> None:
                      f"all {100 * top1_on(best, kept_test):.1f}%"))
     report(f"{part}: {len(new)} new categories x {FEW} PNGs, top-1 on {TEST_COUNT} other PNGs each "
            f"(base: {len(PARTITIONS[part]['base'])} categories x {BASE_ROWS}, 3 epochs)", rows)
+
+
+def load_test_top1(checkpoint: Path) -> float:
+    """The test top-1 qd-train recorded for a run (on its own test split)."""
+    from qd.train.checkpoint import load_checkpoint
+
+    return load_checkpoint(checkpoint)["test"]["top1"]
 
 
 def top1_on(checkpoint: Path, data_dir: Path) -> float:

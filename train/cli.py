@@ -53,7 +53,7 @@ PATIENCE_SHARE = 0.25          # ... or this share of the epochs, if more: many 
 
 # A few-shot run: --init-from and few training drawings per class (`few_shot`). Its epochs are fitted to
 # FEW_SHOT_STEPS optimizer steps instead of at least MIN_STEPS: from a trained model, that many reach the
-# accuracy of the long schedule in a third to a half of the time. Chosen by measurement on held-out categories
+# accuracy of the long schedule in a quarter to a third of the time. Chosen by measurement on held-out categories
 # (bench/few_shot.py, docs/own-drawings.md).
 FEW_SHOT_MAX_PER_CLASS = 100   # training drawings per class up to which an --init-from run is few-shot
 FEW_SHOT_STEPS = 300           # optimizer steps of a few-shot run (its epochs are fitted to them)
