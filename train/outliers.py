@@ -94,7 +94,7 @@ def known_batch_norm(model: torch.nn.Module, known: int):
 
 @dataclass(frozen=True)
 class SyntheticOutliers:
-    share: float = 0.25            # negatives per known drawing in a batch
+    share: float = 0.5             # negatives per known drawing in a batch
     kinds: tuple[str, ...] = KINDS
 
     def count(self, batch: int) -> int:
