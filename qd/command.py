@@ -32,8 +32,9 @@ stdout while the bar shows goes above the bar (through the bar's own cursor hand
 never through it; the bytes still go to stdout. The bar is redrawn from the caller's
 thread at most 10 times a second, so it never writes while stdout is being written.
 
-Only rich's console is imported here (rich.progress when a bar is drawn): every module of
-every stage imports QDError from here, the edge install and decode workers included.
+rich loads on first use (a console, shown(), a bar; rich.progress only when a bar is drawn):
+every module of every stage imports QDError from here, the edge install and the decode
+workers' fork server included, and those workers never print.
 """
 
 from __future__ import annotations
@@ -44,9 +45,12 @@ import signal
 import sys
 import threading
 import time
+from functools import cache
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
 
 # ----------------------------------------------------------------------------- errors
 
@@ -82,9 +86,22 @@ def first_line(exc: BaseException, limit: int = 160) -> str:
 
 # ----------------------------------------------------------------------------- consoles
 
-# emoji=False: a file named `:cat:.png` is shown as it is named, not as a picture.
-console = Console(emoji=False)
-err_console = Console(stderr=True, emoji=False)
+@cache
+def _consoles() -> tuple[Console, Console]:
+    """(stdout's console, stderr's), made on first use. emoji=False: a file named `:cat:.png` is
+    shown as it is named, not as a picture."""
+    from rich.console import Console
+
+    return Console(emoji=False), Console(stderr=True, emoji=False)
+
+
+def __getattr__(name: str) -> Console:
+    """`console` (stdout) and `err_console` (stderr): every command's two consoles."""
+    if name == "console":
+        return _consoles()[0]
+    if name == "err_console":
+        return _consoles()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -116,12 +133,16 @@ def shown(text: object, style: str = "") -> Text:
     """`text` as a rich Text that shows exactly its characters: control characters made visible
     (`\\x1b`, `\\n`, `\\u202e`), never read as markup. The one escaping function for every
     untrusted string shown to a person."""
+    from rich.text import Text
+
     return Text(_INVISIBLE.sub(_visible, str(text)), style=style)
 
 
 def fail(message: str) -> None:
     """One `error: ...` line on stderr; `message` is plain text (file names and all), never markup."""
-    err_console.print(Text.assemble(("error:", "bold red"), " ", shown(message)), highlight=False, soft_wrap=True)
+    from rich.text import Text
+
+    _consoles()[1].print(Text.assemble(("error:", "bold red"), " ", shown(message)), highlight=False, soft_wrap=True)
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -217,6 +238,7 @@ REDRAW_SECONDS = 0.1
 def _rate_column(unit: str):
     """A rich progress column: "1,234 drawings/s" over the last few seconds."""
     from rich.progress import ProgressColumn
+    from rich.text import Text
 
     class RateColumn(ProgressColumn):
         def render(self, task) -> Text:
@@ -232,10 +254,12 @@ class ProgressBar:
     `unit="bytes"`: sizes and transfer speed rather than a count and a rate."""
 
     def __init__(self, description: str, total: int | None = None, unit: str = "drawings",
-                 console: Console = err_console, stdout: Console = console, enabled: bool | None = None,
+                 console: Console | None = None, stdout: Console | None = None, enabled: bool | None = None,
                  completed: int = 0):
+        stdout_console, err_console = _consoles()
+        console = console if console is not None else err_console
         self.active = console.is_terminal if enabled is None else enabled
-        self.stdout = stdout
+        self.stdout = stdout if stdout is not None else stdout_console
         self._last_draw = 0.0
         self._hooked = False
         self._above = False  # stdout output goes above the bar (it shows, on stdout's terminal)

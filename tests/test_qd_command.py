@@ -1,8 +1,11 @@
 """qd.command.run_app, every command's top level: any exception that escapes a command is
 one `error:` line (never a traceback), out of memory says so, and Ctrl-C says it was interrupted,
-with the command's hint, and exits 130."""
+with the command's hint, and exits 130. rich loads on first use: the decode workers never print."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import typer
 from hypothesis import HealthCheck, given, settings
@@ -44,3 +47,18 @@ def test_ctrl_c_in_any_command_says_so_and_exits_130():
     result = invoke_cli(lambda: run_app(app, interrupted_hint="the rest is kept"))
     assert result.exit_code == 130
     assert result.stderr == "error: interrupted (Ctrl-C); the rest is kept\n"
+
+
+def test_the_decode_workers_fork_server_imports_no_rich():
+    """What the fork server imports for the decode workers (qd.data.workers.WORKER_MODULES) needs
+    qd.command's QDError, never its consoles; the consoles are made, once, on first use."""
+    script = ("import sys\n"
+              "from qd.data.workers import WORKER_MODULES\n"
+              "for name in WORKER_MODULES: __import__(name)\n"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'rich'))\n"
+              "from qd.command import console, err_console\n"
+              "import qd.command\n"
+              "print(qd.command.console is console, qd.command.err_console is err_console, console.stderr,"
+              " err_console.stderr)")
+    lines = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert lines[:2] == ["[]", "True True False True"]
