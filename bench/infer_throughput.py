@@ -123,10 +123,11 @@ def main() -> None:
         for model in models:
             bare = [sys.executable, "-c", BARE_ONNXRUNTIME, model, npy]
             modes = ("--json", "--csv")
-            times = in_turn([bare, *([*QD_INFER, npy, "--model", model, mode] for mode in modes)], args.rounds)
-            for mode, ours in zip(modes, times[1:]):
-                print(f"   {arch_of(model):8s} {mode:6s}  "
-                      f"{SideBySide(times[0], ours).line('bare onnxruntime', args.drawings, 'drawings', 0.9)}")
+            cpu_s: list[list[float]] = [[] for _ in range(1 + len(modes))]
+            times = in_turn([bare, *([*QD_INFER, npy, "--model", model, mode] for mode in modes)], args.rounds, cpu_s)
+            for mode, ours, ours_cpu in zip(modes, times[1:], cpu_s[1:]):
+                pair = SideBySide(times[0], ours, cpu_s[0], ours_cpu)
+                print(f"   {arch_of(model):8s} {mode:6s}  {pair.line('bare onnxruntime', args.drawings, 'drawings', 0.9)}")
 
     if "images" not in skip:
         folder = make_folder(args.work / f"pngs-{args.pngs}", args.pngs, sizes=(254, 1024))
