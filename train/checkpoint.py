@@ -179,9 +179,7 @@ def _check_records(payload: dict, bad) -> None:
         raise bad("data", "is not a dict")
     counts, categories, dir_ = data.get("counts"), data.get("categories"), data.get("dir")
     limit = data.get("max_per_category")
-    if not (counts is None or isinstance(counts, list) and all(type(c) is int and 0 <= c <= MAX_NPY_ROWS
-                                                               for c in counts)) \
-            or not (categories is None or isinstance(categories, list) and all(isinstance(c, str) for c in categories)) \
+    if not (counts is None or _counts(counts)) or not (categories is None or _strings(categories)) \
             or not (dir_ is None or isinstance(dir_, str)) \
             or not (limit is None or type(limit) is int and 1 <= limit <= MAX_NPY_ROWS):
         raise bad("data", "is not {dir, categories, counts, max_per_category} of their types and bounds")
@@ -198,7 +196,12 @@ def _strings(value: object) -> bool:
 
 
 def _count(value: object) -> bool:
+    """A number of drawings."""
     return type(value) is int and 0 <= value <= MAX_NPY_ROWS
+
+
+def _counts(value: object) -> bool:
+    return isinstance(value, list) and all(_count(c) for c in value)
 
 
 def _check_negatives(record: object, bad) -> None:
@@ -208,7 +211,7 @@ def _check_negatives(record: object, bad) -> None:
         return
     if not (isinstance(record, dict) and (record.get("dir") is None or isinstance(record["dir"], str))
             and _strings(record.get("categories"))
-            and isinstance(record.get("counts"), list) and all(_count(c) for c in record["counts"])
+            and _counts(record.get("counts"))
             and len(record["counts"]) == len(record["categories"])
             and isinstance(record.get("splits"), dict) and all(_count(record["splits"].get(n)) for n in SPLITS)
             and isinstance(record.get("sha256"), dict)
