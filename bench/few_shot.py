@@ -317,8 +317,7 @@ def head_first(steps: int, lr_factor: float):
             freeze(model)
             head = [p for p in model.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(head, lr=lr_factor * cfg.lr, weight_decay=cfg.weight_decay)
-            mean, std = self.preprocessing.get("mean", 0.0), self.preprocessing.get("std", 1.0)
-            background, ink = (0.0 - mean) / std, (255 * self.preprocessing["scale"] - mean) / std
+            background, ink = self.paper_and_ink()
             model.train()
             keep_batch_norm(model)
             done, epoch = 0, 10**6

@@ -392,8 +392,7 @@ class Trainer:
         self.train_loader.set_epoch(epoch)
         torch.manual_seed(epoch_seed(cfg.seed, epoch, 1, self.dist.rank))  # dropout
         aug_rng = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 2, self.dist.rank))
-        background = (0.0 - self.preprocessing.get("mean", 0.0)) / self.preprocessing.get("std", 1.0)
-        ink = (255 * self.preprocessing["scale"] - self.preprocessing.get("mean", 0.0)) / self.preprocessing.get("std", 1.0)
+        background, ink = self.paper_and_ink()
         self.net.train()
         if cfg.freeze_backbone:
             keep_batch_norm(self.model)
@@ -430,6 +429,12 @@ class Trainer:
             "samples_per_s": seen_all / train_seconds if train_seconds > 0 else 0.0,
             "seconds": time.perf_counter() - start,
         }
+
+    def paper_and_ink(self) -> tuple[float, float]:
+        """The model-input values of blank paper (level 0) and full ink (level 255) under the run's
+        preprocessing: what augmentation fills with and synthetic non-drawings are drawn in."""
+        mean, std = self.preprocessing.get("mean", 0.0), self.preprocessing.get("std", 1.0)
+        return (0.0 - mean) / std, (255 * self.preprocessing["scale"] - mean) / std
 
     def _loss(self, x, y, rng: torch.Generator, background: float, ink: float) -> torch.Tensor:
         """`x`: the known drawings (labels `y`), then any real negatives."""
