@@ -403,6 +403,20 @@ def test_tampered_hparams_resume_and_export_or_fail_with_one_line_naming_the_fil
     assert code == 0 or line.startswith(f"error: {run / 'best.pt'}: "), line
 
 
+def test_hparams_without_a_required_field_are_one_line_naming_the_checkpoint(trained_payloads, tmp_path, monkeypatch,
+                                                                             capsys):
+    """A bit flip in a key's name (found by the damaged-checkpoint test) leaves the hparams without data_dir:
+    one `damaged checkpoint` line, from --resume and qd-export alike, not a TypeError."""
+    def tamper(payload):
+        payload["hparams"]["data_dkr"] = payload["hparams"].pop("data_dir")
+
+    run = _tampered_run(trained_payloads, tmp_path / "run", tamper)
+    code, line = _resume(monkeypatch, capsys, run / "last.pt")
+    assert code == 1 and line == f"error: {run / 'last.pt'}: damaged checkpoint: hparams are invalid (no data_dir)", line
+    code, line = _export(monkeypatch, capsys, run / "best.pt", tmp_path / "export")
+    assert code == 1 and line == f"error: {run / 'best.pt'}: damaged checkpoint: hparams are invalid (no data_dir)", line
+
+
 TAMPERED_FIELDS = [
     ("hparams.lr", "0.1"), ("hparams.epochs", -1), ("hparams.epochs", 10**400), ("hparams.batch_size", 0),
     ("hparams.categories", [1, 2]), ("hparams.seed", 10**400), ("hparams.arch", "seed"),

@@ -15,7 +15,7 @@ import os
 import reprlib
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -197,10 +197,15 @@ class TrainConfig:
 
     @classmethod
     def from_hparams(cls, hparams: dict, **overrides) -> "TrainConfig":
-        """The config a checkpoint's hparams describe; keys this version no longer has are ignored."""
+        """The config a checkpoint's hparams describe; keys this version no longer has are ignored, and a
+        field without a default that neither gives is one QDError."""
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in hparams.items() if k in known}
         values.update(overrides)
+        missing = [f.name for f in fields(cls) if f.name not in values and f.default is MISSING
+                   and f.default_factory is MISSING]
+        if missing:
+            raise QDError(f"no {', '.join(missing)}")
         return cls(**values)
 
 
