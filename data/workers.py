@@ -18,6 +18,7 @@ of the start, so workers import only what their tasks name.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 import types
 from contextlib import contextmanager
@@ -44,7 +45,31 @@ def start_fork_server(context) -> None:
     if context.get_start_method() == "forkserver":
         from multiprocessing import forkserver
 
-        forkserver.ensure_running()
+        with _blas_on_one_thread():
+            forkserver.ensure_running()
+
+
+# The environment variables that size the BLAS libraries numpy is built with (OpenBLAS, MKL, or
+# through OpenMP), read once, when numpy loads.
+BLAS_THREADS_VARIABLES = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+@contextmanager
+def _blas_on_one_thread():
+    """While a worker process (or the fork server) starts: its numpy loads a BLAS of one thread.
+    A BLAS thread pool per process would start a thread per core that spins at numpy's import
+    (about 0.08 s of CPU each time) and then fight the other workers for the same cores; the
+    workers' BLAS runs on one thread anyway (qd.data.decode)."""
+    saved = {name: os.environ.get(name) for name in BLAS_THREADS_VARIABLES}
+    os.environ.update({name: "1" for name in BLAS_THREADS_VARIABLES})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextmanager
@@ -72,7 +97,7 @@ class _ForkServerProcess(mp_context.ForkServerProcess):
 class _SpawnProcess(mp_context.SpawnProcess):
     @staticmethod
     def _Popen(process_obj):
-        with _main_hidden():
+        with _main_hidden(), _blas_on_one_thread():
             return mp_context.SpawnProcess._Popen(process_obj)
 
 

@@ -96,6 +96,31 @@ def test_worker_processes_run_blas_single_threaded():
         assert set(pool.map(_blas_threads, range(8))) == {1}
 
 
+BLAS_IN_WORKERS = """
+import os, sys
+from concurrent.futures import ProcessPoolExecutor
+from qd.data import workers
+context = workers.worker_context() if sys.argv[1] == "forkserver" else workers._SpawnContext()
+workers.start_fork_server(context)
+with ProcessPoolExecutor(1, mp_context=context) as pool:  # no initializer: as the process starts
+    print(pool.submit(os.getenv, "OPENBLAS_NUM_THREADS").result(), os.getenv("OPENBLAS_NUM_THREADS"))
+"""
+
+
+@pytest.mark.parametrize("how", ["forkserver", "spawn"])
+@pytest.mark.parametrize("parents", [None, "3"])
+def test_worker_processes_start_with_a_blas_of_one_thread(how, parents):
+    """The fork server (and a spawned worker) loads numpy with a BLAS of one thread, not a thread per
+    core spinning at its import; the caller's own setting stays as it was."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if parents is not None:
+        env["OPENBLAS_NUM_THREADS"] = parents
+    done = subprocess.run([sys.executable, "-c", BLAS_IN_WORKERS, how], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", str(parents)]
+
+
 def test_a_worker_that_dies_costs_only_the_file_that_killed_it(folder, monkeypatch):
     """A decoder crash (segfault, OOM kill) on one hostile file: the others are still decoded."""
     real = decode.load_image_bitmap
