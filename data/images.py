@@ -301,8 +301,10 @@ def _wide_gray(image: Image.Image) -> np.ndarray:
 # strokes on white, and there the steps' own work, not the decoding, was the cost): the
 # histogram counts the paper's level apart; steps 7-10 look only inside the ink's tight
 # box (the trimmed bounds and stroke widths cannot change outside it) and reuse the stroke
-# width when the frame holds the whole box at factor 1; S of the pooled levels is computed
-# with the table's own float32 operations; the area weights are built from their bands.
+# width when the frame holds the whole box at factor 1; steps 9-11 see only the frame's blocks
+# that hold a pixel with S > 0, grown by the thickening radius (elsewhere S is 0 and adds
+# nothing); S of the pooled levels is computed with the table's own float32 operations; the
+# area weights are built from their bands.
 # Per image, nothing is recomputed that an earlier image of the same (b, span) or size gave
 # (the stretch table and its threshold level, step 5's cell sizes).
 # bench/images_identity.py compares every bitmap with the module as it was before.
@@ -587,17 +589,26 @@ def levels_to_bitmap(ink: np.ndarray, table: np.ndarray,
     factor = max(1, int(math.floor(frame / WORK_SIDE)))
     n = int(math.ceil((frame + 1.0) / factor))
     left, top = int(math.floor(frame_x)), int(math.floor(frame_y))
-    pooled = _max_pool(_crop_zero_padded(ink, top, left, n * factor), factor)  # table[0] == 0: pads stay 0
+    # Only pixels with S > 0 reach the output: the steps below see the frame's blocks that hold
+    # one (the faint box, pooled), grown by the thickening radius. Outside that region S is 0
+    # before thickening and stays 0 after it, and its weights would only add zeros.
+    faint = _faint_box(ink, _faint_level(table))
+    rows = _pooled_span(faint[0], faint[1], top, factor, n)
+    cols = _pooled_span(faint[2], faint[3], left, factor, n)
+    pooled = _max_pool(_crop_zero_padded(ink, top + rows[0] * factor, left + cols[0] * factor,
+                                          (rows[1] - rows[0]) * factor, (cols[1] - cols[0]) * factor), factor)
     if factor == 1 and top <= ya and left <= xa and yb <= top + n and xb <= left + n:
         pooled_line = line  # the region is the image's pixels and holds the whole box: the same mask
     else:
         pooled_line = stroke_width(pooled >= strong)
-    pooled = _thicken(pooled, pooled_line, target=(frame / factor) * LINE_UNITS / FRAME_UNITS)
+    pooled, rows, cols = _thicken(pooled, rows, cols, n, pooled_line,
+                                  target=(frame / factor) * LINE_UNITS / FRAME_UNITS)
     if stretch is None:
         strength = table.astype(np.float64)[pooled]
     else:
         strength = _stretch(pooled, *stretch).astype(np.float64)
     wy, wx = _area_weights_yx(n, (frame_y - top) / factor, (frame_x - left) / factor, frame / factor)
+    wy, wx = wy[:, rows[0]:rows[1]], wx[:, cols[0]:cols[1]]
     out = wy @ strength @ wx.T
     out *= 255.0
     out += 0.5
@@ -617,13 +628,37 @@ def _trimmed_bounds(mass: np.ndarray, total: int) -> tuple[int, int]:
     return first, max(first, last)
 
 
-def _crop_zero_padded(a: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
+def _faint_level(table: np.ndarray) -> int:
+    """The least level whose S (table) is over 0: S > 0  <=>  I >= it (S rises from table[0] = 0)."""
+    return int(np.count_nonzero(table == 0))
+
+
+def _faint_box(ink: np.ndarray, level: int) -> tuple[int, int, int, int]:
+    """(first row, end row, first column, end column) of the pixels at or above `level` (some are:
+    every ink pixel is)."""
+    faint = ink >= level
+    inked = faint.any(axis=0).nonzero()[0]
+    x0, x1 = int(inked[0]), int(inked[-1]) + 1
+    inked = faint[:, x0:x1].any(axis=1).nonzero()[0]
+    return int(inked[0]), int(inked[-1]) + 1, x0, x1
+
+
+def _pooled_span(first: int, end: int, origin: int, factor: int, n: int) -> tuple[int, int]:
+    """The pooled blocks [i0, i1) of a frame starting at `origin` that pixels [first, end) fall in,
+    within the frame's n blocks (at least one)."""
+    i0 = min(max((first - origin) // factor, 0), n - 1)
+    return i0, max(min((end - 1 - origin) // factor + 1, n), i0 + 1)
+
+
+def _crop_zero_padded(a: np.ndarray, top: int, left: int, height: int, width: int | None = None) -> np.ndarray:
+    """a[top:top + height, left:left + width] (width: height if None), 0 where it is outside a."""
+    width = height if width is None else width
     h, w = a.shape
-    if top >= 0 and left >= 0 and top + size <= h and left + size <= w:
-        return a[top:top + size, left:left + size]  # read only from here on
-    out = np.zeros((size, size), dtype=a.dtype)
+    if top >= 0 and left >= 0 and top + height <= h and left + width <= w:
+        return a[top:top + height, left:left + width]  # read only from here on
+    out = np.zeros((height, width), dtype=a.dtype)
     sy0, sx0 = max(top, 0), max(left, 0)
-    sy1, sx1 = min(top + size, h), min(left + size, w)
+    sy1, sx1 = min(top + height, h), min(left + width, w)
     if sy1 > sy0 and sx1 > sx0:
         out[sy0 - top: sy1 - top, sx0 - left: sx1 - left] = a[sy0:sy1, sx0:sx1]
     return out
@@ -658,12 +693,21 @@ def stroke_width(mask: np.ndarray, area: int | None = None) -> float:
     return 2.0 * area / boundary
 
 
-def _thicken(q: np.ndarray, width: float, target: float) -> np.ndarray:
-    """Step 10 on uint8 levels q whose mask S >= 0.5 has stroke width `width`."""
+def _thicken(q: np.ndarray, rows: tuple[int, int], cols: tuple[int, int], n: int, width: float,
+             target: float) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """Step 10 on uint8 levels q, the blocks [rows) x [cols) of the n x n pooled frame, whose mask
+    S >= 0.5 has stroke width `width`: (q thickened, its rows, its columns), q grown by the radius
+    within the frame (the blocks around it have S = 0, as the pads here)."""
     if width == 0.0 or width >= target:
-        return q
+        return q, rows, cols
     radius = int(math.floor((target - width) / 2.0 + 0.5))
-    return _max_filter(q, radius) if radius > 0 else q
+    if radius <= 0:
+        return q, rows, cols
+    grown_rows = max(rows[0] - radius, 0), min(rows[1] + radius, n)
+    grown_cols = max(cols[0] - radius, 0), min(cols[1] + radius, n)
+    grown = np.zeros((grown_rows[1] - grown_rows[0], grown_cols[1] - grown_cols[0]), dtype=q.dtype)
+    grown[rows[0] - grown_rows[0]:rows[1] - grown_rows[0], cols[0] - grown_cols[0]:cols[1] - grown_cols[0]] = q
+    return _max_filter(grown, radius), grown_rows, grown_cols
 
 
 def _max_filter(a: np.ndarray, radius: int) -> np.ndarray:
