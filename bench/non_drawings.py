@@ -40,9 +40,10 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from open_set import (SHARED, Mahalanobis, Outputs, category_split, evenly_spaced_bitmaps, network_outputs,
                       png_renders)
 from qd.data.bitmaps import BitmapDataset, SplitSpec, open_bitmaps
+from qd.data.contract import fit_threshold
 from qd.data.images import BlankImageError, load_image_bitmap
 from qd.evaluate.metrics import auroc
-from qd.export.checkpoint_source import fit_temperature, fit_threshold
+from qd.export.checkpoint_source import fit_temperature
 from qd.infer.model import SCORES, softmax
 from qd.machine import cpu
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
