@@ -349,8 +349,13 @@ class ExportContext:
         saved = self.source.payload.get("negatives")
         if not isinstance(saved, dict) or not saved:
             return None
-        return heldout_negatives(saved, SplitSpec.from_dict(self.source.payload["split"]),
-                                 limit=self.options.max_drawings)
+        try:  # negatives that cannot be read are a note, never a failed export
+            return heldout_negatives(saved, SplitSpec.from_dict(self.source.payload["split"]),
+                                     limit=self.options.max_drawings)
+        except QDError as exc:
+            return {}, str(exc)
+        except OSError as exc:
+            return {}, f"{saved.get('dir')}: {exc.strerror or exc}"
 
     @cached_property
     def confidence(self) -> Confidence:

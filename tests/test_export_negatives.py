@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from qd.command import QDError
 from qd.data.bitmaps import SplitSpec
 from qd.data.negatives import heldout_negatives
 from qd.evaluate.evaluation import evaluate
 from qd.evaluate.report import build_report, confidence_panel
+from qd.export import checkpoint_source
 from qd.export.run import export_checkpoint
 from qd.infer.model import OnnxClassifier
 from qd.train.cli import TrainConfig
@@ -113,6 +115,22 @@ def test_a_changed_negatives_folder_is_said_not_measured(run, tmp_path):
         assert "changed since training" in build_report(result)["open_set"]["negatives_data"]["note"]
     finally:
         np.save(negatives / "apple.npy", rows)
+
+
+def test_negatives_that_cannot_be_read_are_a_note_and_the_threshold_is_fitted_without_them(run, tmp_path,
+                                                                                           monkeypatch):
+    checkpoint, report, negatives = run
+
+    def unreadable(*args, **kwargs):
+        raise QDError(f"{negatives / 'apple.npy'}: not a .npy file")
+
+    monkeypatch.setattr(checkpoint_source, "heldout_negatives", unreadable)
+    again = export_checkpoint(checkpoint, "onnx", out=tmp_path / "export")
+    assert again.ok and again.negatives == f"not measured ({negatives / 'apple.npy'}: not a .npy file)"
+    card = json.loads((again.out_dir / "model.json").read_text())
+    assert set(card["confidence"]["open_set"]["validation"]) == {"drawings", "kept"}
+    before = json.loads((report.out_dir / "model.json").read_text())["confidence"]["open_set"]
+    assert card["confidence"]["open_set"]["threshold"] == before["threshold"]
 
 
 def test_a_model_trained_without_negatives_reports_none(exported_model):
