@@ -2,6 +2,7 @@
 
     python bench/non_drawings.py [--work artifacts/bench/non-drawings] [--per-kind 70]
                                  [--negatives 2,5,10] [--epochs 4] [--max-per-category 500]
+                                 [--kept 0.95,0.94,0.93]
 
 The 27 shared categories are split three ways (bench/open_set.py's category splits):
   - known (10): those outside both of its held-out splits with at least 2,000 drawings;
@@ -13,7 +14,8 @@ Models (qd-train's recipe, seed 0, `--max-per-category` drawings of each known c
   - plain: outlier exposure off (--outlier-exposure 0);
   - default: qd-train's defaults;
   - negatives-N: the defaults plus `--negatives` with N categories of the pool (seeded pick).
-The threshold keeps 95% of the known validation drawings, as qd-export does by default.
+The threshold keeps 95% of the known validation drawings, as qd-export does by default; the
+non-drawings table is printed once for each share of `--kept` (a comma-separated list).
 
 Non-drawings come from a generator of their own (below; different code and parameters from
 qd.train.outliers): 254 px PNGs, grey ink on white, read back through qd.data.images like a
@@ -24,7 +26,10 @@ stroke drawings drawn the same way.
 
 Printed, side by side: non-drawings flagged by kind; the rules compared (max logit, energy,
 calibrated max probability, feature-space scores and their combinations with max logit);
-the share kept; how never-seen categories fare with the number of negative categories.
+the share kept; how never-seen categories fare with the number of negative categories; and, for
+the runs with negatives, the threshold qd-export fits (the largest keeping `kept` of the known
+validation drawings) against the one within the same bound that maximises validation negatives
+flagged minus known drawings flagged.
 """
 
 from __future__ import annotations
@@ -40,9 +45,11 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from open_set import (SHARED, Mahalanobis, Outputs, category_split, evenly_spaced_bitmaps, network_outputs,
                       png_renders)
 from qd.data.bitmaps import BitmapDataset, SplitSpec, open_bitmaps
+from qd.data.contract import fit_threshold
 from qd.data.images import BlankImageError, load_image_bitmap
+from qd.data.negatives import heldout_negatives
 from qd.evaluate.metrics import auroc
-from qd.export.checkpoint_source import fit_temperature, fit_threshold
+from qd.export.checkpoint_source import fit_temperature
 from qd.infer.model import SCORES, softmax
 from qd.machine import cpu
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
@@ -315,7 +322,12 @@ def main() -> None:
     ap.add_argument("--negatives", default="2,5,10", help="numbers of negative categories ('' for none)")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--max-per-category", type=int, default=500)
+    ap.add_argument("--kept", default=f"{KEPT}", help="shares of known validation drawings the threshold keeps, "
+                                                      "one non-drawings table each (e.g. 0.95,0.94,0.93)")
     args = ap.parse_args()
+    kept = [float(k) for k in args.kept.split(",") if k.strip()]
+    if not kept or not all(0 < k < 1 for k in kept):
+        raise SystemExit(f"--kept: shares between 0 and 1, comma-separated, got {args.kept!r}")
 
     parts = partition()
     known = parts["known"]
@@ -351,10 +363,12 @@ def main() -> None:
         print(f"model {label}: test top-1 {r['top1']:.2%}, temperature {r['temperature']:.3f}, "
               f"{r['train_seconds']:.0f} s of training (epochs' wall time; runs side by side on a shared machine)")
 
-    non_drawing_table(results, refused, args.per_kind)
+    for share in kept:
+        non_drawing_table(results, refused, args.per_kind, share)
     rule_table(results)
     kept_table(results["default"])
     negatives_table(results, counts, parts["pool"])
+    negatives_fit_table(results, runs, counts, args.work, kept)
 
 
 def evaluate(checkpoint: Path, sets: dict[str, np.ndarray], known: list[str], with_train: bool) -> dict:
@@ -388,15 +402,15 @@ def flagged(score, r: dict, name: str, threshold: float) -> np.ndarray:
     return score(r["outputs"][name]) < threshold
 
 
-def non_drawing_table(results: dict, refused: dict, per_kind: int) -> None:
+def non_drawing_table(results: dict, refused: dict, per_kind: int, kept: float = KEPT) -> None:
     score = logit_score("max_logit", 1.0)
     print(f"\nnon-drawings flagged unknown or refused (second generator, {per_kind} of each kind), max logit, "
-          f"threshold keeping {KEPT:.0%} of known validation drawings\n")
+          f"threshold keeping {kept:.0%} of known validation drawings\n")
     print("| model | " + " | ".join(NON_DRAWING_KINDS) + " | all | known flagged (test) | known flagged (PNG) | "
           "top-1 | top-1 accepted |")
     print("|---|" + "---:|" * (len(NON_DRAWING_KINDS) + 5))
     for label, r in results.items():
-        threshold = fit_threshold(score(r["outputs"]["val"]), KEPT)
+        threshold = fit_threshold(score(r["outputs"]["val"]), kept)
         shares, total = [], 0
         for kind in NON_DRAWING_KINDS:
             hits = int(flagged(score, r, f"non-drawing {kind}", threshold).sum()) + refused[kind]
@@ -472,6 +486,43 @@ def negatives_table(results: dict, counts: list[int], pool: list[str]) -> None:
               f"{(score(out['never-seen bitmaps']) < threshold).mean():.1%} | "
               f"{(score(out['never-seen PNGs']) < threshold).mean():.1%} | {(~accepted).mean():.1%} | "
               f"{r['top1']:.1%} | {r['correct'][accepted].mean():.1%} |")
+
+
+
+def negatives_fit_table(results: dict, runs: dict, counts: list[int], work: Path, kept_shares: list[float]) -> None:
+    """qd-export's threshold (the bound on known validation drawings flagged, 1 - kept) against the threshold
+    within that bound with the largest (validation negatives flagged - known validation drawings flagged)."""
+    if not counts:
+        return
+    score = logit_score("max_logit", 1.0)
+    print("\nthe threshold with the validation negatives: qd-export's (largest within the bound) against the "
+          "largest (negatives flagged - known flagged) within it; max logit\n")
+    print("| negatives | kept | threshold | validation: known / negatives flagged | known flagged (test) | "
+          "negatives flagged (test) | never-seen flagged (bitmaps) | never-seen flagged (PNG) | "
+          "non-drawings flagged (read) |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    for n in counts:
+        label = f"negatives-{n}"
+        ckpt = load_checkpoint(runs[label])
+        held, problem = heldout_negatives(ckpt["negatives"], SplitSpec.from_dict(ckpt["split"]),
+                                          folder=work / f"{label}-data")
+        if problem:
+            raise SystemExit(problem)
+        model = model_from_checkpoint(ckpt)
+        negatives = {split: score(network_outputs(model, held[split], ckpt["preprocessing"])) for split in held}
+        out = results[label]["outputs"]
+        known = score(out["val"])
+        non = np.concatenate([score(v) for k, v in out.items() if k.startswith("non-drawing ")])
+        for kept in kept_shares:
+            bound = fit_threshold(known, kept)
+            candidates = np.unique(np.concatenate([known, negatives["val"], [bound]]))
+            candidates = candidates[candidates <= bound]
+            gain = [(negatives["val"] < t).mean() - (known < t).mean() for t in candidates]
+            for name, t in (("qd-export's", bound), ("max (negatives - known)", candidates[int(np.argmax(gain))])):
+                print(f"| {n} | {kept:.2f} | {name} | {(known < t).mean():.1%} / {(negatives['val'] < t).mean():.1%} | "
+                      f"{(score(out['test']) < t).mean():.1%} | {(negatives['test'] < t).mean():.1%} | "
+                      f"{(score(out['never-seen bitmaps']) < t).mean():.1%} | "
+                      f"{(score(out['never-seen PNGs']) < t).mean():.1%} | {(non < t).mean():.1%} |")
 
 
 if __name__ == "__main__":

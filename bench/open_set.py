@@ -40,11 +40,11 @@ import numpy as np
 import torch
 
 from qd.data.bitmaps import BitmapDataset, SplitSpec, open_bitmaps
-from qd.data.contract import bitmaps_to_input
+from qd.data.contract import bitmaps_to_input, fit_threshold
 from qd.data.images import image_to_bitmap
 from qd.data.strokes import draw_strokes_image, parse_ndjson_line
 from qd.evaluate.metrics import auroc
-from qd.export.checkpoint_source import fit_temperature, fit_threshold
+from qd.export.checkpoint_source import fit_temperature
 from qd.infer.model import SCORES, softmax
 from qd.machine import cpu
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint

@@ -60,6 +60,23 @@ META_OPEN_SET = "qd.open_set"            # JSON {"rule", "threshold", "kept", "v
 # The share of the known validation drawings the fitted open-set threshold keeps, when an export names none.
 DEFAULT_KEPT = 0.95
 
+
+def fit_threshold(scores: np.ndarray, kept: float) -> float:
+    """The largest threshold that keeps at least `kept` of `scores` (unknown = score < threshold): the
+    open-set threshold qd-export fits on the known validation drawings, and the one qd-train measures
+    its validation negatives against after every epoch."""
+    import numpy as np  # here, not above: every command's --help reads this module, and needs no numpy
+
+    from qd.command import QDError
+
+    if not 0 < kept < 1:
+        raise QDError(f"--kept must be a share between 0 and 1 (e.g. 0.95), got {kept}")
+    scores = np.sort(np.asarray(scores, dtype=np.float64))
+    if len(scores) == 0:
+        raise QDError("no validation drawings to fit the open-set threshold on")
+    flagged = int(math.floor((1.0 - kept) * len(scores) + 1e-9))
+    return float(scores[flagged])
+
 LICENSE_NOTE = "Quick, Draw! data by Google, CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/)"
 
 # The canvas models (onnx-canvas, coreml-canvas; docs/canvas.md): an app's canvas in.

@@ -15,10 +15,11 @@ sure the probabilities say the model is. The NLL is convex in 1 / T, so a golden
 search over 1 / T finds it. The threshold: the score below which a drawing is flagged
 unknown, chosen so that a share `kept` of the known validation drawings stay at or above it.
 
-A checkpoint trained with negatives (`qd-train --negatives`) records them: the export measures
-the share of its held-out (validation and test) negatives the fitted rule flags, beside the
-share of known drawings it flags (`ExportContext.negatives`, model.json "confidence"). The
-threshold is fitted on known drawings only, as without negatives.
+A checkpoint trained with negatives (`qd-train --negatives`) records them: the threshold is fitted
+with its validation negatives too (fit_open_set: the share of them flagged is recorded beside the
+known drawings', and a note says when it is under half), and the export measures the share of its
+held-out (validation and test) negatives the fitted rule flags, beside the share of known drawings
+it flags (`ExportContext.negatives`, model.json "confidence").
 
 torch_outputs() is the one place the checkpoint's network runs in torch, for the
 validators and for qd-eval's torch backend.
@@ -44,7 +45,7 @@ from qd.data.negatives import heldout_negatives
 from qd.data.contract import (DEFAULT_KEPT, LICENSE_NOTE, LOGITS, META_ARCH, META_DATA, META_FORMAT, META_LABELS,
                               META_LICENSE, META_OPEN_SET, META_PRECISION, META_PREPROCESSING, META_SOURCE_SHA256,
                               META_SPLIT, META_TEMPERATURE, META_VERSION, MODEL_FORMAT, PROBABILITIES,
-                              bitmaps_to_input)
+                              bitmaps_to_input, fit_threshold)
 from qd.files import sha256_file
 from qd.infer.model import SCORES, OpenSetRule, softmax
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
@@ -247,15 +248,27 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, iterations: int = 40
     return float(round(1.0 / ((lo + hi) / 2), 6))
 
 
-def fit_threshold(scores: np.ndarray, kept: float) -> float:
-    """The largest threshold that keeps at least `kept` of `scores` (unknown = score < threshold)."""
-    if not 0 < kept < 1:
-        raise QDError(f"--kept must be a share between 0 and 1 (e.g. 0.95), got {kept}")
-    scores = np.sort(np.asarray(scores, dtype=np.float64))
-    if len(scores) == 0:
-        raise QDError("no validation drawings to fit the open-set threshold on")
-    flagged = int(math.floor((1.0 - kept) * len(scores) + 1e-9))
-    return float(scores[flagged])
+# Below this share of its validation negatives flagged, an export says the rule hardly tells them apart.
+MIN_NEGATIVES_FLAGGED = 0.5
+
+
+def fit_open_set(scores: np.ndarray, kept: float, negative_scores: np.ndarray | None = None,
+                 rule: str = CHOSEN_RULE) -> OpenSetRule:
+    """The rule's threshold, fitted on the validation split's scores, and what it was fitted on.
+
+    The threshold is the largest that keeps `kept` of the known drawings (`scores`): at most 1 - kept
+    of them are flagged. The validation negatives (`negative_scores`, a run trained with --negatives)
+    are flagged when their score is below it; both shares flagged only grow with the threshold, so
+    within that bound no other threshold flags more of the negatives (docs/open-set.md, "With real
+    negatives"). Their count and the share flagged are recorded beside the known drawings'."""
+    scores = np.asarray(scores, dtype=np.float64)
+    threshold = fit_threshold(scores, kept)
+    validation = {"drawings": int(len(scores)), "kept": round(float((scores >= threshold).mean()), 6)}
+    if negative_scores is not None and len(negative_scores):
+        negative_scores = np.asarray(negative_scores, dtype=np.float64)
+        validation.update(negatives=int(len(negative_scores)),
+                          negatives_flagged=round(float((negative_scores < threshold).mean()), 6))
+    return OpenSetRule(rule, threshold, kept, validation)
 
 
 @dataclass(frozen=True)
@@ -270,6 +283,16 @@ class Confidence:
     @property
     def fitted(self) -> bool:
         return self.rule is not None
+
+    @property
+    def weak_negatives(self) -> str | None:
+        """A one-line warning when the rule flags under MIN_NEGATIVES_FLAGGED of the validation negatives."""
+        validation = self.rule.validation if self.rule is not None else None
+        if not validation or validation.get("negatives_flagged", 1.0) >= MIN_NEGATIVES_FLAGGED:
+            return None
+        return (f"the unknown threshold flags only {validation['negatives_flagged']:.1%} of the "
+                f"{validation['negatives']:,} validation negatives (under {MIN_NEGATIVES_FLAGGED:.0%}): the model "
+                "hardly tells them from its classes (train longer or with more negatives, or lower --kept)")
 
     def metadata(self) -> dict[str, str]:
         if not self.fitted:
@@ -287,19 +310,21 @@ def unfitted(why: str) -> Confidence:
 
 
 def fit_confidence(logits: np.ndarray, labels: np.ndarray, kept: float = DEFAULT_KEPT, rule: str = CHOSEN_RULE,
-                   fitted_on: str = "") -> Confidence:
-    """Temperature first (it changes the probabilities a rule may score), then the threshold."""
+                   fitted_on: str = "", negative_logits: np.ndarray | None = None) -> Confidence:
+    """Temperature first (it changes the probabilities a rule may score), then the threshold (fit_open_set),
+    with the validation negatives' logits when the run was trained with negatives."""
     temperature = fit_temperature(logits, labels)
-    outputs = {PROBABILITIES: softmax(logits, temperature), LOGITS: np.asarray(logits, dtype=np.float32)}
-    scores = SCORES[rule](outputs[SCORES[rule].output])
-    threshold = fit_threshold(scores, kept)
-    measured = float((scores >= threshold).mean())
+
+    def scores(raw: np.ndarray) -> np.ndarray:
+        outputs = {PROBABILITIES: softmax(raw, temperature), LOGITS: np.asarray(raw, dtype=np.float32)}
+        return SCORES[rule](outputs[SCORES[rule].output])
+
     figures = {
         "nll_before": negative_log_likelihood(logits, labels, 1.0),
         "nll_after": negative_log_likelihood(logits, labels, temperature),
     }
-    validation = {"drawings": int(len(labels)), "kept": round(measured, 6)}
-    return Confidence(temperature, OpenSetRule(rule, threshold, kept, validation), fitted_on, figures)
+    negatives = None if negative_logits is None else scores(negative_logits)
+    return Confidence(temperature, fit_open_set(scores(logits), kept, negatives, rule), fitted_on, figures)
 
 
 # ----------------------------------------------------------------------------- one run's shared state
@@ -318,13 +343,37 @@ class ExportContext:
         return load_validation_data(self.source, self.options.data_dir, self.options.max_drawings)
 
     @cached_property
+    def held_negatives(self) -> tuple[dict[str, np.ndarray], str] | None:
+        """The checkpoint's held-out negatives ({"val", "test"} bitmaps, up to --max-drawings each) and '',
+        or ({}, why not); None when the run saw no negatives."""
+        saved = self.source.payload.get("negatives")
+        if not isinstance(saved, dict) or not saved:
+            return None
+        try:  # negatives that cannot be read are a note, never a failed export
+            return heldout_negatives(saved, SplitSpec.from_dict(self.source.payload["split"]),
+                                     limit=self.options.max_drawings)
+        except QDError as exc:
+            return {}, str(exc)
+        except OSError as exc:
+            return {}, f"{saved.get('dir')}: {exc.strerror or exc}"
+
+    @cached_property
     def confidence(self) -> Confidence:
-        """Temperature and open-set threshold, fitted once per run on the validation split."""
+        """Temperature and open-set threshold, fitted once per run on the validation split (its negatives too)."""
         data = self.data
         if data.synthetic or data.fit_inputs is None:
             return unfitted(data.fit_description)
         _, logits = torch_outputs(self.source.model, data.fit_inputs)
-        return fit_confidence(logits, data.fit_labels, self.options.kept, fitted_on=data.fit_description)
+        negative_logits, fitted_on = None, data.fit_description
+        held = self.held_negatives
+        if held is not None and not held[1] and len(held[0]["val"]):
+            _, negative_logits = torch_outputs(self.source.model,
+                                               bitmaps_to_input(held[0]["val"], self.source.preprocessing))
+            saved = self.source.payload["negatives"]
+            fitted_on += (f", and {len(negative_logits):,} validation negatives ({len(saved['categories'])} "
+                          f"categories) from {saved['dir']}")
+        return fit_confidence(logits, data.fit_labels, self.options.kept, fitted_on=fitted_on,
+                              negative_logits=negative_logits)
 
     def model_metadata(self, precision: str = "fp32") -> dict[str, str]:
         """Every exported model's metadata: the checkpoint's card plus what this run fitted."""
@@ -339,15 +388,14 @@ class ExportContext:
     def negatives(self) -> dict | None:
         """The share of the checkpoint's held-out negatives the fitted rule flags, beside the share of known
         drawings it flags (model.json's "confidence"."negatives"); None when the run saw no negatives."""
-        saved = self.source.payload.get("negatives")
-        if not isinstance(saved, dict) or not saved:
+        if self.held_negatives is None:
             return None
+        saved = self.source.payload["negatives"]
         entry = {key: saved.get(key) for key in ("dir", "categories", "counts", "splits", "sha256")}
         rule = self.confidence.rule
         if rule is None or self.data.synthetic:
             return {**entry, "available": False, "reason": f"no open-set rule fitted ({self.confidence.fitted_on})"}
-        held, problem = heldout_negatives(saved, SplitSpec.from_dict(self.source.payload["split"]),
-                                          limit=self.options.max_drawings)
+        held, problem = self.held_negatives
         if problem:
             return {**entry, "available": False, "reason": problem}
 

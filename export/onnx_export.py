@@ -158,8 +158,11 @@ def check_open_set(ctx: ExportContext, path: Path) -> Check:
     clear = np.abs(torch_scores - rule.threshold) > DECISION_MARGIN * max(1.0, abs(rule.threshold))
     differ = int(((ours < rule.threshold) != (torch_scores < rule.threshold))[clear].sum())
     flagged = float((ours < rule.threshold).mean())
+    validation = rule.validation
+    negatives = (f", {validation['negatives_flagged']:.1%} of {validation['negatives']:,} negatives"
+                 if "negatives" in validation else "")
     detail = (f"{rule.rule} < {rule.threshold:.4g} flags {flagged:.1%} of the test split (validation: "
-              f"{1 - rule.validation['kept']:.1%}); temperature {confidence.temperature:.3f}; "
+              f"{1 - validation['kept']:.1%}{negatives}); temperature {confidence.temperature:.3f}; "
               f"decisions differ from torch on {differ} of {len(ours)}")
     return Check("open set", differ == 0, detail,
                  {"rule": rule.rule, "threshold": rule.threshold, "test_flagged": flagged, "decisions_differ": differ})

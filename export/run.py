@@ -219,6 +219,8 @@ def _data_notes(ctx: ExportContext) -> list[str]:
         if ctx.written and not ctx.confidence.fitted:
             notes.append(f"no temperature or unknown threshold fitted ({ctx.confidence.fitted_on}): these models "
                          "cannot flag unknown drawings (pass --data DIR with the training categories)")
+        if ctx.written and ctx.confidence.weak_negatives:
+            notes.append(ctx.confidence.weak_negatives)
         return notes
     except QDError:
         return []

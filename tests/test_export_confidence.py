@@ -1,11 +1,14 @@
 """What qd-export fits on the validation split (qd.export.checkpoint_source), on small hand-made numbers:
 the temperature is recovered from labels drawn at it and stays within its bounds; the open-set
-threshold keeps at least the share asked and is the largest that does; the fitted rule and
-temperature are written as metadata that qd.infer.model parses back.
+threshold keeps at least the share asked and is the largest that does; fitted with validation
+negatives, it keeps the same bound, flags the most negatives within it, records them and says when
+it flags under half; the fitted rule and temperature are written as metadata that qd.infer.model
+parses back.
 """
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,8 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qd.command import QDError
-from qd.data.contract import LOGITS, META_OPEN_SET as OPEN_SET_KEY, META_TEMPERATURE as TEMPERATURE_KEY
-from qd.export.checkpoint_source import fit_confidence, fit_temperature, fit_threshold, negative_log_likelihood, unfitted
+from qd.data.contract import LOGITS, META_OPEN_SET as OPEN_SET_KEY, META_TEMPERATURE as TEMPERATURE_KEY, fit_threshold
+from qd.export.checkpoint_source import (MIN_NEGATIVES_FLAGGED, fit_confidence, fit_open_set, fit_temperature,
+                                        negative_log_likelihood, unfitted)
+from qd.export.run import _data_notes
 from qd.infer.model import parse_open_set, parse_temperature, softmax
 
 MODEL = Path("some/model.onnx")
@@ -76,3 +81,43 @@ def test_fit_confidence_writes_a_rule_that_parses_back():
     assert confidence.rule.validation == {"drawings": 500, "kept": pytest.approx(0.9, abs=0.002)}
     assert confidence.figures["nll_after"] <= confidence.figures["nll_before"]
     assert unfitted("no data").metadata() == {} and not unfitted("no data").fitted
+
+
+@settings(max_examples=80, deadline=None)
+@given(scores=st.lists(st.floats(-100, 100, allow_nan=False), min_size=1, max_size=200),
+       negatives=st.lists(st.floats(-100, 100, allow_nan=False), max_size=200),
+       kept=st.floats(0.01, 0.99))
+def test_the_rule_fitted_with_negatives_keeps_the_bound_and_flags_the_most_negatives_within_it(scores, negatives,
+                                                                                                kept):
+    scores, negatives = np.asarray(scores), np.asarray(negatives)
+    rule = fit_open_set(scores, kept, negatives)
+    assert (scores < rule.threshold).mean() <= 1 - kept + 1e-12  # the bound on known drawings flagged always holds
+    assert rule.threshold == fit_open_set(scores, kept).threshold
+    flagged = (negatives < rule.threshold).mean() if len(negatives) else None
+    for threshold in np.unique(np.concatenate([scores, negatives])):  # every threshold that changes a decision
+        if (scores < threshold).mean() <= 1 - kept + 1e-12:
+            assert flagged is None or (negatives < threshold).mean() <= flagged
+    record = {"drawings": len(scores), "kept": pytest.approx((scores >= rule.threshold).mean(), abs=1e-6)}
+    if len(negatives):
+        record.update(negatives=len(negatives), negatives_flagged=pytest.approx(flagged, abs=1e-6))
+    assert rule.validation == record and rule.kept == kept and rule.rule == "max_logit"
+
+
+def test_the_validation_negatives_are_recorded_and_a_rule_flagging_under_half_of_them_is_said():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(0, 2, size=(400, 4)).astype(np.float32)
+    labels = logits.argmax(1)
+    known = logits.max(1)
+    doubted = fit_confidence(logits, labels, kept=0.95, negative_logits=logits[:100] - 10)  # all far below
+    assert doubted.rule.validation["negatives"] == 100 and doubted.rule.validation["negatives_flagged"] == 1.0
+    assert doubted.weak_negatives is None
+    assert parse_open_set(MODEL, doubted.metadata()).validation == doubted.rule.validation
+    trusted = fit_confidence(logits, labels, kept=0.95, negative_logits=logits[known > np.median(known)][:60])
+    assert trusted.rule.validation["negatives_flagged"] == 0.0
+    assert trusted.rule.threshold == doubted.rule.threshold == fit_confidence(logits, labels, kept=0.95).rule.threshold
+    assert trusted.weak_negatives == (f"the unknown threshold flags only 0.0% of the 60 validation negatives (under "
+                                      f"{MIN_NEGATIVES_FLAGGED:.0%}): the model hardly tells them from its classes "
+                                      "(train longer or with more negatives, or lower --kept)")
+    assert fit_confidence(logits, labels).weak_negatives is None and unfitted("no data").weak_negatives is None
+    exported = SimpleNamespace(data=SimpleNamespace(notes=[]), written={"onnx": MODEL}, confidence=trusted)
+    assert _data_notes(exported) == [trusted.weak_negatives]  # qd-export prints it as a note

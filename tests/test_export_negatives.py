@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from qd.command import QDError
 from qd.data.bitmaps import SplitSpec
 from qd.data.negatives import heldout_negatives
 from qd.evaluate.evaluation import evaluate
 from qd.evaluate.report import build_report, confidence_panel
+from qd.export import checkpoint_source
 from qd.export.run import export_checkpoint
 from qd.infer.model import OnnxClassifier
 from qd.train.cli import TrainConfig
@@ -65,6 +67,21 @@ def test_the_card_and_the_report_line_give_the_share_of_held_out_negatives_flagg
     assert f"{entry['test']['flagged']:.1%} of {entry['test']['drawings']:,} test negatives" in report.negatives
 
 
+def test_the_threshold_is_fitted_with_the_validation_negatives_and_records_them(run):
+    _, report, negatives = run
+    card = json.loads((report.out_dir / "model.json").read_text())
+    validation, entry = card["confidence"]["open_set"]["validation"], card["confidence"]["negatives"]
+    assert validation["negatives"] == entry["validation"]["drawings"] > 0
+    assert validation["negatives_flagged"] == pytest.approx(entry["validation"]["flagged"], abs=1e-6)
+    assert card["confidence"]["fitted_on"].endswith(f", and {validation['negatives']:,} validation negatives "
+                                                    f"(2 categories) from {negatives.resolve()}")
+    assert OnnxClassifier(report.out_dir / "model.onnx").model_open_set.validation == validation  # in the metadata
+    check = next(c for c in report.results[0].checks if c.name == "open set")
+    assert f"{validation['negatives_flagged']:.1%} of {validation['negatives']:,} negatives)" in check.detail
+    weak = [note for note in report.notes if "validation negatives (under 50%)" in note]
+    assert len(weak) == (validation["negatives_flagged"] < 0.5)
+
+
 def test_qd_eval_reports_them_per_split_and_per_backend(run):
     _, report, _ = run
     card = json.loads((report.out_dir / "model.json").read_text())["confidence"]["negatives"]
@@ -100,9 +117,26 @@ def test_a_changed_negatives_folder_is_said_not_measured(run, tmp_path):
         np.save(negatives / "apple.npy", rows)
 
 
+def test_negatives_that_cannot_be_read_are_a_note_and_the_threshold_is_fitted_without_them(run, tmp_path,
+                                                                                           monkeypatch):
+    checkpoint, report, negatives = run
+
+    def unreadable(*args, **kwargs):
+        raise QDError(f"{negatives / 'apple.npy'}: not a .npy file")
+
+    monkeypatch.setattr(checkpoint_source, "heldout_negatives", unreadable)
+    again = export_checkpoint(checkpoint, "onnx", out=tmp_path / "export")
+    assert again.ok and again.negatives == f"not measured ({negatives / 'apple.npy'}: not a .npy file)"
+    card = json.loads((again.out_dir / "model.json").read_text())
+    assert set(card["confidence"]["open_set"]["validation"]) == {"drawings", "kept"}
+    before = json.loads((report.out_dir / "model.json").read_text())["confidence"]["open_set"]
+    assert card["confidence"]["open_set"]["threshold"] == before["threshold"]
+
+
 def test_a_model_trained_without_negatives_reports_none(exported_model):
     card = json.loads((exported_model / "model.json").read_text())
     assert "negatives" not in card["confidence"]
+    assert set(card["confidence"]["open_set"]["validation"]) == {"drawings", "kept"}
     result = evaluate(exported_model, backends=["onnx"], write_files=False, measure_speed=False)
     assert result.negatives is None and result.open_set.negatives is None
     assert "negatives_data" not in build_report(result)["open_set"]

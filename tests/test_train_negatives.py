@@ -1,4 +1,5 @@
-"""qd-train --negatives: the folder's checks, its split, the checkpoint's record, resume, reproducibility."""
+"""qd-train --negatives: the folder's checks, its split, the checkpoint's record, the share of validation
+negatives flagged each epoch, resume, reproducibility."""
 
 import shutil
 
@@ -9,9 +10,10 @@ import torch
 import qd.train.loop as loop
 from qd.command import QDError
 from qd.data.bitmaps import BitmapDataset, SplitSpec, assign_splits
+from qd.data.contract import DEFAULT_KEPT, bitmaps_to_input, fit_threshold
 from qd.data.negatives import heldout_negatives, negatives_changed, negatives_record, open_negatives
 from qd.files import sha256_file
-from qd.train.checkpoint import load_checkpoint
+from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
 from qd.train.cli import OUTLIER_EXPOSURE, TrainConfig
 
 CATEGORIES = ["circle", "square", "star"]
@@ -146,6 +148,29 @@ def test_training_with_negatives_is_recorded_reproducible_and_uses_them(data, ne
     assert first["hparams"]["negatives_dir"] == str(negatives.resolve())
     assert "negatives" not in without and without["hparams"]["outlier_exposure"] == OUTLIER_EXPOSURE
     assert first["classes"] == CATEGORIES  # negatives are no class
+
+
+def test_every_epoch_records_and_prints_the_share_of_validation_negatives_flagged(data, negatives, tmp_path, capsys):
+    loop.train(tiny(data, tmp_path / "run", negatives_dir=negatives, quiet=False))
+    printed = capsys.readouterr().out
+    last = load_checkpoint(tmp_path / "run" / "last.pt")  # the weights after the last epoch
+    shares = [m["val_negatives_flagged"] for m in last["metrics"]]
+    assert len(shares) == 2 and all(0 <= share <= 1 for share in shares)
+    for share in shares:
+        assert f"negatives flagged {100 * share:5.1f}%" in printed
+    spec = SplitSpec.from_dict(last["split"])
+    known = BitmapDataset(data)
+    model = model_from_checkpoint(last).eval()
+
+    def max_logits(bitmaps):
+        with torch.no_grad():
+            return model(torch.from_numpy(bitmaps_to_input(bitmaps, last["preprocessing"]))).max(dim=1).values.numpy()
+
+    threshold = fit_threshold(max_logits(known.take(known.split_indices(spec)["val"])[0]), DEFAULT_KEPT)
+    held, _ = heldout_negatives(last["negatives"], spec)
+    assert shares[-1] == float((max_logits(held["val"]) < threshold).mean())
+    without = load_checkpoint(loop.train(tiny(data, tmp_path / "without")))
+    assert not any("val_negatives_flagged" in m for m in without["metrics"])
 
 
 def test_resume_carries_the_negatives_and_refuses_a_changed_folder(data, negatives, tmp_path, monkeypatch):

@@ -48,7 +48,8 @@ from qd import __version__
 from qd import command
 from qd.command import ProgressBar, QDError, first_line, shown
 from qd.data.bitmaps import BitmapDataset, SplitSpec
-from qd.data.contract import BEST_CHECKPOINT, CHECKPOINT_FORMAT, DEFAULT_PREPROCESSING, LAST_CHECKPOINT, runs_dir
+from qd.data.contract import (BEST_CHECKPOINT, CHECKPOINT_FORMAT, DEFAULT_KEPT, DEFAULT_PREPROCESSING, LAST_CHECKPOINT,
+                              fit_threshold, runs_dir)
 from qd.files import folder_lock
 from qd.data.negatives import negatives_changed, negatives_record, open_negatives
 
@@ -194,6 +195,16 @@ def evaluate(model: torch.nn.Module, loader: BatchLoader, dist: Distributed) -> 
     return {"loss": loss_sum / count, "top1": top1 / count, "top3": top3 / count, "count": int(count)}
 
 
+def max_logits(model: torch.nn.Module, loader: BatchLoader, device: torch.device) -> np.ndarray:
+    """The largest logit of every drawing `loader` yields: the score of the rule qd-export writes (max_logit)."""
+    model.eval()
+    scores = [np.zeros(0, np.float32)]
+    with torch.no_grad():
+        for x, _ in loader:
+            scores.append(model(input_layout(x.to(device, non_blocking=True))).max(dim=1).values.float().cpu().numpy())
+    return np.concatenate(scores)
+
+
 # ---------------------------------------------------------------- the trainer
 
 class Trainer:
@@ -236,7 +247,7 @@ class Trainer:
             few_shot = config.init_from is not None and is_few_shot(len(self.indices["train"]),
                                                                     self.dataset.num_classes)
             config = self.config = replace(config, few_shot=few_shot)
-        self.negatives, self.negatives_train, self.negatives_record = self._open_negatives()
+        self.negatives, self.negative_splits, self.negatives_record = self._open_negatives()
         # Batch size and epochs the user left open are fitted to the data (the checkpoint records the result).
         self.chosen = {name: None for name in ("batch_size", "epochs")}
         if config.batch_size is None or config.epochs is None:
@@ -296,9 +307,9 @@ class Trainer:
             raise QDError(f"{self.config.resume}: the data in {self.config.data_dir} differs from the data "
                           "this run was trained on (categories or counts changed)")
 
-    def _open_negatives(self) -> tuple[BitmapDataset | None, np.ndarray | None, dict | None]:
+    def _open_negatives(self) -> tuple[BitmapDataset | None, dict[str, np.ndarray] | None, dict | None]:
         """The --negatives folder (checked against the data, and on resume against the checkpoint's record),
-        the indices of its train split and the record the checkpoint keeps of it."""
+        the indices of its splits and the record the checkpoint keeps of it."""
         folder = self.config.negatives_dir
         if folder is None:
             return None, None, None
@@ -311,16 +322,32 @@ class Trainer:
         splits = negatives.split_indices(self.split)
         if len(splits["train"]) == 0:
             raise QDError(f"{folder}: the train split of the negatives is empty ({len(negatives)} drawings)")
-        return negatives, splits["train"], negatives_record(negatives, splits)
+        return negatives, splits, negatives_record(negatives, splits)
 
     def _negative_loader(self) -> BatchLoader | None:
         """One batch of negatives per training step, a share of the (per-rank) batch size."""
         if self.negatives is None:
             return None
         per_rank_batch = max(1, -(-self.config.batch_size // self.dist.world_size))
-        batches = NegativeBatches(self.negatives_train, max(1, round(per_rank_batch * self.config.negatives_share)),
-                                  steps=len(self.train_loader), seed=self.config.seed, rank=self.dist.rank)
+        per_step = max(1, round(per_rank_batch * self.config.negatives_share))
+        batches = NegativeBatches(self.negative_splits["train"], per_step, steps=len(self.train_loader),
+                                  seed=self.config.seed, rank=self.dist.rank)
         return BatchLoader(self.negatives, batches, self.preprocessing)
+
+    def _val_negatives_flagged(self) -> float | None:
+        """The share of the validation negatives the open-set rule would flag at the threshold keeping
+        DEFAULT_KEPT of the known validation drawings, as qd-export fits it; None without negatives.
+        Every rank scores both whole splits (they are small), so all ranks agree."""
+        if self.negatives is None or len(self.negative_splits["val"]) == 0:
+            return None
+        per_rank_batch = max(1, -(-self.config.batch_size // self.dist.world_size))
+
+        def scores(dataset: BitmapDataset, indices: np.ndarray) -> np.ndarray:
+            loader = BatchLoader(dataset, ShardedBatches(indices, per_rank_batch, False), self.preprocessing)
+            return max_logits(self.model, loader, self.dist.device)
+
+        threshold = fit_threshold(scores(self.dataset, self.indices["val"]), DEFAULT_KEPT)
+        return float((scores(self.negatives, self.negative_splits["val"]) < threshold).mean())
 
     def _loader(self, split: str, shuffle: bool) -> BatchLoader:
         per_rank_batch = max(1, -(-self.config.batch_size // self.dist.world_size))
@@ -420,10 +447,12 @@ class Trainer:
         train_seconds = time.perf_counter() - start
         loss_sum, seen_all = self.dist.all_sum([loss_sum, float(seen)])
         val = evaluate(self.net, self.val_loader, self.dist)
+        negatives_flagged = self._val_negatives_flagged()
         return {
             "epoch": epoch,
             "train_loss": loss_sum / max(seen_all, 1),
             "val_loss": val["loss"], "val_top1": val["top1"], "val_top3": val["top3"], "val_count": val["count"],
+            **({"val_negatives_flagged": negatives_flagged} if negatives_flagged is not None else {}),
             "lr": self.optimizer.param_groups[0]["lr"],
             "samples": int(seen_all),
             "samples_per_s": seen_all / train_seconds if train_seconds > 0 else 0.0,
@@ -587,9 +616,11 @@ class Reporter:
 
     def epoch_line(self, m: dict, epochs: int, improved: bool, seconds_left: float) -> None:
         mark = " [green]best[/]" if improved else ""
+        negatives = (f"negatives flagged {100 * m['val_negatives_flagged']:5.1f}%  "
+                     if "val_negatives_flagged" in m else "")
         self.print(
             f"epoch {m['epoch']:>2}/{epochs}  loss {m['train_loss']:.3f}  val loss {m['val_loss']:.3f}  "
-            f"val top-1 {100 * m['val_top1']:5.2f}%  {m['samples_per_s']:>6,.0f} samples/s  "
+            f"val top-1 {100 * m['val_top1']:5.2f}%  {negatives}{m['samples_per_s']:>6,.0f} samples/s  "
             f"left {fmt_duration(seconds_left)}{mark}",
             highlight=False,
         )
