@@ -58,7 +58,7 @@ META_TEMPERATURE = "qd.temperature"      # JSON number T > 0
 META_OPEN_SET = "qd.open_set"            # JSON {"rule", "threshold", "kept", "validation"}
 
 # The share of the known validation drawings the fitted open-set threshold keeps, when an export names none.
-DEFAULT_KEPT = 0.95
+DEFAULT_KEPT = 0.93
 
 
 def fit_threshold(scores: np.ndarray, kept: float) -> float:

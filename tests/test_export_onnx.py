@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from qd.data.bitmaps import BitmapDataset, SplitSpec
-from qd.data.contract import bitmaps_to_input
+from qd.data.contract import DEFAULT_KEPT, bitmaps_to_input
 from qd.export.canvas import CANVAS_INPUT_SHAPE
 from qd.export.onnx_export import check_contract
 from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
@@ -113,7 +113,7 @@ def test_onnx_matches_torch_on_the_test_split(exported_model, checkpoint):
 
 def test_temperature_and_open_set_threshold_are_fitted_on_the_validation_split(exported_model, checkpoint):
     """Refit by hand from torch's validation logits: the same temperature (lowest NLL) and a threshold
-    on the largest logit that keeps 95% of the validation drawings."""
+    on the largest logit that keeps DEFAULT_KEPT of the validation drawings."""
     x, y = _test_split(checkpoint, "val")
     with torch.inference_mode():
         logits = model_from_checkpoint(checkpoint)(torch.from_numpy(x)).double()
@@ -123,9 +123,9 @@ def test_temperature_and_open_set_threshold_are_fitted_on_the_validation_split(e
            for t in (temperature * 0.9, temperature, temperature * 1.1)}
     assert nll[temperature] <= min(nll.values()) + 1e-9
     rule = json.loads(meta["qd.open_set"])
-    assert rule["rule"] == "max_logit" and rule["kept"] == 0.95
+    assert rule["rule"] == "max_logit" and rule["kept"] == DEFAULT_KEPT
     kept = (logits.max(1).values.float().numpy() >= rule["threshold"]).mean()
-    assert 0.95 <= kept <= 0.95 + 2 / len(y)
+    assert DEFAULT_KEPT <= kept <= DEFAULT_KEPT + 2 / len(y)
     assert rule["validation"]["drawings"] == len(y)
     card = json.loads((exported_model / "model.json").read_text())["confidence"]
     assert card["temperature"] == temperature and card["open_set"] == rule

@@ -94,7 +94,7 @@ def known_batch_norm(model: torch.nn.Module, known: int):
 
 @dataclass(frozen=True)
 class SyntheticOutliers:
-    share: float = 0.5             # negatives per known drawing in a batch
+    share: float = 1.0             # negatives per known drawing in a batch (docs/open-set.md measures 0.25-1)
     kinds: tuple[str, ...] = KINDS
 
     def count(self, batch: int) -> int:
