@@ -61,7 +61,6 @@ KNOWN_MIN_DRAWINGS = 2000
 NEVER_SEEN_PER_CATEGORY = 200     # Google bitmaps of each held-out category, evenly spaced
 TUNE_PER_CATEGORY = 100
 NEGATIVES_PER_CATEGORY = 1000
-KEPT = DEFAULT_KEPT  # every table's threshold keeps this share of known validation drawings, as qd-export
 KEPT_SWEEP = (0.90, 0.93, 0.95, 0.97, 0.99)
 SEED = 0
 
@@ -322,8 +321,9 @@ def main() -> None:
     ap.add_argument("--negatives", default="2,5,10", help="numbers of negative categories ('' for none)")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--max-per-category", type=int, default=500)
-    ap.add_argument("--kept", default=f"{KEPT}", help="shares of known validation drawings the threshold keeps, "
-                                                      "one non-drawings table each (e.g. 0.95,0.94,0.93)")
+    ap.add_argument("--kept", default=f"{DEFAULT_KEPT}",
+                    help="shares of known validation drawings the threshold keeps, one non-drawings table each "
+                         "(e.g. 0.95,0.94,0.93)")
     args = ap.parse_args()
     kept = [float(k) for k in args.kept.split(",") if k.strip()]
     if not kept or not all(0 < k < 1 for k in kept):
@@ -402,7 +402,7 @@ def flagged(score, r: dict, name: str, threshold: float) -> np.ndarray:
     return score(r["outputs"][name]) < threshold
 
 
-def non_drawing_table(results: dict, refused: dict, per_kind: int, kept: float = KEPT) -> None:
+def non_drawing_table(results: dict, refused: dict, per_kind: int, kept: float = DEFAULT_KEPT) -> None:
     score = logit_score("max_logit", 1.0)
     print(f"\nnon-drawings flagged unknown or refused (second generator, {per_kind} of each kind), max logit, "
           f"threshold keeping {kept:.0%} of known validation drawings\n")
@@ -424,7 +424,7 @@ def non_drawing_table(results: dict, refused: dict, per_kind: int, kept: float =
 
 
 def rule_table(results: dict) -> None:
-    print(f"\nrules on never-seen categories (no choice made on them), threshold keeping {KEPT:.0%}; "
+    print(f"\nrules on never-seen categories (no choice made on them), threshold keeping {DEFAULT_KEPT:.0%}; "
           "AUROC: known test drawings against never-seen bitmaps\n")
     print("| model | rule | AUROC tune | AUROC never-seen | never-seen flagged (bitmaps) | never-seen flagged (PNG) | "
           "non-drawings flagged | known flagged (test) |")
@@ -442,7 +442,7 @@ def rule_table(results: dict) -> None:
             score, w = combined(max_logit, second, out["val"], out["tune"])
             rules.append((f"max logit + {w:g} x {name}", score))
         for name, score in rules:
-            threshold = fit_threshold(score(out["val"]), KEPT)
+            threshold = fit_threshold(score(out["val"]), DEFAULT_KEPT)
             test = score(out["test"])
             non = np.concatenate([score(v) for k, v in out.items() if k.startswith("non-drawing ")])
             print(f"| {label} | {name} | {auroc(score(out['val']), score(out['tune'])):.3f} | "
@@ -472,14 +472,14 @@ def kept_table(r: dict) -> None:
 def negatives_table(results: dict, counts: list[int], pool: list[str]) -> None:
     score = logit_score("max_logit", 1.0)
     print(f"\nnever-seen categories with real negatives (default + --negatives, {NEGATIVES_PER_CATEGORY} drawings "
-          f"a category), max logit, threshold keeping {KEPT:.0%}\n")
+          f"a category), max logit, threshold keeping {DEFAULT_KEPT:.0%}\n")
     print("| negatives | categories | AUROC never-seen | never-seen flagged (bitmaps) | never-seen flagged (PNG) | "
           "known flagged (test) | top-1 | top-1 accepted |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for n, label in [(0, "default")] + [(n, f"negatives-{n}") for n in counts]:
         r = results[label]
         out = r["outputs"]
-        threshold = fit_threshold(score(out["val"]), KEPT)
+        threshold = fit_threshold(score(out["val"]), DEFAULT_KEPT)
         test = score(out["test"])
         accepted = test >= threshold
         print(f"| {n} | {', '.join(pool[:n]) or '-'} | {auroc(test, score(out['never-seen bitmaps'])):.3f} | "

@@ -650,9 +650,8 @@ def _pooled_span(first: int, end: int, origin: int, factor: int, n: int) -> tupl
     return i0, max(min((end - 1 - origin) // factor + 1, n), i0 + 1)
 
 
-def _crop_zero_padded(a: np.ndarray, top: int, left: int, height: int, width: int | None = None) -> np.ndarray:
-    """a[top:top + height, left:left + width] (width: height if None), 0 where it is outside a."""
-    width = height if width is None else width
+def _crop_zero_padded(a: np.ndarray, top: int, left: int, height: int, width: int) -> np.ndarray:
+    """a[top:top + height, left:left + width], 0 where it is outside a."""
     h, w = a.shape
     if top >= 0 and left >= 0 and top + height <= h and left + width <= w:
         return a[top:top + height, left:left + width]  # read only from here on
