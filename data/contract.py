@@ -61,6 +61,14 @@ META_OPEN_SET = "qd.open_set"            # JSON {"rule", "threshold", "kept", "v
 DEFAULT_KEPT = 0.93
 
 
+def check_kept(kept: float) -> None:
+    """`--kept` is a share strictly between 0 and 1 (NaN is refused too)."""
+    from qd.command import QDError
+
+    if not 0 < kept < 1:
+        raise QDError(f"--kept must be a share between 0 and 1 (e.g. 0.95), got {kept}")
+
+
 def fit_threshold(scores: np.ndarray, kept: float) -> float:
     """The largest threshold that keeps at least `kept` of `scores` (unknown = score < threshold): the
     open-set threshold qd-export fits on the known validation drawings, and the one qd-train measures
@@ -69,8 +77,7 @@ def fit_threshold(scores: np.ndarray, kept: float) -> float:
 
     from qd.command import QDError
 
-    if not 0 < kept < 1:
-        raise QDError(f"--kept must be a share between 0 and 1 (e.g. 0.95), got {kept}")
+    check_kept(kept)
     scores = np.sort(np.asarray(scores, dtype=np.float64))
     if len(scores) == 0:
         raise QDError("no validation drawings to fit the open-set threshold on")

@@ -20,7 +20,7 @@ from typing import Callable
 
 from qd.command import QDError
 from qd.data.contract import (DEFAULT_KEPT, MODEL_CANVAS_COREML, MODEL_CANVAS_ONNX, MODEL_COREML, MODEL_INT8_ONNX,
-                              MODEL_ONNX)
+                              MODEL_ONNX, check_kept)
 
 ALL = "all"
 DEFAULT_FORMATS = "onnx"
@@ -44,8 +44,7 @@ class ExportOptions:
             raise QDError(f"--int8-tolerance must be a share from 0 to below 1, got {self.int8_tolerance}")
         if not 0 < self.int8_max_prob_diff <= 1:
             raise QDError(f"--int8-max-dp must be above 0 and at most 1, got {self.int8_max_prob_diff}")
-        if not 0 < self.kept < 1:  # also refuses NaN
-            raise QDError(f"--kept must be a share between 0 and 1 (e.g. 0.95), got {self.kept}")
+        check_kept(self.kept)
 
 
 @dataclass
