@@ -17,10 +17,13 @@ Runs, each with the same 30 drawings per category, in this process (one torch th
   scratch              qd-train with default options (no --init-from)
   init                 qd-train --init-from BASE, default options (a few-shot run: 300 steps)
   tune-...             (tune partition only) one change from the defaults: new rows imprinted (then
-                       300 or 150 steps, or stronger augmentation), 600 steps, seeds 1 and 2 (and scratch's
-                       seed 1), the backbone at 0.1x or 0.3x the output layer's learning rate, label
-                       smoothing, mixup, LP-FT (the output layer alone first), a base trained with label
-                       smoothing; some also never stopped early (--patience 0)
+                       300 or 150 steps, or stronger augmentation), 600 steps, seeds 1 and 2 (and scratch's),
+                       the backbone at 0.1x or 0.3x the output layer's learning rate, label smoothing, mixup,
+                       LP-FT (the output layer alone first), a base trained with label smoothing; some also
+                       never stopped early (--patience 0)
+  tune-<base>-base...  (tune partition only) a base trained for better embeddings (better_bases: rotations
+                       as extra classes, a supervised contrastive term), then init, frozen and prototypes
+                       from it (and from the rotations base, rotations_variants)
   frozen               qd-train --init-from BASE --freeze-backbone (a linear probe)
   old                  qd-train --init-from BASE --no-few-shot (the usual schedule)
   prototypes           no training: the base's backbone, the new output rows imprinted
@@ -341,6 +344,114 @@ def head_first(steps: int, lr_factor: float):
     return HeadFirst
 
 
+# ---------------------------------------------------------------- bases for better embeddings (tune partition)
+
+def rotated_data(base_data: Path, folder: Path) -> Path:
+    """Self-supervised label augmentation (Lee et al. 2020): each category's drawings at 0, 90, 180 and 270
+    degrees as four classes, <category>_r<degrees>.npy; written once. The turned copies leave out the
+    drawings of the upright test split (the split follows a drawing's content, so a turned test drawing
+    would land in any split), so that split stays unseen in every orientation."""
+    from qd.data.bitmaps import SplitSpec, assign_splits, list_categories, open_bitmaps
+
+    if not (folder / ".done").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in list_categories(base_data):
+            rows = np.asarray(open_bitmaps(base_data / f"{name}.npy"))
+            seen = rows[assign_splits(rows, SplitSpec()) != 2].reshape(-1, 28, 28)
+            np.save(folder / f"{name}_r0.npy", rows)
+            for turns in (1, 2, 3):
+                np.save(folder / f"{name}_r{90 * turns}.npy",
+                        np.ascontiguousarray(np.rot90(seen, turns, axes=(1, 2))).reshape(-1, 28 * 28))
+        (folder / ".done").touch()
+    return folder
+
+
+def upright_top1(checkpoint: Path, base_data: Path) -> float:
+    """A rotations base's top-1 on the upright base's test split, choosing among the <category>_r0 classes."""
+    import torch
+
+    from qd.data.bitmaps import BitmapDataset, SplitSpec
+    from qd.data.contract import bitmaps_to_input
+    from qd.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+    payload = load_checkpoint(checkpoint)
+    dataset = BitmapDataset(base_data)
+    rows, labels = dataset.take(dataset.split_indices(SplitSpec())["test"])
+    upright = [payload["classes"].index(f"{name}_r0") for name in dataset.classes]
+    with torch.no_grad():
+        logits = model_from_checkpoint(payload)(torch.from_numpy(bitmaps_to_input(rows, payload["preprocessing"])))
+    return float((logits[:, upright].argmax(1).numpy() == labels).mean())
+
+
+def supervised_contrastive(weight: float, temperature: float = 0.1):
+    """The usual loss plus `weight` x SupCon (Khosla et al. 2020) on the normalised features the output layer
+    sees: the batch's drawings in two views (as the loop augmented them, and augmented once more), each
+    drawing pulled towards every view of its class and pushed from the others."""
+    import torch
+    import torch.nn.functional as F
+
+    from qd.train.loop import Trainer, input_layout
+    from qd.train.models import head_name
+
+    def supcon(features, labels):
+        unit = F.normalize(features.float(), dim=1)
+        itself = torch.eye(len(unit), dtype=torch.bool)
+        similarity = (unit @ unit.T / temperature).masked_fill(itself, float("-inf"))
+        log_p = similarity - similarity.logsumexp(dim=1, keepdim=True)
+        positive = (labels[:, None] == labels[None, :]) & ~itself  # every drawing's other view at least
+        return -(log_p.masked_fill(~positive, 0).sum(1) / positive.sum(1)).mean()
+
+    class SupCon(Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            head = dict(self.model.named_modules())[head_name(self.model)]
+            head.register_forward_hook(lambda module, inputs, output: setattr(self, "seen", inputs[0]))
+            augment = self.augment
+
+            def remembered(x, rng, background):  # the loop augments the batch just before calling _loss
+                self.plain = x
+                return augment(x, rng, background)
+            self.augment, self.again = remembered, augment
+
+        def _loss(self, x, y, rng, background, ink):
+            plain = self.plain[:len(y)]  # before super()._loss augments its synthetic outliers
+            loss = super()._loss(x, y, rng, background, ink)
+            first = self.seen[:len(y)]
+            self.net(input_layout(self.again(plain, rng, background)))
+            return loss + weight * supcon(torch.cat([first, self.seen]), torch.cat([y, y]))
+    return SupCon
+
+
+def better_bases(work: Path, part: str, base_data: Path) -> dict[str, tuple[str, Path, dict]]:
+    """Bases trained (3 epochs, default options) to give better embeddings for unseen classes: a name, the
+    data folder, the names patched for the run."""
+    return {
+        "rotations": ("a base with rotations as classes (4 x 12)",
+                      rotated_data(base_data, work / f"{part}-base-rotations-data"), {}),
+        "supcon-0.5": ("a base with SupCon 0.5 (temperature 0.1)", base_data, {"Trainer": supervised_contrastive(0.5)}),
+        "supcon-1": ("a base with SupCon 1 (temperature 0.1)", base_data, {"Trainer": supervised_contrastive(1.0)}),
+    }
+
+
+# The rotations base's features carry further than the default base's (its linear probe and prototypes):
+# the few-shot run from it, one change at a time, each meant to keep more of them.
+def rotations_variants(few: Path) -> dict[str, tuple[dict, dict]]:
+    return {
+        "linear probe, 900 steps": ({"freeze_backbone": True}, {"FEW_SHOT_STEPS": 900}),
+        "LP-FT: 60 steps head only (3x --lr), then 300": ({}, {"Trainer": head_first(60, 3.0)}),
+        "LP-FT: 60 steps head only (3x --lr), then 300, --seed 1": ({"seed": 1}, {"Trainer": head_first(60, 3.0)}),
+        "LP-FT: 60 steps head only (3x --lr), then 300, --seed 2": ({"seed": 2}, {"Trainer": head_first(60, 3.0)}),
+        "LP-FT: 300 steps head only (3x --lr), then 300": ({}, {"Trainer": head_first(300, 3.0)}),
+        "new rows imprinted, then 300 steps": ({}, {"init_from": imprinting(few)}),
+        "backbone at 0.1x the head's learning rate": ({}, {"Trainer": discriminative_lr(0.1)}),
+        "never stopped early (--patience 0)": ({"patience": 0}, {}),
+    }
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.strip())
+
+
 def report(title: str, rows: list[tuple[str, float, float, str]]) -> None:
     print(f"\n{title}")
     if not rows:
@@ -375,6 +486,7 @@ def tune_variants(few: Path) -> dict[str, tuple[dict, dict]]:
         "  another seed (--seed 1)": ({"seed": 1}, {}),
         "  another seed (--seed 2)": ({"seed": 2}, {}),
         "  from scratch, --seed 1 (no --init-from)": ({"init_from": None, "seed": 1}, {}),
+        "  from scratch, --seed 2 (no --init-from)": ({"init_from": None, "seed": 2}, {}),
         "  backbone at 0.1x the head's learning rate": ({}, {"Trainer": discriminative_lr(0.1)}),
         "  backbone at 0.3x the head's learning rate": ({}, {"Trainer": discriminative_lr(0.3)}),
         "  label smoothing 0.1": ({}, {"Trainer": soft_targets(smoothing=0.1)}),
@@ -423,8 +535,7 @@ def part_partition(work: Path, part: str, only: set[str] | None = None) -> None:
     trained("--init-from base, defaults (the few-shot path)", "init", {"init_from": base})
     if part == "tune":
         for name, (options, constants) in tune_variants(few).items():
-            slug = "tune-" + "".join(c if c.isalnum() else "-" for c in name.strip())
-            trained(name, slug, {"init_from": base, **options}, constants)
+            trained(name, f"tune-{slug(name)}", {"init_from": base, **options}, constants)
         if only is None or {"tune-smoothed-base", "tune-smoothed-base-patience-0"} & only:
             # a base trained to give better embeddings for unseen classes
             with patched({"Trainer": soft_targets(smoothing=0.1)}):
@@ -435,6 +546,25 @@ def part_partition(work: Path, part: str, only: set[str] | None = None) -> None:
                     note=own)
             trained("  a base trained with label smoothing 0.1, --patience 0", "tune-smoothed-base-patience-0",
                     {"init_from": smoothed, "patience": 0}, note=own)
+        for key, (what, data, constants) in better_bases(work, part, base_data).items():
+            slugs = {run: f"tune-{key}-base{run}" for run in ("", "-frozen", "-prototypes")}
+            variants = {f"{slugs['']}-{slug(name)}": (name, *variant)
+                        for name, variant in (rotations_variants(few) if key == "rotations" else {}).items()}
+            if only is not None and not (set(slugs.values()) | set(variants)) & only:
+                continue
+            with patched(constants):
+                better, _ = train_run(work / f"{part}-base-{key}", data_dir=data, epochs=3)
+            own = f"; the base's own test top-1 {100 * load_test_top1(better):.1f}%"
+            if data != base_data:
+                own += f" ({100 * upright_top1(better, base_data):.1f}% upright, among the upright classes)"
+            own += f" (the default base's {100 * load_test_top1(base):.1f}%)"
+            trained(f"  {what}", slugs[""], {"init_from": better}, note=own)
+            trained(f"  {what}, linear probe", slugs["-frozen"], {"init_from": better, "freeze_backbone": True})
+            if only is None or slugs["-prototypes"] in only:
+                best, seconds = prototypes(better, few, work / f"{part}-{slugs['-prototypes']}")
+                rows.append((f"  {what}, prototypes only", top1(best, test), seconds, ""))
+            for run, (name, options, constants) in variants.items():
+                trained(f"  {what}, {name}", run, {"init_from": better, **options}, constants)
     trained("--init-from base --freeze-backbone (linear probe)", "frozen", {"init_from": base, "freeze_backbone": True})
     trained("--init-from base --no-few-shot (usual schedule)", "old", {"init_from": base, "few_shot": False})
     if only is None or "prototypes" in only:
