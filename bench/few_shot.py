@@ -19,8 +19,9 @@ Runs, each with the same 30 drawings per category, in this process (one torch th
   tune-...             (tune partition only) one change from the defaults: new rows imprinted (then
                        300 or 150 steps, or stronger augmentation), 600 steps, seeds 1 and 2 (and scratch's),
                        the backbone at 0.1x or 0.3x the output layer's learning rate, label smoothing, mixup,
-                       LP-FT (the output layer alone first), a base trained with label smoothing; some also
-                       never stopped early (--patience 0)
+                       LP-FT (the output layer alone first), a base trained with label smoothing, other
+                       outlier-exposure settings (off, 0.5 with half a batch, 4.0, two batches; scratch
+                       without it); some also never stopped early (--patience 0)
   tune-<base>-base...  (tune partition only) a base trained for better embeddings (better_bases: rotations
                        as extra classes, a supervised contrastive term), then init, frozen and prototypes
                        from it (and from the rotations base, rotations_variants)
@@ -476,6 +477,7 @@ def epochs_note(best: Path) -> str:
 # The few-shot path's choices, one change at a time from the defaults, tried on the tune partition only.
 def tune_variants(few: Path) -> dict[str, tuple[dict, dict]]:
     from qd.train.batches import AffineAugment
+    from qd.train.outliers import SyntheticOutliers
 
     return {
         "  new rows imprinted, then 300 steps": ({}, {"init_from": imprinting(few)}),
@@ -494,6 +496,13 @@ def tune_variants(few: Path) -> dict[str, tuple[dict, dict]]:
         "  LP-FT: 60 steps head only (3x --lr), then 300": ({}, {"Trainer": head_first(60, 3.0)}),
         "  LP-FT, never stopped early (--patience 0)": ({"patience": 0}, {"Trainer": head_first(60, 3.0)}),
         "  backbone at 0.3x the head's LR, --patience 0": ({"patience": 0}, {"Trainer": discriminative_lr(0.3)}),
+        "  outlier exposure off (--outlier-exposure 0)": ({"outlier_exposure": 0.0}, {}),
+        "  from scratch, outlier exposure off": ({"init_from": None, "outlier_exposure": 0.0}, {}),
+        "  outlier exposure 0.5, half a batch of non-drawings (the earlier defaults)": (
+            {"outlier_exposure": 0.5}, {"SyntheticOutliers": partial(SyntheticOutliers, share=0.5)}),
+        "  outlier exposure 4.0": ({"outlier_exposure": 4.0}, {}),
+        "  two batches of synthetic non-drawings a step": (
+            {}, {"SyntheticOutliers": partial(SyntheticOutliers, share=2.0)}),
     }
 
 
