@@ -324,12 +324,16 @@ class Trainer:
             raise QDError(f"{folder}: the train split of the negatives is empty ({len(negatives)} drawings)")
         return negatives, splits, negatives_record(negatives, splits)
 
+    @property
+    def per_rank_batch(self) -> int:
+        """The batch each rank runs: the run's batch size shared out over the ranks (at least 1)."""
+        return max(1, -(-self.config.batch_size // self.dist.world_size))
+
     def _negative_loader(self) -> BatchLoader | None:
         """One batch of negatives per training step, a share of the (per-rank) batch size."""
         if self.negatives is None:
             return None
-        per_rank_batch = max(1, -(-self.config.batch_size // self.dist.world_size))
-        per_step = max(1, round(per_rank_batch * self.config.negatives_share))
+        per_step = max(1, round(self.per_rank_batch * self.config.negatives_share))
         batches = NegativeBatches(self.negative_splits["train"], per_step, steps=len(self.train_loader),
                                   seed=self.config.seed, rank=self.dist.rank)
         return BatchLoader(self.negatives, batches, self.preprocessing)
@@ -340,18 +344,16 @@ class Trainer:
         Every rank scores both whole splits (they are small), so all ranks agree."""
         if self.negatives is None or len(self.negative_splits["val"]) == 0:
             return None
-        per_rank_batch = max(1, -(-self.config.batch_size // self.dist.world_size))
 
         def scores(dataset: BitmapDataset, indices: np.ndarray) -> np.ndarray:
-            loader = BatchLoader(dataset, ShardedBatches(indices, per_rank_batch, False), self.preprocessing)
+            loader = BatchLoader(dataset, ShardedBatches(indices, self.per_rank_batch, False), self.preprocessing)
             return max_logits(self.model, loader, self.dist.device)
 
         threshold = fit_threshold(scores(self.dataset, self.indices["val"]), DEFAULT_KEPT)
         return float((scores(self.negatives, self.negative_splits["val"]) < threshold).mean())
 
     def _loader(self, split: str, shuffle: bool) -> BatchLoader:
-        per_rank_batch = max(1, -(-self.config.batch_size // self.dist.world_size))
-        batches = ShardedBatches(self.indices[split], per_rank_batch, shuffle, seed=self.config.seed,
+        batches = ShardedBatches(self.indices[split], self.per_rank_batch, shuffle, seed=self.config.seed,
                                  rank=self.dist.rank, world_size=self.dist.world_size,
                                  max_batches=self.config.steps_per_epoch if shuffle else None)
         workers = self.config.workers if shuffle else 0
